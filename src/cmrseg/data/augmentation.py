@@ -1,0 +1,127 @@
+"""Stack-consistent data augmentation on any device (CPU or GPU), batched.
+
+The paper's augmentation is random rotation, shift, flip and crop; we add mild scaling and
+intensity changes (gamma, contrast, noise), each configurable and off with a zero range.
+One random transform is drawn per stack and applied to all its slices, so the anatomy stays
+consistent across slices (what the all-slice models learn from). Geometry is one
+``affine_grid`` + ``grid_sample`` per batch: images and probability maps bilinear, labels
+nearest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Attributes:
+    rotation_deg: rotations drawn uniformly in +-rotation_deg.
+    shift: translations in +-shift pixels of the canvas, per axis.
+    scale: zoom factors drawn in [1 - scale, 1 + scale].
+    flip: probability of a left-right flip and, independently, of an up-down flip.
+    crop: output size (square); the crop centre moves with the shift. 0 = canvas size.
+    gamma: gamma exponents in [1/(1+gamma), 1+gamma] (log-uniform), images only.
+    contrast: multiply by [1 - contrast, 1 + contrast] around the stack mean, images only.
+    noise: Gaussian noise with std uniform in [0, noise], images only.
+    """
+
+    rotation_deg: float = 30.0
+    shift: float = 16.0
+    scale: float = 0.1
+    flip: float = 0.5
+    crop: int = 0
+    gamma: float = 0.3
+    contrast: float = 0.15
+    noise: float = 0.03
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _per_stack(values: torch.Tensor, stack_sizes: list[int]) -> torch.Tensor:
+    """Repeat one value per stack into one value per slice."""
+    return torch.repeat_interleave(values, torch.as_tensor(stack_sizes, device=values.device), dim=0)
+
+
+class StackAugmenter:
+    """Callable: ``aug(images, labels, stack_sizes, extra=None, generator=None)``.
+
+    Args:
+        images: float ``[N, 1, H, W]`` in [0, 1] (may be ``None`` for probability-only input).
+        labels: int64 ``[N, H, W]`` or ``None``.
+        stack_sizes: slices per stack; ``sum(stack_sizes) == N``.
+        extra: float ``[N, C, H, W]`` maps (for example stage-1 probabilities) transformed
+            with the same geometry, bilinear, without intensity changes.
+
+    Returns ``(images, labels, extra)`` cropped to ``crop`` (or the input size).
+    """
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def _theta(self, num_stacks: int, size: int, out: int, device, gen) -> torch.Tensor:
+        c = self.cfg
+
+        def uniform(lo, hi, n=num_stacks):
+            return torch.rand(n, device=device, generator=gen) * (hi - lo) + lo
+
+        angle = uniform(-c.rotation_deg, c.rotation_deg) * math.pi / 180.0
+        zoom = uniform(1.0 - c.scale, 1.0 + c.scale)
+        fx = torch.where(torch.rand(num_stacks, device=device, generator=gen) < c.flip, -1.0, 1.0)
+        fy = torch.where(torch.rand(num_stacks, device=device, generator=gen) < c.flip, -1.0, 1.0)
+        # normalised shift: +-shift pixels of the input = +-2*shift/size in [-1, 1] units
+        tx = uniform(-c.shift, c.shift) * 2.0 / size
+        ty = uniform(-c.shift, c.shift) * 2.0 / size
+        ratio = out / size / zoom  # output grid covers out/size of the input, shrunk by zoom
+        cos, sin = torch.cos(angle) * ratio, torch.sin(angle) * ratio
+        theta = torch.stack(
+            [torch.stack([cos * fx, -sin * fy, tx], -1), torch.stack([sin * fx, cos * fy, ty], -1)], 1
+        )
+        return theta
+
+    def __call__(self, images, labels, stack_sizes, extra=None, generator=None):
+        ref = images if images is not None else extra
+        n, _, h, w = ref.shape
+        if h != w:
+            raise ValueError(f"augmentation expects square canvases, got {h}x{w}")
+        if sum(stack_sizes) != n:
+            raise ValueError(f"stack sizes {stack_sizes} do not add up to {n} slices")
+        out = self.cfg.crop or h
+        theta = self._theta(len(stack_sizes), h, out, ref.device, generator)
+        theta = _per_stack(theta, stack_sizes).to(ref.dtype)
+        grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)
+        if images is not None:
+            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            images = self._intensity(images, stack_sizes, generator)
+        if extra is not None:
+            # outside the canvas a probability map is pure background (channel 0)
+            border = torch.zeros(1, extra.shape[1], 1, 1, device=extra.device, dtype=extra.dtype)
+            border[:, 0] = 1.0
+            extra = F.grid_sample(extra - border, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + border
+        if labels is not None:
+            labels = F.grid_sample(labels[:, None].to(ref.dtype), grid, mode="nearest", padding_mode="zeros",
+                                   align_corners=False)[:, 0].round().long()
+        return images, labels, extra
+
+    def _intensity(self, images: torch.Tensor, stack_sizes, gen) -> torch.Tensor:
+        c = self.cfg
+        k = len(stack_sizes)
+        dev = images.device
+        if c.gamma > 0:
+            log_g = (torch.rand(k, device=dev, generator=gen) * 2 - 1) * math.log1p(c.gamma)
+            g = _per_stack(torch.exp(log_g), stack_sizes).view(-1, 1, 1, 1)
+            images = images.clamp(min=0.0) ** g
+        if c.contrast > 0:
+            f = _per_stack(1 + (torch.rand(k, device=dev, generator=gen) * 2 - 1) * c.contrast, stack_sizes)
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = (images - mean) * f.view(-1, 1, 1, 1) + mean
+        if c.noise > 0:
+            sigma = _per_stack(torch.rand(k, device=dev, generator=gen) * c.noise, stack_sizes)
+            noise = torch.randn(images.shape, device=dev, generator=gen, dtype=images.dtype)
+            images = images + noise * sigma.view(-1, 1, 1, 1)
+        return images

@@ -1,0 +1,132 @@
+"""NIfTI short-axis stacks (3D) and cines (4D), read with nibabel.
+
+A NIfTI array ``data[i, j, k(, t)]`` becomes our ``[S, H, W]`` = ``data[i, j, k].T``; the
+affine is kept as is (it already maps (i, j, k) to RAS+ mm).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cmrseg.atomic import atomic_path
+from cmrseg.data.io.common import strip_suffix
+from cmrseg.data.orientation import reverse_affine, should_reverse
+from cmrseg.data.validation import check_image, check_label
+from cmrseg.data.volume import Geometry, Volume
+from cmrseg.errors import InputError
+
+
+def _load(path: Path):
+    import nibabel as nib
+
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files (gzip, header, EOF)
+        raise InputError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
+    return img, data
+
+
+def read_nifti(
+    path: str | Path,
+    slice_order: str = "auto",
+    spacing_override: tuple[float, float, float] | None = None,
+) -> list[Volume]:
+    """Read a 3D stack (one volume) or a 4D cine (one volume per frame).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        slice_order: see :mod:`cmrseg.data.orientation`.
+        spacing_override: (slice, row, column) mm replacing the header's pixdim.
+    """
+    path = Path(path)
+    img, data = _load(path)
+    check_image(data, path, allow_4d=True, inplane_axes=(0, 1))
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    affine = np.asarray(img.affine, dtype=float)
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if spacing_override is not None:
+        spacing, source = spacing_override, "option"
+    elif all(z > 0 for z in zooms):
+        spacing, source = (zooms[2], zooms[1], zooms[0]), "header"
+    else:
+        spacing, source = None, "unknown"
+    reverse = should_reverse(affine, slice_order)
+    num_slices = data.shape[2]
+    geometry = Geometry(
+        spacing=spacing,
+        affine=reverse_affine(affine, num_slices) if reverse else affine,
+        spacing_source=source,
+        slices_reversed=reverse,
+        header=img.header.copy(),
+    )
+    name = strip_suffix(path)
+    frames = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
+    volumes = []
+    for t, frame in enumerate(frames):
+        stack = np.ascontiguousarray(frame.transpose(2, 1, 0), dtype=np.float32)
+        if reverse:
+            stack = np.ascontiguousarray(stack[::-1])
+        meta = {"frame_index": t, "num_frames": len(frames)} if len(frames) > 1 else {}
+        volumes.append(Volume(stack, geometry, path, name, "nifti", meta=meta))
+    return volumes
+
+
+def read_nifti_label(path: str | Path, like: Volume) -> np.ndarray:
+    """Read a ground-truth mask stored beside ``like``'s image, in ``like``'s slice order."""
+    path = Path(path)
+    _, data = _load(path)
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D label, got shape {tuple(data.shape)}")
+    label = data.transpose(2, 1, 0)
+    label = check_label(label, like.shape, path)
+    if like.geometry.slices_reversed:
+        label = label[::-1]
+    return np.ascontiguousarray(label)
+
+
+def write_nifti_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
+    """Write ``mask`` (``[S, H, W]``, or ``[T, S, H, W]`` for a cine) with ``like``'s affine,
+    header and shape, in the file's original slice order. Atomic."""
+    import nibabel as nib
+
+    path = Path(path)
+    mask = np.asarray(mask, dtype=np.uint8)
+    geom = like.geometry
+    if geom.slices_reversed:
+        mask = mask[..., ::-1, :, :]
+    data = mask.transpose(2, 1, 0) if mask.ndim == 3 else mask.transpose(3, 2, 1, 0)
+    affine = geom.affine
+    if geom.slices_reversed:
+        affine = reverse_affine(affine, mask.shape[-3])
+    header = geom.header.copy() if geom.header is not None else None
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine, header=header)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = b"cmrseg mask 0bg 1RV 2MYO 3LV"
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def write_nifti_image(stack: np.ndarray, affine: np.ndarray, path: str | Path, spacing=None) -> Path:
+    """Write an image (``[S, H, W]`` or ``[T, S, H, W]``) with ``affine``. Used by the
+    phantom and the tests; float32 unless the array is an integer type."""
+    import nibabel as nib
+
+    stack = np.asarray(stack)
+    data = stack.transpose(2, 1, 0) if stack.ndim == 3 else stack.transpose(3, 2, 1, 0)
+    img = nib.Nifti1Image(np.ascontiguousarray(data), np.asarray(affine, dtype=float))
+    if stack.ndim == 4:
+        zooms = list(img.header.get_zooms())
+        zooms[3] = 1.0
+        img.header.set_zooms(zooms)
+    img.header.set_xyzt_units("mm", "msec")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)

@@ -1,0 +1,145 @@
+"""Preprocessing shared by training and inference, and its exact inverse for outputs.
+
+1. In-plane resampling to ``target_spacing`` mm (the paper: 1.3 mm) when the spacing is
+   known; without spacing the native grid is used (pixel units, reported as such).
+2. Robust intensity normalisation: clip to the volume's 0.5/99.5 percentiles, scale to [0, 1].
+3. Centre crop/pad to a square ``canvas`` (the network size). The crop never looks at labels.
+
+:func:`invert_to_input` maps per-class probabilities from the canvas back to the input grid
+(bilinear on probabilities, then argmax by the caller), so masks land in the input geometry.
+Resampling uses :func:`torch.nn.functional.interpolate` (bilinear with antialiasing), which
+runs batched over slices on the CPU or the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmrseg.labels import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Attributes:
+    target_spacing: in-plane mm per pixel after resampling (``None``: keep the native grid).
+    canvas: square crop/pad size in pixels the networks see.
+    percentiles: intensity clipping percentiles before scaling to [0, 1].
+    """
+
+    target_spacing: float | None = 1.3
+    canvas: int = 256
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        d = dict(d)
+        if "percentiles" in d:
+            d["percentiles"] = tuple(d["percentiles"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CanvasMap:
+    """How a stack of in-plane shape ``input_shape`` was put on the canvas: resampled to
+    ``resampled_shape``, then ``src`` ranges copied into ``dst`` ranges of the canvas."""
+
+    input_shape: tuple[int, int]
+    resampled_shape: tuple[int, int]
+    canvas: int
+    src: tuple[tuple[int, int], tuple[int, int]]  # (start, stop) per axis in the resampled image
+    dst: tuple[tuple[int, int], tuple[int, int]]  # (start, stop) per axis on the canvas
+
+
+def resampled_shape(shape: tuple[int, int], spacing: tuple[float, float] | None, target: float | None) -> tuple[int, int]:
+    if spacing is None or target is None:
+        return (int(shape[0]), int(shape[1]))
+    return tuple(max(1, int(round(n * s / target))) for n, s in zip(shape, spacing))  # type: ignore[return-value]
+
+
+def _center_ranges(n: int, c: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    if n >= c:
+        start = (n - c) // 2
+        return (start, start + c), (0, c)
+    start = (c - n) // 2
+    return (0, n), (start, start + n)
+
+
+def canvas_map(shape: tuple[int, int], spacing: tuple[float, float] | None, cfg: PreprocessConfig) -> CanvasMap:
+    rs = resampled_shape(shape, spacing, cfg.target_spacing)
+    (sy, dy), (sx, dx) = _center_ranges(rs[0], cfg.canvas), _center_ranges(rs[1], cfg.canvas)
+    return CanvasMap(tuple(shape), rs, cfg.canvas, (sy, sx), (dy, dx))  # type: ignore[arg-type]
+
+
+def normalize_intensity(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Clip a whole stack to its intensity percentiles and scale to [0, 1] (float32)."""
+    lo, hi = np.percentile(image, percentiles)
+    if hi <= lo:
+        lo, hi = float(image.min()), float(image.max())
+    if hi <= lo:
+        return np.zeros_like(image, dtype=np.float32)
+    return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    antialias = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _to_canvas(x: torch.Tensor, cmap: CanvasMap, fill: float = 0.0) -> torch.Tensor:
+    out = x.new_full((*x.shape[:-2], cmap.canvas, cmap.canvas), fill)
+    (sy0, sy1), (sx0, sx1) = cmap.src
+    (dy0, dy1), (dx0, dx1) = cmap.dst
+    out[..., dy0:dy1, dx0:dx1] = x[..., sy0:sy1, sx0:sx1]
+    return out
+
+
+def preprocess_image(
+    image: np.ndarray, spacing: tuple[float, float] | None, cfg: PreprocessConfig
+) -> tuple[torch.Tensor, CanvasMap]:
+    """``[S, H, W]`` image -> float32 ``[S, 1, canvas, canvas]`` in [0, 1] and its map."""
+    cmap = canvas_map(image.shape[-2:], spacing, cfg)
+    x = torch.from_numpy(normalize_intensity(image, cfg.percentiles))[:, None]
+    x = _resize(x, cmap.resampled_shape, "bilinear").clamp_(0.0, 1.0)
+    return _to_canvas(x, cmap), cmap
+
+
+def preprocess_label(label: np.ndarray, cmap: CanvasMap) -> torch.Tensor:
+    """``[S, H, W]`` uint8 label -> int64 ``[S, canvas, canvas]`` (one-hot bilinear + argmax,
+    smoother than nearest neighbour when downsampling)."""
+    y = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    if tuple(cmap.resampled_shape) != tuple(label.shape[-2:]):
+        onehot = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2).float()
+        y = _resize(onehot, cmap.resampled_shape, "bilinear").argmax(1)
+    return _to_canvas(y[:, None], cmap, 0)[:, 0]
+
+
+def invert_to_input(probs: torch.Tensor, cmap: CanvasMap) -> torch.Tensor:
+    """Canvas probabilities ``[S, C, canvas, canvas]`` -> ``[S, C, H, W]`` on the input grid.
+
+    Regions of the input outside the canvas get background probability 1.
+    """
+    fill = torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    fill[0] = 1.0
+    full = fill.view(1, -1, 1, 1).expand(probs.shape[0], -1, *cmap.resampled_shape).clone()
+    (sy0, sy1), (sx0, sx1) = cmap.src
+    (dy0, dy1), (dx0, dx1) = cmap.dst
+    full[..., sy0:sy1, sx0:sx1] = probs[..., dy0:dy1, dx0:dx1]
+    return _resize(full, cmap.input_shape, "bilinear")
+
+
+def mask_to_input(mask: torch.Tensor, cmap: CanvasMap) -> np.ndarray:
+    """Canvas label mask ``[S, canvas, canvas]`` -> uint8 ``[S, H, W]`` (one-hot bilinear
+    resampling + argmax). For masks without probabilities."""
+    onehot = F.one_hot(mask.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
+    return invert_to_input(onehot, cmap).argmax(1).to(torch.uint8).cpu().numpy()

@@ -1,0 +1,42 @@
+"""Clinical measures from masks (``shared/docs/PROTOCOL.md``; column names carry units).
+
+EDV / ESV of LV and RV, SV = EDV - ESV, EF = SV / EDV x 100 %, LV mass = MYO volume at ED
+x 1.05 g/mL. Voxel volume from the image header (mm^3 -> mL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cmrseg.labels import LV, MYO, RV
+
+MYOCARDIUM_DENSITY_G_PER_ML = 1.05
+
+MEASURE_COLUMNS = (
+    "LVEDV (mL)", "LVESV (mL)", "LVSV (mL)", "LVEF (%)", "LVM (g)",
+    "RVEDV (mL)", "RVESV (mL)", "RVSV (mL)", "RVEF (%)",
+)
+#: measures whose errors the protocol reports, with the unit of the error
+ERROR_MEASURES = {"LVEF (%)": "pp", "RVEF (%)": "pp", "LVEDV (mL)": "mL", "LVESV (mL)": "mL",
+                  "RVEDV (mL)": "mL", "RVESV (mL)": "mL", "LVM (g)": "g"}
+
+
+def structure_volumes_ml(mask: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """{"LV", "MYO", "RV"} volumes in mL of a ``[S, H, W]`` mask."""
+    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=4)
+    return {"LV": counts[LV] * voxel_ml, "MYO": counts[MYO] * voxel_ml, "RV": counts[RV] * voxel_ml}
+
+
+def _ef(edv: float, esv: float) -> float:
+    return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
+
+
+def cardiac_measures(ed: dict[str, float], es: dict[str, float]) -> dict[str, float]:
+    """Measures from ED and ES structure volumes (mL) as produced by
+    :func:`structure_volumes_ml`."""
+    return {
+        "LVEDV (mL)": ed["LV"], "LVESV (mL)": es["LV"], "LVSV (mL)": ed["LV"] - es["LV"],
+        "LVEF (%)": _ef(ed["LV"], es["LV"]), "LVM (g)": ed["MYO"] * MYOCARDIUM_DENSITY_G_PER_ML,
+        "RVEDV (mL)": ed["RV"], "RVESV (mL)": es["RV"], "RVSV (mL)": ed["RV"] - es["RV"],
+        "RVEF (%)": _ef(ed["RV"], es["RV"]),
+    }

@@ -1,0 +1,295 @@
+"""Evaluation per ``shared/docs/PROTOCOL.md``: slice-level and volume Dice, HD95, topology
+rates and clinical-measure errors, aggregated and written as CSV, Markdown and JSON.
+
+:func:`evaluate_cases` is the core (arrays in, numbers out) that training, ``reproduce`` and
+``cmrseg evaluate`` all use; :func:`evaluate_folders` reads prediction / truth folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
+from cmrseg.evaluation.levels import LEVELS, level_indices
+from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
+from cmrseg.evaluation.topology import TopologyCounts, topology_counts
+from cmrseg.labels import CLASS_NAMES, label_map_json
+
+
+@dataclass
+class EvalCase:
+    """One predicted volume against its truth (both ``[S, H, W]``, base -> apex)."""
+
+    name: str
+    pred: np.ndarray
+    gt: np.ndarray
+    spacing: tuple[float, float, float] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    meta: dict[str, Any]
+    level_dice: dict[str, np.ndarray]  # level -> [RV, MYO, LV] (NaN = skipped)
+    volume_dice: np.ndarray
+    hd95: np.ndarray
+    topology: TopologyCounts
+    pred_volumes: dict[str, float] | None
+    gt_volumes: dict[str, float] | None
+
+
+def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
+    if case.pred.shape != case.gt.shape:
+        raise ValueError(f"{case.name}: prediction shape {case.pred.shape} != truth shape {case.gt.shape}")
+    levels = level_indices(case.gt)
+    level_dice = {lv: dice_per_class(case.pred[idx], case.gt[idx]) if idx.size else np.full(3, np.nan)
+                  for lv, idx in levels.items()}
+    voxel_ml = None
+    if case.spacing is not None and np.all(np.isfinite(case.spacing)):
+        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+    return CaseResult(
+        name=case.name,
+        meta=case.meta,
+        level_dice=level_dice,
+        volume_dice=dice_per_class(case.pred, case.gt),
+        hd95=hd95_per_class(case.pred, case.gt, case.spacing) if with_hd95 else np.full(3, np.nan),
+        topology=topology_counts(case.pred),
+        pred_volumes=structure_volumes_ml(case.pred, voxel_ml) if voxel_ml else None,
+        gt_volumes=structure_volumes_ml(case.gt, voxel_ml) if voxel_ml else None,
+    )
+
+
+def _mean(values: Iterable[float]) -> float:
+    arr = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _dice_table(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for lv in (*LEVELS, "volume"):
+        row = {}
+        for i, cname in enumerate(CLASS_NAMES):
+            vals = [(r.volume_dice if lv == "volume" else r.level_dice[lv])[i] for r in results]
+            row[cname] = _mean(vals)
+        row["avg"] = _mean(row[c] for c in CLASS_NAMES)
+        table[lv] = row
+    return table
+
+
+def clinical_rows(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
+    """Per patient with ED and ES (and spacing): predicted and true measures and errors."""
+    by_patient: dict[str, dict[str, CaseResult]] = {}
+    for r in results:
+        phase, patient = r.meta.get("phase"), r.meta.get("patient")
+        if phase in ("ED", "ES") and patient and r.pred_volumes is not None:
+            by_patient.setdefault(patient, {})[phase] = r
+    rows = []
+    for patient, phases in sorted(by_patient.items()):
+        if set(phases) != {"ED", "ES"}:
+            continue
+        pred = cardiac_measures(phases["ED"].pred_volumes, phases["ES"].pred_volumes)
+        true = cardiac_measures(phases["ED"].gt_volumes, phases["ES"].gt_volumes)
+        row: dict[str, Any] = {"patient": patient, "group": phases["ED"].meta.get("group", "")}
+        for col in MEASURE_COLUMNS:
+            row[f"pred {col}"] = pred[col]
+            row[f"true {col}"] = true[col]
+            row[f"error {col}"] = pred[col] - true[col]
+        rows.append(row)
+    return rows
+
+
+def _clinical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        return {}
+
+    def mae(subset):
+        return {f"{m} MAE": _mean(abs(r[f"error {m}"]) for r in subset) for m in ERROR_MEASURES}
+
+    out: dict[str, Any] = {"patients": len(rows), "all": mae(rows), "by_group": {}}
+    for group in sorted({r["group"] for r in rows if r["group"]}):
+        subset = [r for r in rows if r["group"] == group]
+        out["by_group"][group] = {"patients": len(subset), **mae(subset)}
+    return out
+
+
+def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
+    """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
+    ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical`` and the label map."""
+    topo = sum((r.topology for r in results), TopologyCounts())
+    hd = {c: _mean(r.hd95[i] for r in results) for i, c in enumerate(CLASS_NAMES)}
+    by_group: dict[str, Any] = {}
+    for group in sorted({str(r.meta.get("group")) for r in results if r.meta.get("group")}):
+        by_group[group] = _dice_table([r for r in results if r.meta.get("group") == group])["volume"]
+    return {
+        "n_volumes": len(results),
+        "levels": _dice_table(results),
+        "fragment_rate": topo.fragment_rate,
+        "hole_rate": topo.hole_rate,
+        "topology_counts": dict(zip(("fragmented_pairs", "predicted_pairs", "slices_with_holes",
+                                     "slices_with_lv_or_myo"), topo.astuple())),
+        f"hd95_{units}": hd,
+        "volume_dice_by_group": by_group,
+        "clinical": _clinical_summary(clinical_rows(results)),
+        "label_map": label_map_json(),
+    }
+
+
+def evaluate_cases(cases: Iterable[EvalCase], with_hd95: bool = True, progress: bool = False) -> tuple[list[CaseResult], dict]:
+    """Evaluate every case; returns (per-case results, summary)."""
+    from tqdm.auto import tqdm
+
+    cases = list(cases)
+    results = [evaluate_case(c, with_hd95) for c in tqdm(cases, desc="evaluate", disable=not progress, leave=False)]
+    units = "mm" if all(c.spacing is not None for c in cases) else "voxels"
+    return results, summarize(results, units)
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def markdown_table(rows: Sequence[tuple[str, dict]], include_volume: bool = True) -> str:
+    """The paper's Table 1 layout: one block of rows per model, one row per slice level.
+
+    ``rows``: (model name, summary) pairs, summaries as returned by :func:`summarize`.
+    """
+    out = ["| Model | Slice level | RV Dice | MYO Dice | LV Dice | Average Dice |", "|---|---|---|---|---|---|"]
+    for name, summary in rows:
+        for i, lv in enumerate((*LEVELS, "volume") if include_volume else LEVELS):
+            r = summary["levels"][lv]
+            label = lv.capitalize() if lv != "volume" else "Volume"
+            out.append(f"| {name if i == 0 else ''} | {label} | {_fmt(r['RV'])} | {_fmt(r['MYO'])} | "
+                       f"{_fmt(r['LV'])} | {_fmt(r['avg'])} |")
+    return "\n".join(out) + "\n"
+
+
+def topology_table(rows: Sequence[tuple[str, dict]]) -> str:
+    out = ["| Model | Fragment rate | Hole rate | HD95 RV | HD95 MYO | HD95 LV |", "|---|---|---|---|---|---|"]
+    for name, s in rows:
+        hd = s.get("hd95_mm") or s.get("hd95_voxels") or {}
+        out.append(f"| {name} | {100 * s['fragment_rate']:.2f} % | {100 * s['hole_rate']:.2f} % | "
+                   f"{_fmt(hd.get('RV'))} | {_fmt(hd.get('MYO'))} | {_fmt(hd.get('LV'))} |")
+    return "\n".join(out) + "\n"
+
+
+def clinical_table(rows: Sequence[tuple[str, dict]]) -> str:
+    cols = list(ERROR_MEASURES)
+    out = ["| Model | " + " | ".join(f"{c} MAE" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, s in rows:
+        clin = s.get("clinical", {}).get("all")
+        if clin:
+            out.append(f"| {name} | " + " | ".join(f"{clin[f'{c} MAE']:.2f}" for c in cols) + " |")
+    return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
+def per_volume_csv(results: Sequence[CaseResult]) -> str:
+    buf = io.StringIO()
+    cols = ["volume", "patient", "phase", "group"]
+    cols += [f"{lv} {c} Dice" for lv in LEVELS for c in CLASS_NAMES]
+    cols += [f"volume {c} Dice" for c in CLASS_NAMES] + [f"{c} HD95" for c in CLASS_NAMES]
+    cols += ["fragmented pairs", "predicted pairs", "slices with holes"]
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in results:
+        row = [r.name, r.meta.get("patient", ""), r.meta.get("phase") or "", r.meta.get("group", "")]
+        row += [_csv(r.level_dice[lv][i]) for lv in LEVELS for i in range(3)]
+        row += [_csv(v) for v in r.volume_dice] + [_csv(v) for v in r.hd95]
+        row += [r.topology.fragmented_pairs, r.topology.predicted_pairs, r.topology.slices_with_holes]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _csv(v: float) -> str:
+    return "" if v is None or not np.isfinite(v) else f"{v:.6f}"
+
+
+def clinical_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
+    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md`` and
+    ``summary.json`` into ``out_dir`` (each atomically)."""
+    from cmrseg.atomic import write_json, write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "per_volume.csv", per_volume_csv(results))
+    rows = clinical_rows(results)
+    if rows:
+        write_text(out / "clinical.csv", clinical_csv(rows))
+    md = [f"# Evaluation ({summary['n_volumes']} volumes)\n", "Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
+          markdown_table([(model_name, summary)]), "\nTopology and surface distance\n", topology_table([(model_name, summary)])]
+    clin = clinical_table([(model_name, summary)])
+    if clin:
+        md += [f"\nClinical measures, mean absolute error over {summary['clinical']['patients']} patients\n", clin]
+    write_text(out / "table.md", "\n".join(md))
+    write_json(out / "summary.json", summary)
+
+
+# ----------------------------------------------------------------------------- folders
+
+def _label_files(root: Path) -> dict[str, Path]:
+    from cmrseg.data.io.common import is_h5, is_nifti, strip_suffix
+
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and (is_h5(p) or is_nifti(p))]
+    gt_named = [p for p in files if strip_suffix(p).endswith("_gt")]
+    if gt_named:
+        files = gt_named
+    out = {}
+    for p in files:
+        key = strip_suffix(p)
+        key = key[:-3] if key.endswith("_gt") else key
+        out[key] = p
+    return out
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
+                     spacing: tuple[float, float, float] | None = None, progress: bool = True) -> dict:
+    """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``.
+
+    Both hold h5 files (dataset ``label``) or NIfTI files (truth may be named ``*_gt``);
+    an ACDC release tree of patient folders works as ``gt_dir``. Writes the report into
+    ``out_dir`` and returns the summary.
+    """
+    from cmrseg.data.io.readers import read_label_volume
+    from cmrseg.errors import InputError
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d in (pred_dir, gt_dir):
+        if not d.is_dir():
+            raise InputError(d, "folder not found")
+    gts, preds = _label_files(gt_dir), _label_files(pred_dir)
+    if not gts:
+        raise InputError(gt_dir, "no label files (.h5 or .nii/.nii.gz)")
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        raise InputError(pred_dir, f"no prediction for {len(missing)} of {len(gts)} truth files: "
+                                   + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    cases = []
+    for key in sorted(gts):
+        g = read_label_volume(gts[key])
+        p = read_label_volume(preds[key])
+        if p.label.shape != g.label.shape:
+            raise InputError(preds[key], f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
+        sp = spacing if spacing is not None else g.geometry.spacing
+        cases.append(EvalCase(key, p.label, g.label, sp, g.meta))
+    results, summary = evaluate_cases(cases, progress=progress)
+    write_report(out_dir, results, summary)
+    return summary

@@ -1,0 +1,65 @@
+"""Overlap and surface metrics on label stacks, computed with MONAI's kernels.
+
+* Dice: ``monai.metrics.compute_dice`` with ``ignore_empty=False`` (it gives 0 for an empty
+  truth with a non-empty prediction, as the protocol wants); the protocol's "skip when
+  prediction and truth are both empty" is applied on top (NaN).
+* HD95: ``monai.metrics.compute_hausdorff_distance`` (percentile 95, symmetric) with the
+  voxel spacing, so it is in mm; NaN when either mask is empty.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from cmrseg.labels import NUM_CLASSES
+
+FOREGROUND = (1, 2, 3)
+
+
+def _as_tensor(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))[None, None]
+
+
+def dice_per_class(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Dice of RV, MYO, LV over all voxels of ``pred``/``gt`` (any shape, same shape).
+
+    Returns float64 ``[3]``; NaN where prediction and truth are both empty.
+    """
+    from monai.metrics import compute_dice
+
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} != truth shape {gt.shape}")
+    if pred.size == 0:
+        return np.full(3, np.nan)
+    d = compute_dice(_as_tensor(pred), _as_tensor(gt), include_background=False,
+                     ignore_empty=False, num_classes=NUM_CLASSES)[0].double().numpy()
+    for i, c in enumerate(FOREGROUND):
+        if not (pred == c).any() and not (gt == c).any():
+            d[i] = np.nan
+    return d
+
+
+def hd95_per_class(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float] | None) -> np.ndarray:
+    """95th-percentile symmetric Hausdorff distance of RV, MYO, LV over a ``[S, H, W]``
+    stack; in mm with ``spacing`` (slice, row, column), else in voxels. NaN where either
+    mask is empty."""
+    from monai.metrics import compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    out = np.full(3, np.nan)
+    present = [(pred == c).any() and (gt == c).any() for c in FOREGROUND]
+    if not any(present):
+        return out
+    p = one_hot(_as_tensor(pred), NUM_CLASSES)
+    g = one_hot(_as_tensor(gt), NUM_CLASSES)
+    sp = None if spacing is None or not np.all(np.isfinite(spacing)) else [float(s) for s in spacing]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns about empty masks, which we mark NaN
+        hd = compute_hausdorff_distance(p, g, include_background=False, percentile=95, spacing=sp)[0].double().numpy()
+    for i, ok in enumerate(present):
+        if ok:
+            out[i] = hd[i]
+    return out

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small phantom cohort made once per test session, and the real ACDC
+validation split when ``../shared/data/acdc`` is present (it is in CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+ACDC = REPO.parent / "shared" / "data" / "acdc"
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    from cmrseg.data.phantom import generate
+
+    out = tmp_path_factory.mktemp("phantom")
+    return generate(out, cases=3, val_cases=1, frames=4, seed=1, size=(128, 136), dicom=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def acdc_val() -> Path:
+    if not (ACDC / "val").is_dir():
+        pytest.skip("real ACDC data not present at ../shared/data/acdc")
+    return ACDC / "val"

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from cmrseg.data.io import load_labelled_dataset, read_volumes, write_mask
+from cmrseg.data.io.dicom import write_dicom_series
+from cmrseg.data.io.nifti import read_nifti, read_nifti_label, write_nifti_image
+from cmrseg.data.io.readers import read_acdc_patient
+from cmrseg.data.orientation import reverse_affine, should_reverse
+from cmrseg.data.preprocessing import PreprocessConfig, canvas_map, mask_to_input, preprocess_label
+from cmrseg.evaluation.metrics import dice_per_class
+
+
+def test_nifti_roundtrip_through_1p3mm_keeps_geometry_and_mask(phantom_dir, tmp_path):
+    pdir = phantom_dir / "acdc" / "patient001"
+    (vol,) = read_nifti(pdir / "patient001_frame01.nii.gz")
+    label = read_nifti_label(pdir / "patient001_frame01_gt.nii.gz", vol)
+    aff = vol.geometry.affine
+    # the phantom affine is oblique and anisotropic
+    assert np.abs(aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)).max() < 0.99
+    assert len(set(np.round(vol.geometry.spacing, 3))) == 2
+    cfg = PreprocessConfig(target_spacing=1.3, canvas=256)
+    cmap = canvas_map(vol.image.shape[1:], vol.geometry.inplane_spacing, cfg)
+    assert cmap.resampled_shape != tuple(vol.image.shape[1:])  # really resampled
+    back = mask_to_input(preprocess_label(label, cmap), cmap)
+    out = write_mask(back, vol, tmp_path)
+    (again,) = read_nifti(out)
+    np.testing.assert_allclose(again.geometry.affine, vol.geometry.affine, atol=1e-5)
+    assert again.image.shape == vol.image.shape
+    d = dice_per_class(again.image.astype(np.uint8), label)
+    assert np.nanmin(d) >= 0.99, d
+
+
+def test_4d_nifti_splits_into_frames(phantom_dir):
+    frames = read_volumes(phantom_dir / "acdc" / "patient002" / "patient002_4d.nii.gz")
+    assert len(frames) == 4
+    assert all(f.meta["num_frames"] == 4 for f in frames)
+    assert len({f.image.shape for f in frames}) == 1
+
+
+def test_acdc_patient_folder_reads_frames_labels_and_phases(phantom_dir):
+    study = read_acdc_patient(phantom_dir / "acdc" / "patient001")
+    assert [f.meta["phase"] for f in study.frames] == ["ED", "ES"]
+    assert study.ed == 0 and study.es == 1
+    assert all(f.label is not None and f.label.max() == 3 for f in study.frames)
+    assert study.info["group"] in ("NOR", "DCM", "HCM", "MINF", "RV")
+
+
+def test_h5_layout_takes_spacing_and_phase_from_side_files(phantom_dir):
+    vols = load_labelled_dataset(phantom_dir / "h5" / "train")
+    assert len(vols) == 6
+    v = vols[0]
+    assert v.geometry.spacing_source == "metadata.csv"
+    assert v.meta["phase"] == "ED" and v.meta["patient"] == "patient001"
+
+
+def test_h5_without_metadata_is_in_pixel_units_unless_option(phantom_dir, tmp_path):
+    import shutil
+
+    src = phantom_dir / "h5" / "train" / "patient001_frame01.h5"
+    shutil.copy(src, tmp_path / src.name)
+    (v,) = read_volumes(tmp_path / src.name)
+    assert v.geometry.spacing is None and v.geometry.units == "pixels"
+    (v,) = read_volumes(tmp_path / src.name, spacing=(10.0, 1.5, 1.5))
+    assert v.geometry.spacing_source == "option" and v.geometry.voxel_volume_ml == pytest.approx(0.0225)
+
+
+def test_slice_order_is_base_to_apex_whatever_the_file_order(phantom_dir, tmp_path):
+    (vol,) = read_nifti(phantom_dir / "acdc" / "patient001" / "patient001_frame01.nii.gz")
+    assert not vol.geometry.slices_reversed
+    flipped = reverse_affine(vol.geometry.affine, vol.num_slices)
+    assert should_reverse(flipped)
+    write_nifti_image(vol.image[::-1], flipped, tmp_path / "rev.nii.gz")
+    (rev,) = read_nifti(tmp_path / "rev.nii.gz")
+    assert rev.geometry.slices_reversed
+    np.testing.assert_allclose(rev.image, vol.image, atol=1e-5)
+    np.testing.assert_allclose(rev.geometry.affine, vol.geometry.affine, atol=1e-5)
+    # masks are written back in the file's own order
+    out = write_mask(np.zeros(vol.shape, np.uint8) + (np.arange(vol.num_slices) % 4)[:, None, None].astype(np.uint8),
+                     rev, tmp_path / "out")
+    (raw,) = read_nifti(out, slice_order="keep")
+    assert raw.image[0, 0, 0] == (vol.num_slices - 1) % 4
+    # the override wins
+    (kept,) = read_nifti(tmp_path / "rev.nii.gz", slice_order="keep")
+    np.testing.assert_allclose(kept.image, vol.image[::-1], atol=1e-5)
+
+
+def test_axis_aligned_affine_keeps_file_order():
+    assert not should_reverse(np.diag([1.5, 1.5, 10.0, 1.0]))
+    assert not should_reverse(np.diag([-1.5, -1.5, -10.0, 1.0]))
+
+
+def test_dicom_series_loads_with_the_geometry_of_the_same_nifti(phantom_dir, tmp_path):
+    (nii,) = read_volumes(phantom_dir / "acdc" / "patient001" / "patient001_frame01.nii.gz")
+    frames = read_volumes(phantom_dir / "dicom" / "patient001")
+    assert len(frames) == 4
+    np.testing.assert_allclose(frames[0].geometry.affine, nii.geometry.affine, atol=1e-4)
+    np.testing.assert_allclose(frames[0].geometry.spacing, nii.geometry.spacing, atol=1e-4)
+    assert frames[0].image.shape == nii.image.shape
+    # 12-bit storage with rescale: intensities match to quantisation
+    rng = float(nii.image.max() - nii.image.min())
+    assert np.abs(frames[0].image - nii.image).max() < rng / 4095 + 1e-4
+    # a series written with shuffled file order and reversed slice direction loads the same way
+    flipped = reverse_affine(nii.geometry.affine, nii.num_slices)
+    write_dicom_series(nii.image[::-1], flipped, tmp_path / "rev")
+    (rev,) = read_volumes(tmp_path / "rev")
+    np.testing.assert_allclose(rev.geometry.affine, nii.geometry.affine, atol=1e-4)
+    np.testing.assert_allclose(rev.image, nii.image, atol=rng / 4000)
+
+
+def test_dicom_mask_is_written_as_nifti_in_the_series_geometry(phantom_dir, tmp_path):
+    frames = read_volumes(phantom_dir / "dicom" / "patient003")
+    masks = np.stack([(f.image > np.median(f.image)).astype(np.uint8) for f in frames])
+    out = write_mask(masks, frames[0], tmp_path)
+    assert out.name.endswith(".nii.gz")
+    back = read_volumes(out)
+    assert len(back) == len(frames)
+    np.testing.assert_allclose(back[0].geometry.affine, frames[0].geometry.affine, atol=1e-4)
+    np.testing.assert_array_equal(back[1].image.astype(np.uint8), masks[1])

@@ -1,0 +1,81 @@
+import numpy as np
+import torch
+
+from cmrseg.data.augmentation import AugmentConfig, StackAugmenter
+from cmrseg.data.preprocessing import (PreprocessConfig, canvas_map, invert_to_input, normalize_intensity,
+                                       preprocess_image, preprocess_label)
+
+
+def test_normalisation_is_robust_to_outliers():
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, (4, 64, 64)).astype(np.float32)
+    spiked = img.copy()
+    spiked[0, 0, :5] = 1e6  # a few hot pixels must not squash the rest
+    a, b = normalize_intensity(img), normalize_intensity(spiked)
+    assert a.min() >= 0 and a.max() <= 1
+    assert np.abs(a[1:] - b[1:]).mean() < 0.01
+
+
+def test_canvas_crop_and_pad_invert_exactly_without_resampling():
+    cfg = PreprocessConfig(target_spacing=None, canvas=64)
+    for shape in ((50, 80), (64, 64), (90, 40)):
+        cmap = canvas_map(shape, None, cfg)
+        probs = torch.rand(2, 4, *shape)
+        probs = probs / probs.sum(1, keepdim=True)
+        x = torch.zeros(2, 4, 64, 64)
+        (sy0, sy1), (sx0, sx1) = cmap.src
+        (dy0, dy1), (dx0, dx1) = cmap.dst
+        x[..., dy0:dy1, dx0:dx1] = probs[..., sy0:sy1, sx0:sx1]
+        back = invert_to_input(x, cmap)
+        torch.testing.assert_close(back[..., sy0:sy1, sx0:sx1], probs[..., sy0:sy1, sx0:sx1])
+        outside = torch.ones(shape, dtype=torch.bool)
+        outside[sy0:sy1, sx0:sx1] = False
+        assert torch.all(back[:, 0][:, outside] == 1)
+
+
+def test_resampling_to_1p3mm_gives_the_physical_size():
+    cfg = PreprocessConfig(target_spacing=1.3, canvas=256)
+    img = np.random.default_rng(0).random((3, 200, 150)).astype(np.float32)
+    x, cmap = preprocess_image(img, (1.95, 0.65), cfg)
+    assert x.shape == (3, 1, 256, 256)
+    assert cmap.resampled_shape == (300, 75)
+
+
+def test_label_resampling_keeps_labels_in_range():
+    lab = np.zeros((2, 100, 100), np.uint8)
+    lab[:, 30:70, 30:70] = 2
+    lab[:, 40:60, 40:60] = 3
+    cmap = canvas_map((100, 100), (1.7, 1.7), PreprocessConfig())
+    y = preprocess_label(lab, cmap)
+    assert set(torch.unique(y).tolist()) == {0, 2, 3}
+    area = (y == 3).sum().item() / 2 * 1.3 ** 2
+    assert abs(area - 20 * 20 * 1.7 ** 2) / (20 * 20 * 1.7 ** 2) < 0.08
+
+
+def test_augmentation_identity_and_one_transform_per_stack():
+    ident = StackAugmenter(AugmentConfig(rotation_deg=0, shift=0, scale=0, flip=0, gamma=0, contrast=0, noise=0))
+    img = torch.rand(5, 1, 32, 32)
+    lab = torch.randint(0, 4, (5, 32, 32))
+    a, b, _ = ident(img, lab, [2, 3])
+    torch.testing.assert_close(a, img, atol=1e-5, rtol=0)
+    assert torch.equal(b, lab)
+    aug = StackAugmenter(AugmentConfig(crop=24, noise=0))
+    same = img[:1].expand(5, 1, 32, 32).contiguous()
+    lab_same = lab[:1].expand(5, 32, 32).contiguous()
+    g = torch.Generator().manual_seed(3)
+    a, b, _ = aug(same, lab_same, [2, 3], generator=g)
+    assert a.shape == (5, 1, 24, 24) and b.shape == (5, 24, 24)
+    torch.testing.assert_close(a[0], a[1])
+    torch.testing.assert_close(a[2], a[4])
+    assert b.min() >= 0 and b.max() <= 3
+
+
+def test_augmentation_moves_probability_maps_with_labels():
+    aug = StackAugmenter(AugmentConfig(rotation_deg=90, shift=4, scale=0.1, gamma=0, contrast=0, noise=0))
+    lab = torch.zeros(3, 48, 48, dtype=torch.long)
+    lab[:, 10:30, 15:35] = 1
+    probs = torch.nn.functional.one_hot(lab, 4).permute(0, 3, 1, 2).float()
+    _, y, p = aug(None, lab, [3], extra=probs, generator=torch.Generator().manual_seed(0))
+    agree = (p.argmax(1) == y).float().mean()
+    assert agree > 0.98
+    torch.testing.assert_close(p.sum(1), torch.ones_like(p[:, 0]), atol=1e-4, rtol=0)
