@@ -1,0 +1,105 @@
+"""Two-stage detection + segmentation baseline (paper Table 1 "Det + Seg", after [15]).
+
+A detector (the same SK-UNet blocks, at half resolution) finds the heart in every slice;
+the union of its detections over the stack gives one crop centre per stack; the crop
+(``crop`` canvas pixels square) is upsampled ``zoom`` times and segmented by an all-slice
+SK-UNet with the same blocks; the result is pasted back into the canvas (background
+elsewhere). Training feeds crops centred on the true heart (with jitter) through
+``forward(..., centers=...)``; inference uses the detector's centres.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cmrseg.models.outputs import SegOutput
+from cmrseg.models.unet import SegmentationNet
+
+_BG_LOGIT = 20.0  # background score pasted outside the crop (foreground gets -20)
+
+
+def centers_from_mask(mask: torch.Tensor, stack_sizes: list[int]) -> torch.Tensor:
+    """One (row, col) centre per stack: the middle of the bounding box of ``mask``
+    ``[N, H, W]`` over all the stack's slices; the canvas centre when the mask is empty.
+    Returns int64 ``[len(stack_sizes), 2]``."""
+    h, w = mask.shape[-2:]
+    out = []
+    start = 0
+    for s in stack_sizes:
+        m = mask[start:start + s].any(dim=0)
+        start += s
+        rows, cols = torch.nonzero(m.any(dim=1)).flatten(), torch.nonzero(m.any(dim=0)).flatten()
+        if rows.numel() == 0:
+            out.append(torch.tensor([h // 2, w // 2]))
+        else:
+            out.append(torch.stack([(rows.min() + rows.max() + 1) // 2, (cols.min() + cols.max() + 1) // 2]).cpu())
+    return torch.stack(out).long()
+
+
+class DetSegNet(nn.Module):
+    """Args: the :class:`SegmentationNet` settings shared by detector and segmenter, plus
+    ``crop`` (canvas pixels) and ``zoom`` (upsampling of the crop).
+
+    ``forward(x, stack_sizes=None, centers=None)``: ``x`` ``[N, 1, H, W]`` ->
+    :class:`SegOutput` with canvas logits, ``stage1_logits`` the detector's heart logits
+    ``[N, 2, H, W]`` and ``extras`` ``crop_logits`` ``[N, 4, crop*zoom, crop*zoom]`` and
+    ``crop_centers`` ``[stacks, 2]``.
+    """
+
+    def __init__(self, crop: int = 136, zoom: int = 2, **net_kwargs):
+        super().__init__()
+        net_kwargs = {k: v for k, v in net_kwargs.items() if k not in ("fusion", "classifier", "in_channels")}
+        self.detector = SegmentationNet(1, 2, fusion=False, **net_kwargs)
+        self.segmenter = SegmentationNet(1, 4, fusion=True, **net_kwargs)
+        self.crop_size, self.zoom = crop, zoom
+
+    all_slice = True
+
+    def crop(self, t: torch.Tensor, centers: torch.Tensor, stack_sizes: list[int], fill: float = 0.0) -> torch.Tensor:
+        """Crop ``[N, C, H, W]`` around each stack's centre -> ``[N, C, crop, crop]``."""
+        c = self.crop_size
+        half = c // 2
+        padded = F.pad(t, (half, c - half, half, c - half), value=fill)
+        out, start = [], 0
+        for (cy, cx), s in zip(centers.tolist(), stack_sizes):
+            cy = min(max(cy, 0), t.shape[-2])
+            cx = min(max(cx, 0), t.shape[-1])
+            out.append(padded[start:start + s, :, cy:cy + c, cx:cx + c])
+            start += s
+        return torch.cat(out)
+
+    def paste(self, crop_logits: torch.Tensor, centers: torch.Tensor, stack_sizes: list[int], size) -> torch.Tensor:
+        """Inverse of :meth:`crop` for logits: background outside the crop."""
+        c = self.crop_size
+        half = c // 2
+        n, k = crop_logits.shape[:2]
+        h, w = size
+        full = crop_logits.new_full((n, k, h + c, w + c), -_BG_LOGIT)
+        full[:, 0] = _BG_LOGIT
+        start = 0
+        for (cy, cx), s in zip(centers.tolist(), stack_sizes):
+            cy = min(max(cy, 0), h)
+            cx = min(max(cx, 0), w)
+            full[start:start + s, :, cy:cy + c, cx:cx + c] = crop_logits[start:start + s]
+            start += s
+        return full[..., half:half + h, half:half + w]
+
+    def detect(self, x: torch.Tensor) -> torch.Tensor:
+        """Heart logits ``[N, 2, H, W]`` from the half-resolution detector."""
+        det = self.detector(F.avg_pool2d(x, 2)).logits
+        return F.interpolate(det, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None,
+                centers: torch.Tensor | None = None) -> SegOutput:
+        sizes = [x.shape[0]] if stack_sizes is None else list(stack_sizes)
+        det = self.detect(x)
+        if centers is None:
+            centers = centers_from_mask(det.argmax(dim=1) == 1, sizes)
+        crop = self.crop(x, centers, sizes)
+        crop = F.interpolate(crop, scale_factor=self.zoom, mode="bilinear", align_corners=False)
+        crop_logits = self.segmenter(crop, sizes).logits
+        small = F.avg_pool2d(crop_logits, self.zoom) if self.zoom > 1 else crop_logits
+        logits = self.paste(small, centers, sizes, x.shape[-2:])
+        return SegOutput(logits, stage1_logits=det, extras={"crop_logits": crop_logits, "crop_centers": centers})

@@ -1,0 +1,40 @@
+"""Two-stage models: initial segmentation (Seg) + segmentation refinement (Ref) stage
+(paper Sec. 2.1, Fig. 2).
+
+The Ref stage sees only the Seg stage's softmax probability maps of all slices, never the
+image, so intensity variations cannot reach it. With a classification branch (MT), the
+Ref stage's classifier gates the final output (Sec. 2.3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cmrseg.models.outputs import SegOutput
+from cmrseg.models.unet import SegmentationNet
+
+
+class TwoStageNet(nn.Module):
+    """``seg`` (image -> 4-class logits) followed by ``ref`` (4 probability maps -> logits).
+
+    ``forward(x, stack_sizes=None)``: ``x`` ``[N, 1, H, W]`` -> :class:`SegOutput` with the
+    Ref stage's (gated, in eval) logits and class logits, and ``stage1_logits`` from Seg.
+    """
+
+    def __init__(self, seg: SegmentationNet, ref: SegmentationNet):
+        super().__init__()
+        self.seg = seg
+        self.ref = ref
+
+    @property
+    def all_slice(self) -> bool:
+        return self.seg.all_slice or self.ref.all_slice
+
+    def stage1_probabilities(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> torch.Tensor:
+        return self.seg(x, stack_sizes).logits.float().softmax(dim=1)
+
+    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> SegOutput:
+        s = self.seg(x, stack_sizes)
+        r = self.ref(s.logits.float().softmax(dim=1).to(x.dtype), stack_sizes)
+        return SegOutput(r.logits, r.class_logits, stage1_logits=s.logits, ungated_logits=r.ungated_logits)

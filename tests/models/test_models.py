@@ -1,0 +1,120 @@
+"""Every registered model: forward/backward on stacks of 1, 7 and 18 slices at two sizes,
+slice-permutation equivariance of all-slice models, classifier gating."""
+
+import pytest
+import torch
+
+from cmrseg.models import create_model, gate_logits, list_models
+from cmrseg.models.fusion import AllSliceFusion
+
+TINY = {"widths": (4, 8, 8, 16), "heads": 2}
+ALL_SLICE = ["seg_as", "seg_as_mt", "seg_as+ref_as", "seg_as+ref_as_mt"]
+MT = ["seg_as_mt", "seg_ss+ref_ss_mt", "seg_as+ref_as_mt"]
+
+
+def test_registry_has_every_model_of_tables_1_and_2():
+    assert set(list_models()) == {"seg_ss", "seg_as", "seg_as_mt", "seg_ss+ref_ss", "seg_ss+ref_ss_mt",
+                                  "seg_as+ref_as", "seg_as+ref_as_mt", "det_seg"}
+    with pytest.raises(KeyError, match="unknown model"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("slices", [1, 7, 18])
+@pytest.mark.parametrize("size", [48, 72])
+def test_forward_backward(name, slices, size):
+    torch.manual_seed(0)
+    kw = dict(TINY, crop=32, zoom=2) if name == "det_seg" else TINY
+    model = create_model(name, **kw)
+    x = torch.randn(slices, 1, size, size)
+    out = model(x)
+    assert out.logits.shape == (slices, 4, size, size)
+    assert torch.isfinite(out.logits).all()
+    if name in MT:
+        assert out.class_logits.shape == (slices, 3)
+    else:
+        assert out.class_logits is None
+    if "+" in name:
+        assert out.stage1_logits.shape == (slices, 4, size, size)
+    loss = out.logits.float().logsumexp(1).mean()
+    for extra in (out.class_logits, out.stage1_logits):
+        loss = loss + (0 if extra is None else extra.float().mean())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.8 * len(grads)
+
+
+@pytest.mark.parametrize("name", ALL_SLICE)
+def test_all_slice_models_are_permutation_equivariant(name):
+    torch.manual_seed(0)
+    model = create_model(name, **TINY).double().eval()
+    x = torch.randn(9, 1, 32, 32, dtype=torch.float64)
+    perm = torch.randperm(9)
+    with torch.no_grad():
+        a = model(x)
+        b = model(x[perm])
+    torch.testing.assert_close(a.logits[perm], b.logits, atol=1e-6, rtol=0)
+    if a.class_logits is not None:
+        torch.testing.assert_close(a.class_logits[perm], b.class_logits, atol=1e-6, rtol=0)
+
+
+def test_all_slice_model_really_mixes_slices_and_single_slice_model_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 32, 32)
+    y = x.clone()
+    y[4] = torch.randn(1, 32, 32)
+    for name, mixes in (("seg_as", True), ("seg_ss", False)):
+        # per-sample normalisation keeps activations O(1) at initialisation (eval-mode
+        # BatchNorm with fresh running statistics shrinks them level by level)
+        model = create_model(name, **TINY, norm="group").eval()
+        with torch.no_grad():
+            d = (model(x).logits[0] - model(y).logits[0]).abs().max()
+        assert (d > 1e-5) == mixes, (name, d)
+
+
+def test_fusion_handles_several_stacks_of_different_length_like_separate_calls():
+    torch.manual_seed(0)
+    fusion = AllSliceFusion(16, heads=2).eval()
+    a, b = torch.randn(3, 16, 4, 4), torch.randn(5, 16, 4, 4)
+    with torch.no_grad():
+        both = fusion(torch.cat([a, b]), [3, 5])
+        torch.testing.assert_close(both[:3], fusion(a), atol=1e-5, rtol=0)
+        torch.testing.assert_close(both[3:], fusion(b), atol=1e-5, rtol=0)
+
+
+def test_gating_removes_a_class_the_classifier_calls_absent():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4, 16, 16)
+    logits[:, 1] += 5  # RV would win everywhere
+    cls = torch.full((4, 3), 3.0)
+    cls[1:3, 0] = -3.0  # p_RV < 0.5 on slices 1 and 2
+    gated = gate_logits(logits, cls).argmax(1)
+    assert not (gated[1:3] == 1).any()
+    assert (gated[[0, 3]] == 1).all()
+    # suppressed pixels take the best remaining class
+    expected = logits[1:3, [0, 2, 3]].argmax(1)
+    expected = torch.tensor([0, 2, 3])[expected]
+    assert torch.equal(gated[1:3], expected)
+
+
+@pytest.mark.parametrize("name", MT)
+def test_mt_model_in_eval_never_outputs_rv_when_p_rv_is_forced_low(name):
+    torch.manual_seed(0)
+    model = create_model(name, **TINY).eval()
+    head = model.classifier if hasattr(model, "classifier") else model.ref.classifier
+    with torch.no_grad():
+        last = head.mlp[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-10.0, 10.0, 10.0]))  # p_RV ~ 0
+        out = model(torch.randn(6, 1, 32, 32))
+    assert not (out.logits.argmax(1) == 1).any()
+
+
+def test_det_seg_crops_at_given_centres_and_pastes_back():
+    model = create_model("det_seg", **TINY, crop=16, zoom=2).eval()
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        out = model(x, [3], centers=torch.tensor([[10, 30]]))
+    assert out.extras["crop_logits"].shape == (3, 4, 32, 32)
+    bg = out.logits.argmax(1) == 0
+    assert bg[:, :, :20].all() and bg[:, 20:, :].all() and bg[:, :2, :].all()  # outside rows 2..18, cols 22..38
