@@ -45,9 +45,40 @@ def cmd_cache(args) -> int:
 
     cfg = PreprocessConfig(target_spacing=args.target_spacing, canvas=args.canvas)
     ds = StackDataset.from_folder(args.data, cfg)
-    ds.save_cache(args.out)
+    ds.save_cache(args.out, compression=args.compression)
     size = Path(args.out).stat().st_size / 2 ** 20
     print(f"{len(ds)} stacks, {ds.num_slices} slices -> {args.out} ({size:.1f} MiB)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cmrseg.training.config import load_config
+    from cmrseg.training.trainer import train
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.epochs is not None:
+        overrides.append(f"epochs={args.epochs}")
+    cfg = load_config(args.config, protocol=args.protocol, model=args.model, overrides=overrides)
+    run = train(cfg, args.data, args.out, val=args.val)
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from cmrseg.training.reproduce import reproduce
+
+    summaries = reproduce(args.data, args.protocol, args.out, ablations=args.ablations,
+                          ref_input_ablation=args.ref_input_ablation, jobs=args.jobs, device=args.device,
+                          overrides=args.set, deadline_min=args.deadline_min, models=args.models)
+    return 0 if summaries else 1
+
+
+def cmd_demo(args) -> int:
+    from cmrseg.training.demo import run_demo
+
+    run_demo(args.out, data=args.data, protocol=args.protocol, device=args.device)
     return 0
 
 
@@ -79,14 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="output .npz")
     p.add_argument("--target-spacing", type=float, default=1.3)
     p.add_argument("--canvas", type=int, default=256)
+    p.add_argument("--compression", choices=("deflate", "lzma"), default="deflate")
     p.set_defaults(func=cmd_cache)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("train", help="train a model (any registered name); resumes an unfinished run")
+    p.add_argument("--config", type=Path, help="YAML config (model and/or protocol settings)")
+    p.add_argument("--protocol", help="paper | fast | smoke | demo (overrides the config's)")
+    p.add_argument("--model", help="registered model name (overrides the config's)")
+    p.add_argument("--data", required=True, type=Path, help="folder with train/ and val/ (h5, ACDC layout or .npz)")
+    p.add_argument("--val", type=Path, help="validation folder, when --data is the training folder itself")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--epochs", type=int, help="override the protocol's epochs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="train and evaluate the paper's models; tables + figure")
+    p.add_argument("--data", required=True, type=Path, help="folder with train/ and val/ (ACDC h5 or release layout)")
+    p.add_argument("--protocol", default="paper", help="paper | fast | smoke (default paper)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (runs/, tables, fig4.png)")
+    p.add_argument("--ablations", action="store_true", help="also every Table 2 row")
+    p.add_argument("--ref-input-ablation", action="store_true",
+                   help="also the proposed model with its Ref stage trained on final Seg outputs only")
+    p.add_argument("--models", nargs="+", help="only these models (default: Table 1, or Tables 1+2)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel training processes (default 1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--deadline-min", type=float, help="start no new training after this many minutes")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="phantom -> train the proposed model -> segment -> evaluate (make demo)")
+    p.add_argument("--out", type=Path, default=Path("demo_output"))
+    p.add_argument("--data", type=Path, help="a real dataset (train/ + val/) instead of the phantom")
+    p.add_argument("--protocol", help="default: demo on the phantom, fast on real data")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:

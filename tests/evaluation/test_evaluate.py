@@ -102,3 +102,18 @@ def test_imperfect_predictions_agree_with_independent_computation(acdc_val, tmp_
         assert summary["levels"][k]["avg"] == pytest.approx(np.mean(means), abs=1e-3)
         assert summary["levels"][k]["avg"] < 0.99
     assert summary["fragment_rate"] == pytest.approx(frag[0] / frag[1], abs=1e-3)
+
+
+def test_fast_selection_dice_equals_the_protocol_implementation(acdc_val):
+    from cmrseg.data.io import load_labelled_dataset
+    from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases
+    from cmrseg.evaluation.metrics import level_dice_fast
+
+    rng = np.random.default_rng(1)
+    vols = load_labelled_dataset(acdc_val)[:8]
+    pairs = [(_perturb(v.label, rng), v.label) for v in vols]
+    _, summary = evaluate_cases([EvalCase(v.name, p, g) for v, (p, g) in zip(vols, pairs)], with_hd95=False)
+    fast = level_dice_fast(pairs)
+    for lv, row in summary["levels"].items():
+        for c, v in row.items():
+            assert fast[lv][c] == pytest.approx(v, abs=1e-6), (lv, c)  # MONAI computes in float32

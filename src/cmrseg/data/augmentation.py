@@ -57,6 +57,8 @@ class StackAugmenter:
         stack_sizes: slices per stack; ``sum(stack_sizes) == N``.
         extra: float ``[N, C, H, W]`` maps (for example stage-1 probabilities) transformed
             with the same geometry, bilinear, without intensity changes.
+        centers: optional ``[len(stack_sizes), 2]`` (row, col) canvas positions to centre each
+            stack's crop on (training crops around the heart); default the canvas centre.
 
     Returns ``(images, labels, extra)`` cropped to ``crop`` (or the input size).
     """
@@ -64,7 +66,7 @@ class StackAugmenter:
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
 
-    def _theta(self, num_stacks: int, size: int, out: int, device, gen) -> torch.Tensor:
+    def _theta(self, num_stacks: int, size: int, out: int, device, gen, centers=None) -> torch.Tensor:
         c = self.cfg
 
         def uniform(lo, hi, n=num_stacks):
@@ -77,6 +79,10 @@ class StackAugmenter:
         # normalised shift: +-shift pixels of the input = +-2*shift/size in [-1, 1] units
         tx = uniform(-c.shift, c.shift) * 2.0 / size
         ty = uniform(-c.shift, c.shift) * 2.0 / size
+        if centers is not None:  # crop centred on given pixel positions (row, col), +- shift
+            centers = centers.to(device=device, dtype=tx.dtype)
+            tx = tx + (2.0 * centers[:, 1] + 1.0) / size - 1.0
+            ty = ty + (2.0 * centers[:, 0] + 1.0) / size - 1.0
         ratio = out / size / zoom  # output grid covers out/size of the input, shrunk by zoom
         cos, sin = torch.cos(angle) * ratio, torch.sin(angle) * ratio
         theta = torch.stack(
@@ -84,7 +90,7 @@ class StackAugmenter:
         )
         return theta
 
-    def __call__(self, images, labels, stack_sizes, extra=None, generator=None):
+    def __call__(self, images, labels, stack_sizes, extra=None, generator=None, centers=None):
         ref = images if images is not None else extra
         n, _, h, w = ref.shape
         if h != w:
@@ -92,7 +98,7 @@ class StackAugmenter:
         if sum(stack_sizes) != n:
             raise ValueError(f"stack sizes {stack_sizes} do not add up to {n} slices")
         out = self.cfg.crop or h
-        theta = self._theta(len(stack_sizes), h, out, ref.device, generator)
+        theta = self._theta(len(stack_sizes), h, out, ref.device, generator, centers)
         theta = _per_stack(theta, stack_sizes).to(ref.dtype)
         grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)
         if images is not None:

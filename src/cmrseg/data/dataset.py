@@ -58,6 +58,22 @@ class StackDataset(Dataset):
         self._index = [(i, None) for i in range(len(self.records))] if mode == "stack" else [
             (i, s) for i, r in enumerate(self.records) for s in range(r.image.shape[0])
         ]
+        # heart centre (row, col) of each item's labels, NaN without heart: training crops
+        # are centred on it without a per-step look at the labels
+        self.heart_centers = np.array([self._center(i) for i in range(len(self._index))], dtype=np.float32).reshape(-1, 2)
+
+    def with_mode(self, mode: str) -> "StackDataset":
+        """The same stacks, served as whole stacks or as single slices."""
+        return self if mode == self.mode else StackDataset(self.records, self.preprocess, mode)
+
+    def _center(self, i: int) -> tuple[float, float]:
+        rec_i, s = self._index[i]
+        lab = self.records[rec_i].label
+        m = (lab if s is None else lab[s:s + 1]).any(axis=0)
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            return (np.nan, np.nan)
+        return ((rows[0] + rows[-1] + 1) // 2, (cols[0] + cols[-1] + 1) // 2)
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], preprocess: PreprocessConfig, mode: str = "stack",
@@ -90,8 +106,15 @@ class StackDataset(Dataset):
             return ds
         return cls.from_volumes(load_labelled_dataset(root), preprocess, mode, progress)
 
-    def save_cache(self, path: str | Path) -> None:
-        """Write every stack into one compressed npz (uint8 arrays + JSON index)."""
+    def save_cache(self, path: str | Path, compression: str = "deflate") -> None:
+        """Write every stack into one compressed npz (uint8 arrays + JSON index).
+
+        ``compression="lzma"`` makes the file about 20 % smaller (ACDC train: 45 instead of
+        56 MB) and takes ten times longer to write; ``np.load`` reads both.
+        """
+        import io
+        import zipfile
+
         from cmrseg.atomic import atomic_path
 
         arrays = {}
@@ -102,15 +125,21 @@ class StackDataset(Dataset):
             index.append({"name": r.name, "meta": r.meta})
         arrays["index"] = np.frombuffer(json.dumps(
             {"records": index, "preprocess": self.preprocess.to_dict()}).encode(), dtype=np.uint8)
+        methods = {"deflate": zipfile.ZIP_DEFLATED, "lzma": zipfile.ZIP_LZMA}
+        if compression not in methods:
+            raise ValueError(f"compression must be one of {sorted(methods)}")
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+            with zipfile.ZipFile(tmp, "w", compression=methods[compression]) as zf:
+                for key, arr in arrays.items():
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+                    zf.writestr(key + ".npy", buf.getvalue())
 
     @classmethod
     def from_cache(cls, path: str | Path, mode: str = "stack") -> "StackDataset":
         path = Path(path)
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 index = json.loads(bytes(z["index"]).decode())
                 records = [StackRecord(item["name"], z[f"image_{i}"], z[f"label_{i}"], item["meta"])
                            for i, item in enumerate(index["records"])]
@@ -202,4 +231,5 @@ class StackBatcher:
                 "stack_sizes": sizes,
                 "names": names,
                 "indices": chunk,
+                "heart_centers": torch.from_numpy(self.dataset.heart_centers[chunk]),
             }

@@ -63,3 +63,40 @@ def hd95_per_class(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float
         if ok:
             out[i] = hd[i]
     return out
+
+
+def level_dice_fast(cases: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """The protocol's level and volume Dice table from (pred, gt) stacks via per-slice
+    confusion counts (one ``np.bincount`` per stack).
+
+    Written by hand because training validates every few epochs and the MONAI path with
+    its one-hot tensors costs seconds per call; a test checks it equals
+    :func:`cmrseg.evaluation.evaluate.evaluate_cases` to 1e-6 (MONAI runs in float32). Used only for epoch
+    selection; reports use the MONAI path.
+    """
+    from cmrseg.evaluation.levels import LEVELS, slice_levels
+    from cmrseg.labels import CLASS_NAMES
+
+    per_level: dict[str, list[list[float]]] = {lv: [[], [], []] for lv in (*LEVELS, "volume")}
+    for pred, gt in cases:
+        s = gt.shape[0]
+        idx = (pred.reshape(s, -1).astype(np.int64) * 4 + gt.reshape(s, -1).astype(np.int64))
+        conf = np.stack([np.bincount(row, minlength=16) for row in idx]).reshape(s, 4, 4)  # [slice, pred, gt]
+        levels = slice_levels(gt)
+        groups = {lv: [i for i, l in enumerate(levels) if l == lv] for lv in LEVELS}
+        groups["volume"] = list(range(s))
+        for lv, sl in groups.items():
+            if not sl:
+                continue
+            c = conf[sl].sum(axis=0)
+            for k, cls in enumerate(FOREGROUND):
+                p, g, both = c[cls].sum(), c[:, cls].sum(), c[cls, cls]
+                if p + g:
+                    per_level[lv][k].append(2.0 * both / (p + g))
+    out = {}
+    for lv, vals in per_level.items():
+        row = {name: (float(np.mean(v)) if v else float("nan")) for name, v in zip(CLASS_NAMES, vals)}
+        finite = [row[n] for n in CLASS_NAMES if np.isfinite(row[n])]
+        row["avg"] = float(np.mean(finite)) if len(finite) == 3 else float("nan")
+        out[lv] = row
+    return out

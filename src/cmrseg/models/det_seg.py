@@ -44,11 +44,11 @@ class DetSegNet(nn.Module):
 
     ``forward(x, stack_sizes=None, centers=None)``: ``x`` ``[N, 1, H, W]`` ->
     :class:`SegOutput` with canvas logits, ``stage1_logits`` the detector's heart logits
-    ``[N, 2, H, W]`` and ``extras`` ``crop_logits`` ``[N, 4, crop*zoom, crop*zoom]`` and
+    ``[N, 2, H, W]`` and ``extras`` ``crop_logits`` ``[N, 4, round(crop*zoom), round(crop*zoom)]`` and
     ``crop_centers`` ``[stacks, 2]``.
     """
 
-    def __init__(self, crop: int = 136, zoom: int = 2, **net_kwargs):
+    def __init__(self, crop: int = 128, zoom: float = 1.5, **net_kwargs):
         super().__init__()
         net_kwargs = {k: v for k, v in net_kwargs.items() if k not in ("fusion", "classifier", "in_channels")}
         self.detector = SegmentationNet(1, 2, fusion=False, **net_kwargs)
@@ -98,8 +98,12 @@ class DetSegNet(nn.Module):
         if centers is None:
             centers = centers_from_mask(det.argmax(dim=1) == 1, sizes)
         crop = self.crop(x, centers, sizes)
-        crop = F.interpolate(crop, scale_factor=self.zoom, mode="bilinear", align_corners=False)
+        zoomed = int(round(self.crop_size * self.zoom))
+        crop = F.interpolate(crop, size=(zoomed, zoomed), mode="bilinear", align_corners=False)
         crop_logits = self.segmenter(crop, sizes).logits
-        small = F.avg_pool2d(crop_logits, self.zoom) if self.zoom > 1 else crop_logits
+        small = crop_logits
+        if self.zoom != 1:
+            small = F.interpolate(crop_logits, size=(self.crop_size, self.crop_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
         logits = self.paste(small, centers, sizes, x.shape[-2:])
         return SegOutput(logits, stage1_logits=det, extras={"crop_logits": crop_logits, "crop_centers": centers})

@@ -30,7 +30,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 #: default settings of every model (overridable per call / config)
 DEFAULTS = {"widths": (16, 32, 64, 128, 256), "norm": "batch", "sk_groups": 1, "fusion_depth": 1,
-            "heads": 8, "mlp_ratio": 2.0, "dropout": 0.0}
+            "heads": 8, "mlp_ratio": 2.0, "dropout": 0.0, "ref_residual": True}
 PROPOSED = "seg_as+ref_as_mt"
 
 
@@ -59,12 +59,13 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
-def _net(in_channels=1, fusion=False, classifier=False, crop=None, zoom=None, **kw) -> SegmentationNet:
+def _net(in_channels=1, fusion=False, classifier=False, **kw) -> SegmentationNet:
     return SegmentationNet(in_channels=in_channels, num_classes=4, fusion=fusion, classifier=classifier, **kw)
 
 
 def _stage_kwargs(kw: dict) -> dict:
-    return {k: v for k, v in kw.items() if k not in ("crop", "zoom")}
+    """Settings of one SegmentationNet (drops Det+Seg's crop/zoom and the Ref option)."""
+    return {k: v for k, v in kw.items() if k not in ("crop", "zoom", "ref_residual")}
 
 
 @register_model("seg_ss")
@@ -83,9 +84,10 @@ def seg_as_mt(**kw):
 
 
 def _two_stage(seg_all_slice: bool, ref_all_slice: bool, ref_mt: bool, kw) -> TwoStageNet:
+    residual = kw.get("ref_residual", True)
     kw = _stage_kwargs(kw)
     return TwoStageNet(_net(fusion=seg_all_slice, **kw),
-                       _net(in_channels=4, fusion=ref_all_slice, classifier=ref_mt, **kw))
+                       _net(in_channels=4, fusion=ref_all_slice, classifier=ref_mt, residual_input=residual, **kw))
 
 
 @register_model("seg_ss+ref_ss")
@@ -109,7 +111,7 @@ def seg_as_ref_as_mt(**kw):
 
 
 @register_model("det_seg")
-def det_seg(crop=136, zoom=2, **kw):
+def det_seg(crop=128, zoom=1.5, ref_residual=None, **kw):
     return DetSegNet(crop=crop, zoom=zoom, **kw)
 
 

@@ -87,6 +87,10 @@ class SegmentationNet(nn.Module):
         fusion: all-slice fusion transformer at the bottleneck.
         classifier: multitask classification branch.
         fusion_depth, heads, mlp_ratio: transformer settings (dim = ``widths[-1]``).
+        residual_input: the input is a probability map over the output classes (the Ref
+            stage) and the network predicts a correction: ``logits = log(input) + net(input)``,
+            so an untrained Ref stage reproduces the Seg stage and training only has to
+            learn where to change it (our addition to the paper's Ref stage).
 
     ``forward(x, stack_sizes=None)``: ``x`` ``[N, in_channels, H, W]`` (any H, W: padded
     internally to a multiple of ``2**(len(widths)-1)``), ``stack_sizes`` the slices of each
@@ -95,8 +99,12 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4, widths: tuple[int, ...] = (16, 32, 64, 128, 256),
                  norm: str = "batch", sk_groups: int = 1, fusion: bool = False, classifier: bool = False,
-                 fusion_depth: int = 1, heads: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0):
+                 fusion_depth: int = 1, heads: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 residual_input: bool = False):
         super().__init__()
+        if residual_input and in_channels != num_classes:
+            raise ValueError("residual_input needs in_channels == num_classes (a probability-map input)")
+        self.residual_input = residual_input
         widths = tuple(widths)
         self.divisor = 2 ** (len(widths) - 1)
         self.encoder = Encoder(in_channels, widths, norm, sk_groups)
@@ -109,6 +117,7 @@ class SegmentationNet(nn.Module):
         return self.fusion is not None
 
     def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> SegOutput:
+        inp = x
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
         if ph or pw:
@@ -120,6 +129,8 @@ class SegmentationNet(nn.Module):
         logits = self.decoder(feats, bottleneck)
         if ph or pw:
             logits = logits[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        if self.residual_input:
+            logits = logits + torch.log(inp.float().clamp_min(1e-4)).to(logits.dtype)
         if self.classifier is None:
             return SegOutput(logits)
         class_logits = self.classifier(bottleneck)

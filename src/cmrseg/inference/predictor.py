@@ -1,0 +1,120 @@
+"""Rebuild a trained model from its folder and segment volumes in their own geometry.
+
+A model folder holds ``model.json`` (model name, constructor arguments, preprocessing,
+label map) and ``weights.safetensors``; :meth:`Predictor.from_path` needs nothing else.
+Shipped models live in ``cmrseg/weights/<name>/`` inside the package.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmrseg.checkpoint import load_weights
+from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
+from cmrseg.data.volume import Volume
+from cmrseg.errors import CmrsegError, InputError
+from cmrseg.inference.postprocessing import postprocess
+from cmrseg.models import create_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_MODEL = "seg_as+ref_as_mt"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.json").is_file())
+
+
+@dataclass
+class Prediction:
+    """Attributes:
+    mask: uint8 ``[S, H, W]`` in the input's grid (0 bg, 1 RV, 2 MYO, 3 LV).
+    class_probs: ``[S, 3]`` presence probabilities of (RV, MYO, LV) for multitask models.
+    seconds: model time (preprocessing, forward, resampling back).
+    """
+
+    mask: np.ndarray
+    class_probs: np.ndarray | None
+    seconds: float
+
+
+class Predictor:
+    """Segment volumes with one model, loaded once.
+
+    Args:
+        model: a built cmrseg model (eval mode is set here).
+        meta: its ``model.json`` content.
+        device: ``auto`` | ``cpu`` | ``cuda`` | a torch device.
+        postprocess: ``none`` | ``largest_component`` (see :mod:`.postprocessing`).
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
+                 postprocess: str = "none"):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise CmrsegError("--device cuda asked for, but torch sees no CUDA device")
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        self.postprocess = postprocess
+        self.amp = torch.bfloat16 if self.device.type == "cuda" else None
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "none") -> "Predictor":
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.is_file():
+            raise InputError(path, "not a model folder (no model.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(meta_path, f"invalid model description ({type(exc).__name__}: {exc})") from None
+        load_weights(model, path / "weights.safetensors")
+        return cls(model, {**meta, "path": str(path)}, device, postprocess)
+
+    @classmethod
+    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "none") -> "Predictor":
+        """A run folder, or the name of a shipped model (default: the proposed model)."""
+        spec = spec or DEFAULT_MODEL
+        if Path(spec).is_dir():
+            return cls.from_path(spec, device, postprocess)
+        if str(spec) in shipped_models():
+            return cls.from_path(WEIGHTS_DIR / str(spec), device, postprocess)
+        raise CmrsegError(f"{spec}: neither a model folder nor a shipped model "
+                          f"(shipped: {', '.join(shipped_models()) or 'none'})")
+
+    @property
+    def name(self) -> str:
+        return self.meta["model"]
+
+    @torch.no_grad()
+    def predict_canvas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[S, 1, C, C]`` canvas stack -> (probabilities ``[S, 4, C, C]``, presence ``[S, 3]``)."""
+        x = x.to(self.device)
+        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
+        with ctx:
+            out = self.model(x)
+        probs = out.logits.float().softmax(dim=1)
+        cls = None if out.class_logits is None else torch.sigmoid(out.class_logits.float())
+        return probs, cls
+
+    def predict_volume(self, volume: Volume) -> Prediction:
+        """Segment one stack; the mask is in the volume's own grid."""
+        t0 = time.perf_counter()
+        x, cmap = preprocess_image(volume.image, volume.geometry.inplane_spacing, self.preprocess)
+        probs, cls = self.predict_canvas(x)
+        full = invert_to_input(probs, cmap)
+        mask = full.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        mask = postprocess(mask, self.postprocess)
+        return Prediction(mask, None if cls is None else cls.cpu().numpy(), time.perf_counter() - t0)

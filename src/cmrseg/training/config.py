@@ -1,0 +1,165 @@
+"""Training configuration: one dataclass, filled from a protocol YAML, a model YAML and
+command-line overrides (in that order), and saved resolved into every run folder.
+
+Protocols (``configs/protocols/``): ``paper`` (the paper's 200 epochs, 1.3 mm, its
+augmentation), ``fast`` (about an hour on 2 CPU cores), ``smoke`` (seconds, for tests),
+``demo`` (the phantom demo, a few minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmrseg.data.augmentation import AugmentConfig
+from cmrseg.data.preprocessing import PreprocessConfig
+from cmrseg.errors import CmrsegError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data paths.
+
+    Attributes:
+        model: registered model name (``cmrseg.models.list_models()``).
+        model_kwargs: overrides of the model defaults (widths, norm, heads, ...).
+        epochs: passes over the training stacks (the paper: 200), per stage.
+        batch_stacks: stacks per step for all-slice models (one stack = one time point).
+        batch_slices: slices per step for single-slice models (same slices per epoch).
+        lr: Adam learning rate (peak); ``warmup_epochs`` linear warm-up, then ``schedule``.
+        dice_weight: soft-Dice weight added to cross-entropy (0 = the paper's CE only).
+        lambda_cls: classification weight of the gated loss (the paper: 0.1).
+        val_every: validate (and select the best epoch) every this many epochs.
+        checkpoint_every: write the resumable checkpoint every this many epochs (and at the end).
+        snapshot_fractions: points of Seg training at which weights are kept for the Ref
+            stage's training inputs.
+        ref_inputs: ``snapshots`` (Ref trains on Seg outputs from several points of Seg
+            training, so it sees realistic errors) or ``final`` (only the final Seg).
+        heart_crop_prob: share of training crops centred on the stack's heart (+- shift);
+            the rest are centred anywhere on the canvas.
+        amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
+        stage1_run: a trained Seg-stage run folder to reuse instead of training stage 1.
+    """
+
+    model: str = "seg_as+ref_as_mt"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "custom"
+    epochs: int = 200
+    batch_stacks: int = 4
+    batch_slices: int = 40
+    lr: float = 4e-4
+    weight_decay: float = 0.0
+    warmup_epochs: int = 5
+    schedule: str = "cosine"
+    grad_clip: float = 12.0
+    dice_weight: float = 1.0
+    lambda_cls: float = 0.1
+    val_every: int = 5
+    checkpoint_every: int = 1
+    snapshot_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
+    ref_inputs: str = "snapshots"
+    heart_crop_prob: float = 0.7
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    stage1_run: str | None = None
+    progress: bool = True
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["preprocess"]["percentiles"] = list(d["preprocess"]["percentiles"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CmrsegError(f"unknown config keys: {sorted(unknown)}")
+        if "preprocess" in d:
+            d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
+        if "augment" in d:
+            d["augment"] = AugmentConfig(**d["augment"])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from cmrseg.atomic import write_text
+
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CmrsegError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CmrsegError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CmrsegError(f"{path}: a config must be a mapping")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def protocol_path(name: str) -> Path:
+    p = CONFIG_DIR / "protocols" / f"{name}.yaml"
+    if not p.is_file():
+        known = sorted(q.stem for q in (CONFIG_DIR / "protocols").glob("*.yaml"))
+        raise CmrsegError(f"unknown protocol {name!r}; known: {', '.join(known)}")
+    return p
+
+
+def model_config_path(model: str) -> Path:
+    return CONFIG_DIR / "models" / f"{model}.yaml"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``augment.rotation_deg=20`` -> (["augment", "rotation_deg"], 20)."""
+    if "=" not in text:
+        raise CmrsegError(f"override {text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_config(config: str | Path | None = None, protocol: str | None = None, model: str | None = None,
+                overrides: list[str] | None = None) -> TrainConfig:
+    """Resolve a config: protocol YAML <- model YAML (or ``config`` file) <- overrides.
+
+    A ``config`` file may name its ``protocol``; ``protocol`` given here wins.
+    """
+    data: dict[str, Any] = {}
+    if config is not None:
+        data = _read_yaml(Path(config))
+    if model is not None:
+        data = _merge(_read_yaml(model_config_path(model)), data) if model_config_path(model).is_file() else data
+        data["model"] = model
+    proto = protocol or data.get("protocol")
+    base = _read_yaml(protocol_path(proto)) if proto else {}
+    merged = _merge(base, data)
+    if proto:
+        merged["protocol"] = proto
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = merged
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return TrainConfig.from_dict(merged)
