@@ -82,6 +82,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from cmrseg.inference.segment import segment
+
+    return segment(args.input, args.out, model=args.model, device=args.device, spacing=_spacing(args.spacing),
+                   shard=args.shard, overwrite=args.overwrite, workers=args.workers, postprocess=args.postprocess,
+                   slice_order=args.slice_order, backend=args.backend)
+
+
+def cmd_export_onnx(args) -> int:
+    from cmrseg.inference.onnx import export_onnx
+
+    path = export_onnx(args.model, args.out)
+    print(f"exported {path} (+ model.json); segment with: cmrseg segment --model {args.out} --backend onnx ...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmrseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cmrseg {__version__}")
@@ -138,6 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-min", type=float, help="start no new training after this many minutes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("segment", help="segment studies: masks, measures, quality flags, pictures, report")
+    p.add_argument("-i", "--input", required=True, nargs="+", type=Path,
+                   help="NIfTI (3D/4D), DICOM series folder, h5, ACDC patient folder, or folders of these")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--model", help="shipped model name or a trained run folder (default: the proposed model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="SX SY [SZ] in mm, overriding the files")
+    p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")
+    p.add_argument("--overwrite", action="store_true", help="redo studies already finished in OUT")
+    p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
+    p.add_argument("--postprocess", default="none", choices=("none", "largest_component"))
+    p.add_argument("--slice-order", default="auto", choices=("auto", "keep", "reverse"),
+                   help="base->apex rule (README); default auto")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="torch, or onnxruntime on an exported model folder (default: torch when weights exist)")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")
+    p.add_argument("--model", help="shipped model name or a trained run folder (default: the proposed model)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (model.onnx + model.json)")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("demo", help="phantom -> train the proposed model -> segment -> evaluate (make demo)")
     p.add_argument("--out", type=Path, default=Path("demo_output"))

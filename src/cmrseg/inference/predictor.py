@@ -70,27 +70,43 @@ class Predictor:
         self.amp = torch.bfloat16 if self.device.type == "cuda" else None
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "none") -> "Predictor":
+    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "none",
+                  backend: str = "auto") -> "Predictor":
+        """``backend``: ``torch`` (weights.safetensors), ``onnx`` (model.onnx through
+        onnxruntime, CPU) or ``auto`` (torch when the folder has weights)."""
         path = Path(path)
         meta_path = path / "model.json"
         if not meta_path.is_file():
             raise InputError(path, "not a model folder (no model.json)")
         try:
             meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise InputError(meta_path, f"invalid model description ({exc})") from None
+        if backend == "auto":
+            backend = "torch" if (path / "weights.safetensors").is_file() else "onnx"
+        if backend == "onnx":
+            from cmrseg.inference.onnx import OnnxModel
+
+            if not (path / "model.onnx").is_file():
+                raise InputError(path, "no model.onnx (make one with 'cmrseg export-onnx')")
+            return cls(OnnxModel(path / "model.onnx", meta), {**meta, "path": str(path), "backend": "onnx"},
+                       "cpu", postprocess)
+        try:
             model = create_model(meta["model"], **meta.get("model_kwargs", {}))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise InputError(meta_path, f"invalid model description ({type(exc).__name__}: {exc})") from None
         load_weights(model, path / "weights.safetensors")
-        return cls(model, {**meta, "path": str(path)}, device, postprocess)
+        return cls(model, {**meta, "path": str(path), "backend": "torch"}, device, postprocess)
 
     @classmethod
-    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "none") -> "Predictor":
+    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "none",
+             backend: str = "auto") -> "Predictor":
         """A run folder, or the name of a shipped model (default: the proposed model)."""
         spec = spec or DEFAULT_MODEL
         if Path(spec).is_dir():
-            return cls.from_path(spec, device, postprocess)
+            return cls.from_path(spec, device, postprocess, backend)
         if str(spec) in shipped_models():
-            return cls.from_path(WEIGHTS_DIR / str(spec), device, postprocess)
+            return cls.from_path(WEIGHTS_DIR / str(spec), device, postprocess, backend)
         raise CmrsegError(f"{spec}: neither a model folder nor a shipped model "
                           f"(shipped: {', '.join(shipped_models()) or 'none'})")
 

@@ -1,0 +1,127 @@
+"""Pictures and the HTML report of a segmentation batch.
+
+* per study a montage of every slice with the mask overlaid (RV red, MYO green, LV blue),
+  one row per shown frame (ED and ES), cropped around the heart;
+* for cines a plot of LV and RV volume over the cycle with ED and ES marked;
+* ``report.html``: one self-contained page (pictures embedded as data URIs, each linking to
+  its full-size file) with every study's measures, flags and status.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
+
+
+def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+    """``rows``: (row label, image ``[S, H, W]``, mask ``[S, H, W]``) -> PNG with one column per slice."""
+    plt = _matplotlib()
+    n_slices = max(r[1].shape[0] for r in rows)
+    box = heart_box([m[s] for _, _, m in rows for s in range(m.shape[0])], rows[0][1].shape[1:])
+    sl = (slice(box[0], box[1]), slice(box[2], box[3]))
+    fig, axes = plt.subplots(len(rows), n_slices, figsize=(1.3 * n_slices, 1.45 * len(rows) + 0.3), squeeze=False)
+    for r, (label, image, mask) in enumerate(rows):
+        for s in range(n_slices):
+            ax = axes[r, s]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s < image.shape[0]:
+                ax.imshow(overlay(image[s][sl], mask[s][sl]), interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"slice {s}" + (" (base)" if s == 0 else " (apex)" if s == n_slices - 1 else ""), fontsize=7)
+            if s == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def volume_curve(volumes: dict[str, list[float]], x: list[float], xlabel: str, ed: int, es: int, unit: str,
+                 path: str | Path, title: str = "") -> Path:
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    colors = {"LV": "tab:blue", "RV": "tab:red"}
+    for name, vals in volumes.items():
+        ax.plot(x, vals, "o-", ms=3, color=colors.get(name), label=name)
+    top = ax.get_ylim()[1]
+    for idx, lab in ((ed, "ED"), (es, "ES")):
+        ax.axvline(x[idx], color="0.5", ls="--", lw=0.8)
+        ax.text(x[idx], top, f" {lab}", ha="left", va="top", fontsize=8, color="0.3")
+    if xlabel == "frame":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"volume ({unit})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def _img_tag(path: Path, out_dir: Path, width: int) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    rel = html.escape(str(path.relative_to(out_dir)))
+    return f'<a href="{rel}"><img src="data:image/png;base64,{data}" style="max-width:{width}px" alt="{rel}"></a>'
+
+
+def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any], path: Path) -> Path:
+    """The batch report (self-contained HTML)."""
+    from cmrseg.atomic import write_text
+
+    esc = html.escape
+    ok = [c for c in cases if c.get("status") == "ok"]
+    failed = [c for c in cases if c.get("status") != "ok"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cmrseg report</title><style>",
+        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}"
+        ".flag{color:#a60}.fail{color:#b00}.study{border-top:2px solid #ddd;margin-top:1.2em;padding-top:.5em}"
+        "td.l,th.l{text-align:left}",
+        "</style></head><body>",
+        f"<h1>cmrseg segmentation report</h1><p>{len(ok)} studies segmented, {len(failed)} failed. "
+        f"Model <b>{esc(str(info.get('model', '')))}</b> on {esc(str(info.get('device', '')))}; "
+        f"labels 1 RV (red), 2 MYO (green), 3 LV (blue); cmrseg {esc(str(info.get('cmrseg_version', '')))}.</p>",
+    ]
+    if failed:
+        parts.append("<h2 class='fail'>Failed</h2><ul>")
+        parts += [f"<li class='fail'><b>{esc(c['study'])}</b>: {esc(c.get('error', ''))}</li>" for c in failed]
+        parts.append("</ul>")
+    cols = ["LVEDV (mL)", "LVESV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "RVESV (mL)", "RVEF (%)"]
+    parts.append("<h2>Measures</h2><table><tr><th class='l'>study</th><th>frames</th><th>ED</th><th>ES</th>"
+                 + "".join(f"<th>{esc(c)}</th>" for c in cols) + "<th>flags</th></tr>")
+    for c in ok:
+        m = c.get("measures", {})
+        cells = "".join(f"<td>{m[k]:.1f}</td>" if isinstance(m.get(k), (int, float)) and np.isfinite(m[k])
+                        else "<td>–</td>" for k in cols)
+        parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td><td>{c['frames']}</td>"
+                     f"<td>{c.get('ed_frame', '')}</td><td>{c.get('es_frame', '')}</td>{cells}"
+                     f"<td>{len(c.get('flags', []))}</td></tr>")
+    parts.append("</table>")
+    for c in ok:
+        parts.append(f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])}</h3>")
+        if c.get("note"):
+            parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
+        for key in ("montage", "curve"):
+            if c.get(key):
+                parts.append(_img_tag(out_dir / c[key], out_dir, 1100 if key == "montage" else 520))
+        if c.get("flags"):
+            parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice</th><th class='l'>detail</th></tr>")
+            for f in c["flags"][:60]:
+                parts.append(f"<tr class='flag'><td class='l'>{esc(f['flag'])}</td><td>{esc(str(f.get('frame', '')))}</td>"
+                             f"<td>{'' if f.get('slice') is None else f['slice']}</td><td class='l'>{esc(f['detail'])}</td></tr>")
+            parts.append("</table>")
+        outs = " ".join(f"<a href='{esc(o)}'>{esc(o)}</a>" for o in c.get("outputs", []))
+        parts.append(f"<p>masks: {outs} &middot; {c.get('seconds', 0):.1f} s</p></div>")
+    parts.append("</body></html>")
+    write_text(path, "\n".join(parts))
+    return path

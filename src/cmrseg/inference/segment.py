@@ -1,0 +1,293 @@
+"""``cmrseg segment``: studies in; masks, clinical measures, quality flags and pictures out.
+
+For every study (see :mod:`.discovery`): segment every frame with one model (loaded once
+per batch), write each input's mask under its own file name in its own format and geometry,
+pick ED and ES (``Info.cfg`` / side files, else the largest and smallest LV volume), compute
+the clinical measures when the voxel size is known, run quality control, and draw a
+montage (and a volume curve for cines). Per-study results are JSON files in ``OUT/cases/``;
+``measures.csv``, ``volumes.csv``, ``summary.json`` and ``report.html`` are rebuilt from
+them after every batch, so shards (``--shard i/n``) writing into one folder add up and
+finished studies are skipped on a rerun.
+
+A study that fails (unreadable file, bad geometry, ...) is reported and the batch goes on;
+nothing is left half-written for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmrseg import __version__
+from cmrseg.atomic import write_json, write_text
+from cmrseg.data.io.readers import mask_output_path, write_mask
+from cmrseg.data.volume import Study
+from cmrseg.errors import CmrsegError
+from cmrseg.evaluation.clinical import (MEASURE_COLUMNS, MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures,
+                                        structure_volumes_ml)
+from cmrseg.inference.discovery import StudySource, discover, load_study
+from cmrseg.inference.predictor import Predictor
+from cmrseg.inference.quality import measure_flags, slice_flags
+from cmrseg.inference.report import montage, volume_curve, write_html
+from cmrseg.labels import label_map_json
+
+
+class _StudyReader(torch.utils.data.Dataset):
+    """Reads studies in DataLoader worker processes; errors travel back as text."""
+
+    def __init__(self, sources: list[StudySource], spacing, slice_order: str):
+        self.sources, self.spacing, self.slice_order = sources, spacing, slice_order
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, i):
+        try:
+            return i, load_study(self.sources[i], self.spacing, self.slice_order), None
+        except CmrsegError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # any other reader failure is this study's, not the batch's
+            return i, None, f"{self.sources[i].paths[0]}: {type(exc).__name__}: {exc}"
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` (1-based i) -> (i-1, n)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise CmrsegError(f"--shard must be i/n, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise CmrsegError(f"--shard {text}: need 1 <= i <= n")
+    return i - 1, n
+
+
+def _frame_label(study: Study, t: int) -> str:
+    f = study.frames[t].meta.get("frame")
+    return f"frame {f}" if f is not None else f"frame {t + 1}"
+
+
+def _pick_ed_es(study: Study, lv_voxels: list[int]) -> tuple[int, int, str]:
+    if study.ed is not None and study.es is not None:
+        return study.ed, study.es, "header (Info.cfg / side files)"
+    if len(lv_voxels) == 1:
+        return 0, 0, "single frame"
+    return int(np.argmax(lv_voxels)), int(np.argmin(lv_voxels)), "largest / smallest LV volume"
+
+
+def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
+    """ED/ES choice, per-frame volumes and the clinical measures of one segmented study.
+
+    Returns ``ed``, ``es`` (frame indices), ``ed_es_source``, ``volumes`` (per frame, mL, or
+    ``None`` without spacing), ``measures`` (``LVEDV (mL)`` ... for several frames; the
+    frame's volumes for a single frame), ``lv_voxels``, ``voxel_ml`` and ``note``.
+    """
+    voxel_ml = study.frames[0].geometry.voxel_volume_ml
+    lv_voxels = [int((m == 3).sum()) for m in masks]
+    ed, es, source = _pick_ed_es(study, lv_voxels)
+    volumes = [structure_volumes_ml(m, voxel_ml) for m in masks] if voxel_ml else None
+    measures: dict[str, float] = {}
+    note = ""
+    if volumes is None:
+        note = ("no voxel spacing: volumes, EF and mass not computed "
+                "(give --spacing SX SY SZ in mm, or use a format that stores it)")
+    elif len(masks) == 1:
+        v = volumes[0]
+        measures = {"LV volume (mL)": v["LV"], "RV volume (mL)": v["RV"], "MYO volume (mL)": v["MYO"],
+                    "MYO mass (g)": v["MYO"] * MYOCARDIUM_DENSITY_G_PER_ML}
+    else:
+        measures = cardiac_measures(volumes[ed], volumes[es])
+    return {"ed": ed, "es": es, "ed_es_source": source, "volumes": volumes, "measures": measures,
+            "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
+
+
+def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path]) -> dict[str, Any]:
+    """Segment, measure, check and draw one study; returns its JSON record.
+
+    Everything is computed before the first file is written, and a failure while writing
+    removes what this study wrote, so a failed study leaves nothing behind.
+    """
+    t0 = time.perf_counter()
+    preds = [predictor.predict_volume(v) for v in study.frames]
+    masks = [p.mask for p in preds]
+    meas = study_measures(study, masks)
+    ed, es, volumes, voxel_ml = meas["ed"], meas["es"], meas["volumes"], meas["voxel_ml"]
+    flags = []
+    for t, pred in enumerate(preds):
+        if t in (ed, es) or len(masks) <= 2:
+            flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t))
+    if len(masks) > 1 or voxel_ml is None:
+        flags += measure_flags(meas["measures"], voxel_ml is not None)
+    written: list[Path] = []
+    try:
+        # ---- masks, in the input's format and geometry (4D inputs get one 4D mask)
+        by_file: dict[Path, list[int]] = {}
+        for t, v in enumerate(study.frames):
+            by_file.setdefault(v.path, []).append(t)
+        outputs = []
+        for idx in by_file.values():
+            like = study.frames[idx[0]]
+            target = mask_output_path(like, out)
+            if target in taken:  # two studies with the same input file name: keep both
+                target = mask_output_path(like, out / study.name)
+            arr = [masks[t] for t in idx] if len(idx) > 1 else masks[idx[0]]
+            written.append(write_mask(arr, like, target.parent))
+            taken.add(written[-1])
+            outputs.append(written[-1])
+        # ---- pictures
+        fig_dir = out / "figures"
+        shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
+            else [(_frame_label(study, ed), ed)]
+        rows = [(label, study.frames[t].image, masks[t]) for label, t in shown]
+        written.append(montage(rows, fig_dir / f"{study.name}_montage.png", title=study.name))
+        curve_path = None
+        if len(masks) > 2:
+            trig = [f.meta.get("trigger_time_ms") for f in study.frames]
+            x, xlabel = (trig, "trigger time (ms)") if all(v is not None for v in trig) else \
+                (list(range(1, len(masks) + 1)), "frame")
+            if volumes is not None:
+                curves, unit = {"LV": [v["LV"] for v in volumes], "RV": [v["RV"] for v in volumes]}, "mL"
+            else:
+                curves, unit = {"LV": meas["lv_voxels"], "RV": [int((m == 1).sum()) for m in masks]}, "voxels"
+            curve_path = volume_curve(curves, x, xlabel, ed, es, unit, fig_dir / f"{study.name}_volumes.png", study.name)
+            written.append(curve_path)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    geom = study.frames[0].geometry
+    return {
+        "study": study.name, "status": "ok", "source": str(study.source), "kind": study.kind,
+        "frames": len(masks), "ed_frame": study.frames[ed].meta.get("frame", ed + 1),
+        "es_frame": study.frames[es].meta.get("frame", es + 1), "ed_es_source": meas["ed_es_source"],
+        "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
+        "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
+        "frame_volumes_ml": volumes, "lv_voxels": meas["lv_voxels"], "flags": flags,
+        "outputs": [str(p.relative_to(out)) for p in outputs],
+        "montage": str(written[len(outputs)].relative_to(out)),
+        "curve": str(curve_path.relative_to(out)) if curve_path else None,
+        "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0,
+    }
+
+
+def _case_file(out: Path, name: str) -> Path:
+    return out / "cases" / f"{name}.json"
+
+
+def _is_done(out: Path, name: str) -> bool:
+    try:
+        rec = json.loads(_case_file(out, name).read_text())
+    except (OSError, ValueError):
+        return False
+    return rec.get("status") == "ok" and all((out / o).exists() for o in rec.get("outputs", []))
+
+
+def _measures_csv(cases: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    single = ["LV volume (mL)", "RV volume (mL)", "MYO volume (mL)", "MYO mass (g)"]
+    cols = ["study", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *single, "note", "flags"]
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for c in cases:
+        if c.get("status") != "ok":
+            w.writerow([c["study"]] + [""] * (len(cols) - 3) + [f"failed: {c.get('error', '')}", ""])
+            continue
+        m = c["measures"]
+        flags = sorted({f["flag"] for f in c["flags"]})
+        w.writerow([c["study"], c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
+                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in (*MEASURE_COLUMNS, *single)],
+                    c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
+    return buf.getvalue()
+
+
+def _volumes_csv(cases: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["study", "frame", "LV (mL)", "RV (mL)", "MYO (mL)", "LV (voxels)"])
+    for c in cases:
+        if c.get("status") != "ok":
+            continue
+        vols = c.get("frame_volumes_ml") or [None] * c["frames"]
+        for t, v in enumerate(vols):
+            row = [f"{v[k]:.2f}" for k in ("LV", "RV", "MYO")] if v else ["", "", ""]
+            w.writerow([c["study"], t + 1, *row, c["lv_voxels"][t]])
+    return buf.getvalue()
+
+
+def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """measures.csv, volumes.csv, summary.json and report.html from every case record."""
+    cases = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*.json"))]
+    write_text(out / "measures.csv", _measures_csv(cases))
+    write_text(out / "volumes.csv", _volumes_csv(cases))
+    summary = {**info, "label_map": label_map_json(),
+               "cases": {c["study"]: {k: c.get(k) for k in ("status", "seconds", "model_seconds", "outputs", "error",
+                                                              "measures", "note", "ed_frame", "es_frame", "flags")}
+                         for c in cases},
+               "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
+    write_json(out / "summary.json", summary)
+    write_html(out, cases, info, out / "report.html")
+    return summary
+
+
+def segment(inputs: list[str | Path], out: str | Path, model: str | None = None, device: str = "auto",
+            spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
+            postprocess: str = "none", slice_order: str = "auto", progress: bool = True, backend: str = "auto") -> int:
+    """Run a batch; returns the exit code (0 all good, 1 some studies failed)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    idx, n = parse_shard(shard)
+    sources = discover(inputs)
+    if not sources:
+        raise CmrsegError("no studies found in the inputs")
+    mine = sources[idx::n]
+    todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
+    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend)
+    info = {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+            "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
+            "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
+            "backend": predictor.meta.get("backend"),
+            "postprocess": postprocess, "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
+          f"model {predictor.name} on {predictor.device}", flush=True)
+    loader = torch.utils.data.DataLoader(_StudyReader(todo, spacing, slice_order), batch_size=None,
+                                         num_workers=min(workers, len(todo)) if todo else 0)
+    taken: set[Path] = set()
+    failures = []
+    for i, study, error in tqdm(loader, total=len(todo), desc="segment", unit="study", disable=not progress):
+        src = todo[i]
+        t0 = time.perf_counter()
+        if error is None:
+            try:
+                record = process_study(study, predictor, out, taken)
+            except CmrsegError as exc:
+                error = str(exc)
+            except Exception as exc:  # isolate: one study's failure never stops the batch
+                error = f"{src.paths[0]}: {type(exc).__name__}: {exc}"
+        if error is not None:
+            record = {"study": src.name, "status": "failed", "error": error, "seconds": time.perf_counter() - t0,
+                      "source": str(src.paths[0])}
+            failures.append(record)
+        write_json(_case_file(out, src.name), record)
+    info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    summary = rebuild_reports(out, info)
+    ok = sum(1 for c in summary["cases"].values() if c["status"] == "ok")
+    print(f"{ok} studies segmented; measures in {out / 'measures.csv'}, report {out / 'report.html'}")
+    if failures:
+        print(f"{len(failures)} failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['study']}: {f['error']}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,174 @@
+"""``cmrseg segment`` on phantom inputs in every format: geometry, measures, failures,
+shards and skipping, ONNX parity, and the HTML report in a real headless browser."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrseg.data.io import read_volumes
+from cmrseg.data.io.readers import read_acdc_patient
+from cmrseg.evaluation.metrics import dice_per_class
+
+
+@pytest.fixture(scope="module")
+def smoke_model(phantom_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("model") / "run"
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_as+ref_as_mt", "--protocol", "smoke",
+                          "--data", str(phantom_dir / "h5"), "--out", str(run), "--set", "progress=false"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return run
+
+
+def _segment(*args):
+    return subprocess.run([sys.executable, "-m", "cmrseg", "segment", *map(str, args), "--workers", "1"],
+                          capture_output=True, text=True)
+
+
+def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
+    out = tmp_path / "out"
+    acdc, dicom = phantom_dir / "acdc", phantom_dir / "dicom"
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(acdc / "patient003" / "patient003_frame01.nii.gz", single / "stack.nii.gz")
+    res = _segment("-i", acdc / "patient001", acdc / "patient002" / "patient002_4d.nii.gz", dicom / "patient003",
+                   phantom_dir / "h5" / "val", single / "stack.nii.gz", "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pairs = [(acdc / "patient001" / "patient001_frame01.nii.gz", out / "patient001_frame01.nii.gz"),
+             (acdc / "patient002" / "patient002_4d.nii.gz", out / "patient002_4d.nii.gz"),
+             (dicom / "patient003", out / "patient003_SAX_cine.nii.gz"),
+             (single / "stack.nii.gz", out / "stack.nii.gz"),
+             (phantom_dir / "h5" / "val" / "patient004_frame01.h5", out / "patient004_frame01.h5")]
+    import h5py
+    import nibabel as nib
+
+    for src, dst in pairs:
+        assert dst.exists(), (dst, sorted(p.name for p in out.iterdir()))
+        frames = read_volumes(src)
+        if dst.suffix == ".h5":
+            with h5py.File(dst) as fh:
+                assert fh["label"].shape == frames[0].shape and fh["label"].dtype == np.uint8
+            continue
+        img = nib.load(str(dst))
+        assert img.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(img.affine, frames[0].geometry.affine, atol=1e-4)
+        expected = frames[0].shape[::-1] + ((len(frames),) if len(frames) > 1 else ())
+        assert img.shape == expected, (dst, img.shape, expected)
+
+    assert nib.load(str(out / "patient002_4d.nii.gz")).shape == nib.load(str(acdc / "patient002" / "patient002_4d.nii.gz")).shape
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["label_map"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+    assert summary["failed"] == [] and sorted(summary["cases"]) == ["patient001", "patient002_4d", "patient003", "patient004", "stack"]
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "measures.csv"))}
+    assert rows["patient001"]["ED/ES from"].startswith("header") and rows["patient001"]["LVEF (%)"] != ""
+    assert rows["patient002_4d"]["ED/ES from"] == "largest / smallest LV volume"
+    assert rows["stack"]["LV volume (mL)"] != "" and rows["stack"]["LVEF (%)"] == ""
+    assert (out / "figures" / "patient002_4d_volumes.png").exists()
+    assert (out / "figures" / "patient001_montage.png").exists()
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+
+
+def test_measures_of_phantom_masks_match_the_analytic_volumes(phantom_dir):
+    from cmrseg.inference.segment import study_measures
+
+    truth = {(r["patient"], r["phase"]): r for r in csv.DictReader(open(phantom_dir / "truth.csv"))}
+    for pid in ("patient001", "patient002", "patient003"):
+        study = read_acdc_patient(phantom_dir / "acdc" / pid)
+        m = study_measures(study, [f.label for f in study.frames])
+        ed, es = truth[(pid, "ED")], truth[(pid, "ES")]
+        checks = {"LVEDV (mL)": float(ed["LV (mL)"]), "LVESV (mL)": float(es["LV (mL)"]),
+                  "RVEDV (mL)": float(ed["RV (mL)"]), "RVESV (mL)": float(es["RV (mL)"]),
+                  "LVM (g)": float(ed["MYO (mL)"]) * 1.05}
+        for key, want in checks.items():
+            assert m["measures"][key] == pytest.approx(want, rel=0.03), (pid, key)
+        lvef = (checks["LVEDV (mL)"] - checks["LVESV (mL)"]) / checks["LVEDV (mL)"] * 100
+        assert m["measures"]["LVEF (%)"] == pytest.approx(lvef, abs=2.0)
+
+
+def test_no_spacing_says_so_instead_of_inventing_ml(phantom_dir, smoke_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(phantom_dir / "h5" / "val" / "patient004_frame01.h5", src / "case_frame01.h5")
+    shutil.copy(phantom_dir / "h5" / "val" / "patient004_frame02.h5", src / "case_frame02.h5")
+    res = _segment("-i", src, "-o", tmp_path / "out", "--model", smoke_model)
+    assert res.returncode == 0, res.stderr
+    row = next(csv.DictReader(open(tmp_path / "out" / "measures.csv")))
+    assert row["LVEDV (mL)"] == "" and "no voxel spacing" in row["note"] and "no_spacing" in row["flags"]
+
+
+def test_a_corrupt_file_fails_alone_and_leaves_nothing(phantom_dir, smoke_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for pid in ("patient001", "patient002"):
+        shutil.copy(phantom_dir / "acdc" / pid / f"{pid}_frame01.nii.gz", src / f"{pid}.nii.gz")
+    bad = src / "broken.nii.gz"
+    data = (phantom_dir / "acdc" / "patient003" / "patient003_frame01.nii.gz").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 1
+    assert "broken.nii.gz" in res.stderr and "cannot read NIfTI" in res.stderr
+    assert (out / "patient001.nii.gz").exists() and (out / "patient002.nii.gz").exists()
+    assert not any("broken" in p.name for p in out.rglob("*") if p.suffix in (".gz", ".png"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == ["broken"]
+    assert "broken" in (out / "report.html").read_text()
+
+
+def test_shards_partition_and_finished_studies_are_skipped(phantom_dir, smoke_model, tmp_path):
+    out = tmp_path / "out"
+    inputs = [phantom_dir / "acdc" / p for p in ("patient001", "patient002", "patient003")]
+    r1 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "1/2")
+    r2 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "2/2")
+    assert r1.returncode == r2.returncode == 0
+    assert "3 studies" not in r1.stdout and len(json.loads((out / "summary.json").read_text())["cases"]) == 3
+    stamp = (out / "patient001_frame01.nii.gz").stat().st_mtime_ns
+    r3 = _segment("-i", *inputs, "-o", out, "--model", smoke_model)
+    assert "3 already done" in r3.stdout
+    assert (out / "patient001_frame01.nii.gz").stat().st_mtime_ns == stamp
+    _segment("-i", inputs[0], "-o", out, "--model", smoke_model, "--overwrite")
+    assert (out / "patient001_frame01.nii.gz").stat().st_mtime_ns != stamp
+
+
+def test_onnx_runtime_masks_match_pytorch(phantom_dir, smoke_model, tmp_path):
+    from cmrseg.data.io import load_labelled_dataset
+    from cmrseg.inference import Predictor
+
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "export-onnx", "--model", str(smoke_model), "-o",
+                          str(tmp_path / "onnx")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    torch_p = Predictor.from_path(smoke_model, device="cpu")
+    onnx_p = Predictor.from_path(tmp_path / "onnx", backend="onnx")
+    for vol in load_labelled_dataset(phantom_dir / "h5" / "train")[:3]:
+        a, b = torch_p.predict_volume(vol).mask, onnx_p.predict_volume(vol).mask
+        d = dice_per_class(b, a)
+        assert np.nanmin(np.nan_to_num(d, nan=1.0)) >= 0.999, d
+        assert (a == b).mean() > 0.999
+
+
+def test_report_renders_in_headless_chromium(phantom_dir, smoke_model, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser installed (CI installs chromium)")
+    out = tmp_path / "out"
+    assert _segment("-i", phantom_dir / "acdc" / "patient001", "-o", out, "--model", smoke_model).returncode == 0
+    shot = tmp_path / "shot.png"
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                          f"--screenshot={shot}", "--window-size=1200,900", (out / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000, res.stderr[-2000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    assert img.std() > 10  # not a blank page
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", (out / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "patient001" in dom and "LVEF" in dom
