@@ -52,9 +52,23 @@ class _Base:
         use_heart = (torch.rand(len(heart), generator=gen) < self.cfg.heart_crop_prob) & ~heart.isnan().any(1)
         return torch.where(use_heart[:, None], heart.nan_to_num(h / 2.0), rand)
 
-    @staticmethod
-    def _cpu_gen(gen: torch.Generator | None) -> torch.Generator:
-        return gen if gen is not None and gen.device.type == "cpu" else torch.Generator().manual_seed(0)
+    def _segmentation_loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The gated loss for networks with a classifier, else cross-entropy (+ Dice)."""
+        if out.class_logits is not None:
+            loss = self.loss_fn(out.logits, out.class_logits, y)
+            return loss, dict(self.loss_fn.last)
+        return self.loss_fn(out.logits, y), {}
+
+    @torch.no_grad()
+    def _predict_images(self, net: nn.Module, ds: StackDataset) -> list[np.ndarray]:
+        """Canvas label maps of every validation stack (eval mode: gated for MT networks)."""
+        net.eval()
+        preds = []
+        for rec in ds.records:
+            x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
+            with self.autocast():
+                preds.append(net(self._fmt(x)).logits.argmax(1).to(torch.uint8).cpu().numpy())
+        return preds
 
 
 class ImageStage(_Base):
@@ -65,8 +79,8 @@ class ImageStage(_Base):
         self.net = net
         self.mode = "stack" if net.all_slice else "slice"
         self.train_ds = train_ds.with_mode(self.mode)
-        self.gated = net.classifier is not None
-        self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if self.gated else SegLoss(cfg.dice_weight)
+        gated = net.classifier is not None
+        self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if gated else SegLoss(cfg.dice_weight)
 
     @property
     def module(self) -> nn.Module:
@@ -78,20 +92,10 @@ class ImageStage(_Base):
         x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
         with self.autocast():
             out = train_module(self._fmt(x), sizes)
-        if self.gated:
-            loss = self.loss_fn(out.logits, out.class_logits, y)
-            return loss, dict(self.loss_fn.last)
-        return self.loss_fn(out.logits, y), {}
+        return self._segmentation_loss(out, y)
 
-    @torch.no_grad()
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
-        self.net.eval()
-        preds = []
-        for rec in ds.records:
-            x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
-            with self.autocast():
-                preds.append(self.net(self._fmt(x)).logits.argmax(1).to(torch.uint8).cpu().numpy())
-        return preds
+        return self._predict_images(self.net, ds)
 
 
 class DetSegStage(_Base):
@@ -126,15 +130,8 @@ class DetSegStage(_Base):
         seg = self.seg_loss(out.extras["crop_logits"], y_crop)
         return det + seg, {"det": float(det.detach()), "seg": float(seg.detach())}
 
-    @torch.no_grad()
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
-        self.net.eval()
-        out = []
-        for rec in ds.records:
-            x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
-            with self.autocast():
-                out.append(self.net(self._fmt(x)).logits.argmax(1).to(torch.uint8).cpu().numpy())
-        return out
+        return self._predict_images(self.net, ds)
 
 
 class RefineStage(_Base):
@@ -152,8 +149,8 @@ class RefineStage(_Base):
         self.model = model
         self.ref = model.ref
         self.mode = "stack" if model.ref.all_slice or model.seg.all_slice else "slice"
-        self.gated = model.ref.classifier is not None
-        self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if self.gated else SegLoss(cfg.dice_weight)
+        gated = model.ref.classifier is not None
+        self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if gated else SegLoss(cfg.dice_weight)
         final = {k: v.clone() for k, v in model.seg.state_dict().items()}
         self.train_probs = [self._probabilities(sd, train_ds, progress) for sd in seg_sources]
         model.seg.load_state_dict(final)
@@ -193,10 +190,7 @@ class RefineStage(_Base):
         _, y, p = self.augmenter(None, batch["label"], sizes, extra=probs, generator=dev_gen, centers=centers)
         with self.autocast():
             out = train_module(self._fmt(p), sizes)
-        if self.gated:
-            loss = self.loss_fn(out.logits, out.class_logits, y)
-            return loss, dict(self.loss_fn.last)
-        return self.loss_fn(out.logits, y), {}
+        return self._segmentation_loss(out, y)
 
     @torch.no_grad()
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
