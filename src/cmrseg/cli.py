@@ -78,8 +78,8 @@ def cmd_reproduce(args) -> int:
 def cmd_demo(args) -> int:
     from cmrseg.training.demo import run_demo
 
-    run_demo(args.out, data=args.data, protocol=args.protocol, device=args.device)
-    return 0
+    summary = run_demo(args.out, data=args.data, protocol=args.protocol, device=args.device, overrides=args.set)
+    return 0 if "levels" in summary else 1
 
 
 def cmd_segment(args) -> int:
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="a real dataset (train/ + val/) instead of the phantom")
     p.add_argument("--protocol", help="default: demo on the phantom, fast on real data")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -118,3 +118,31 @@ def test_two_process_ddp_with_gloo(phantom_dir, tmp_path):
     l_ddp = float(log[1].split(",")[3])
     l_one = float((single / "log.csv").read_text().splitlines()[1].split(",")[3])
     assert abs(l_ddp - l_one) / l_one < 0.25, (l_ddp, l_one)
+
+
+@pytest.mark.slow
+def test_demo_chain_on_the_phantom_learns(tmp_path):
+    """make demo's chain with a shorter schedule (the full demo reaches > 0.9, docs/RESULTS.md)."""
+    out = tmp_path / "demo"
+    res = _cli("demo", "--out", str(out), "--set", "epochs=12", "--set", "progress=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthetic_phantom"] and summary["levels"]["volume"]["avg"] > 0.6, summary["levels"]
+    for name in ("report.md", "table1.md", "fig4.png", "segment/report.html", "segment/measures.csv"):
+        assert (out / name).exists(), name
+    assert summary["segment_vs_known_volumes"]["studies"] == 4
+
+
+@pytest.mark.slow
+def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_path):
+    out = tmp_path / "repro"
+    res = _cli("reproduce", "--data", str(acdc_val.parent), "--protocol", "smoke", "--out", str(out),
+               "--models", "seg_as+ref_as_mt", "--set", "progress=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("table1.md", "table1.csv", "report.md", "fig4.png", "timings.csv", "summary.json"):
+        assert (out / name).exists(), name
+    table = (out / "table1.md").read_text()
+    assert "Proposed" in table and "Apex" in table
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"seg_as", "seg_as+ref_as_mt"}
+    assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 20

@@ -236,9 +236,19 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
         write_text(out / "clinical.csv", clinical_csv(rows))
     md = [f"# Evaluation ({summary['n_volumes']} volumes)\n", "Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
           markdown_table([(model_name, summary)]), "\nTopology and surface distance\n", topology_table([(model_name, summary)])]
+    if summary.get("volume_dice_by_group"):
+        md += ["\nVolume Dice by ACDC pathology group\n", "| group | RV | MYO | LV | avg |", "|---|---|---|---|---|"]
+        md += [f"| {g} | {_fmt(r['RV'])} | {_fmt(r['MYO'])} | {_fmt(r['LV'])} | {_fmt(r['avg'])} |"
+               for g, r in summary["volume_dice_by_group"].items()]
     clin = clinical_table([(model_name, summary)])
     if clin:
         md += [f"\nClinical measures, mean absolute error over {summary['clinical']['patients']} patients\n", clin]
+        groups = summary["clinical"].get("by_group", {})
+        if groups:
+            md += ["\nClinical errors by pathology group\n", "| group | patients | LVEF MAE (pp) | RVEF MAE (pp) | LVM MAE (g) |",
+                   "|---|---|---|---|---|"]
+            md += [f"| {g} | {r['patients']} | {r['LVEF (%) MAE']:.2f} | {r['RVEF (%) MAE']:.2f} | {r['LVM (g) MAE']:.2f} |"
+                   for g, r in groups.items()]
     write_text(out / "table.md", "\n".join(md))
     write_json(out / "summary.json", summary)
 

@@ -9,7 +9,6 @@ exportable: its crop depends on the detector's output (data-dependent shapes).
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -81,8 +80,3 @@ class OnnxModel:
     def __call__(self, x: torch.Tensor, stack_sizes=None) -> SegOutput:
         logits, cls = self.session.run(None, {"image": x.detach().float().cpu().numpy()})
         return SegOutput(torch.from_numpy(logits), torch.from_numpy(cls) if self.has_classifier else None)
-
-
-def copy_for_onnx(run_dir: Path, out_dir: Path) -> None:
-    """Copy a run's model.json beside an exported graph (used by tests)."""
-    shutil.copy(run_dir / "model.json", out_dir / "model.json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 
 
@@ -43,14 +42,6 @@ def init_distributed(device_kind: str) -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def broadcast_flag(value: bool, info: DistInfo) -> bool:
-    if not info.enabled:
-        return value
-    t = torch.tensor([int(value)])
-    dist.broadcast(t, 0)
-    return bool(t.item())
 
 
 def cleanup(info: DistInfo) -> None:
