@@ -59,7 +59,10 @@ def load_weights(module: nn.Module, path: str | Path, prefix: str = "", strict: 
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     target = module.state_dict()
     cast = {k: (v.to(target[k].dtype) if k in target else v) for k, v in tensors.items()}
-    missing, unexpected = module.load_state_dict(cast, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(cast, strict=False)
+    except RuntimeError as exc:  # shape mismatch: other widths or another model
+        raise InputError(path, f"weights do not fit the model ({str(exc).splitlines()[-1].strip()})") from None
     if strict and (missing or unexpected):
         raise InputError(path, f"weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 

@@ -23,3 +23,24 @@ def test_shipped_default_segments_a_stack_in_its_geometry(phantom_dir):
     assert pred.mask.shape == vol.image.shape and pred.mask.dtype == np.uint8
     assert set(np.unique(pred.mask)) <= {0, 1, 2, 3}
     assert pred.class_probs.shape == (vol.num_slices, 3)
+
+
+def test_predictor_gate_can_be_switched_off_for_ablations():
+    import torch
+
+    from cmrseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("seg_as+ref_as_mt", widths=(4, 8, 8, 16), heads=2)
+    with torch.no_grad():
+        model.ref.classifier.mlp[-1].weight.zero_()
+        model.ref.classifier.mlp[-1].bias.copy_(torch.tensor([-10.0, 10.0, 10.0]))  # p_RV ~ 0
+        model.ref.decoder.head.bias.copy_(torch.tensor([0.0, 100.0, 0.0, 0.0]))  # ungated: RV everywhere
+    meta = {"model": "seg_as+ref_as_mt", "preprocess": {"target_spacing": None, "canvas": 32}}
+    predictor = Predictor(model, meta, device="cpu")
+    x = torch.randn(5, 1, 32, 32)
+    gated, _ = predictor.predict_canvas(x)
+    predictor.gated = False
+    ungated, cls = predictor.predict_canvas(x)
+    assert (cls[:, 0] < 0.5).all()
+    assert not (gated.argmax(1) == 1).any() and (ungated.argmax(1) == 1).all()

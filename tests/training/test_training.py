@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cmrseg.checkpoint import read_tensors
+from cmrseg.errors import CmrsegError
 from cmrseg.training.config import load_config
 
 SMOKE = ["--protocol", "smoke"]
@@ -27,11 +28,13 @@ def test_config_layers_protocol_model_and_overrides(tmp_path):
     cfg = load_config(protocol="paper", model="seg_as+ref_as_mt", overrides=["augment.rotation_deg=10", "epochs=3"])
     assert cfg.protocol == "paper" and cfg.model == "seg_as+ref_as_mt"
     assert cfg.epochs == 3 and cfg.augment.rotation_deg == 10 and cfg.preprocess.target_spacing == 1.3
+    assert load_config(protocol="fast", overrides=["lr=5e-4", "augment.gamma=1"]).lr == 5e-4  # YAML 1.1: a string
+    with pytest.raises(CmrsegError, match="'lr' must be a number"):
+        load_config(protocol="fast", overrides=["lr=fast"])
     cfg.save(tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again.to_dict() == cfg.to_dict()
     (tmp_path / "bad.yaml").write_text("epochz: 3\n")
-    from cmrseg.errors import CmrsegError
 
     with pytest.raises(CmrsegError, match="unknown config keys"):
         load_config(tmp_path / "bad.yaml")
@@ -88,6 +91,17 @@ def test_finished_run_is_not_retrained(phantom_dir, tmp_path):
     stamp = (run / "weights.safetensors").stat().st_mtime_ns
     assert _cli(*args).returncode == 0
     assert (run / "weights.safetensors").stat().st_mtime_ns == stamp
+    # fine-tuning from that run with a zero learning rate keeps its convolution weights exactly
+    tuned = tmp_path / "tuned"
+    base = args[: args.index("--out") + 1]
+    res = _cli(*base, str(tuned), "--epochs", "1", "--set", "progress=false", "--set", "lr=0",
+               "--set", f"init_weights={run}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = read_tensors(run / "weights.safetensors"), read_tensors(tuned / "weights.safetensors")
+    convs = [k for k in a if k.endswith("weight") and a[k].ndim == 4]
+    assert convs and all(torch.equal(a[k], b[k]) for k in convs)
+    res = _cli(*base, str(tmp_path / "bad"), "--set", "progress=false", "--set", f"init_weights={tmp_path / 'no'}")
+    assert res.returncode == 2 and "init_weights" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_bad_config_and_data_give_one_line(tmp_path):

@@ -54,6 +54,9 @@ class Predictor:
         meta: its ``model.json`` content.
         device: ``auto`` | ``cpu`` | ``cuda`` | a torch device.
         postprocess: ``none`` | ``largest_component`` (see :mod:`.postprocessing`).
+
+    Attribute ``gated`` (default True): the classifier gate of multitask two-stage models
+    (paper Sec. 2.3); set it False to take the Ref stage's ungated output (for ablations).
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
@@ -68,6 +71,7 @@ class Predictor:
         self.preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         self.postprocess = postprocess
         self.amp = torch.bfloat16 if self.device.type == "cuda" else None
+        self.gated = True
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "none",
@@ -121,7 +125,8 @@ class Predictor:
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
         with ctx:
             out = self.model(x)
-        probs = out.logits.float().softmax(dim=1)
+        logits = out.logits if self.gated or out.ungated_logits is None else out.ungated_logits
+        probs = logits.float().softmax(dim=1)
         cls = None if out.class_logits is None else torch.sigmoid(out.class_logits.float())
         return probs, cls
 

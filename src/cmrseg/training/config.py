@@ -45,6 +45,10 @@ class TrainConfig:
             the rest are centred anywhere on the canvas.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         stage1_run: a trained Seg-stage run folder to reuse instead of training stage 1.
+        init_weights: fine-tune: start from these weights (a run folder or a ``.safetensors``
+            file of the same model and widths) instead of a random initialisation. For a
+            two-stage model they initialise the whole model; its Seg stage is then replaced
+            by the stage-1 run's weights. A resumed run continues from its checkpoint instead.
     """
 
     model: str = "seg_as+ref_as_mt"
@@ -72,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     stage1_run: str | None = None
+    init_weights: str | None = None
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -91,13 +96,26 @@ class TrainConfig:
         if "preprocess" in d:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         if "augment" in d:
-            d["augment"] = AugmentConfig(**d["augment"])
-        return cls(**d)
+            d["augment"] = AugmentConfig(**_as_floats(AugmentConfig, d["augment"]))
+        return cls(**_as_floats(cls, d))
 
     def save(self, path: str | Path) -> None:
         from cmrseg.atomic import write_text
 
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _as_floats(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``cls``'s float fields as floats: YAML 1.1 reads ``5e-4`` (no dot) as a string."""
+    out = dict(d)
+    for f in dataclasses.fields(cls):
+        v = out.get(f.name)
+        if isinstance(f.default, float) and isinstance(v, (str, int)) and not isinstance(v, bool):
+            try:
+                out[f.name] = float(v)
+            except ValueError:
+                raise CmrsegError(f"config key {f.name!r} must be a number, got {v!r}") from None
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -237,7 +237,8 @@ def _minutes(v) -> str:
 
 def write_tables(out: Path, jobs: list[Job], summaries: dict, speed: dict, protocol: str, device: str) -> str:
     """Write table1/table2 (md + csv), timings.csv and report.md; returns the report text."""
-    done = [j.name for j in jobs if j.name in summaries]
+    order = TABLE1 + [m for m in TABLE2 + [REF_INPUT_ABLATION] if m not in TABLE1]
+    done = sorted((j.name for j in jobs if j.name in summaries), key=lambda m: order.index(m) if m in order else len(order))
     t1 = [(LABELS_T1[m], summaries[m]) for m in TABLE1 if m in summaries]
     t2 = [(LABELS_T2[m], summaries[m]) for m in TABLE2 + [REF_INPUT_ABLATION] if m in summaries]
     write_text(out / "table1.md", markdown_table(t1))

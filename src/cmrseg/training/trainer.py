@@ -261,6 +261,16 @@ def _finish(out: Path, model: nn.Module, cfg: TrainConfig, state: dict, extra: d
     write_json(out / "model.json", meta)
 
 
+def _weights_file(path: str | Path) -> Path:
+    """The weights of ``init_weights``: a ``.safetensors`` file or a run folder's weights."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "weights.safetensors"
+    if not path.is_file():
+        raise InputError(path, "init_weights: no such weights file")
+    return path
+
+
 def is_complete_run(path: Path) -> bool:
     try:
         return json.loads((path / "model.json").read_text()).get("complete", False)
@@ -313,6 +323,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, val: str | Path |
         val_ds = StackDataset.from_folder(val_src, cfg.preprocess, progress=cfg.progress and info.is_main)
         seed_everything(cfg.seed)
         model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+        if cfg.init_weights:
+            load_weights(model, _weights_file(cfg.init_weights))
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         if not isinstance(model, TwoStageNet):
