@@ -1,36 +1,53 @@
 """Copy a finished run into the package as a shipped model (``cmrseg/weights/<name>/``):
 ``weights.safetensors`` as trained and ``model.json`` with its provenance.
 
-    python experiments/ship_model.py RUN_DIR NAME "how it was trained (protocol, machine, date)"
+    python experiments/ship_model.py RUN_DIR NAME "how it was trained (protocol, machine, date)" [--postprocess M]
+
+``--postprocess`` records the clean-up ``cmrseg segment --postprocess auto`` (its default)
+applies with this model (``cmrseg.inference.postprocessing``; choose it on val, see RESULTS).
 """
 
+import argparse
 import json
-import shutil
-import sys
 from pathlib import Path
+
+import yaml
 
 from cmrseg.checkpoint import read_tensors, save_weights
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cmrseg" / "weights"
 
 
-def main(run: str, name: str, provenance: str) -> None:
+def main(run: str, name: str, provenance: str, postprocess: str | None = None) -> None:
     run_p = Path(run)
     meta = json.loads((run_p / "model.json").read_text())
     if not meta.get("complete"):
         raise SystemExit(f"{run}: not a complete run")
     dst = WEIGHTS / name
     dst.mkdir(parents=True, exist_ok=True)
-    for key in ("stage1_run",):  # machine-specific paths are not provenance
+    machine_paths = ("stage1_run", "init_weights")  # this machine's paths are not provenance
+    for key in machine_paths:
         meta.pop(key, None)
     meta["shipped"] = {"name": name, "trained": provenance}
+    if postprocess:
+        meta["postprocess"] = postprocess
     save_weights(read_tensors(run_p / "weights.safetensors"), dst / "weights.safetensors",
                  metadata={"model": meta["model"], "protocol": str(meta.get("protocol"))})
     (dst / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.copy(run_p / "config.yaml", dst / "config.yaml")
+    config = yaml.safe_load((run_p / "config.yaml").read_text())
+    config.update({k: None for k in machine_paths if k in config})
+    (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     size = (dst / "weights.safetensors").stat().st_size / 2 ** 20
     print(f"shipped {name}: {size:.1f} MiB")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    from cmrseg.inference.postprocessing import POSTPROCESS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("name")
+    ap.add_argument("provenance")
+    ap.add_argument("--postprocess", choices=POSTPROCESS)
+    a = ap.parse_args()
+    main(a.run, a.name, a.provenance, a.postprocess)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cmrseg import __version__
 from cmrseg.errors import CmrsegError
+from cmrseg.inference.postprocessing import POSTPROCESS
 
 
 def _spacing(values):
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")
     p.add_argument("--overwrite", action="store_true", help="redo studies already finished in OUT")
     p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
-    p.add_argument("--postprocess", default="none", choices=("none", "largest_component"))
+    p.add_argument("--postprocess", default="auto", choices=("auto", *POSTPROCESS),
+                   help="mask clean-up; auto: the model's own choice (model.json), else none")
     p.add_argument("--slice-order", default="auto", choices=("auto", "keep", "reverse"),
                    help="base->apex rule (README); default auto")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),

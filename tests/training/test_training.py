@@ -104,6 +104,18 @@ def test_finished_run_is_not_retrained(phantom_dir, tmp_path):
     assert res.returncode == 2 and "init_weights" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_ref_stage_on_online_seg_outputs_keeps_the_final_seg_weights(phantom_dir, tmp_path):
+    run = tmp_path / "online"
+    res = _cli("train", "--model", "seg_as+ref_as_mt", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(run),
+               "--epochs", "2", "--set", "progress=false", "--set", "ref_inputs=online", "--set", "snapshot_fractions=[0.5]")
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["ref_inputs"] == "online" and meta["ref_input_sources"] == 2  # final + one snapshot
+    seg = read_tensors(run / "stage1" / "weights.safetensors")
+    full = read_tensors(run / "weights.safetensors")
+    assert all(torch.equal(full[f"seg.{k}"], v) for k, v in seg.items())  # the snapshots only fed the Ref stage
+
+
 def test_bad_config_and_data_give_one_line(tmp_path):
     res = _cli("train", "--model", "seg_ss", "--protocol", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "unknown protocol" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -1,8 +1,19 @@
-"""Optional mask clean-up after prediction (off by default: the paper's claim is that the
-classifier-guided model needs none, and the evaluation measures the model as it is).
+"""Optional mask clean-up after prediction.
 
-``largest_component``: per slice and class keep the largest 8-connected component
-(``scipy.ndimage.label``), as nnU-Net's post-processing does in 3D.
+* ``largest_component``: per slice and class keep the largest 8-connected component
+  (``scipy.ndimage.label``), as nnU-Net's post-processing does in 3D; removed pixels become
+  background.
+* ``fill_holes``: per slice, whatever the LV cavity encloses becomes LV (ACDC counts the
+  papillary muscles as cavity), and whatever LV cavity + myocardium enclose becomes MYO
+  (``scipy.ndimage.binary_fill_holes``): in a short-axis slice LV + MYO is a filled disc, so
+  an enclosed pixel of another label is always an error (the protocol's hole rate counts them).
+* ``clean``: ``largest_component``, then ``fill_holes``.
+* ``auto`` (the ``segment`` default): the method recorded in the model's ``model.json``
+  (``"postprocess"``), chosen for that model on the validation split with nnU-Net's rule
+  (keep a clean-up only if it does not lower the mean volume Dice); ``none`` when absent.
+
+Run folders carry no such choice, so training's validation and ``cmrseg reproduce`` measure
+the networks' raw output.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-POSTPROCESS = ("none", "largest_component")
+POSTPROCESS = ("none", "largest_component", "fill_holes", "clean")
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -30,9 +41,26 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``[S, H, W]`` labels -> pixels enclosed by LV become LV, pixels enclosed by LV + MYO
+    become MYO (the same enclosure test as :func:`cmrseg.evaluation.topology.has_hole`)."""
+    out = mask.copy()
+    for s in range(mask.shape[0]):
+        sl = out[s]
+        for region, label in (((3,), 3), ((2, 3), 2)):
+            m = np.isin(sl, region)
+            if m.any():
+                sl[ndimage.binary_fill_holes(m) & ~m] = label
+    return out
+
+
 def postprocess(mask: np.ndarray, method: str) -> np.ndarray:
     if method == "none":
         return mask
     if method == "largest_component":
         return largest_component(mask)
+    if method == "fill_holes":
+        return fill_holes(mask)
+    if method == "clean":
+        return fill_holes(largest_component(mask))
     raise ValueError(f"unknown post-processing {method!r}; choose from {POSTPROCESS}")

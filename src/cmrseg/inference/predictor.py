@@ -19,7 +19,7 @@ from cmrseg.checkpoint import load_weights
 from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference.postprocessing import postprocess
+from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -53,14 +53,15 @@ class Predictor:
         model: a built cmrseg model (eval mode is set here).
         meta: its ``model.json`` content.
         device: ``auto`` | ``cpu`` | ``cuda`` | a torch device.
-        postprocess: ``none`` | ``largest_component`` (see :mod:`.postprocessing`).
+        postprocess: ``none`` | ``largest_component`` | ``fill_holes`` | ``clean`` | ``auto``
+            (the model's own choice in ``model.json``, else ``none``); see :mod:`.postprocessing`.
 
     Attribute ``gated`` (default True): the classifier gate of multitask two-stage models
     (paper Sec. 2.3); set it False to take the Ref stage's ungated output (for ablations).
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
-                 postprocess: str = "none"):
+                 postprocess: str = "auto"):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -69,12 +70,16 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        if postprocess == "auto":
+            postprocess = meta.get("postprocess", "none")
+        if postprocess not in POSTPROCESS:
+            raise CmrsegError(f"unknown post-processing {postprocess!r}; choose from auto, {', '.join(POSTPROCESS)}")
         self.postprocess = postprocess
         self.amp = torch.bfloat16 if self.device.type == "cuda" else None
         self.gated = True
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "none",
+    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "auto",
                   backend: str = "auto") -> "Predictor":
         """``backend``: ``torch`` (weights.safetensors), ``onnx`` (model.onnx through
         onnxruntime, CPU) or ``auto`` (torch when the folder has weights)."""
@@ -103,7 +108,7 @@ class Predictor:
         return cls(model, {**meta, "path": str(path), "backend": "torch"}, device, postprocess)
 
     @classmethod
-    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "none",
+    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "auto",
              backend: str = "auto") -> "Predictor":
         """A run folder, or the name of a shipped model (default: the proposed model)."""
         spec = spec or DEFAULT_MODEL

@@ -241,7 +241,7 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
 
 def segment(inputs: list[str | Path], out: str | Path, model: str | None = None, device: str = "auto",
             spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
-            postprocess: str = "none", slice_order: str = "auto", progress: bool = True, backend: str = "auto") -> int:
+            postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto") -> int:
     """Run a batch; returns the exit code (0 all good, 1 some studies failed)."""
     from tqdm.auto import tqdm
 
@@ -258,7 +258,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
             "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
-            "postprocess": postprocess, "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
+            "postprocess": predictor.postprocess, "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
           f"model {predictor.name} on {predictor.device}", flush=True)

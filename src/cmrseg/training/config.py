@@ -40,15 +40,18 @@ class TrainConfig:
         snapshot_fractions: points of Seg training at which weights are kept for the Ref
             stage's training inputs.
         ref_inputs: ``snapshots`` (Ref trains on Seg outputs from several points of Seg
-            training, so it sees realistic errors) or ``final`` (only the final Seg).
+            training, so it sees realistic errors, computed once on the plain images and then
+            augmented), ``online`` (the same Seg weights, run on every augmented training
+            batch, so intensity augmentation reaches the Seg outputs too) or ``final``
+            (only the final Seg, cached).
         heart_crop_prob: share of training crops centred on the stack's heart (+- shift);
             the rest are centred anywhere on the canvas.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         stage1_run: a trained Seg-stage run folder to reuse instead of training stage 1.
         init_weights: fine-tune: start from these weights (a run folder or a ``.safetensors``
             file of the same model and widths) instead of a random initialisation. For a
-            two-stage model they initialise the whole model; its Seg stage is then replaced
-            by the stage-1 run's weights. A resumed run continues from its checkpoint instead.
+            two-stage model they initialise both stages; with ``stage1_run`` its Seg stage
+            is that run's instead. A resumed run continues from its checkpoint instead.
     """
 
     model: str = "seg_as+ref_as_mt"

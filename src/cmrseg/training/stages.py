@@ -3,14 +3,16 @@
 * :class:`ImageStage`: a network on augmented images (every single-stage model and the Seg
   stage of two-stage models). Plain networks use :class:`~cmrseg.losses.SegLoss`, networks
   with a classification branch the paper's gated loss.
-* :class:`RefineStage`: the Ref stage of a two-stage model, on augmented Seg-stage
-  probability maps computed once per Seg weight snapshot (see ``ref_inputs``).
+* :class:`RefineStage`: the Ref stage of a two-stage model, on Seg-stage probability maps:
+  computed once per Seg weight snapshot and then augmented, or computed by a Seg snapshot
+  on every augmented training batch (see ``ref_inputs``).
 * :class:`DetSegStage`: Det+Seg: detector loss on the heart plus segmenter loss on crops
   centred on the true heart (jittered).
 """
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -141,10 +143,13 @@ class RefineStage(_Base):
         model: the :class:`TwoStageNet`; ``model.seg`` is frozen and already trained.
         seg_sources: Seg-stage state dicts whose outputs form the training inputs (the
             final weights alone, or snapshots from along Seg training as well).
+        online: run a randomly drawn source on every augmented training batch (the Seg
+            stage's errors under augmentation: intensity changes, rotations, crops) instead
+            of augmenting probability maps cached once per source on the plain images.
     """
 
     def __init__(self, model: TwoStageNet, seg_sources: list[dict], train_ds: StackDataset, val_ds: StackDataset,
-                 cfg, device, amp_dtype, channels_last, progress: bool = False):
+                 cfg, device, amp_dtype, channels_last, progress: bool = False, online: bool = False):
         super().__init__(cfg, device, amp_dtype, channels_last)
         self.model = model
         self.ref = model.ref
@@ -152,7 +157,12 @@ class RefineStage(_Base):
         gated = model.ref.classifier is not None
         self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if gated else SegLoss(cfg.dice_weight)
         final = {k: v.clone() for k, v in model.seg.state_dict().items()}
-        self.train_probs = [self._probabilities(sd, train_ds, progress) for sd in seg_sources]
+        self.sources = seg_sources
+        if online:  # a separate copy runs the sources, so model.seg keeps the final weights
+            self.source_net, self.source_index = copy.deepcopy(model.seg).eval(), None
+            self.train_probs = None
+        else:
+            self.train_probs = [self._probabilities(sd, train_ds, progress) for sd in seg_sources]
         model.seg.load_state_dict(final)
         self.val_probs = self._probabilities(final, val_ds, progress)
         self.train_ds = train_ds.with_mode(self.mode)
@@ -177,6 +187,8 @@ class RefineStage(_Base):
         return self.ref
 
     def loss(self, batch, train_module, gen, dev_gen):
+        if self.train_probs is None:
+            return self._loss_online(batch, train_module, gen, dev_gen)
         sizes = batch["stack_sizes"]
         index = self.train_ds._index
         probs = []
@@ -188,6 +200,20 @@ class RefineStage(_Base):
         probs = torch.cat(probs).float()
         centers = self.crop_centers(batch, gen)
         _, y, p = self.augmenter(None, batch["label"], sizes, extra=probs, generator=dev_gen, centers=centers)
+        with self.autocast():
+            out = train_module(self._fmt(p), sizes)
+        return self._segmentation_loss(out, y)
+
+    def _loss_online(self, batch, train_module, gen, dev_gen):
+        sizes = batch["stack_sizes"]
+        source = int(torch.randint(len(self.sources), (1,), generator=gen))
+        if source != self.source_index:
+            self.source_net.load_state_dict(self.sources[source])
+            self.source_index = source
+        centers = self.crop_centers(batch, gen)
+        x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
+        with torch.no_grad(), self.autocast():
+            p = self.source_net(self._fmt(x), sizes).logits.float().softmax(1)
         with self.autocast():
             out = train_module(self._fmt(p), sizes)
         return self._segmentation_loss(out, y)

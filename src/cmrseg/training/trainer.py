@@ -341,20 +341,22 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, val: str | Path |
         elif not is_complete_run(s1_dir):
             seed_everything(cfg.seed)
             seg = create_model(stage1_name(cfg.model), **cfg.model_kwargs).to(device)
+            if cfg.init_weights:  # fine-tune the Seg stage from the given two-stage weights too
+                seg.load_state_dict(model.seg.state_dict())
             if channels_last:
                 seg = seg.to(memory_format=torch.channels_last)
             _train_single(seg, cfg, train_ds, val_ds, s1_dir, device, info, amp, channels_last, snapshots=True)
         load_weights(model.seg, s1_dir / "weights.safetensors")
         model.seg.requires_grad_(False)
         sources = [read_tensors(s1_dir / "weights.safetensors")]
-        if cfg.ref_inputs == "snapshots":
+        if cfg.ref_inputs in ("snapshots", "online"):
             sources += [read_tensors(p) for p in sorted((s1_dir / "snapshots").glob("epoch_*.safetensors"))]
         elif cfg.ref_inputs != "final":
-            raise CmrsegError(f"ref_inputs must be 'snapshots' or 'final', got {cfg.ref_inputs!r}")
+            raise CmrsegError(f"ref_inputs must be 'snapshots', 'online' or 'final', got {cfg.ref_inputs!r}")
         sources = [{k: v.to(device) for k, v in sd.items()} for sd in sources]
         t_probs = time.perf_counter()
         stage = RefineStage(model, sources, train_ds, val_ds, cfg, device, amp, channels_last,
-                            progress=cfg.progress and info.is_main)
+                            progress=cfg.progress and info.is_main, online=cfg.ref_inputs == "online")
         prob_seconds = time.perf_counter() - t_probs
         state = _fit(stage, val_ds, cfg, out, device, info, False, model, cfg.model)
         state["wall_seconds"] = state.get("wall_seconds", 0.0) + prob_seconds

@@ -1,0 +1,53 @@
+"""Mask clean-up: fragments removed, holes filled, the protocol's topology counts go to zero,
+and ``auto`` takes the model's own choice."""
+
+import numpy as np
+import pytest
+import torch
+
+from cmrseg.errors import CmrsegError
+from cmrseg.evaluation.topology import topology_counts
+from cmrseg.inference import Predictor
+from cmrseg.inference.postprocessing import fill_holes, largest_component, postprocess
+
+
+def _ring_slice():
+    """MYO ring around an LV disc, a background hole in the LV, an RV pixel inside the
+    ring, a stray MYO fragment and an RV crescent."""
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    m = np.zeros((40, 40), np.uint8)
+    m[r < 10] = 2
+    m[r < 7] = 3
+    m[20, 20] = 0  # hole in the cavity
+    m[20, 28] = 1  # RV pixel enclosed by the myocardium
+    m[2:4, 2:4] = 2  # fragment
+    m[5:9, 30:38] = 1
+    return m[None]
+
+
+def test_fill_holes_and_largest_component_fix_what_the_protocol_counts():
+    m = _ring_slice()
+    before = topology_counts(m)
+    assert before.slices_with_holes == 1 and before.fragmented_pairs == 2  # MYO and RV
+    filled = fill_holes(m)
+    assert filled[0, 20, 20] == 3 and filled[0, 20, 28] == 2
+    assert topology_counts(filled).slices_with_holes == 0
+    cleaned = postprocess(m, "clean")
+    after = topology_counts(cleaned)
+    assert after.slices_with_holes == 0 and after.fragmented_pairs == 0
+    assert (cleaned[0, 2:4, 2:4] == 0).all() and (cleaned[0, 5:9, 30:38] == 1).all()
+    assert np.array_equal(largest_component(m)[0, 2:4, 2:4], np.zeros((2, 2)))
+    assert np.array_equal(postprocess(m, "none"), m)
+
+
+def test_auto_takes_the_models_choice_and_unknown_methods_fail():
+    from cmrseg.models import create_model
+
+    model = create_model("seg_ss", widths=(4, 8, 8, 16))
+    meta = {"model": "seg_ss", "preprocess": {"target_spacing": None, "canvas": 32}}
+    assert Predictor(model, meta, "cpu", "auto").postprocess == "none"
+    assert Predictor(model, {**meta, "postprocess": "clean"}, "cpu", "auto").postprocess == "clean"
+    assert Predictor(model, {**meta, "postprocess": "clean"}, "cpu", "none").postprocess == "none"
+    with pytest.raises(CmrsegError, match="unknown post-processing"):
+        Predictor(model, meta, "cpu", "smooth")
