@@ -47,7 +47,8 @@ def main():
             write_mask(pred.mask, vol, tmp)
             per10.append((time.perf_counter() - t0) * 10 / vol.num_slices)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "device": str(predictor.device),
+    res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess,
+           "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
            "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),
            "date": time.strftime("%Y-%m-%d")}

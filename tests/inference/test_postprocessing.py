@@ -51,3 +51,16 @@ def test_auto_takes_the_models_choice_and_unknown_methods_fail():
     assert Predictor(model, {**meta, "postprocess": "clean"}, "cpu", "none").postprocess == "none"
     with pytest.raises(CmrsegError, match="unknown post-processing"):
         Predictor(model, meta, "cpu", "smooth")
+
+
+@pytest.mark.parametrize("method", ["largest_component", "fill_holes", "clean"])
+def test_working_on_the_foreground_box_changes_nothing(method):
+    from cmrseg.inference.postprocessing import _METHODS
+
+    rng = np.random.default_rng(0)
+    stack = np.zeros((3, 90, 100), np.uint8)
+    stack[0, 30:70, 25:65] = _ring_slice()[0]
+    stack[1, 35:75, 60:100] = _ring_slice()[0]  # touches the image border
+    stack[2, 40:60, 20:40] = (rng.random((20, 20)) < 0.3) * rng.integers(1, 4, (20, 20))
+    assert np.array_equal(postprocess(stack, method), _METHODS[method](stack))
+    assert np.array_equal(postprocess(np.zeros((2, 8, 8), np.uint8), method), np.zeros((2, 8, 8)))
