@@ -10,7 +10,7 @@ counts, per level and class, slices where the mask misses a class the truth has 
 where the mask has a class the truth lacks (FP), their share of all slices of that level, the
 classifier's accuracy, and the mean Dice over slices where both have the class. That splits a
 level's Dice loss into presence errors (whole slices wrong) and boundary errors.
-``--ungated`` adds, for multitask two-stage models, the same table without the classifier gate.
+``--ungated`` adds, for multitask models, the same table without the classifier gate.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main():
         predictor = Predictor.load(m, device="cpu")
         name = predictor.name if m is None else str(m)
         text.append(table(name, analyse(predictor, volumes)))
-        if args.ungated and "_mt" in predictor.name and "+" in predictor.name:
+        if args.ungated and "_mt" in predictor.name:  # multitask models: gated by their classifier
             predictor.gated = False
             text.append(table(f"{name} (gate off)", analyse(predictor, volumes)))
     report = "\n".join(text)
