@@ -1,5 +1,5 @@
 """Copy a finished run into the package as a shipped model (``cmrseg/weights/<name>/``):
-``weights.safetensors`` as trained and ``model.json`` with its provenance.
+``weights.safetensors`` in float16 and ``model.json`` with its provenance.
 
     python experiments/ship_model.py RUN_DIR NAME "how it was trained (protocol, machine, date)" [--postprocess M]
 
@@ -31,7 +31,12 @@ def main(run: str, name: str, provenance: str, postprocess: str | None = None) -
     meta["shipped"] = {"name": name, "trained": provenance}
     if postprocess:
         meta["postprocess"] = postprocess
-    save_weights(read_tensors(run_p / "weights.safetensors"), dst / "weights.safetensors",
+    # float16 halves the package (and the working tree that travels to GPU machines); the
+    # normalisation statistics stay float32 (small variances would lose precision)
+    tensors = {k: (v.half() if v.is_floating_point() and "running_" not in k else v)
+               for k, v in read_tensors(run_p / "weights.safetensors").items()}
+    meta["shipped"]["dtype"] = "float16 (normalisation statistics float32)"
+    save_weights(tensors, dst / "weights.safetensors",
                  metadata={"model": meta["model"], "protocol": str(meta.get("protocol"))})
     (dst / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     config = yaml.safe_load((run_p / "config.yaml").read_text())
