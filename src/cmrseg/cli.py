@@ -12,7 +12,6 @@ from pathlib import Path
 
 from cmrseg import __version__
 from cmrseg.errors import CmrsegError
-from cmrseg.inference.postprocessing import POSTPROCESS
 
 
 def _spacing(values):
@@ -166,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")
     p.add_argument("--overwrite", action="store_true", help="redo studies already finished in OUT")
     p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
-    p.add_argument("--postprocess", default="auto", choices=("auto", *POSTPROCESS),
-                   help="mask clean-up; auto: the model's own choice (model.json), else none")
+    # not argparse choices: listing them would import torch and slow every command's start;
+    # the predictor rejects an unknown method with one line before any study is read
+    p.add_argument("--postprocess", default="auto", metavar="METHOD",
+                   help="mask clean-up: auto (the model's own choice in model.json, else none), none, "
+                        "largest_component, fill_holes or clean")
     p.add_argument("--slice-order", default="auto", choices=("auto", "keep", "reverse"),
                    help="base->apex rule (README); default auto")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),

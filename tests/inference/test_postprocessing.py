@@ -64,3 +64,14 @@ def test_working_on_the_foreground_box_changes_nothing(method):
     stack[2, 40:60, 20:40] = (rng.random((20, 20)) < 0.3) * rng.integers(1, 4, (20, 20))
     assert np.array_equal(postprocess(stack, method), _METHODS[method](stack))
     assert np.array_equal(postprocess(np.zeros((2, 8, 8), np.uint8), method), np.zeros((2, 8, 8)))
+
+
+def test_unknown_method_on_the_command_line_fails_in_one_line_before_writing(phantom_dir, tmp_path):
+    import subprocess
+    import sys
+
+    h5 = sorted((phantom_dir / "h5" / "val").glob("*.h5"))[0]
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "segment", "-i", str(h5), "-o", str(tmp_path / "out"),
+                          "--postprocess", "smooth"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown post-processing 'smooth'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

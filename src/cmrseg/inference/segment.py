@@ -246,14 +246,14 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
     from tqdm.auto import tqdm
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     idx, n = parse_shard(shard)
     sources = discover(inputs)
     if not sources:
         raise CmrsegError("no studies found in the inputs")
+    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs and the model are known good
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
-    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend)
     info = {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
