@@ -68,14 +68,15 @@ class GatedRefinementLoss(nn.Module):
     """The paper's classifier-gated multitask loss (module docstring).
 
     ``forward(logits [N,4,H,W], class_logits [N,3], labels [N,H,W])`` -> scalar; the parts
-    are kept in ``self.last`` (``seg``, ``cls``) for logging.
+    are kept in ``self.last`` (``seg``, ``cls``, detached 0-d tensors: reading them as numbers
+    would wait for the device on every step) for logging.
     """
 
     def __init__(self, lambda_cls: float = 0.1, dice_weight: float = 1.0):
         super().__init__()
         self.lambda_cls = lambda_cls
         self.dice_weight = dice_weight
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits, class_logits = logits.float(), class_logits.float()
@@ -94,7 +95,7 @@ class GatedRefinementLoss(nn.Module):
         loss = seg + self.lambda_cls * ce_cls
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(probs, onehot, weights=gate)
-        self.last = {"seg": float(seg.detach()), "cls": float(ce_cls.detach())}
+        self.last = {"seg": seg.detach(), "cls": ce_cls.detach()}
         return loss
 
 

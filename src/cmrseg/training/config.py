@@ -47,6 +47,13 @@ class TrainConfig:
         heart_crop_prob: share of training crops centred on the stack's heart (+- shift);
             the rest are centred anywhere on the canvas.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
+        channels_last: NHWC activations on CUDA (measure with ``benchmarks/bench_training.py``).
+        cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for single-slice models,
+            whose batches have one shape (all-slice batches vary with the stacks' sizes,
+            and every new shape is tuned anew).
+        time_budget_s: seconds each stage may train: after its first epochs (timed, with one
+            validation) the stage's epoch count becomes what fits, at most ``epochs``, and
+            the learning-rate schedule follows. ``None`` = always ``epochs``.
         stage1_run: a trained Seg-stage run folder to reuse instead of training stage 1.
         init_weights: fine-tune: start from these weights (a run folder or a ``.safetensors``
             file of the same model and widths) instead of a random initialisation. For a
@@ -75,6 +82,8 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    cudnn_benchmark: bool | None = None
+    time_budget_s: float | None = None
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None

@@ -130,7 +130,7 @@ class DetSegStage(_Base):
         y_crop = F.interpolate(y_crop, size=(zoomed, zoomed), mode="nearest")[:, 0].long()
         det = self.det_loss(out.stage1_logits, y)
         seg = self.seg_loss(out.extras["crop_logits"], y_crop)
-        return det + seg, {"det": float(det.detach()), "seg": float(seg.detach())}
+        return det + seg, {"det": det.detach(), "seg": seg.detach()}
 
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
         return self._predict_images(self.net, ds)

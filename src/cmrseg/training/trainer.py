@@ -75,19 +75,34 @@ def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Pat
     raise InputError(data, "no 'val' split inside (needed to select the best epoch)")
 
 
-def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+def _schedule(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
+    """Warm-up + cosine learning-rate factor over ``plan["epochs"]`` epochs (read at every
+    step, so a time budget can shorten the schedule after the first epochs)."""
     warm = cfg.warmup_epochs * steps_per_epoch
-    total = max(1, cfg.epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
         if cfg.schedule == "constant":
             return 1.0
+        total = max(1, plan["epochs"] * steps_per_epoch)
         t = (step - warm) / max(1, total - warm)
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return factor
+
+
+PLAN_AFTER_EPOCHS = 2  # epochs timed before a time budget fixes the epoch count
+
+
+def budget_epochs(cfg: TrainConfig, done: int, elapsed: float, epoch_seconds: list[float],
+                  val_seconds: float) -> int:
+    """Epochs that fit ``cfg.time_budget_s`` (at most ``cfg.epochs``, at least one more than
+    ``done``): the measured epochs' mean time plus the validation time spread over
+    ``val_every`` epochs, for what is left of the budget after ``elapsed`` seconds."""
+    per_epoch = float(np.mean(epoch_seconds)) + val_seconds / max(1, cfg.val_every)
+    fit = done + int(max(0.0, cfg.time_budget_s - elapsed) / max(per_epoch, 1e-9))
+    return int(min(cfg.epochs, max(done + 1, fit)))
 
 
 def selection_score(summary: dict) -> float:
@@ -167,30 +182,40 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
         train_module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
     if device.type == "cuda":
         # cuDNN autotuning pays only for fixed shapes: slice batches are, stack batches vary
-        torch.backends.cudnn.benchmark = stage.mode == "slice"
+        torch.backends.cudnn.benchmark = stage.mode == "slice" if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
     if cfg.compile and device.type == "cuda":
         train_module = torch.compile(train_module, dynamic=True)
     batch = cfg.batch_stacks if stage.mode == "stack" else cfg.batch_slices
     batcher = StackBatcher(stage.train_ds, batch, device, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
     steps = batcher.num_batches()
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps))
+    # fused Adam: one kernel for all parameters instead of several per tensor (CUDA only)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    plan = {"epochs": cfg.epochs}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps, plan))
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stage": stage_name,
-                             "wall_seconds": 0.0}
+                             "wall_seconds": 0.0, "planned_epochs": cfg.epochs, "epoch_seconds": []}
     ckpt = find_training_state(out / "last")
     if ckpt is not None:
         state = load_training_state(ckpt, module, optimizer, scheduler)
-    snapshot_epochs = sorted({max(1, round(f * cfg.epochs)) for f in cfg.snapshot_fractions}) if snapshots else []
+    state.setdefault("epoch_seconds", [])
+    plan["epochs"] = min(cfg.epochs, int(state.get("planned_epochs", cfg.epochs)))
+    budgeted = cfg.time_budget_s is not None and ckpt is None and cfg.epochs > PLAN_AFTER_EPOCHS
+
+    def snapshot_epochs() -> list[int]:
+        return sorted({max(1, round(f * plan["epochs"])) for f in cfg.snapshot_fractions}) if snapshots else []
+
     logger = _Logger(out, info.is_main)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=f"train {stage_name}", unit="epoch",
+    bar = tqdm(total=plan["epochs"], initial=state["epoch"], desc=f"train {stage_name}", unit="epoch",
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     gen = torch.Generator()
     dev_gen = torch.Generator(device=device)
+    t_fit = time.perf_counter()
     try:
-        for epoch in range(state["epoch"], cfg.epochs):
+        epoch = state["epoch"]
+        while epoch < plan["epochs"]:
             gen.manual_seed(cfg.seed * 100003 + epoch * 7919 + info.rank)
             dev_gen.manual_seed(cfg.seed * 100003 + epoch * 7919 + info.rank + 1)
             module.train()
@@ -217,21 +242,34 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
             if not np.isfinite(mean_loss):
                 raise CmrsegError(f"training diverged at epoch {epoch + 1} (loss {mean_loss})")
             row = {"epoch": epoch + 1, "stage": stage_name, "lr": optimizer.param_groups[0]["lr"], "loss": mean_loss,
-                   **{k: float(np.mean(v)) for k, v in parts.items()}, "seconds": seconds,
+                   **{k: float(torch.stack(v).float().mean()) for k, v in parts.items()}, "seconds": seconds,
                    "slices_per_s": slices * info.world_size / max(seconds, 1e-9)}
             state["epoch"] = epoch + 1
             state["wall_seconds"] = state.get("wall_seconds", 0.0) + seconds
-            last = epoch + 1 == cfg.epochs
+            state["epoch_seconds"].append(seconds)
+            plan_now = budgeted and epoch + 1 == PLAN_AFTER_EPOCHS
+            if plan_now:  # a validation timed now (and used for selection like any other)
+                t_val = time.perf_counter()
+                summary = validate(stage, val_ds)
+                val_seconds = time.perf_counter() - t_val
+                plan["epochs"] = budget_epochs(cfg, epoch + 1, time.perf_counter() - t_fit,
+                                               state["epoch_seconds"][-PLAN_AFTER_EPOCHS:], val_seconds)
+                plan["epochs"] = _agree(plan["epochs"], device, info)
+                state["planned_epochs"] = plan["epochs"]
+                bar.total = plan["epochs"]
+                bar.refresh()
+            last = epoch + 1 == plan["epochs"]
             if info.is_main:
-                if (epoch + 1) % cfg.val_every == 0 or last:
-                    summary = validate(stage, val_ds)
+                if (epoch + 1) % cfg.val_every == 0 or last or plan_now:
+                    if not plan_now:
+                        summary = validate(stage, val_ds)
                     score = selection_score(summary)
                     row.update({"val_score": score, **{f"val_{lv}": summary["levels"][lv]["avg"] for lv in (*LEVELS, "volume")}})
                     if score > state["best_score"]:
                         state.update(best_score=score, best_epoch=epoch + 1)
                         save_weights(full_model, out / "best.safetensors")
                         write_json(out / "val_summary.json", {"epoch": epoch + 1, "score": score, **summary})
-                if epoch + 1 in snapshot_epochs:
+                if epoch + 1 in snapshot_epochs():
                     save_weights(module, out / "snapshots" / f"epoch_{epoch + 1:03d}.safetensors")
                 if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                     save_training_state(out / "last", module, optimizer, scheduler, state)
@@ -240,10 +278,22 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
             barrier(info)
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", best=f"{state['best_score']:.3f}", sps=f"{row['slices_per_s']:.0f}")
+            epoch += 1
     finally:
         bar.close()
         logger.close()
     return state
+
+
+def _agree(epochs: int, device: torch.device, info: DistInfo) -> int:
+    """Under DDP every rank must run the same number of epochs: take rank 0's plan."""
+    if not info.enabled:
+        return epochs
+    import torch.distributed as dist
+
+    t = torch.tensor([epochs], device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
 
 
 def _finish(out: Path, model: nn.Module, cfg: TrainConfig, state: dict, extra: dict | None = None) -> None:
@@ -253,7 +303,8 @@ def _finish(out: Path, model: nn.Module, cfg: TrainConfig, state: dict, extra: d
         os.replace(best, out / "weights.safetensors")
     elif not (out / "weights.safetensors").exists():
         save_weights(model, out / "weights.safetensors")
-    meta = run_metadata(model, cfg, {"trained_epochs": state["epoch"], "best_epoch": state["best_epoch"],
+    meta = run_metadata(model, cfg, {"trained_epochs": state["epoch"], "planned_epochs": state.get("planned_epochs"),
+                                     "time_budget_s": cfg.time_budget_s, "best_epoch": state["best_epoch"],
                                      "train_seconds": round(state.get("wall_seconds", 0.0), 1),
                                      "val_score": state["best_score"],
                                      "selection": "mean of base/mid/apex average Dice on val (canvas space)",

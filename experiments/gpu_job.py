@@ -1,0 +1,225 @@
+"""The GPU job: turn one device call into the best models it can ship.
+
+    python experiments/gpu_job.py --data .gpu/acdc --out $OUT [--seconds 540] [--protocol paper]
+
+In this order, inside ``--seconds`` of wall time:
+
+1. a throughput check (``benchmarks/bench_training.py --settings``, at most
+   ``--bench-seconds``): channels_last and cuDNN autotuning on or off, the fastest kept for
+   every run below;
+2. the proposed model (``seg_as`` Seg stage, then its Ref stage ``seg_as+ref_as_mt``);
+3. ``seg_ss``;
+4. further Table 1 and Table 2 runs while time is left (``EXTRA_RUNS``).
+
+Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
+fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
+``trained_epochs`` and ``planned_epochs``). Runs live in ``WORK/runs/<run>`` (the layout of
+``cmrseg reproduce``), so a second call on a still-warm machine skips finished runs. At the end
+``cmrseg reproduce --deadline-min 0`` evaluates every finished run on the validation volumes
+(Tables 1 and 2, clinical errors, fig4.png, summary.json) and ``$OUT`` receives, per finished
+run, ``<run>.safetensors`` (float16) and one ``results.tar.gz`` with every run's ``log.csv``,
+``model.json``, ``config.yaml`` and the evaluation. Everything is written to ``$OUT`` as soon
+as it exists, so a call cut short still brings back what finished.
+
+Run on the device machine from the repository root with ``PYTHONPATH=src`` (no install
+needed); the test suite runs it on CPU with the ``smoke`` protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+PROPOSED = [("seg_as", []), ("seg_as+ref_as_mt", ["stage1_run={runs}/seg_as"])]
+BASELINE = [("seg_ss", [])]
+EXTRA_RUNS = [("seg_as_mt", []), ("det_seg", []), ("seg_ss+ref_ss_mt", ["stage1_run={runs}/seg_ss"]),
+              ("seg_as+ref_as", ["stage1_run={runs}/seg_as"]), ("seg_ss+ref_ss", ["stage1_run={runs}/seg_ss"])]
+SMALL_FILES = {".md", ".csv", ".json", ".yaml", ".png", ".log"}
+
+
+class Clock:
+    def __init__(self, seconds: float):
+        self.t0 = time.perf_counter()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_job {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONUNBUFFERED="1")
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), e.get("PYTHONPATH", "")) if p)
+    return e
+
+
+def throughput_check(out: Path, protocol: str, device: str, seconds: float) -> list[str]:
+    """Run the settings benchmark; the overrides of the fastest setting for seg_as."""
+    json_path = out / "throughput.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--device", device, "--protocol", protocol,
+           "--settings", "--steps", "8", "--seconds", str(seconds * 0.6), "--out", str(json_path)]
+    try:
+        res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=seconds)
+        (out / "throughput.log").write_text(res.stdout + res.stderr)
+    except subprocess.TimeoutExpired:
+        log(f"throughput check passed {seconds:.0f} s; default settings")
+        return []
+    if res.returncode != 0 or not json_path.is_file():
+        log(f"throughput check failed (exit {res.returncode}); default settings: {res.stderr.strip()[-300:]}")
+        return []
+    best = (json.loads(json_path.read_text()).get("best") or {}).get("seg_as")
+    if not best:
+        return []
+    log(f"fastest setting for seg_as: channels_last={best['channels_last']} cudnn_benchmark={best['cudnn_benchmark']} "
+        f"({best['slices_per_s']:.0f} slices/s)")
+    return [f"channels_last={str(best['channels_last']).lower()}",
+            f"cudnn_benchmark={str(best['cudnn_benchmark']).lower()}"]
+
+
+def is_complete(run: Path) -> bool:
+    try:
+        return bool(json.loads((run / "model.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout: float, settings: list[str]) -> bool:
+    """One ``cmrseg train`` process with a per-stage time budget; True if the run finished."""
+    run = runs / name
+    if is_complete(run):
+        log(f"{name}: finished earlier, kept")
+        return True
+    model = name.split("@")[0]
+    sets = ["progress=false", f"device={args.device}", f"time_budget_s={budget:.0f}", "checkpoint_every=10",
+            *settings, *(e.format(runs=runs) for e in extra), *args.set]
+    cmd = [sys.executable, "-m", "cmrseg", "train", "--model", model, "--protocol", args.protocol,
+           "--data", str(args.data), "--out", str(run)]
+    for s in sets:
+        cmd += ["--set", s]
+    log(f"{name}: training, {budget:.0f} s per stage, stopped after {timeout:.0f} s")
+    (args.work / "logs").mkdir(parents=True, exist_ok=True)
+    with open(args.work / "logs" / f"{name}.log", "w") as fh:
+        t0 = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, env=env(), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    ok = rc == 0 and is_complete(run)
+    meta = json.loads((run / "model.json").read_text()) if ok else {}
+    log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
+        + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
+    return ok
+
+
+def pack(work: Path, out: Path, finished: list[str]) -> None:
+    """Float16 weights per finished run + one tarball of the small files (logs, configs, tables)."""
+    import torch
+
+    from cmrseg.checkpoint import read_tensors, save_weights
+
+    for name in finished:
+        w = work / "runs" / name / "weights.safetensors"
+        dst = out / f"{name.replace('+', '-').replace('@', '_')}.safetensors"
+        if w.is_file() and not dst.exists():
+            save_weights(read_tensors(w), dst, dtype=torch.float16)
+    tmp = out / ".results.tar.gz"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for p in sorted(work.rglob("*")):
+            if p.is_file() and (p.suffix in SMALL_FILES or "tensorboard" in p.parts) and p.stat().st_size < 4 * 2 ** 20:
+                tar.add(p, arcname=str(p.relative_to(work)))
+    os.replace(tmp, out / "results.tar.gz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="train.npz (or train/) and val/ (experiments/make_gpu_bundle.py)")
+    ap.add_argument("--out", required=True, type=Path, help="where weights, logs and evaluation go ($OUT)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_job"), help="run folders (kept for a second call)")
+    ap.add_argument("--seconds", type=float, default=540.0, help="wall time of the whole job")
+    ap.add_argument("--protocol", default="paper")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--bench-seconds", type=float, default=45.0, help="throughput check, at most (0 = skip)")
+    ap.add_argument("--proposed-share", type=float, default=0.75,
+                    help="share of the training time for the proposed model's two stages")
+    ap.add_argument("--eval-reserve", type=float, default=80.0, help="seconds kept for evaluation and packing")
+    ap.add_argument("--startup", type=float, default=25.0,
+                    help="first guess of a training process's seconds outside its stages (loading data, probability maps)")
+    ap.add_argument("--extra", action="store_true", help="after seg_ss, further Table 1/2 runs while time is left")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    args = ap.parse_args(argv)
+    clock = Clock(args.seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.work / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    log(f"job: {args.seconds:.0f} s, protocol {args.protocol}, device {args.device}, data {args.data}")
+    settings = throughput_check(args.out, args.protocol, args.device, args.bench_seconds) if args.bench_seconds > 0 else []
+
+    window = max(0.0, clock.left() - args.eval_reserve)
+    proposed_end = clock.elapsed() + window * args.proposed_share
+    finished: list[str] = []
+    startup = args.startup
+
+    def run_one(name: str, extra: list[str], stages_left: int, until: float) -> bool:
+        nonlocal startup
+        timeout = clock.left() - args.eval_reserve
+        span = min(until - clock.elapsed(), timeout)
+        budget = (span - startup * stages_left) / stages_left
+        if budget < 10 and not is_complete(runs / name):
+            log(f"{name}: skipped, {span:.0f} s left")
+            return False
+        t0 = clock.elapsed()
+        ok = train(name, extra, args, runs, budget, timeout, settings)
+        if ok:
+            finished.append(name)
+            trained = json.loads((runs / name / "model.json").read_text()).get("train_seconds") or 0.0
+            if clock.elapsed() - t0 > trained:  # measured: process time outside the stage
+                startup = max(5.0, clock.elapsed() - t0 - trained)
+            pack(args.work, args.out, finished)
+        return ok
+
+    # the proposed model: two stages sharing its part of the window
+    if run_one(*PROPOSED[0], stages_left=2, until=proposed_end):
+        run_one(*PROPOSED[1], stages_left=1, until=proposed_end)
+    for name, extra in BASELINE + (EXTRA_RUNS if args.extra else []):
+        needs = [e.split("=", 1)[1].format(runs=runs) for e in extra if e.startswith("stage1_run")]
+        if needs and not is_complete(Path(needs[0])):
+            continue
+        if clock.left() - args.eval_reserve < 60 and not is_complete(runs / name):
+            break
+        run_one(name, extra, stages_left=1, until=clock.seconds - args.eval_reserve)
+
+    if finished:
+        log(f"evaluating {', '.join(finished)} on val")
+        models = [n for n in finished]
+        cmd = [sys.executable, "-m", "cmrseg", "reproduce", "--data", str(args.data), "--protocol", args.protocol,
+               "--out", str(args.work), "--device", args.device, "--deadline-min", "0", "--models", *models]
+        try:
+            res = subprocess.run(cmd, env=env(), capture_output=True, text=True,
+                                 timeout=max(30.0, clock.left() - 10))
+            (args.work / "evaluate_console.log").write_text(res.stdout + res.stderr)
+            log(f"evaluation exit {res.returncode}")
+            print(res.stdout[-3000:] if res.returncode == 0 else res.stderr[-3000:], flush=True)
+        except subprocess.TimeoutExpired:
+            log("evaluation ran out of time")
+        pack(args.work, args.out, finished)
+    log(f"done after {clock.elapsed():.0f} s; finished runs: {', '.join(finished) or 'none'}")
+    return 0 if finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU job in one device call (see experiments/gpu_job.py for what it does and in which order):
+#   bash experiments/gpu_job.sh $OUT [SECONDS] [extra gpu_job.py options]
+# Carry .gpu (python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc) and .whl
+# (the MONAI wheel: the device's python has no MONAI, which evaluation uses).
+set -u
+OUT=${1:?usage: gpu_job.sh OUT [SECONDS]}; SECONDS_TOTAL=${2:-540}; shift $(( $# >= 2 ? 2 : 1 ))
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c "import monai" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
+mkdir -p "$OUT"
+python3 experiments/gpu_job.py --data "${BUNDLE:-.gpu/acdc}" --out "$OUT" --seconds "$SECONDS_TOTAL" "$@" 2>&1 | tee "$OUT/job.log"
