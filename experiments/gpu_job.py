@@ -127,16 +127,14 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
 
 
 def pack(work: Path, out: Path, finished: list[str]) -> None:
-    """Float16 weights per finished run + one tarball of the small files (logs, configs, tables)."""
-    import torch
-
-    from cmrseg.checkpoint import read_tensors, save_weights
+    """Float16 weights per finished run (normalisation statistics float32) + one tarball of the small files (logs, configs, tables)."""
+    from cmrseg.checkpoint import half_precision, read_tensors, save_weights
 
     for name in finished:
         w = work / "runs" / name / "weights.safetensors"
         dst = out / f"{name.replace('+', '-').replace('@', '_')}.safetensors"
         if w.is_file() and not dst.exists():
-            save_weights(read_tensors(w), dst, dtype=torch.float16)
+            save_weights(half_precision(read_tensors(w)), dst)
     tmp = out / ".results.tar.gz"
     with tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(work.rglob("*")):

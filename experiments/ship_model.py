@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cmrseg.checkpoint import read_tensors, save_weights
+from cmrseg.checkpoint import half_precision, read_tensors, save_weights
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cmrseg" / "weights"
 
@@ -33,8 +33,7 @@ def main(run: str, name: str, provenance: str, postprocess: str | None = None) -
         meta["postprocess"] = postprocess
     # float16 halves the package (and the working tree that travels to GPU machines); the
     # normalisation statistics stay float32 (small variances would lose precision)
-    tensors = {k: (v.half() if v.is_floating_point() and "running_" not in k else v)
-               for k, v in read_tensors(run_p / "weights.safetensors").items()}
+    tensors = half_precision(read_tensors(run_p / "weights.safetensors"))
     meta["shipped"]["dtype"] = "float16 (normalisation statistics float32)"
     save_weights(tensors, dst / "weights.safetensors",
                  metadata={"model": meta["model"], "protocol": str(meta.get("protocol"))})

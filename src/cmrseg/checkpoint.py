@@ -39,6 +39,12 @@ def save_weights(module: nn.Module | dict, path: str | Path, dtype: torch.dtype 
     return Path(path)
 
 
+def half_precision(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as float16 for shipping, except the normalisation statistics
+    (``running_mean`` / ``running_var``), which stay float32: small variances lose precision."""
+    return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in tensors.items()}
+
+
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

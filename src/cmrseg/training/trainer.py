@@ -92,15 +92,17 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
     return factor
 
 
-PLAN_AFTER_EPOCHS = 2  # epochs timed before a time budget fixes the epoch count
+PLAN_AFTER_EPOCHS = 2  # first plan of a time-budgeted stage; re-planned at every validation
 
 
 def budget_epochs(cfg: TrainConfig, done: int, elapsed: float, epoch_seconds: list[float],
                   val_seconds: float) -> int:
     """Epochs that fit ``cfg.time_budget_s`` (at most ``cfg.epochs``, at least one more than
-    ``done``): the measured epochs' mean time plus the validation time spread over
-    ``val_every`` epochs, for what is left of the budget after ``elapsed`` seconds."""
-    per_epoch = float(np.mean(epoch_seconds)) + val_seconds / max(1, cfg.val_every)
+    ``done``), for what is left of the budget after ``elapsed`` seconds: the median time of
+    the epochs after the first (the first carries the device's warm-up: 10 s against 1.2 s
+    later on an H200) plus the validation time spread over ``val_every`` epochs."""
+    timed = epoch_seconds[1:] or epoch_seconds
+    per_epoch = float(np.median(timed[-20:])) + val_seconds / max(1, cfg.val_every)
     fit = done + int(max(0.0, cfg.time_budget_s - elapsed) / max(per_epoch, 1e-9))
     return int(min(cfg.epochs, max(done + 1, fit)))
 
@@ -213,6 +215,7 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
     gen = torch.Generator()
     dev_gen = torch.Generator(device=device)
     t_fit = time.perf_counter()
+    val_times: list[float] = []
     try:
         epoch = state["epoch"]
         while epoch < plan["epochs"]:
@@ -247,13 +250,13 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
             state["epoch"] = epoch + 1
             state["wall_seconds"] = state.get("wall_seconds", 0.0) + seconds
             state["epoch_seconds"].append(seconds)
-            plan_now = budgeted and epoch + 1 == PLAN_AFTER_EPOCHS
+            plan_now = budgeted and (epoch + 1 == PLAN_AFTER_EPOCHS or (epoch + 1) % cfg.val_every == 0)
             if plan_now:  # a validation timed now (and used for selection like any other)
                 t_val = time.perf_counter()
                 summary = validate(stage, val_ds)
-                val_seconds = time.perf_counter() - t_val
-                plan["epochs"] = budget_epochs(cfg, epoch + 1, time.perf_counter() - t_fit,
-                                               state["epoch_seconds"][-PLAN_AFTER_EPOCHS:], val_seconds)
+                val_times.append(time.perf_counter() - t_val)
+                plan["epochs"] = budget_epochs(cfg, epoch + 1, time.perf_counter() - t_fit, state["epoch_seconds"],
+                                               float(np.median(val_times[1:] or val_times)))
                 plan["epochs"] = _agree(plan["epochs"], device, info)
                 state["planned_epochs"] = plan["epochs"]
                 bar.total = plan["epochs"]

@@ -1,0 +1,78 @@
+"""The GPU job end to end on CPU (smoke protocol) and the time budget that makes it fit a call."""
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cmrseg.checkpoint import read_tensors
+from cmrseg.training.config import load_config
+from cmrseg.training.trainer import budget_epochs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_budget_epochs_ignores_the_warm_up_epoch_and_stays_in_bounds():
+    cfg = load_config(protocol="paper", overrides=["time_budget_s=100", "val_every=5"])
+    # first epoch 10 s (device warm-up), then 1 s; validation 5 s every 5 epochs -> 2 s per epoch
+    assert budget_epochs(cfg, 2, 11.0, [10.0, 1.0], 5.0) == 2 + int(89 / 2.0)
+    assert budget_epochs(cfg, 2, 11.0, [10.0, 1.0], 0.0) == 2 + 89
+    assert budget_epochs(cfg, 2, 11.0, [0.01, 0.01], 0.0) == cfg.epochs  # never above the protocol's epochs
+    assert budget_epochs(cfg, 30, 150.0, [1.0] * 30, 0.0) == 31  # over budget: one more epoch, then stop
+
+
+def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
+    run = tmp_path / "budget"
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_ss", "--protocol", "smoke",
+                          "--data", str(phantom_dir / "h5"), "--out", str(run), "--epochs", "500",
+                          "--set", "progress=false", "--set", "time_budget_s=3", "--set", "val_every=2",
+                          "--set", "schedule=cosine", "--set", "warmup_epochs=0"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["complete"] and meta["time_budget_s"] == 3
+    assert 2 < meta["trained_epochs"] < 500 and meta["trained_epochs"] == meta["planned_epochs"]
+    epochs = [int(line.split(",")[0]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, meta["trained_epochs"] + 1))
+    lr_last = float((run / "log.csv").read_text().splitlines()[-1].split(",")[2])
+    # the cosine schedule was fitted to the epochs that fit: it ended at its floor (2 % of the peak)
+    assert lr_last == pytest.approx(0.02 * load_config(protocol="smoke").lr, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
+                          "--out", str(out), "--work", str(work), "--seconds", "240", "--protocol", "smoke",
+                          "--device", "cpu", "--bench-seconds", "20", "--eval-reserve", "60", "--startup", "5",
+                          "--set", "epochs=3", "--set", "val_every=1"],
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    # the throughput check chose a setting and said so
+    bench = json.loads((out / "throughput.json").read_text())
+    assert {r["model"] for r in bench["rows"]} >= {"seg_as"} and "seg_as" in bench["best"]
+    # the proposed model (both stages) and seg_ss came back as float16 weights ...
+    for name in ("seg_as", "seg_as-ref_as_mt", "seg_ss"):
+        tensors = read_tensors(out / f"{name}.safetensors")
+        convs = [v for k, v in tensors.items() if v.ndim == 4]
+        assert convs and all(str(v.dtype) == "torch.float16" for v in convs)
+        assert all(str(v.dtype) == "torch.float32" for k, v in tensors.items() if "running_var" in k)
+    # ... with logs, model descriptions and the evaluation on val in one tarball
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+    for run in ("seg_as", "seg_as+ref_as_mt", "seg_ss"):
+        assert {f"runs/{run}/log.csv", f"runs/{run}/model.json", f"runs/{run}/config.yaml"} <= names
+    assert {"summary.json", "table1.md", "report.md"} <= names
+    summary = json.loads((work / "summary.json").read_text())
+    assert set(summary["summaries"]) == {"seg_as", "seg_as+ref_as_mt", "seg_ss"}
+    assert all(r["status"] == "done" for r in summary["runs"].values())
+    assert json.loads((work / "runs" / "seg_as+ref_as_mt" / "model.json").read_text())["trained_epochs"] == 3
+    # a second call finds every run finished and retrains nothing
+    again = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data",
+                            str(phantom_dir / "h5"), "--out", str(tmp_path / "out2"), "--work", str(work),
+                            "--seconds", "120", "--protocol", "smoke", "--device", "cpu", "--bench-seconds", "0",
+                            "--eval-reserve", "60"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 3, again.stdout[-2000:]
