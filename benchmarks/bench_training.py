@@ -38,7 +38,7 @@ def _sync(device: str) -> None:
 
 
 def time_setting(name: str, cfg, device: str, steps: int, channels_last: bool = False, cudnn_benchmark: bool = False,
-                 batch_factor: int = 1) -> dict:
+                 batch_factor: int = 1, n_shapes: int = len(STACK_SIZES)) -> dict:
     """Train ``name`` (the protocol's widths) on synthetic batches; slices/s at the median step."""
     cuda = device.startswith("cuda")
     torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -49,7 +49,7 @@ def time_setting(name: str, cfg, device: str, steps: int, channels_last: bool = 
     opt = torch.optim.Adam(model.parameters(), 1e-4, fused=cuda)
     loss_fn = GatedRefinementLoss() if name.endswith("_mt") else SegLoss()
     if model.all_slice:
-        shapes = [sizes * batch_factor for sizes in STACK_SIZES]
+        shapes = [sizes * batch_factor for sizes in STACK_SIZES[:n_shapes]]
     else:
         shapes = [[1] * cfg.batch_slices * batch_factor]
     batches = []
@@ -97,7 +97,7 @@ def settings_grid(cfg, device: str, steps: int, seconds: float) -> tuple[list[di
         for cl, bench in grid:
             if time.perf_counter() > t_end:
                 break
-            rows.append(time_setting(name, cfg, device, steps, cl, bench))
+            rows.append(time_setting(name, cfg, device, steps, cl, bench, n_shapes=3))
             print(json.dumps(rows[-1]), flush=True)
     best = {}
     for r in rows:
@@ -105,7 +105,8 @@ def settings_grid(cfg, device: str, steps: int, seconds: float) -> tuple[list[di
             best[r["model"]] = r
     for name, b in list(best.items()):  # the protocol's batch doubled, with the best setting: for information
         if time.perf_counter() < t_end:
-            rows.append(time_setting(name, cfg, device, steps, b["channels_last"], b["cudnn_benchmark"], batch_factor=2))
+            rows.append(time_setting(name, cfg, device, steps, b["channels_last"], b["cudnn_benchmark"], batch_factor=2,
+                                     n_shapes=3))
             print(json.dumps(rows[-1]), flush=True)
     return rows, {k: {"channels_last": v["channels_last"], "cudnn_benchmark": v["cudnn_benchmark"],
                       "slices_per_s": v["slices_per_s"]} for k, v in best.items()}
