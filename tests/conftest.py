@@ -28,3 +28,17 @@ def acdc_val() -> Path:
     if not (ACDC / "val").is_dir():
         pytest.skip("real ACDC data not present at ../shared/data/acdc")
     return ACDC / "val"
+
+
+@pytest.fixture(scope="session")
+def smoke_model(phantom_dir, tmp_path_factory) -> Path:
+    """A two-stage model trained on the phantom with the smoke protocol (seconds)."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("model") / "run"
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_as+ref_as_mt", "--protocol", "smoke",
+                          "--data", str(phantom_dir / "h5"), "--out", str(run), "--set", "progress=false"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return run

@@ -13,17 +13,39 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a no-op where the platform
+    cannot open folders (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same name ending (so writers that
-    choose the format by extension, such as nibabel's ``.nii.gz``, still work); rename it
-    onto ``path`` when the block succeeds, delete it when the block raises."""
+    choose the format by extension, such as nibabel's ``.nii.gz``, still work); when the block
+    succeeds, flush it to the disk, rename it onto ``path`` and flush the folder, so that after
+    a crash or power loss ``path`` is the old file or the whole new one; delete it when the block
+    raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent, directory=True)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cmrseg.atomic import atomic_path
+from cmrseg.atomic import fsync_path, atomic_path, write_text
 from cmrseg.errors import InputError
 
 
@@ -112,11 +112,13 @@ def save_training_state(folder: str | Path, model: nn.Module, optimizer: torch.o
     save_weights(opt_tensors, tmp / "optimizer.safetensors")
     payload = {"state": state, "optimizer": opt_plain,
                "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    (tmp / "state.json").write_text(json.dumps(payload, default=float))
+    write_text(tmp / "state.json", json.dumps(payload, default=float))
+    fsync_path(tmp, directory=True)
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
     os.replace(tmp, folder)
+    fsync_path(folder.parent, directory=True)
     shutil.rmtree(old, ignore_errors=True)
 
 

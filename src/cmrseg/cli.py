@@ -191,9 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up (temporary files, reader
+    processes) runs as it does for Ctrl-C; a BaseException, like KeyboardInterrupt, so that
+    no per-study error handler takes it for a study's failure."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except CmrsegError as exc:
@@ -202,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cmrseg: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("cmrseg: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

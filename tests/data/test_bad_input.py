@@ -1,7 +1,6 @@
 """Every kind of bad input gives one clear error line naming the file, a non-zero exit and
 nothing half-written."""
 
-import gzip
 import shutil
 import subprocess
 import sys

@@ -3,7 +3,6 @@ and ``auto`` takes the model's own choice."""
 
 import numpy as np
 import pytest
-import torch
 
 from cmrseg.errors import CmrsegError
 from cmrseg.evaluation.topology import topology_counts

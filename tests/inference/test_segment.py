@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +13,6 @@ import pytest
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.readers import read_acdc_patient
 from cmrseg.evaluation.metrics import dice_per_class
-
-
-@pytest.fixture(scope="module")
-def smoke_model(phantom_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("model") / "run"
-    res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_as+ref_as_mt", "--protocol", "smoke",
-                          "--data", str(phantom_dir / "h5"), "--out", str(run), "--set", "progress=false"],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return run
 
 
 def _segment(*args):

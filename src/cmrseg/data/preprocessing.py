@@ -104,11 +104,26 @@ def _to_canvas(x: torch.Tensor, cmap: CanvasMap, fill: float = 0.0) -> torch.Ten
     return out
 
 
+def check_working_set(num_slices: int, cmap: CanvasMap, where=None) -> None:
+    """Refuse a stack whose input or resampled grid would need an unbounded working set
+    (``MAX_STACK_VOXELS``; the probabilities of 4 classes are held on both grids)."""
+    from cmrseg.data.validation import MAX_STACK_VOXELS
+    from cmrseg.errors import InputError
+
+    for name, (h, w) in (("input", cmap.input_shape), ("resampled", cmap.resampled_shape)):
+        if num_slices * h * w > MAX_STACK_VOXELS:
+            raise InputError(where, f"a stack of {num_slices} slices of {h} x {w} pixels ({name} grid) is larger than "
+                                    f"the {MAX_STACK_VOXELS:,} voxels cmrseg segments at once; check the voxel size or "
+                                    "crop the image")
+
+
 def preprocess_image(
-    image: np.ndarray, spacing: tuple[float, float] | None, cfg: PreprocessConfig
+    image: np.ndarray, spacing: tuple[float, float] | None, cfg: PreprocessConfig, where=None
 ) -> tuple[torch.Tensor, CanvasMap]:
-    """``[S, H, W]`` image -> float32 ``[S, 1, canvas, canvas]`` in [0, 1] and its map."""
+    """``[S, H, W]`` image -> float32 ``[S, 1, canvas, canvas]`` in [0, 1] and its map.
+    ``where`` names the file in the error when the stack is too large (:func:`check_working_set`)."""
     cmap = canvas_map(image.shape[-2:], spacing, cfg)
+    check_working_set(image.shape[0], cmap, where)
     x = torch.from_numpy(normalize_intensity(image, cfg.percentiles))[:, None]
     x = _resize(x, cmap.resampled_shape, "bilinear").clamp_(0.0, 1.0)
     return _to_canvas(x, cmap), cmap

@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrseg.errors import InputError
+from cmrseg.errors import CmrsegError, InputError
 from cmrseg.labels import NUM_CLASSES
+
+#: plausible voxel sizes (mm) of a cardiac short-axis stack; outside them a header is wrong
+#: (0 or 1 mm placeholders, metres for millimetres), and volumes would be wrong in silence
+PLAUSIBLE_INPLANE_MM = (0.1, 5.0)
+PLAUSIBLE_SLICE_MM = (0.5, 30.0)
+#: largest image one file may hold (voxels, all frames; 400 MB as float32): with the two reader
+#: processes' studies in flight and the model, ``cmrseg segment`` stays under about 2 GB
+MAX_VOXELS = 100_000_000
+#: largest stack (one frame) on its own grid or resampled (probabilities of 4 classes in float32:
+#: 16 bytes a voxel, 256 MB)
+MAX_STACK_VOXELS = 16_000_000
 
 
 def check_image(image: np.ndarray, path: str | Path, allow_4d: bool = False, inplane_axes: tuple[int, int] = (-2, -1)) -> None:
@@ -45,3 +56,36 @@ def check_label(label: np.ndarray, image_shape: tuple[int, ...], path: str | Pat
     if bad.size:
         raise InputError(path, f"label values {bad.tolist()} outside 0..3 (0 bg, 1 RV, 2 MYO, 3 LV)")
     return label.astype(np.uint8)
+
+
+def check_spacing(spacing, where: str | Path | None, source: str,
+                  allow_unknown_slice: bool = False) -> tuple[float, float, float]:
+    """Validate a (slice, row, column) voxel size in mm from ``source`` (``header``,
+    ``metadata.csv``, ``option``): finite, positive and plausible, else one clear error that
+    names the file (``where``) and the way out (``--spacing``). With ``allow_unknown_slice``
+    (``--spacing SX SY`` without SZ) the slice spacing may be NaN: volumes are then not
+    computed, and outputs say so."""
+    vals = tuple(float(v) for v in spacing)
+    sz, sy, sx = vals
+    fix = "give the voxel size with --spacing SX SY SZ (mm)" if source != "option" else "check the values"
+    for name, v, (lo, hi) in (("row", sy, PLAUSIBLE_INPLANE_MM), ("column", sx, PLAUSIBLE_INPLANE_MM),
+                              ("slice", sz, PLAUSIBLE_SLICE_MM)):
+        if name == "slice" and allow_unknown_slice and np.isnan(v):
+            continue
+        if not np.isfinite(v) or v <= 0:
+            problem = f"{source} {name} spacing is {v:g} mm: the voxel size is unknown; {fix}"
+        elif not lo <= v <= hi:
+            problem = (f"{source} {name} spacing {v:g} mm is outside {lo:g}-{hi:g} mm, not a cardiac "
+                       f"short-axis stack's; {fix}")
+        else:
+            continue
+        raise InputError(where, problem) if where is not None else CmrsegError(problem)
+    return vals
+
+
+def check_size(shape: tuple[int, ...], path: str | Path) -> None:
+    """Refuse an image whose voxels would not fit a bounded working set (``MAX_VOXELS``)."""
+    n = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise InputError(path, f"image of shape {tuple(int(v) for v in shape)} has {n:,} voxels, more than the "
+                               f"{MAX_VOXELS:,} cmrseg reads at once; crop or split it")

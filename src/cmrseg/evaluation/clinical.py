@@ -21,9 +21,21 @@ ERROR_MEASURES = {"LVEF (%)": "pp", "RVEF (%)": "pp", "LVEDV (mL)": "mL", "LVESV
                   "RVEDV (mL)": "mL", "RVESV (mL)": "mL", "LVM (g)": "g"}
 
 
-def structure_volumes_ml(mask: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    """{"LV", "MYO", "RV"} volumes in mL of a ``[S, H, W]`` mask."""
-    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=4)
+def structure_volumes_ml(mask: np.ndarray, voxel_ml: float, missing: list[int] | tuple[int, ...] = ()) -> dict[str, float]:
+    """{"LV", "MYO", "RV"} volumes in mL of a ``[S, H, W]`` mask.
+
+    ``missing``: slices with no image in the input (a gap in a DICOM series): their areas are
+    interpolated linearly between the nearest present slices, as the disc summation does
+    for a missing disc, instead of counting them empty."""
+    mask = np.asarray(mask, dtype=np.int64)
+    per_slice = np.stack([np.bincount(m.ravel(), minlength=4)[:4] for m in mask]).astype(float)  # [S, 4]
+    present = np.array([k for k in range(mask.shape[0]) if k not in set(missing)])
+    for k in missing:
+        below, above = present[present < k], present[present > k]
+        if below.size and above.size:
+            lo, hi = below.max(), above.min()
+            per_slice[k] = per_slice[lo] + (per_slice[hi] - per_slice[lo]) * (k - lo) / (hi - lo)
+    counts = per_slice.sum(axis=0)
     return {"LV": counts[LV] * voxel_ml, "MYO": counts[MYO] * voxel_ml, "RV": counts[RV] * voxel_ml}
 
 

@@ -109,13 +109,18 @@ def _clinical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
 
-    def mae(subset):
-        return {f"{m} MAE": _mean(abs(r[f"error {m}"]) for r in subset) for m in ERROR_MEASURES}
+    def errors(subset):
+        """Mean absolute error and signed bias (mean of prediction minus truth) per measure."""
+        out = {}
+        for m in ERROR_MEASURES:
+            out[f"{m} MAE"] = _mean(abs(r[f"error {m}"]) for r in subset)
+            out[f"{m} bias"] = _mean(r[f"error {m}"] for r in subset)
+        return out
 
-    out: dict[str, Any] = {"patients": len(rows), "all": mae(rows), "by_group": {}}
+    out: dict[str, Any] = {"patients": len(rows), "all": errors(rows), "by_group": {}}
     for group in sorted({r["group"] for r in rows if r["group"]}):
         subset = [r for r in rows if r["group"] == group]
-        out["by_group"][group] = {"patients": len(subset), **mae(subset)}
+        out["by_group"][group] = {"patients": len(subset), **errors(subset)}
     return out
 
 
@@ -181,13 +186,20 @@ def topology_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _mae_bias(clin: dict, measure: str) -> str:
+    """``MAE (bias)``, the bias signed: prediction minus truth."""
+    bias = clin.get(f"{measure} bias", float("nan"))
+    return f"{clin[f'{measure} MAE']:.2f} ({bias:+.2f})"
+
+
 def clinical_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Mean absolute error per patient, signed bias (mean prediction - truth) in brackets."""
     cols = list(ERROR_MEASURES)
-    out = ["| Model | " + " | ".join(f"{c} MAE" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    out = ["| Model | " + " | ".join(f"{c} MAE (bias)" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in rows:
         clin = s.get("clinical", {}).get("all")
         if clin:
-            out.append(f"| {name} | " + " | ".join(f"{clin[f'{c} MAE']:.2f}" for c in cols) + " |")
+            out.append(f"| {name} | " + " | ".join(_mae_bias(clin, c) for c in cols) + " |")
     return "\n".join(out) + "\n" if len(out) > 2 else ""
 
 
@@ -242,12 +254,14 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
                for g, r in summary["volume_dice_by_group"].items()]
     clin = clinical_table([(model_name, summary)])
     if clin:
-        md += [f"\nClinical measures, mean absolute error over {summary['clinical']['patients']} patients\n", clin]
+        md += [f"\nClinical measures over {summary['clinical']['patients']} patients: mean absolute error "
+               "(signed bias, prediction - truth)\n", clin]
         groups = summary["clinical"].get("by_group", {})
         if groups:
-            md += ["\nClinical errors by pathology group\n", "| group | patients | LVEF MAE (pp) | RVEF MAE (pp) | LVM MAE (g) |",
-                   "|---|---|---|---|---|"]
-            md += [f"| {g} | {r['patients']} | {r['LVEF (%) MAE']:.2f} | {r['RVEF (%) MAE']:.2f} | {r['LVM (g) MAE']:.2f} |"
+            cols = list(ERROR_MEASURES)
+            md += ["\nClinical errors by pathology group: MAE (bias)\n",
+                   "| group | patients | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
+            md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
     write_text(out / "table.md", "\n".join(md))
     write_json(out / "summary.json", summary)

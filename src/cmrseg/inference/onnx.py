@@ -1,8 +1,10 @@
 """ONNX deployment: export a model folder to ``model.onnx`` and run it with onnxruntime.
 
-The exported graph takes one stack ``image`` ``[S, 1, C, C]`` (S dynamic, C the model's
-canvas) and returns ``logits`` ``[S, 4, C, C]`` (gated for multitask models) and
-``class_logits`` ``[S, 3]`` (zeros for models without a classifier). Det+Seg is not
+The exported graph takes one stack ``image`` ``[S, 1, H, W]`` (S, H and W dynamic: the
+canvas, or the heart-centred crop of :mod:`.centred`, where the whole model also serves as the
+locator) and returns ``logits`` ``[S, 4, H, W]`` (gated for multitask models) and
+``class_logits`` ``[S, 3]`` (zeros for models without a classifier) and ``stage1_logits``
+(the Seg stage's logits of two-stage models, else the logits again: the heart locator). Det+Seg is not
 exportable: its crop depends on the detector's output (data-dependent shapes).
 """
 
@@ -28,7 +30,8 @@ class _ExportWrapper(nn.Module):
     def forward(self, x):
         out = self.model(x)
         cls = out.class_logits if out.class_logits is not None else x.new_zeros(x.shape[0], 3)
-        return out.logits, cls
+        seg = out.stage1_logits if out.stage1_logits is not None and out.stage1_logits.shape == out.logits.shape else out.logits
+        return out.logits, cls, seg
 
 
 def export_onnx(model_spec: str | Path | None, out_dir: str | Path, opset: int = 17) -> Path:
@@ -47,12 +50,16 @@ def export_onnx(model_spec: str | Path | None, out_dir: str | Path, opset: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (example,), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["logits", "class_logits"],
-                          dynamic_axes={"image": {0: "slices"}, "logits": {0: "slices"}, "class_logits": {0: "slices"}})
+                          input_names=["image"], output_names=["logits", "class_logits", "stage1_logits"],
+                          dynamic_axes={"image": {0: "slices", 2: "height", 3: "width"},
+                                        "logits": {0: "slices", 2: "height", 3: "width"},
+                                        "class_logits": {0: "slices"},
+                                        "stage1_logits": {0: "slices", 2: "height", 3: "width"}})
     tmp.replace(out / "model.onnx")
-    meta = {k: v for k, v in predictor.meta.items() if k != "path"}
-    meta["onnx"] = {"file": "model.onnx", "opset": opset, "inputs": {"image": ["slices", 1, canvas, canvas]},
-                    "outputs": {"logits": ["slices", 4, canvas, canvas], "class_logits": ["slices", 3]},
+    meta = {k: v for k, v in predictor.meta.items() if k not in ("path", "source")}
+    meta["onnx"] = {"file": "model.onnx", "opset": opset, "inputs": {"image": ["slices", 1, "height", "width"]},
+                    "outputs": {"logits": ["slices", 4, "height", "width"], "class_logits": ["slices", 3],
+                                "stage1_logits": ["slices", 4, "height", "width"]},
                     "has_classifier": getattr(predictor.model, "classifier", None) is not None
                     or getattr(getattr(predictor.model, "ref", None), "classifier", None) is not None}
     (out / "model.json").write_text(json.dumps(meta, indent=2))
@@ -68,7 +75,13 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for invalid or truncated graphs
+            from cmrseg.errors import InputError
+
+            raise InputError(path, f"cannot load the ONNX model ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:200]})") from None
         self.has_classifier = meta.get("onnx", {}).get("has_classifier", True)
 
     def to(self, *_args, **_kwargs):
@@ -78,5 +91,8 @@ class OnnxModel:
         return self
 
     def __call__(self, x: torch.Tensor, stack_sizes=None) -> SegOutput:
-        logits, cls = self.session.run(None, {"image": x.detach().float().cpu().numpy()})
-        return SegOutput(torch.from_numpy(logits), torch.from_numpy(cls) if self.has_classifier else None)
+        outs = self.session.run(None, {"image": x.detach().float().cpu().numpy()})
+        logits, cls = outs[0], outs[1]
+        stage1 = torch.from_numpy(outs[2]) if len(outs) > 2 else None  # the Seg stage's, for the locator
+        return SegOutput(torch.from_numpy(logits), torch.from_numpy(cls) if self.has_classifier else None,
+                         stage1_logits=stage1)

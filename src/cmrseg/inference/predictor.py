@@ -8,6 +8,7 @@ Shipped models live in ``cmrseg/weights/<name>/`` inside the package.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from cmrseg.checkpoint import load_weights
 from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
+from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
 
@@ -31,6 +33,18 @@ def shipped_models() -> list[str]:
     if not WEIGHTS_DIR.is_dir():
         return []
     return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.json").is_file())
+
+
+def resolve_model(spec: str | Path | None) -> tuple[Path, str]:
+    """``--model`` -> (model folder, ``shipped`` | ``folder``); see :meth:`Predictor.load`."""
+    text = str(spec) if spec is not None else DEFAULT_MODEL
+    as_path = "/" in text or (os.sep in text)
+    if not as_path and text in shipped_models():
+        return WEIGHTS_DIR / text, "shipped"
+    if Path(text).is_dir():
+        return Path(text), "folder"
+    raise CmrsegError(f"{text}: neither a shipped model nor a model folder "
+                      f"(shipped: {', '.join(shipped_models()) or 'none'})")
 
 
 @dataclass
@@ -58,6 +72,9 @@ class Predictor:
 
     Attribute ``gated`` (default True): the classifier gate of multitask two-stage models
     (paper Sec. 2.3); set it False to take the Ref stage's ungated output (for ablations).
+    Attribute ``inference_crop``: the heart-centred crop (pixels) of :mod:`.centred`, from
+    ``model.json`` (models trained since it exists record their training crop); ``None`` runs
+    the model on the whole canvas, as models trained before it were selected.
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
@@ -77,6 +94,7 @@ class Predictor:
         self.postprocess = postprocess
         self.amp = torch.bfloat16 if self.device.type == "cuda" else None
         self.gated = True
+        self.inference_crop: int | None = meta.get("inference_crop")
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "auto",
@@ -110,14 +128,17 @@ class Predictor:
     @classmethod
     def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "auto",
              backend: str = "auto") -> "Predictor":
-        """A run folder, or the name of a shipped model (default: the proposed model)."""
-        spec = spec or DEFAULT_MODEL
-        if Path(spec).is_dir():
-            return cls.from_path(spec, device, postprocess, backend)
-        if str(spec) in shipped_models():
-            return cls.from_path(WEIGHTS_DIR / str(spec), device, postprocess, backend)
-        raise CmrsegError(f"{spec}: neither a model folder nor a shipped model "
-                          f"(shipped: {', '.join(shipped_models()) or 'none'})")
+        """The name of a shipped model (default: the proposed model) or a run folder.
+
+        A shipped model's name always means the shipped weights, even when a folder of that
+        name sits in the working directory: a folder is taken when the name is not a shipped
+        model's or when it is written as a path (with a ``/``, e.g. ``./seg_ss``). The
+        predictor's ``meta["source"]`` says which (``shipped`` or ``folder``).
+        """
+        folder, source = resolve_model(spec)
+        predictor = cls.from_path(folder, device, postprocess, backend)
+        predictor.meta["source"] = source
+        return predictor
 
     @property
     def name(self) -> str:
@@ -129,7 +150,7 @@ class Predictor:
         x = x.to(self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
         with ctx:
-            out = self.model(x)
+            out = heart_centred_forward(self.model, x, self.inference_crop)
         logits = out.logits if self.gated or out.ungated_logits is None else out.ungated_logits
         probs = logits.float().softmax(dim=1)
         cls = None if out.class_logits is None else torch.sigmoid(out.class_logits.float())
@@ -138,7 +159,7 @@ class Predictor:
     def predict_volume(self, volume: Volume) -> Prediction:
         """Segment one stack; the mask is in the volume's own grid."""
         t0 = time.perf_counter()
-        x, cmap = preprocess_image(volume.image, volume.geometry.inplane_spacing, self.preprocess)
+        x, cmap = preprocess_image(volume.image, volume.geometry.inplane_spacing, self.preprocess, volume.path)
         probs, cls = self.predict_canvas(x)
         full = invert_to_input(probs, cmap)
         mask = full.argmax(dim=1).to(torch.uint8).cpu().numpy()

@@ -19,8 +19,11 @@ import numpy as np
 from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
 
 
-def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """``rows``: (row label, image ``[S, H, W]``, mask ``[S, H, W]``) -> PNG with one column per slice."""
+def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "",
+            slice_numbers: Sequence[int] | None = None) -> Path:
+    """``rows``: (row label, image ``[S, H, W]``, mask ``[S, H, W]``, base -> apex) -> PNG with one
+    column per slice, titled with ``slice_numbers`` (the voxel index k of each column in the
+    written mask; default the column index)."""
     plt = _matplotlib()
     n_slices = max(r[1].shape[0] for r in rows)
     box = heart_box([m[s] for _, _, m in rows for s in range(m.shape[0])], rows[0][1].shape[1:])
@@ -34,7 +37,8 @@ def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path
             if s < image.shape[0]:
                 ax.imshow(overlay(image[s][sl], mask[s][sl]), interpolation="nearest")
             if r == 0:
-                ax.set_title(f"slice {s}" + (" (base)" if s == 0 else " (apex)" if s == n_slices - 1 else ""), fontsize=7)
+                k = slice_numbers[s] if slice_numbers is not None else s
+                ax.set_title(f"k={k}" + (" (base)" if s == 0 else " (apex)" if s == n_slices - 1 else ""), fontsize=7)
             if s == 0:
                 ax.set_ylabel(label, fontsize=8)
     if title:

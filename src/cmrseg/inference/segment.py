@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -35,6 +36,8 @@ from cmrseg.errors import CmrsegError
 from cmrseg.evaluation.clinical import (MEASURE_COLUMNS, MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures,
                                         structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover, load_study
+from cmrseg.inference.output_folder import (case_records, check_location, check_target, ensure_writable, owned_files,
+                                            shard_records)
 from cmrseg.inference.predictor import Predictor
 from cmrseg.inference.quality import measure_flags, slice_flags
 from cmrseg.inference.report import montage, volume_curve, write_html
@@ -57,6 +60,29 @@ class _StudyReader(torch.utils.data.Dataset):
             return i, None, str(exc)
         except Exception as exc:  # any other reader failure is this study's, not the batch's
             return i, None, f"{self.sources[i].paths[0]}: {type(exc).__name__}: {exc}"
+
+
+class _DieWithParent:
+    """DataLoader ``worker_init_fn``: on Linux the kernel kills a reader process when the
+    segmenting process dies, by any signal, SIGKILL included (``prctl(PR_SET_PDEATHSIG)``), so no
+    reader outlives it holding memory and the caller's terminal. No maintained library wraps
+    prctl for this; it is one libc call through ctypes."""
+
+    def __init__(self):
+        self.parent = os.getpid()
+
+    def __call__(self, _worker_id: int) -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != self.parent:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -85,6 +111,14 @@ def _pick_ed_es(study: Study, lv_voxels: list[int]) -> tuple[int, int, str]:
     return int(np.argmax(lv_voxels)), int(np.argmin(lv_voxels)), "largest / smallest LV volume"
 
 
+def _in_file_order(flag: dict[str, Any], study: Study) -> dict[str, Any]:
+    """A flag's slice as the voxel index k of the written mask (the input's slice order)."""
+    geom = study.frames[0].geometry
+    if flag.get("slice") is not None and geom.slices_reversed:
+        flag = {**flag, "slice": study.frames[0].num_slices - 1 - int(flag["slice"])}
+    return flag
+
+
 def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
     """ED/ES choice, per-frame volumes and the clinical measures of one segmented study.
 
@@ -93,9 +127,10 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
     frame's volumes for a single frame), ``lv_voxels``, ``voxel_ml`` and ``note``.
     """
     voxel_ml = study.frames[0].geometry.voxel_volume_ml
+    missing = study.frames[0].meta.get("missing_slices") or []
     lv_voxels = [int((m == 3).sum()) for m in masks]
     ed, es, source = _pick_ed_es(study, lv_voxels)
-    volumes = [structure_volumes_ml(m, voxel_ml) for m in masks] if voxel_ml else None
+    volumes = [structure_volumes_ml(m, voxel_ml, missing) for m in masks] if voxel_ml else None
     measures: dict[str, float] = {}
     note = ""
     if volumes is None:
@@ -111,14 +146,20 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
             "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
 
 
-def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path]) -> dict[str, Any]:
+def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path],
+                  owned: set[Path] | None = None) -> dict[str, Any]:
     """Segment, measure, check and draw one study; returns its JSON record.
 
     Everything is computed before the first file is written, and a failure while writing
-    removes what this study wrote, so a failed study leaves nothing behind.
+    removes what this study wrote, so a failed study leaves nothing behind. A file already in
+    ``out`` is replaced only when it is in ``owned`` (written by an earlier run).
     """
+    owned = owned if owned is not None else set()
     t0 = time.perf_counter()
     preds = [predictor.predict_volume(v) for v in study.frames]
+    missing = study.frames[0].meta.get("missing_slices") or []
+    for p in preds:  # no image there in the input: nothing is labelled there
+        p.mask[missing] = 0
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
     ed, es, volumes, voxel_ml = meas["ed"], meas["es"], meas["volumes"], meas["voxel_ml"]
@@ -128,6 +169,10 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
             flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t))
     if len(masks) > 1 or voxel_ml is None:
         flags += measure_flags(meas["measures"], voxel_ml is not None)
+    flags += [{"frame": "", "slice": k, "flag": "missing_slice",
+               "detail": "no image at this slice position in the input: mask left empty, volumes interpolate it"}
+              for k in missing]
+    flags = [_in_file_order(f, study) for f in flags]
     written: list[Path] = []
     try:
         # ---- masks, in the input's format and geometry (4D inputs get one 4D mask)
@@ -140,6 +185,7 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
             target = mask_output_path(like, out)
             if target in taken:  # two studies with the same input file name: keep both
                 target = mask_output_path(like, out / study.name)
+            check_target(target, owned)
             arr = [masks[t] for t in idx] if len(idx) > 1 else masks[idx[0]]
             written.append(write_mask(arr, like, target.parent))
             taken.add(written[-1])
@@ -149,7 +195,11 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
         shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
             else [(_frame_label(study, ed), ed)]
         rows = [(label, study.frames[t].image, masks[t]) for label, t in shown]
-        written.append(montage(rows, fig_dir / f"{study.name}_montage.png", title=study.name))
+        for fig in (fig_dir / f"{study.name}_montage.png", fig_dir / f"{study.name}_volumes.png"):
+            check_target(fig, owned)
+        n = study.frames[0].num_slices
+        numbers = [n - 1 - s for s in range(n)] if study.frames[0].geometry.slices_reversed else list(range(n))
+        written.append(montage(rows, fig_dir / f"{study.name}_montage.png", title=study.name, slice_numbers=numbers))
         curve_path = None
         if len(masks) > 2:
             trig = [f.meta.get("trigger_time_ms") for f in study.frames]
@@ -189,7 +239,7 @@ def _is_done(out: Path, name: str) -> bool:
         rec = json.loads(_case_file(out, name).read_text())
     except (OSError, ValueError):
         return False
-    return rec.get("status") == "ok" and all((out / o).exists() for o in rec.get("outputs", []))
+    return isinstance(rec, dict) and rec.get("status") == "ok" and all((out / o).exists() for o in rec.get("outputs", []))
 
 
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
@@ -226,10 +276,11 @@ def _volumes_csv(cases: list[dict[str, Any]]) -> str:
 
 def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     """measures.csv, volumes.csv, summary.json and report.html from every case record."""
-    cases = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*.json"))]
+    cases = case_records(out)
     write_text(out / "measures.csv", _measures_csv(cases))
     write_text(out / "volumes.csv", _volumes_csv(cases))
-    summary = {**info, "label_map": label_map_json(),
+    shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
+    summary = {**info, "shards": shards, "label_map": label_map_json(),
                "cases": {c["study"]: {k: c.get(k) for k in ("status", "seconds", "model_seconds", "outputs", "error",
                                                               "measures", "note", "ed_frame", "es_frame", "flags")}
                          for c in cases},
@@ -247,23 +298,30 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
 
     out = Path(out)
     idx, n = parse_shard(shard)
+    check_location(out, [Path(i) for i in inputs])
     sources = discover(inputs)
     if not sources:
         raise CmrsegError("no studies found in the inputs")
     predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend)
-    out.mkdir(parents=True, exist_ok=True)  # only once the inputs and the model are known good
+    ensure_writable(out)  # only once the inputs and the model are known good
+    owned = owned_files(out)
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
     info = {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
+            "model_source": predictor.meta.get("source"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
             "postprocess": predictor.postprocess, "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
-          f"model {predictor.name} on {predictor.device}", flush=True)
+          f"model {predictor.name} ({predictor.meta.get('source')}: {predictor.meta.get('path')}) "
+          f"on {predictor.device}", flush=True)
+    num_workers = min(workers, len(todo)) if todo else 0
+    # one study in flight per reader: with large cines, prefetching more multiplies the memory
     loader = torch.utils.data.DataLoader(_StudyReader(todo, spacing, slice_order), batch_size=None,
-                                         num_workers=min(workers, len(todo)) if todo else 0)
+                                         num_workers=num_workers, worker_init_fn=_DieWithParent() if num_workers else None,
+                                         prefetch_factor=1 if num_workers else None)
     taken: set[Path] = set()
     failures = []
     for i, study, error in tqdm(loader, total=len(todo), desc="segment", unit="study", disable=not progress):
@@ -271,7 +329,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
         t0 = time.perf_counter()
         if error is None:
             try:
-                record = process_study(study, predictor, out, taken)
+                record = process_study(study, predictor, out, taken, owned)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch
@@ -280,8 +338,10 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
             record = {"study": src.name, "status": "failed", "error": error, "seconds": time.perf_counter() - t0,
                       "source": str(src.paths[0])}
             failures.append(record)
+        record["shard"] = info["shard"]
         write_json(_case_file(out, src.name), record)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
     summary = rebuild_reports(out, info)
     ok = sum(1 for c in summary["cases"].values() if c["status"] == "ok")
     print(f"{ok} studies segmented; measures in {out / 'measures.csv'}, report {out / 'report.html'}")

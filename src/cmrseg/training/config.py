@@ -9,6 +9,7 @@ augmentation), ``fast`` (about an hour on 2 CPU cores), ``smoke`` (seconds, for 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class TrainConfig:
         cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for single-slice models,
             whose batches have one shape (all-slice batches vary with the stacks' sizes,
             and every new shape is tuned anew).
+        centred_inference: validate, compute the Ref stage's inputs and (through
+            ``model.json``'s ``inference_crop``) segment heart-centred, on a crop of the
+            training crop's size (``cmrseg.inference.centred``); off = on the whole canvas.
         time_budget_s: seconds each stage may train: after its first epochs (timed, with one
             validation) the stage's epoch count becomes what fits, at most ``epochs``, and
             the learning-rate schedule follows. ``None`` = always ``epochs``.
@@ -83,6 +87,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     cudnn_benchmark: bool | None = None
+    centred_inference: bool = True
     time_budget_s: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -92,6 +97,40 @@ class TrainConfig:
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One clear line for a value that would train nothing or train wrongly (``epochs=-3``
+        used to train nothing and mark the run complete)."""
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise CmrsegError(f"config key {key!r} must be {what}, got {getattr(self, key)!r}")
+
+        for key in ("epochs", "batch_stacks", "batch_slices", "val_every", "checkpoint_every"):
+            value = getattr(self, key)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "a whole number >= 1")
+        need(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs", "a whole number >= 0")
+        for key in ("lr", "weight_decay", "grad_clip", "dice_weight", "lambda_cls"):
+            value = getattr(self, key)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+                 key, "a number >= 0")
+        need(self.schedule in ("cosine", "constant"), "schedule", "'cosine' or 'constant'")
+        need(self.ref_inputs in ("snapshots", "online", "final"), "ref_inputs", "'snapshots', 'online' or 'final'")
+        need(self.amp in ("auto", "bf16", "off"), "amp", "'auto', 'bf16' or 'off'")
+        need(0.0 <= self.heart_crop_prob <= 1.0, "heart_crop_prob", "between 0 and 1")
+        need(all(0.0 < f < 1.0 for f in self.snapshot_fractions), "snapshot_fractions", "fractions between 0 and 1")
+        need(self.time_budget_s is None or (isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0),
+             "time_budget_s", "a number of seconds > 0 (or null)")
+
+    @property
+    def inference_crop(self) -> int | None:
+        """The heart-centred inference crop in pixels, or ``None`` (whole canvas)."""
+        crop = self.augment.crop
+        if not self.centred_inference or not crop or crop >= self.preprocess.canvas:
+            return None
+        return int(crop)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -166,7 +205,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise CmrsegError(f"override {text!r} is not KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as exc:  # a tag such as !!python/object, or broken YAML
+        raise CmrsegError(f"override {text!r}: invalid value ({str(exc).splitlines()[0]})") from None
 
 
 def load_config(config: str | Path | None = None, protocol: str | None = None, model: str | None = None,

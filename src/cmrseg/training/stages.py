@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.data.dataset import StackDataset
+from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
 from cmrseg.models.two_stage import TwoStageNet
@@ -35,6 +36,7 @@ class _Base:
         self.amp_dtype = amp_dtype
         self.channels_last = channels_last
         self.augmenter = StackAugmenter(cfg.augment)
+        self.inference_crop = cfg.inference_crop
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -63,13 +65,15 @@ class _Base:
 
     @torch.no_grad()
     def _predict_images(self, net: nn.Module, ds: StackDataset) -> list[np.ndarray]:
-        """Canvas label maps of every validation stack (eval mode: gated for MT networks)."""
+        """Canvas label maps of every validation stack as ``cmrseg segment`` makes them
+        (eval mode: gated for MT networks; heart-centred when ``inference_crop`` is set)."""
         net.eval()
         preds = []
         for rec in ds.records:
             x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
             with self.autocast():
-                preds.append(net(self._fmt(x)).logits.argmax(1).to(torch.uint8).cpu().numpy())
+                out = heart_centred_forward(net, self._fmt(x), self.inference_crop)
+            preds.append(out.logits.argmax(1).to(torch.uint8).cpu().numpy())
         return preds
 
 
@@ -108,6 +112,7 @@ class DetSegStage(_Base):
     def __init__(self, net: DetSegNet, train_ds: StackDataset, cfg, device, amp_dtype, channels_last):
         super().__init__(cfg, device, amp_dtype, channels_last)
         self.net = net
+        self.inference_crop = None  # Det+Seg crops around its own detection
         self.train_ds = train_ds.with_mode(self.mode)
         self.det_loss = HeartDetectionLoss(cfg.dice_weight)
         self.seg_loss = SegLoss(cfg.dice_weight)
@@ -164,7 +169,8 @@ class RefineStage(_Base):
         else:
             self.train_probs = [self._probabilities(sd, train_ds, progress) for sd in seg_sources]
         model.seg.load_state_dict(final)
-        self.val_probs = self._probabilities(final, val_ds, progress)
+        self.val_ds = val_ds
+        self.val_probs = None if self.inference_crop else self._probabilities(final, val_ds, progress)
         self.train_ds = train_ds.with_mode(self.mode)
 
     @torch.no_grad()
@@ -177,8 +183,8 @@ class RefineStage(_Base):
         out = []
         for rec in tqdm(ds.records, desc="stage-1 probabilities", disable=not progress, leave=False):
             x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
-            with self.autocast():
-                p = seg(self._fmt(x)).logits.float().softmax(1)
+            with self.autocast():  # as at inference: heart-centred when inference_crop is set
+                p = heart_centred_forward(seg, self._fmt(x), self.inference_crop).logits.float().softmax(1)
             out.append(p.to(torch.float16))
         return out
 
@@ -220,6 +226,8 @@ class RefineStage(_Base):
 
     @torch.no_grad()
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
+        if self.inference_crop:  # both stages, heart-centred, as cmrseg segment runs them
+            return self._predict_images(self.model, ds)
         self.ref.eval()
         preds = []
         for p in self.val_probs:

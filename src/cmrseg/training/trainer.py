@@ -10,10 +10,14 @@ probability maps (``cfg.ref_inputs``). Every stage: Adam, warm-up + cosine sched
 validation every ``val_every`` epochs with the protocol's Dice (mean of the base, mid and
 apex averages, in canvas space), the best epoch kept, a checkpoint every epoch.
 
-Determinism: weights, data order and augmentation are seeded from ``cfg.seed`` and the
-epoch, so a resumed run continues the same sequence. Not deterministic: CUDA convolution
-and attention kernels (cuDNN picks algorithms; atomics in backward passes), bf16 rounding,
-and the order of gradient all-reduce under DDP.
+Determinism: weights, data order, augmentation and the global generators (dropout) are
+seeded from ``cfg.seed`` and the epoch at the start of every epoch, and the Ref stage's input
+maps are recomputed from saved weights, so on the CPU a run killed anywhere (either stage, the
+probability maps, a save) and resumed ends with the same weights as an uninterrupted run
+(``tests/training/test_resume.py``). Not deterministic: CUDA convolution and attention
+kernels (cuDNN picks algorithms; atomics in backward passes), and the order of gradient
+all-reduce under DDP; a time budget (``time_budget_s``) fits the epoch count to measured
+times, so two budgeted runs may train different numbers of epochs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ import torch.nn as nn
 from cmrseg import __version__
 from cmrseg.atomic import write_json
 from cmrseg.checkpoint import (find_training_state, load_training_state, load_weights, read_tensors,
-                               save_training_state, save_weights, state_dict_of)
+                               save_training_state, save_weights)
 from cmrseg.data.dataset import StackBatcher, StackDataset
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.evaluation.metrics import level_dice_fast
@@ -126,6 +129,7 @@ def run_metadata(model: nn.Module, cfg: TrainConfig, extra: dict | None = None) 
         "model": model.cmrseg_name,
         "model_kwargs": model.cmrseg_kwargs,
         "preprocess": cfg.preprocess.to_dict(),
+        "inference_crop": None if isinstance(model, DetSegNet) else cfg.inference_crop,
         "label_map": label_map_json(),
         "protocol": cfg.protocol,
         "cmrseg_version": __version__,
@@ -221,6 +225,9 @@ def _fit(stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, device: torch
         while epoch < plan["epochs"]:
             gen.manual_seed(cfg.seed * 100003 + epoch * 7919 + info.rank)
             dev_gen.manual_seed(cfg.seed * 100003 + epoch * 7919 + info.rank + 1)
+            # the global generators too (dropout draws from them): what an epoch draws never
+            # depends on what ran before it in this process, so a resumed run repeats it
+            seed_everything(cfg.seed * 100003 + epoch * 7919 + info.rank + 2)
             module.train()
             t0 = time.perf_counter()
             losses, parts, slices = [], {}, 0
@@ -369,12 +376,12 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, val: str | Path |
     try:
         if is_complete_run(out):
             return out
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.save(out / "config.yaml")
         train_src, val_src = resolve_splits(data, val)
         train_ds = StackDataset.from_folder(train_src, cfg.preprocess, progress=cfg.progress and info.is_main)
         val_ds = StackDataset.from_folder(val_src, cfg.preprocess, progress=cfg.progress and info.is_main)
+        if info.is_main:  # the run folder appears only once the data is known good
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
         seed_everything(cfg.seed)
         model = create_model(cfg.model, **cfg.model_kwargs).to(device)
         if cfg.init_weights:

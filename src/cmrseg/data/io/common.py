@@ -43,10 +43,14 @@ def spacing_from_option(option: tuple[float, ...] | None) -> tuple[float, float,
 
     Without SZ the slice spacing is NaN: in-plane work can proceed, volumes cannot.
     """
+    from cmrseg.data.validation import check_spacing
+    from cmrseg.errors import CmrsegError
+
     if option is None:
         return None
     vals = [float(v) for v in option]
     if len(vals) not in (2, 3) or any(not np.isfinite(v) or v <= 0 for v in vals):
-        raise ValueError(f"spacing must be 2 or 3 positive numbers (SX SY [SZ]), got {option}")
+        raise CmrsegError(f"--spacing must be 2 or 3 positive numbers in mm (SX SY [SZ]), got "
+                          f"{' '.join(f'{v:g}' for v in vals)}")
     sz = vals[2] if len(vals) == 3 else float("nan")
-    return (sz, vals[1], vals[0])
+    return check_spacing((sz, vals[1], vals[0]), None, "option", allow_unknown_slice=True)  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.data.orientation import reverse_affine, should_reverse
-from cmrseg.data.validation import check_image
+from cmrseg.data.validation import check_image, check_size, check_spacing
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.errors import InputError
 
@@ -102,8 +102,12 @@ def read_dicom_series(
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     if len(positions) > 1:
         slice_mm = float(np.median(np.diff(positions)))
+        grid = slice_grid(positions, slice_mm, folder)
     else:
         slice_mm = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)))
+        grid = [0]
+    if spacing_override is None:
+        check_spacing((abs(slice_mm), row_mm, col_mm), headers[0][0], "DICOM header")
     origin = np.array([float(v) for v in ordered[0][0][1].ImagePositionPatient])
     lps = np.eye(4)
     lps[:3, 0] = row_cos * col_mm
@@ -112,8 +116,10 @@ def read_dicom_series(
     lps[:3, 3] = origin
     affine = _LPS_TO_RAS @ lps
 
-    pixels = np.empty((num_frames, len(positions), int(first.Rows), int(first.Columns)), dtype=np.float32)
-    for k, frames in enumerate(ordered):
+    num_slices = grid[-1] + 1
+    check_size((num_frames, num_slices, int(first.Rows), int(first.Columns)), folder)
+    pixels = np.empty((num_frames, num_slices, int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for k, frames in zip(grid, ordered):
         for t, (f, _) in enumerate(frames):
             try:
                 ds = pydicom.dcmread(str(f))
@@ -125,6 +131,8 @@ def read_dicom_series(
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
             intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             pixels[t, k] = arr * slope + intercept
+    missing = sorted(set(range(num_slices)) - set(grid))
+    fill_missing_slices(pixels, grid)
     check_image(pixels, folder, allow_4d=True)
 
     if spacing_override is not None:
@@ -134,7 +142,7 @@ def read_dicom_series(
     reverse = should_reverse(affine, slice_order)
     geometry = Geometry(
         spacing=spacing,
-        affine=reverse_affine(affine, len(positions)) if reverse else affine,
+        affine=reverse_affine(affine, num_slices) if reverse else affine,
         spacing_source=source,
         slices_reversed=reverse,
         header=None,
@@ -146,9 +154,38 @@ def read_dicom_series(
         trig = ordered[0][t][1].get("TriggerTime")
         meta = {"frame_index": t, "num_frames": num_frames,
                 "trigger_time_ms": float(trig) if trig not in (None, "") else None,
-                "patient": str(first.get("PatientID", "")) or None}
+                "patient": str(first.get("PatientID", "")) or None,
+                # in-memory (base -> apex) indices of slice positions absent from the series
+                "missing_slices": [num_slices - 1 - k for k in missing][::-1] if reverse else missing}
         volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
     return volumes
+
+
+def slice_grid(positions: list[float], step: float, folder: Path, tolerance: float = 0.1) -> list[int]:
+    """Index of each sorted slice position on a regular grid of ``step`` mm. A gap of a whole
+    number of steps is a missing slice position (its index is skipped, so the slices after it
+    keep their place in the geometry); any other irregular spacing is refused."""
+    grid = [0]
+    for d in np.diff(positions):
+        n = d / step
+        if abs(n - round(n)) > tolerance or round(n) < 1:
+            raise InputError(folder, f"irregular slice positions (steps {np.round(np.diff(positions), 2).tolist()} mm): "
+                                     "not one short-axis stack")
+        grid.append(grid[-1] + int(round(n)))
+    if grid[-1] + 1 > 2 * len(positions):
+        raise InputError(folder, f"{grid[-1] + 1 - len(positions)} of {grid[-1] + 1} slice positions are missing")
+    return grid
+
+
+def fill_missing_slices(pixels: np.ndarray, grid: list[int]) -> None:
+    """Fill the slice positions absent from ``grid`` (``[T, S, H, W]``, in place) by linear
+    interpolation between the nearest present slices, so the networks see a continuous stack;
+    the segmenter blanks these slices' masks and flags them."""
+    present = np.asarray(grid)
+    for k in sorted(set(range(pixels.shape[1])) - set(grid)):
+        lo, hi = present[present < k].max(), present[present > k].min()
+        w = (k - lo) / (hi - lo)
+        pixels[:, k] = (1 - w) * pixels[:, lo] + w * pixels[:, hi]
 
 
 def write_dicom_series(

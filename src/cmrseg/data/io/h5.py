@@ -12,7 +12,7 @@ import numpy as np
 from cmrseg.atomic import atomic_path
 from cmrseg.data.io.acdc import phase_of_frame, read_manifest, read_metadata_csv
 from cmrseg.data.io.common import parse_frame_name, strip_suffix
-from cmrseg.data.validation import check_image, check_label
+from cmrseg.data.validation import check_image, check_label, check_size, check_spacing
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.errors import InputError
 from cmrseg.labels import label_map_json
@@ -33,6 +33,7 @@ def read_h5(
         with h5py.File(path, "r") as fh:
             if "image" not in fh:
                 raise InputError(path, f"h5 file has no dataset 'image' (has: {sorted(fh.keys())})")
+            check_size(fh["image"].shape, path)
             image = np.asarray(fh["image"][()])
             label = np.asarray(fh["label"][()]) if with_label and "label" in fh else None
     except InputError:
@@ -64,8 +65,9 @@ def h5_side_info(path: Path, spacing_override=None) -> tuple[dict, tuple | None,
             for key in ("group", "height_cm", "weight_kg", "ed_frame", "es_frame", "frames"):
                 if key in row:
                     meta[key] = row[key]
-            if "pixel_mm" in row and "slice_spacing_mm" in row:
-                spacing = (row["slice_spacing_mm"], row["pixel_mm"], row["pixel_mm"])
+            if "pixel_mm" in row and "slice_spacing_mm" in row and spacing_override is None:
+                spacing = check_spacing((row["slice_spacing_mm"], row["pixel_mm"], row["pixel_mm"]),
+                                        metadata_csv, f"patient {case}'s")
                 source = "metadata.csv"
     manifest = path.parent / "manifest.json"
     if manifest.is_file():
@@ -77,7 +79,7 @@ def h5_side_info(path: Path, spacing_override=None) -> tuple[dict, tuple | None,
         # of the release layout are matched against ed_frame / es_frame instead
         meta["phase"] = phase_of_frame(frame, meta)
     if spacing_override is not None:
-        spacing, source = spacing_override, "option"
+        spacing, source = check_spacing(spacing_override, path, "option", allow_unknown_slice=True), "option"
     return meta, spacing, source
 
 

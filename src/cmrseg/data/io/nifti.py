@@ -13,7 +13,7 @@ import numpy as np
 from cmrseg.atomic import atomic_path
 from cmrseg.data.io.common import strip_suffix
 from cmrseg.data.orientation import reverse_affine, should_reverse
-from cmrseg.data.validation import check_image, check_label
+from cmrseg.data.validation import check_image, check_label, check_size, check_spacing
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.errors import InputError
 
@@ -25,10 +25,40 @@ def _load(path: Path):
         raise InputError(path, "file not found")
     try:
         img = nib.load(str(path))
+        check_size(img.shape, path)  # from the header, before the data is read
         data = np.asanyarray(img.dataobj)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files (gzip, header, EOF)
         raise InputError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     return img, data
+
+
+def _raw_pixdim(path: Path, img) -> np.ndarray:
+    """pixdim[1:4] as stored: nibabel replaces zeros by 1 when it loads a header, which would
+    turn an unknown voxel size into 1 mm."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        raw = type(img.header).from_fileobj(fh, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=float)
+
+
+def nifti_spacing(path: Path, img, override=None) -> tuple[tuple[float, float, float], str]:
+    """(slice, row, column) mm and its source: ``override`` when given, else the header's
+    pixdim, checked against the affine's voxel sizes and for plausibility."""
+    from nibabel.affines import voxel_sizes
+
+    if override is not None:
+        return check_spacing(override, path, "option", allow_unknown_slice=True), "option"
+    pixdim = _raw_pixdim(path, img)
+    check_spacing(pixdim[::-1], path, "header pixdim")
+    affine_sizes = np.asarray(voxel_sizes(img.affine)[:3], dtype=float)
+    if not np.allclose(affine_sizes, pixdim, rtol=0.01):
+        raise InputError(path, f"header pixdim {np.round(pixdim, 3).tolist()} mm and affine voxel sizes "
+                               f"{np.round(affine_sizes, 3).tolist()} mm disagree; give the voxel size with "
+                               "--spacing SX SY SZ (mm)")
+    return (float(pixdim[2]), float(pixdim[1]), float(pixdim[0])), "header"
 
 
 def read_nifti(
@@ -49,13 +79,7 @@ def read_nifti(
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     affine = np.asarray(img.affine, dtype=float)
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    if spacing_override is not None:
-        spacing, source = spacing_override, "option"
-    elif all(z > 0 for z in zooms):
-        spacing, source = (zooms[2], zooms[1], zooms[0]), "header"
-    else:
-        spacing, source = None, "unknown"
+    spacing, source = nifti_spacing(path, img, spacing_override)
     reverse = should_reverse(affine, slice_order)
     num_slices = data.shape[2]
     geometry = Geometry(

@@ -161,7 +161,7 @@ def read_label_volume(path: str | Path, slice_order: str = "auto") -> Volume:
     case facts from ``metadata.csv``/``manifest.json`` beside it. NIfTI: header spacing,
     case facts from an ACDC ``Info.cfg`` beside it."""
     from cmrseg.data.io.h5 import h5_side_info, read_h5_label
-    from cmrseg.data.io.nifti import _load
+    from cmrseg.data.io.nifti import _load, nifti_spacing
     from cmrseg.data.orientation import reverse_affine, should_reverse
     from cmrseg.data.validation import check_label
     from cmrseg.data.volume import Geometry
@@ -180,11 +180,11 @@ def read_label_volume(path: str | Path, slice_order: str = "auto") -> Volume:
             raise InputError(path, f"expected a 3D label, got shape {tuple(data.shape)}")
         label = check_label(data.transpose(2, 1, 0), data.shape[::-1], path)
         affine = np.asarray(img.affine, dtype=float)
-        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        spacing, _ = nifti_spacing(path, img)
         reverse = should_reverse(affine, slice_order)
         if reverse:
             label = label[::-1]
-        geometry = Geometry(spacing=(zooms[2], zooms[1], zooms[0]) if all(z > 0 for z in zooms) else None,
+        geometry = Geometry(spacing=spacing,
                             affine=reverse_affine(affine, label.shape[0]) if reverse else affine,
                             spacing_source="header", slices_reversed=reverse, header=img.header.copy())
         case, frame = parse_frame_name(name)

@@ -1,0 +1,95 @@
+"""The output folder of ``cmrseg segment``: where it may be, which files in it are ours, and its
+state read back from complete records only.
+
+Rules (issue 13): the output folder is never an input, never inside an input folder and never
+holds an input; a file already in it is replaced only when an earlier ``cmrseg segment`` run
+wrote it (it is listed in a case record); records are read from finished files only, never
+from another writer's temporary file, and a record that cannot be read is skipped with a
+warning instead of ending the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cmrseg.errors import CmrsegError
+
+TMP_PREFIX = ".tmp-"  # cmrseg.atomic's temporary names
+
+
+def check_location(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that is an input, lies inside an input folder, holds an input,
+    or is an existing file."""
+    if out.exists() and not out.is_dir():
+        raise CmrsegError(f"{out}: the output folder is an existing file; give a folder")
+    o = out.resolve()
+    for raw in inputs:
+        p = Path(raw).resolve()
+        if o == p:
+            raise CmrsegError(f"{out}: the output folder is the input {raw}; choose another folder "
+                              "(masks are named after their inputs and would replace them)")
+        if p.is_dir() and o.is_relative_to(p):
+            raise CmrsegError(f"{out}: the output folder is inside the input folder {raw}; choose a folder outside it")
+        if p.is_relative_to(o):
+            raise CmrsegError(f"{out}: the output folder holds the input {raw}; choose a folder that holds no inputs")
+
+
+def ensure_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written in it (one line if not)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CmrsegError(f"{out}: cannot write to the output folder ({exc.strerror or exc})") from None
+
+
+def case_records(out: Path) -> list[dict[str, Any]]:
+    """Every complete case record in ``out/cases`` (temporary files of writers skipped; an
+    unreadable record skipped with a warning), sorted by file name."""
+    return [r for r in _records(out / "cases") if "study" in r]
+
+
+def shard_records(out: Path) -> list[dict[str, Any]]:
+    """The record of every run (``--shard i/n``) that wrote into ``out``."""
+    return [r for r in _records(out / "shards") if "shard" in r]
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except FileNotFoundError:  # removed between listing and reading (an --overwrite rerun)
+            continue
+        except (OSError, ValueError) as exc:
+            print(f"cmrseg: warning: {path}: unreadable case record skipped ({type(exc).__name__})", file=sys.stderr)
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def owned_files(out: Path) -> set[Path]:
+    """Files an earlier run wrote into ``out`` (masks and pictures listed in its case records)."""
+    owned = set()
+    for rec in case_records(out):
+        for rel in [*rec.get("outputs", []), rec.get("montage"), rec.get("curve")]:
+            if rel:
+                owned.add((out / rel).resolve())
+    return owned
+
+
+def check_target(target: Path, owned: set[Path]) -> None:
+    """Refuse to replace a file in the output folder that cmrseg did not write."""
+    if target.exists() and target.resolve() not in owned:
+        raise CmrsegError(f"{target}: exists and was not written by cmrseg segment; not replaced "
+                          "(move it away or choose another output folder)")
