@@ -78,7 +78,7 @@ def main():
         name = predictor.name if m is None else str(m)
         text.append(table(name, analyse(predictor, volumes)))
         if args.ungated and "_mt" in predictor.name:  # multitask models: gated by their classifier
-            predictor.gated = False
+            predictor.gate = "off"
             text.append(table(f"{name} (gate off)", analyse(predictor, volumes)))
     report = "\n".join(text)
     print(report)

@@ -87,7 +87,8 @@ def cmd_segment(args) -> int:
 
     return segment(args.input, args.out, model=args.model, device=args.device, spacing=_spacing(args.spacing),
                    shard=args.shard, overwrite=args.overwrite, workers=args.workers, postprocess=args.postprocess,
-                   slice_order=args.slice_order, backend=args.backend)
+                   slice_order=args.slice_order, backend=args.backend, precision=args.precision, gate=args.gate,
+                   tta=args.tta)
 
 
 def cmd_export_onnx(args) -> int:
@@ -174,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base->apex rule (README); default auto")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="torch, or onnxruntime on an exported model folder (default: torch when weights exist)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 on a GPU, float32 on the CPU; bf16 on the CPU is faster where it has AMX "
+                        "(label agreement with float32 in docs/RESULTS.md)")
+    p.add_argument("--gate", default="auto", choices=("auto", "hard", "soft", "seg", "off"),
+                   help="how the classifier acts on the mask (auto: the model's choice in model.json)")
+    p.add_argument("--tta", default="auto", choices=("auto", "on", "off"),
+                   help="average over in-plane flips (auto: the model's choice in model.json)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")

@@ -40,7 +40,7 @@ def test_predictor_gate_can_be_switched_off_for_ablations():
     predictor = Predictor(model, meta, device="cpu")
     x = torch.randn(5, 1, 32, 32)
     gated, _ = predictor.predict_canvas(x)
-    predictor.gated = False
+    predictor.gate = "off"
     ungated, cls = predictor.predict_canvas(x)
     assert (cls[:, 0] < 0.5).all()
     assert not (gated.argmax(1) == 1).any() and (ungated.argmax(1) == 1).all()

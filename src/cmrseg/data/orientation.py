@@ -50,3 +50,24 @@ def reverse_affine(affine: np.ndarray, num_slices: int) -> np.ndarray:
     flip[2, 2] = -1.0
     flip[2, 3] = num_slices - 1
     return np.asarray(affine, dtype=float) @ flip
+
+
+ANATOMY_RATIO = 1.25  # heart area of one end third over the other's above this: that end is basal
+
+
+def anatomy_reversed(masks: list[np.ndarray]) -> bool | None:
+    """Whether segmented stacks (``[S, H, W]``, in memory order, all frames of a study) run
+    apex -> base by the anatomy: the LV and its myocardium are larger towards the base, so the
+    end third with clearly more LV + MYO area is basal. ``None`` when the anatomy cannot
+    decide (fewer than 3 heart slices, or the two ends within ``ANATOMY_RATIO``)."""
+    area = sum(((m == 2) | (m == 3)).reshape(m.shape[0], -1).sum(1).astype(float) for m in masks)
+    heart = np.flatnonzero(area > 0)
+    if heart.size < 3:
+        return None
+    first, _, last = np.array_split(area[heart[0]:heart[-1] + 1], 3)
+    a, b = float(first.sum()), float(last.sum())
+    if b > ANATOMY_RATIO * a:
+        return True
+    if a > ANATOMY_RATIO * b:
+        return False
+    return None

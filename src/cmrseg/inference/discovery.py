@@ -1,101 +1,190 @@
 """Turn the paths a user gives into studies (the unit of work of ``cmrseg segment``).
 
 * an ACDC patient folder (with ``Info.cfg``): one study, its frame files (or its 4D cine);
-* a 4D NIfTI file or a DICOM cine series folder: one study, every frame;
+* DICOM files, in folders at any depth: grouped by series (``SeriesInstanceUID``); each
+  short-axis series (a cine, or one phase of several slices) is a study, every other series
+  (localisers, long-axis and other 2D cines) is listed as skipped with the reason
+  (:func:`~cmrseg.data.io.dicom.classify_series`); a single ``.dcm`` file stands for its series;
+* a 4D NIfTI file: one study, every frame;
 * files named ``<case>_frameNN`` (NIfTI or h5) beside each other: one study per case;
+  ``<case>_ED`` and ``<case>_ES`` (any case, ``_`` or ``-``): one study with its ED and ES;
 * any other 3D NIfTI or h5 file: a single-frame study;
-* a folder of any of these: each of its entries as above. ``*_gt`` files are labels, not inputs.
+* a folder of any of these, at any depth (hidden entries skipped). ``*_gt`` files are labels.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrseg.data.io.acdc import is_acdc_patient_folder, read_info_cfg
 from cmrseg.data.io.common import is_h5, is_nifti, parse_frame_name, strip_suffix
-from cmrseg.data.io.readers import is_dicom_folder, read_acdc_patient, read_volumes
+from cmrseg.data.io.dicom import classify_series, looks_like_dicom, scan_series, series_name
+from cmrseg.data.io.readers import read_acdc_patient, read_volumes
 from cmrseg.data.volume import Study
 from cmrseg.errors import InputError
+
+MAX_DEPTH = 12
+_PHASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
 
 
 @dataclass
 class StudySource:
-    """Where a study comes from: ``kind`` is ``acdc``, ``dicom``, ``frames`` or ``file``."""
+    """Where a study comes from: ``kind`` is ``acdc``, ``dicom``, ``frames`` or ``file``;
+    ``phases``: ``ED``/``ES`` of each path when its name says so."""
 
     name: str
     kind: str
     paths: list[Path] = field(default_factory=list)
+    phases: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class Skipped:
+    """An input that is not a short-axis study, and why."""
+
+    path: Path
+    reason: str
 
 
 def _is_label(p: Path) -> bool:
     return strip_suffix(p).endswith("_gt")
 
 
-def _collect(path: Path, out: list[StudySource], frame_groups: dict, depth: int = 0) -> None:
-    if is_acdc_patient_folder(path):
-        out.append(StudySource(path.name, "acdc", [path]))
-    elif path.is_dir() and is_dicom_folder(path):
-        out.append(StudySource(path.name, "dicom", [path]))
-    elif path.is_dir():
-        if depth > 2:
-            return
-        for child in sorted(path.iterdir()):
-            if not child.name.startswith("."):
-                _collect(child, out, frame_groups, depth + 1)
-    elif (is_nifti(path) or is_h5(path)) and not _is_label(path):
-        case, frame = parse_frame_name(strip_suffix(path))
-        if frame is not None:
-            frame_groups.setdefault((path.parent, case), []).append(path)
-        else:
-            out.append(StudySource(strip_suffix(path), "file", [path]))
+class _Walk:
+    def __init__(self):
+        self.sources: list[StudySource] = []
+        self.skipped: list[Skipped] = []
+        self.frame_groups: dict[tuple[Path, str], list[Path]] = {}
+        self.dicom_files: dict[Path, list[Path]] = {}  # folder -> its DICOM files
+
+    def visit(self, path: Path, depth: int = 0) -> None:
+        if is_acdc_patient_folder(path):
+            self.sources.append(StudySource(path.name, "acdc", [path]))
+        elif path.is_dir():
+            if depth > MAX_DEPTH:
+                self.skipped.append(Skipped(path, f"deeper than {MAX_DEPTH} folders"))
+                return
+            for child in sorted(path.iterdir()):
+                if not child.name.startswith("."):
+                    self.visit(child, depth + 1)
+        elif is_nifti(path) or is_h5(path):
+            if _is_label(path):
+                return
+            name = strip_suffix(path)
+            case, frame = parse_frame_name(name)
+            phase = _PHASE_RE.match(name)
+            if frame is not None:
+                self.frame_groups.setdefault((path.parent, case), []).append(path)
+            elif phase is not None:
+                self.frame_groups.setdefault((path.parent, phase.group("case")), []).append(path)
+            else:
+                self.sources.append(StudySource(name, "file", [path]))
+        elif path.is_file() and looks_like_dicom(path):
+            self.dicom_files.setdefault(path.parent, []).append(path)
+
+    def dicom_series(self) -> None:
+        for folder, files in sorted(self.dicom_files.items()):
+            series = scan_series(files)
+            for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0][0])):
+                desc = str(headers[0][1].get("SeriesDescription", "")) or None
+                label = folder if len(series) == 1 else Path(f"{folder}: series {desc or uid}")
+                reason = classify_series(headers)
+                if reason is not None:
+                    self.skipped.append(Skipped(label, reason))
+                    continue
+                name = folder.name if len(series) == 1 else f"{folder.name}_{series_name(folder, desc)}"
+                self.sources.append(StudySource(name, "dicom", sorted(p for p, _ in headers)))
+
+    def frame_studies(self) -> None:
+        for (_, case), paths in self.frame_groups.items():
+            phases = [_phase_of(p) for p in paths]
+            if any(phases) and not all(phases):
+                raise InputError(paths[0].parent, f"{case}: mixes _ED/_ES files with _frameNN files")
+            order = sorted(range(len(paths)), key=lambda i: (phases[i] or "", _frame_of(paths[i])))
+            self.sources.append(StudySource(case, "frames", [paths[i] for i in order], [phases[i] for i in order]))
+
+
+def _phase_of(p: Path) -> str | None:
+    m = _PHASE_RE.match(strip_suffix(p))
+    return m.group("phase").upper() if m else None
+
+
+def _frame_of(p: Path) -> int:
+    return parse_frame_name(strip_suffix(p))[1] or 0
 
 
 def discover(inputs: list[str | Path]) -> list[StudySource]:
-    """All studies under ``inputs`` sorted by name; a missing input raises :class:`InputError`."""
-    out: list[StudySource] = []
-    groups: dict[tuple[Path, str], list[Path]] = {}
+    """All studies under ``inputs`` sorted by name; a missing input raises :class:`InputError`.
+    The inputs that are not short-axis studies are in :func:`discover_all`'s second list."""
+    return discover_all(inputs)[0]
+
+
+def discover_all(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skipped]]:
+    """(studies sorted by name, skipped inputs with the reason)."""
+    walk = _Walk()
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
             raise InputError(p, "input not found")
-        if p.is_file() and not (is_nifti(p) or is_h5(p)):
-            raise InputError(p, "unknown format (expected .nii, .nii.gz, .h5, a DICOM folder or an ACDC patient folder)")
-        _collect(p, out, groups)
-    for (_, case), paths in groups.items():
-        out.append(StudySource(case, "frames", sorted(paths, key=lambda q: parse_frame_name(strip_suffix(q))[1])))
+        if p.is_file() and not (is_nifti(p) or is_h5(p) or looks_like_dicom(p)):
+            raise InputError(p, "unknown format (expected .nii, .nii.gz, .h5, DICOM, or folders of these)")
+        if p.is_file() and looks_like_dicom(p):  # a single file stands for its series
+            uid = next(iter(scan_series([p])), None)
+            siblings = scan_series([f for f in sorted(p.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
+            walk.dicom_files.setdefault(p.parent, []).extend(q for q, _ in siblings.get(uid, [(p, None)]))
+            continue
+        walk.visit(p)
+    walk.dicom_series()
+    walk.frame_studies()
     names: dict[str, int] = {}
-    for s in out:  # keep output names unique when two folders hold the same case name
+    for s in walk.sources:  # keep output names unique when two folders hold the same case name
         n = names.get(s.name, 0)
         names[s.name] = n + 1
         if n:
             s.name = f"{s.name}_{n + 1}"
-    return sorted(out, key=lambda s: s.name)
+    return sorted(walk.sources, key=lambda s: s.name), walk.skipped
 
 
 def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Study:
     """Read every frame of a study (raises :class:`InputError` naming the bad file)."""
     if src.kind == "acdc":
-        return read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order)
-    if src.kind in ("dicom", "file") and len(src.paths) == 1:
+        return _check_stack(read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order))
+    if src.kind == "dicom":
+        from cmrseg.data.io.dicom import read_dicom_series
+
+        frames = read_dicom_series(src.paths[0].parent, slice_order, spacing, files=src.paths)
+        return _check_stack(Study(src.name, frames, src.paths[0].parent, "cine" if len(frames) > 1 else "single"))
+    if src.kind == "file":
         frames = read_volumes(src.paths[0], spacing=spacing, slice_order=slice_order)
-        kind = "cine" if len(frames) > 1 else "single"
-        return Study(src.name, frames, src.paths[0], kind)
-    # <case>_frameNN files: ED/ES from an Info.cfg or h5 side files when present
+        return _check_stack(Study(src.name, frames, src.paths[0], "cine" if len(frames) > 1 else "single"))
+    # <case>_frameNN or <case>_ED / _ES files: ED/ES from the names, an Info.cfg or h5 side files
     frames = []
-    for p in src.paths:
+    for p, phase in zip(src.paths, src.phases or [None] * len(src.paths)):
         (vol,) = read_volumes(p, spacing=spacing, slice_order=slice_order)
         vol.meta.setdefault("frame", parse_frame_name(vol.name)[1])
+        if phase:
+            vol.meta["phase"] = phase
         frames.append(vol)
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise InputError(src.paths[0].parent, f"frames of {src.name} differ in shape: {sorted(shapes)}")
     info = {}
     cfg = src.paths[0].parent / "Info.cfg"
-    if cfg.is_file():
+    if cfg.is_file() and not any(src.phases):
         info = read_info_cfg(cfg)
         for f in frames:
             f.meta["phase"] = {info["ed_frame"]: "ED", info["es_frame"]: "ES"}.get(f.meta["frame"])
     ed = next((i for i, f in enumerate(frames) if f.meta.get("phase") == "ED"), None)
     es = next((i for i, f in enumerate(frames) if f.meta.get("phase") == "ES"), None)
-    return Study(src.name, frames, src.paths[0].parent, "frames", ed, es, info)
+    return _check_stack(Study(src.name, frames, src.paths[0].parent, "frames", ed, es, info))
+
+
+def _check_stack(study: Study) -> Study:
+    """Refuse what is not a short-axis stack: one slice per frame is a 2D image (a long-axis
+    or single-slice cine), whose volumes would mean nothing."""
+    if study.frames and study.frames[0].num_slices < 2:
+        raise InputError(study.frames[0].path, f"one slice per frame ({len(study.frames)} frames): a 2D or long-axis "
+                                               "image, not a short-axis stack")
+    return study

@@ -1,10 +1,21 @@
-"""Quality control of a segmented study: flags that say where a human should look.
+"""Quality control of a segmented study: flags that say where a human should look, and a verdict.
 
-Per slice: a class missing on a mid-ventricular slice, a slice without heart between heart
-slices (a gap), the classifier and the mask disagreeing (presence above 0.5 but an empty
-mask), fragments (more than one 8-connected component) and holes. Per study: measures
-outside loose adult physiological ranges (below), or no spacing (no volumes at all).
-The ranges flag results for review; they are not diagnostic limits.
+The checks hold for any model (they look at the masks and the measures, not at a model's own
+classifier alone), so a failed model is caught whatever it is (issue 12):
+
+Per slice (``slice_flags``; ``slice`` is the voxel index k of the written mask, ``frame`` the
+cine frame): no heart at all; a class missing on a mid-ventricular slice; a slice without heart
+between heart slices; the LV cavity not a single blob enclosed by myocardium on a
+mid-ventricular slice; myocardial thickness outside a plausible range (mm); the RV away from
+the LV; fragments and holes; a multitask classifier and the mask disagreeing.
+
+Per study (``study_flags``): ED and ES adjacent frames of a cine, LV and RV stroke volumes that
+disagree, measures outside loose physiological limits (``fail``) or outside adult normal ranges
+(``review``), no voxel size (no volumes at all).
+
+``verdict``: ``fail`` when any flag is a failure (``FAIL_FLAGS``, or a per-slice anatomy flag on
+at least half of the mid-ventricular slices of a phase), ``review`` when any flag is raised,
+``ok`` otherwise. Ranges flag results for review; they are not diagnostic limits.
 """
 
 from __future__ import annotations
@@ -12,56 +23,128 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from cmrseg.evaluation.topology import slice_topology
-from cmrseg.labels import CLASS_NAMES
+from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
 
-#: measure -> (low, high): outside is flagged for review
+#: measure -> (low, high): outside these loose physiological limits a result is a failure
 PLAUSIBLE = {"LVEF (%)": (10.0, 85.0), "RVEF (%)": (10.0, 85.0), "LVM (g)": (30.0, 350.0),
              "LVEDV (mL)": (40.0, 450.0), "RVEDV (mL)": (40.0, 450.0)}
+#: measure -> (low, high): adult normal ranges, both sexes pooled and rounded outward, of the
+#: order CMR reference-value reviews report (e.g. Kawel-Boehm et al., JCMR 2020); outside them a
+#: study is for review: a disease or a segmentation error, a reader tells which
+NORMAL = {"LVEF (%)": (50.0, 80.0), "RVEF (%)": (45.0, 80.0), "LVM (g)": (50.0, 200.0),
+          "LVEDV (mL)": (80.0, 240.0), "RVEDV (mL)": (80.0, 260.0)}
+WALL_MM = (2.0, 25.0)  # mean myocardial thickness of a mid-ventricular slice, mm
+RV_GAP_MM = 15.0  # the RV's nearest pixel this far from the LV myocardium: not beside it
+ENCLOSED = 0.8  # share of the LV cavity's border that must be myocardium on a mid slice
+SV_TOLERANCE = 0.35  # |LVSV - RVSV| / max(LVSV, RVSV) above this: review
 MIN_PIXELS = 5  # a "present" class with fewer mask pixels disagrees with its classifier
+#: flags that fail a study on their own; the per-slice anatomy flags fail it when they hit at
+#: least half of a phase's mid-ventricular slices
+FAIL_FLAGS = {"no_heart", "implausible_measure"}
+ANATOMY_FLAGS = {"lv_not_enclosed", "wall_thickness", "rv_not_beside_lv"}
 
 
-def slice_flags(mask: np.ndarray, class_probs: np.ndarray | None = None, frame: str = "") -> list[dict[str, Any]]:
-    """Flags of one ``[S, H, W]`` mask (slices base -> apex)."""
-    flags: list[dict[str, Any]] = []
+def _flag(frame: str, s: int | None, name: str, detail: str) -> dict[str, Any]:
+    return {"frame": frame, "slice": s, "flag": name, "detail": detail}
+
+
+def slice_flags(mask: np.ndarray, class_probs: np.ndarray | None = None, frame: str = "",
+                pixel_mm: float | None = None) -> list[dict[str, Any]]:
+    """Flags of one ``[S, H, W]`` mask (slices base -> apex; ``slice`` in-memory index, turned
+    into the written mask's k by the caller). ``pixel_mm``: in-plane pixel size, for the
+    thickness and distance checks (skipped without it)."""
     s_count = mask.shape[0]
-    present = np.stack([(mask == c).reshape(s_count, -1).sum(1) for c in (1, 2, 3)], axis=1)  # [S, 3]
+    present = np.stack([(mask == c).reshape(s_count, -1).sum(1) for c in (RV, MYO, LV)], axis=1)  # [S, 3]
     heart = np.flatnonzero(present.sum(1) > 0)
     if heart.size == 0:
-        return [{"frame": frame, "slice": None, "flag": "no_heart", "detail": "nothing segmented"}]
+        return [_flag(frame, None, "no_heart", "nothing segmented")]
+    flags: list[dict[str, Any]] = []
     mid = np.array_split(heart, 3)[1]
     for s in mid:
-        for k, name in enumerate(CLASS_NAMES):
-            if present[s, k] == 0:
-                flags.append({"frame": frame, "slice": int(s), "flag": "class_missing_mid", "detail": name})
-    for s in range(int(heart[0]) + 1, int(heart[-1])):
-        if present[s].sum() == 0:
-            flags.append({"frame": frame, "slice": int(s), "flag": "slice_gap", "detail": "no heart between heart slices"})
+        flags += [_flag(frame, int(s), "class_missing_mid", name) for k, name in enumerate(CLASS_NAMES)
+                  if present[s, k] == 0]
+        flags += _anatomy_flags(mask[s], frame, int(s), pixel_mm)
+    flags += [_flag(frame, s, "slice_gap", "no heart between heart slices")
+              for s in range(int(heart[0]) + 1, int(heart[-1])) if present[s].sum() == 0]
     if class_probs is not None:
         for s in range(s_count):
-            for k, name in enumerate(CLASS_NAMES):
-                if class_probs[s, k] > 0.5 and present[s, k] < MIN_PIXELS:
-                    flags.append({"frame": frame, "slice": s, "flag": "classifier_mask_disagree",
-                                  "detail": f"{name}: p={class_probs[s, k]:.2f}, {int(present[s, k])} px"})
+            flags += [_flag(frame, s, "classifier_mask_disagree", f"{name}: p={class_probs[s, k]:.2f}, "
+                                                                  f"{int(present[s, k])} px")
+                      for k, name in enumerate(CLASS_NAMES) if class_probs[s, k] > 0.5 and present[s, k] < MIN_PIXELS]
     for s in heart:
         comps, hole = slice_topology(mask[s])
-        for k, name in enumerate(CLASS_NAMES):
-            if comps[k] > 1:
-                flags.append({"frame": frame, "slice": int(s), "flag": "fragments", "detail": f"{name}: {comps[k]} pieces"})
+        flags += [_flag(frame, int(s), "fragments", f"{name}: {comps[k]} pieces")
+                  for k, name in enumerate(CLASS_NAMES) if comps[k] > 1]
         if hole:
-            flags.append({"frame": frame, "slice": int(s), "flag": "hole", "detail": "LV or LV+MYO encloses background"})
+            flags.append(_flag(frame, int(s), "hole", "LV or LV+MYO encloses background"))
     return flags
 
 
-def measure_flags(measures: dict[str, float], spacing_known: bool) -> list[dict[str, Any]]:
-    """Study-level flags from the clinical measures."""
+def _anatomy_flags(sl: np.ndarray, frame: str, s: int, pixel_mm: float | None) -> list[dict[str, Any]]:
+    """A mid-ventricular slice: LV cavity one blob ringed by myocardium, plausible wall
+    thickness, RV beside the LV."""
+    lv, myo, rv = sl == LV, sl == MYO, sl == RV
+    flags = []
+    if lv.any():
+        n_blobs = ndimage.label(lv, structure=np.ones((3, 3), bool))[1]
+        border = ndimage.binary_dilation(lv) & ~lv
+        ringed = float(myo[border].mean()) if border.any() else 0.0
+        if n_blobs > 1 or ringed < ENCLOSED:
+            flags.append(_flag(frame, s, "lv_not_enclosed",
+                               f"LV cavity in {n_blobs} pieces, {100 * ringed:.0f} % of its border myocardium"))
+    if pixel_mm and lv.any() and myo.any():
+        r_out = np.sqrt((lv.sum() + myo.sum()) / np.pi)
+        r_in = np.sqrt(lv.sum() / np.pi)
+        wall = (r_out - r_in) * pixel_mm
+        if not WALL_MM[0] <= wall <= WALL_MM[1]:
+            flags.append(_flag(frame, s, "wall_thickness",
+                               f"mean myocardial thickness {wall:.1f} mm outside {WALL_MM[0]:g}-{WALL_MM[1]:g} mm"))
+    if pixel_mm and rv.any() and (myo | lv).any():
+        gap = float(ndimage.distance_transform_edt(~(myo | lv))[rv].min()) * pixel_mm
+        if gap > RV_GAP_MM:
+            flags.append(_flag(frame, s, "rv_not_beside_lv", f"RV {gap:.0f} mm from the LV"))
+    return flags
+
+
+def study_flags(measures: dict[str, float], spacing_known: bool, frames: int = 1, ed: int = 0,
+                es: int = 0) -> list[dict[str, Any]]:
+    """Study-level flags from the clinical measures and the cine's ED / ES frames."""
     if not spacing_known:
-        return [{"frame": "", "slice": None, "flag": "no_spacing", "detail": "volumes not computed"}]
+        return [_flag("", None, "no_spacing", "volumes not computed")]
     out = []
     for key, (lo, hi) in PLAUSIBLE.items():
         v = measures.get(key)
         if v is not None and np.isfinite(v) and not lo <= v <= hi:
-            out.append({"frame": "", "slice": None, "flag": "implausible_measure",
-                        "detail": f"{key} = {v:.1f} outside {lo:g}-{hi:g}"})
+            out.append(_flag("", None, "implausible_measure", f"{key} = {v:.1f} outside {lo:g}-{hi:g}"))
+        elif v is not None and np.isfinite(v) and not NORMAL[key][0] <= v <= NORMAL[key][1]:
+            out.append(_flag("", None, "outside_normal_range",
+                             f"{key} = {v:.1f} outside the adult normal {NORMAL[key][0]:g}-{NORMAL[key][1]:g}"))
+    if frames > 4 and ed != es and min(abs(ed - es), frames - abs(ed - es)) <= 1:
+        out.append(_flag("", None, "ed_es_adjacent", f"ED frame {ed + 1} and ES frame {es + 1} are neighbours"))
+    lsv, rsv = measures.get("LVSV (mL)"), measures.get("RVSV (mL)")
+    if lsv is not None and rsv is not None and np.isfinite(lsv) and np.isfinite(rsv) and max(lsv, rsv) > 0:
+        if abs(lsv - rsv) / max(lsv, rsv) > SV_TOLERANCE:
+            out.append(_flag("", None, "stroke_volume_mismatch",
+                             f"LV {lsv:.0f} mL vs RV {rsv:.0f} mL (more than {100 * SV_TOLERANCE:.0f} % apart)"))
     return out
+
+
+def verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = None) -> str:
+    """``fail`` | ``review`` | ``ok`` (module docstring). ``mid_slices``: per frame label, its
+    number of mid-ventricular slices (for the share of anatomy flags)."""
+    if any(f["flag"] in FAIL_FLAGS for f in flags):
+        return "fail"
+    for frame, n_mid in (mid_slices or {}).items():
+        hit = {f["slice"] for f in flags if f["frame"] == frame and f["flag"] in ANATOMY_FLAGS}
+        if n_mid and len(hit) * 2 >= n_mid:
+            return "fail"
+    return "review" if flags else "ok"
+
+
+def mid_slice_count(mask: np.ndarray) -> int:
+    """How many slices ``slice_flags`` treats as mid-ventricular in ``mask``."""
+    heart = np.flatnonzero((mask > 0).reshape(mask.shape[0], -1).any(1))
+    return len(np.array_split(heart, 3)[1]) if heart.size else 0

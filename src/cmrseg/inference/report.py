@@ -90,36 +90,46 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
         "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}"
         ".flag{color:#a60}.fail{color:#b00}.study{border-top:2px solid #ddd;margin-top:1.2em;padding-top:.5em}"
-        "td.l,th.l{text-align:left}",
+        "td.l,th.l{text-align:left}.qc-ok{color:#070}.qc-review{color:#a60;font-weight:bold}"
+        ".qc-fail{color:#b00;font-weight:bold}",
         "</style></head><body>",
         f"<h1>cmrseg segmentation report</h1><p>{len(ok)} studies segmented, {len(failed)} failed. "
         f"Model <b>{esc(str(info.get('model', '')))}</b> on {esc(str(info.get('device', '')))}; "
         f"labels 1 RV (red), 2 MYO (green), 3 LV (blue); cmrseg {esc(str(info.get('cmrseg_version', '')))}.</p>",
     ]
+    if info.get("skipped"):
+        parts.append("<h2>Skipped inputs</h2><p>Not short-axis studies, so not segmented:</p><ul>")
+        parts += [f"<li><b>{esc(k['path'])}</b>: {esc(k['reason'])}</li>" for k in info["skipped"]]
+        parts.append("</ul>")
     if failed:
         parts.append("<h2 class='fail'>Failed</h2><ul>")
         parts += [f"<li class='fail'><b>{esc(c['study'])}</b>: {esc(c.get('error', ''))}</li>" for c in failed]
         parts.append("</ul>")
     cols = ["LVEDV (mL)", "LVESV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "RVESV (mL)", "RVEF (%)"]
-    parts.append("<h2>Measures</h2><table><tr><th class='l'>study</th><th>frames</th><th>ED</th><th>ES</th>"
+    parts.append("<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th><th>frames</th><th>ED</th><th>ES</th>"
                  + "".join(f"<th>{esc(c)}</th>" for c in cols) + "<th>flags</th></tr>")
     for c in ok:
         m = c.get("measures", {})
         cells = "".join(f"<td>{m[k]:.1f}</td>" if isinstance(m.get(k), (int, float)) and np.isfinite(m[k])
                         else "<td>–</td>" for k in cols)
-        parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td><td>{c['frames']}</td>"
+        qc = str(c.get("qc", ""))
+        parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td>"
+                     f"<td class='qc-{esc(qc)}'>{esc(qc)}</td><td>{c['frames']}</td>"
                      f"<td>{c.get('ed_frame', '')}</td><td>{c.get('es_frame', '')}</td>{cells}"
                      f"<td>{len(c.get('flags', []))}</td></tr>")
     parts.append("</table>")
     for c in ok:
-        parts.append(f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])}</h3>")
+        qc = str(c.get("qc", ""))
+        parts.append(f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])} "
+                     f"<span class='qc-{esc(qc)}'>QC: {esc(qc)}</span></h3>")
         if c.get("note"):
             parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
         for key in ("montage", "curve"):
             if c.get(key):
                 parts.append(_img_tag(out_dir / c[key], out_dir, 1100 if key == "montage" else 520))
         if c.get("flags"):
-            parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice</th><th class='l'>detail</th></tr>")
+            parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice k (in the mask file)</th>"
+                         "<th class='l'>detail</th></tr>")
             for f in c["flags"][:60]:
                 parts.append(f"<tr class='flag'><td class='l'>{esc(f['flag'])}</td><td>{esc(str(f.get('frame', '')))}</td>"
                              f"<td>{'' if f.get('slice') is None else f['slice']}</td><td class='l'>{esc(f['detail'])}</td></tr>")

@@ -31,15 +31,16 @@ import torch
 from cmrseg import __version__
 from cmrseg.atomic import write_json, write_text
 from cmrseg.data.io.readers import mask_output_path, write_mask
+from cmrseg.data.orientation import anatomy_reversed, reverse_affine
 from cmrseg.data.volume import Study
 from cmrseg.errors import CmrsegError
 from cmrseg.evaluation.clinical import (MEASURE_COLUMNS, MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures,
                                         structure_volumes_ml)
-from cmrseg.inference.discovery import StudySource, discover, load_study
+from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_target, ensure_writable, owned_files,
                                             shard_records)
 from cmrseg.inference.predictor import Predictor
-from cmrseg.inference.quality import measure_flags, slice_flags
+from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
 from cmrseg.inference.report import montage, volume_curve, write_html
 from cmrseg.labels import label_map_json
 
@@ -127,10 +128,10 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
     frame's volumes for a single frame), ``lv_voxels``, ``voxel_ml`` and ``note``.
     """
     voxel_ml = study.frames[0].geometry.voxel_volume_ml
-    missing = study.frames[0].meta.get("missing_slices") or []
     lv_voxels = [int((m == 3).sum()) for m in masks]
     ed, es, source = _pick_ed_es(study, lv_voxels)
-    volumes = [structure_volumes_ml(m, voxel_ml, missing) for m in masks] if voxel_ml else None
+    volumes = ([structure_volumes_ml(m, voxel_ml, v.meta.get("missing_slices") or ()) for m, v in zip(masks, study.frames)]
+               if voxel_ml else None)
     measures: dict[str, float] = {}
     note = ""
     if volumes is None:
@@ -146,8 +147,39 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
             "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
 
 
+def _reverse_in_memory(study: Study, preds: list) -> None:
+    """Turn a study and its predictions end for end in memory (the files keep their order:
+    writers undo ``slices_reversed``)."""
+    n = study.frames[0].num_slices
+    for geom in {id(v.geometry): v.geometry for v in study.frames}.values():
+        if geom.affine is not None:
+            geom.affine = reverse_affine(geom.affine, n)
+        geom.slices_reversed = not geom.slices_reversed
+    for v in study.frames:
+        v.image = np.ascontiguousarray(v.image[::-1])
+        if v.meta.get("missing_slices"):
+            v.meta["missing_slices"] = sorted(n - 1 - k for k in v.meta["missing_slices"])
+    for p in preds:
+        p.mask = np.ascontiguousarray(p.mask[::-1])
+        if p.class_probs is not None:
+            p.class_probs = np.ascontiguousarray(p.class_probs[::-1])
+
+
+def _orient(study: Study, preds: list, slice_order: str) -> str:
+    """Base -> apex in memory: with ``auto``, the anatomy decides where it can (the LV is
+    larger towards the base), else the geometry's rule stands. Returns what decided."""
+    if slice_order != "auto":
+        return f"--slice-order {slice_order}"
+    flip = anatomy_reversed([p.mask for p in preds])
+    if flip is None:
+        return "geometry (the anatomy could not decide)"
+    if flip:
+        _reverse_in_memory(study, preds)
+    return "anatomy (LV and myocardium larger at the base)"
+
+
 def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path],
-                  owned: set[Path] | None = None) -> dict[str, Any]:
+                  owned: set[Path] | None = None, slice_order: str = "auto") -> dict[str, Any]:
     """Segment, measure, check and draw one study; returns its JSON record.
 
     Everything is computed before the first file is written, and a failure while writing
@@ -157,21 +189,30 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
     owned = owned if owned is not None else set()
     t0 = time.perf_counter()
     preds = [predictor.predict_volume(v) for v in study.frames]
-    missing = study.frames[0].meta.get("missing_slices") or []
-    for p in preds:  # no image there in the input: nothing is labelled there
-        p.mask[missing] = 0
+    order_from = _orient(study, preds, slice_order)
+    for v, p in zip(study.frames, preds):  # no image there in the input: nothing is labelled there
+        p.mask[v.meta.get("missing_slices") or []] = 0
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
     ed, es, volumes, voxel_ml = meas["ed"], meas["es"], meas["volumes"], meas["voxel_ml"]
-    flags = []
+    flags, mid = [], {}
+    spacing = study.frames[0].geometry.inplane_spacing
+    pixel_mm = float(np.sqrt(spacing[0] * spacing[1])) if spacing is not None else None
     for t, pred in enumerate(preds):
         if t in (ed, es) or len(masks) <= 2:
-            flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t))
+            flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t), pixel_mm)
+            mid[_frame_label(study, t)] = mid_slice_count(pred.mask)
     if len(masks) > 1 or voxel_ml is None:
-        flags += measure_flags(meas["measures"], voxel_ml is not None)
-    flags += [{"frame": "", "slice": k, "flag": "missing_slice",
-               "detail": "no image at this slice position in the input: mask left empty, volumes interpolate it"}
-              for k in missing]
+        flags += study_flags(meas["measures"], voxel_ml is not None, len(masks), ed, es)
+    if study.frames[0].meta.get("missing_slices") and all(v.meta.get("missing_slices") == study.frames[0].meta[
+            "missing_slices"] for v in study.frames):
+        flags += [{"frame": "", "slice": k, "flag": "missing_slice", "detail": "no image at this slice position in "
+                   "the input: mask left empty, volumes interpolate it"} for k in study.frames[0].meta["missing_slices"]]
+    else:
+        flags += [{"frame": _frame_label(study, t), "slice": k, "flag": "missing_image",
+                   "detail": "no image for this slice and frame in the input: mask left empty, volumes interpolate it"}
+                  for t, v in enumerate(study.frames) for k in v.meta.get("missing_slices") or []]
+    qc = verdict(flags, mid)
     flags = [_in_file_order(f, study) for f in flags]
     written: list[Path] = []
     try:
@@ -222,7 +263,8 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
         "es_frame": study.frames[es].meta.get("frame", es + 1), "ed_es_source": meas["ed_es_source"],
         "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
         "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
-        "frame_volumes_ml": volumes, "lv_voxels": meas["lv_voxels"], "flags": flags,
+        "base_slice_k": study.frames[0].num_slices - 1 if geom.slices_reversed else 0, "base_apex_from": order_from,
+        "frame_volumes_ml": volumes, "lv_voxels": meas["lv_voxels"], "qc": qc, "flags": flags,
         "outputs": [str(p.relative_to(out)) for p in outputs],
         "montage": str(written[len(outputs)].relative_to(out)),
         "curve": str(curve_path.relative_to(out)) if curve_path else None,
@@ -245,16 +287,16 @@ def _is_done(out: Path, name: str) -> bool:
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     single = ["LV volume (mL)", "RV volume (mL)", "MYO volume (mL)", "MYO mass (g)"]
-    cols = ["study", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *single, "note", "flags"]
+    cols = ["study", "qc", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *single, "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
         if c.get("status") != "ok":
-            w.writerow([c["study"]] + [""] * (len(cols) - 3) + [f"failed: {c.get('error', '')}", ""])
+            w.writerow([c["study"], "failed"] + [""] * (len(cols) - 4) + [f"failed: {c.get('error', '')}", ""])
             continue
         m = c["measures"]
         flags = sorted({f["flag"] for f in c["flags"]})
-        w.writerow([c["study"], c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
+        w.writerow([c["study"], c.get("qc", ""), c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
                     *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in (*MEASURE_COLUMNS, *single)],
                     c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
     return buf.getvalue()
@@ -281,8 +323,9 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     write_text(out / "volumes.csv", _volumes_csv(cases))
     shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
     summary = {**info, "shards": shards, "label_map": label_map_json(),
-               "cases": {c["study"]: {k: c.get(k) for k in ("status", "seconds", "model_seconds", "outputs", "error",
-                                                              "measures", "note", "ed_frame", "es_frame", "flags")}
+               "cases": {c["study"]: {k: c.get(k) for k in ("status", "qc", "seconds", "model_seconds", "outputs",
+                                                              "error", "measures", "note", "ed_frame", "es_frame",
+                                                              "flags")}
                          for c in cases},
                "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
     write_json(out / "summary.json", summary)
@@ -292,17 +335,24 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
 
 def segment(inputs: list[str | Path], out: str | Path, model: str | None = None, device: str = "auto",
             spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
-            postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto") -> int:
-    """Run a batch; returns the exit code (0 all good, 1 some studies failed)."""
+            postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto",
+            precision: str = "auto", gate: str = "auto", tta: str = "auto") -> int:
+    """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``gate`` and
+    ``tta`` (``on``/``off``) override the model's own choices in ``model.json``."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
-    sources = discover(inputs)
+    sources, skipped = discover_all(inputs)
     if not sources:
-        raise CmrsegError("no studies found in the inputs")
-    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend)
+        why = "; ".join(f"{k.path}: {k.reason}" for k in skipped[:3])
+        raise CmrsegError("no short-axis studies found in the inputs" + (f" (skipped {why})" if why else ""))
+    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend, precision=precision)
+    if gate != "auto":
+        predictor.gate = gate
+    if tta != "auto":
+        predictor.tta = tta == "on"
     ensure_writable(out)  # only once the inputs and the model are known good
     owned = owned_files(out)
     mine = sources[idx::n]
@@ -312,11 +362,16 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
             "model_source": predictor.meta.get("source"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
-            "postprocess": predictor.postprocess, "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
+            "postprocess": predictor.postprocess, "gate": predictor.gate, "tta": predictor.tta,
+            "precision": "bf16" if predictor.amp is not None else "fp32",
+            "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
+            "skipped": [{"path": str(k.path), "reason": k.reason} for k in skipped],
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
           f"model {predictor.name} ({predictor.meta.get('source')}: {predictor.meta.get('path')}) "
           f"on {predictor.device}", flush=True)
+    for k in skipped:
+        print(f"  skipped {k.path}: {k.reason}", flush=True)
     num_workers = min(workers, len(todo)) if todo else 0
     # one study in flight per reader: with large cines, prefetching more multiplies the memory
     loader = torch.utils.data.DataLoader(_StudyReader(todo, spacing, slice_order), batch_size=None,
@@ -329,7 +384,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
         t0 = time.perf_counter()
         if error is None:
             try:
-                record = process_study(study, predictor, out, taken, owned)
+                record = process_study(study, predictor, out, taken, owned, slice_order)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch
@@ -342,9 +397,10 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
         write_json(_case_file(out, src.name), record)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
-    summary = rebuild_reports(out, info)
-    ok = sum(1 for c in summary["cases"].values() if c["status"] == "ok")
-    print(f"{ok} studies segmented; measures in {out / 'measures.csv'}, report {out / 'report.html'}")
+    rebuild_reports(out, info)
+    done = len(todo) - len(failures)
+    print(f"{done} {'study' if done == 1 else 'studies'} segmented in this run, {len(mine) - len(todo)} already done; "
+          f"measures in {out / 'measures.csv'}, report {out / 'report.html'}")
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)
         for f in failures:

@@ -9,18 +9,23 @@ geometry convention.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cmrseg.data.orientation import reverse_affine, should_reverse
+from cmrseg.data.orientation import APEX_DIRECTION_RAS, reverse_affine, should_reverse
 from cmrseg.data.validation import check_image, check_size, check_spacing
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.errors import InputError
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LONG_AXIS_COS = 0.3  # |cos| of the slice normal to the apex axis below this: slices along the long axis
 
 
 def _dicom_files(folder: Path) -> list[Path]:
@@ -45,34 +50,87 @@ def series_name(folder: Path, description: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "series"
 
 
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom warns (and logs) about every slightly non-conformant value, such as "Invalid
+    value for VR UI", once per file: a flood on a real study. Silence it while reading."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple[Path, Any]]]:
+    """DICOM image files grouped by SeriesInstanceUID: ``{uid: [(path, dataset), ...]}``
+    (headers only unless ``pixels``). Files without image data (reports, DICOMDIR) are skipped;
+    a file that cannot be parsed raises :class:`InputError` naming it."""
+    import pydicom
+
+    series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    with quiet_pydicom():
+        for f in files:
+            if not looks_like_dicom(f):
+                continue
+            try:
+                ds = pydicom.dcmread(str(f), stop_before_pixels=not pixels)
+            except Exception as exc:
+                raise InputError(f, f"cannot read DICOM header ({type(exc).__name__}: {exc})") from None
+            if "PixelData" not in ds and not hasattr(ds, "Rows"):
+                continue
+            series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    return dict(series)
+
+
+def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
+    """``None`` for a short-axis stack (a cine, or one phase of several slices); else why the
+    series is not one (a localiser, a 2D or long-axis cine, ...), for the list of skipped series."""
+    first = headers[0][1]
+    if any(k not in first for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")):
+        return "no ImageOrientationPatient / ImagePositionPatient / PixelSpacing: cannot be placed"
+    orientations = {tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 2)) for _, ds in headers}
+    if len(orientations) > 1:
+        return f"{len(orientations)} slice orientations: a localiser or multi-plane series"
+    iop = np.array([float(v) for v in first.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    positions = {round(float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), 1) for _, ds in headers}
+    frames = len(headers) / len(positions)
+    if len(positions) == 1:
+        kind = f"a 2D cine of {len(headers)} frames" if len(headers) > 1 else "a single image"
+        return f"one slice position: {kind} (long-axis or single slice), not a short-axis stack"
+    normal_ras = _LPS_TO_RAS[:3, :3] @ normal
+    if abs(float(normal_ras @ APEX_DIRECTION_RAS)) < LONG_AXIS_COS:
+        return "slices parallel to the heart's long axis: a long-axis stack, not short-axis"
+    if frames < 1.5 and len(positions) < 3:
+        return f"{len(headers)} images: too few for a short-axis stack"
+    return None
+
+
 def read_dicom_series(
     folder: str | Path,
     slice_order: str = "auto",
     spacing_override: tuple[float, float, float] | None = None,
+    files: list[Path] | None = None,
 ) -> list[Volume]:
-    """Read one short-axis (cine) series from a folder: one :class:`Volume` per frame."""
-    import pydicom
-
+    """Read one short-axis (cine) series: one :class:`Volume` per frame. ``files``: the
+    series' files (from discovery); default every DICOM file in ``folder``, which must then
+    hold one series."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "DICOM series folder not found")
-    headers = []
-    for f in _dicom_files(folder):
-        if not looks_like_dicom(f):
-            continue
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except Exception as exc:
-            raise InputError(f, f"cannot read DICOM header ({type(exc).__name__}: {exc})") from None
-        if "PixelData" not in ds and not hasattr(ds, "Rows"):
-            continue
-        headers.append((f, ds))
-    if not headers:
+    if files is None:
+        if not folder.is_dir():
+            raise InputError(folder, "DICOM series folder not found")
+        files = _dicom_files(folder)
+    series = scan_series(files, pixels=True)
+    if not series:
         raise InputError(folder, "no DICOM image files in folder")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
     if len(series) > 1:
-        raise InputError(folder, f"folder holds {len(series)} DICOM series; give one series per folder")
-
+        raise InputError(folder, f"folder holds {len(series)} DICOM series; give one series per folder "
+                                 "(cmrseg segment picks the short-axis ones from a folder of several)")
+    headers = next(iter(series.values()))
     first = headers[0][1]
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if key not in first:
@@ -88,10 +146,7 @@ def read_dicom_series(
         pos = float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
         by_position[round(pos, 2)].append((f, ds))
     positions = sorted(by_position)
-    counts = {len(v) for v in by_position.values()}
-    if len(counts) != 1:
-        raise InputError(folder, f"slice positions have different numbers of frames {sorted(counts)}")
-    num_frames = counts.pop()
+    num_frames = max(len(v) for v in by_position.values())
 
     def frame_key(item):
         _, ds = item
@@ -99,6 +154,7 @@ def read_dicom_series(
         return (float(t) if t not in (None, "") else 0.0, int(ds.get("InstanceNumber", 0) or 0))
 
     ordered = [sorted(by_position[p], key=frame_key) for p in positions]  # [slice][frame]
+    slots = frame_slots(ordered, num_frames, folder)  # [slice][image] -> frame index
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     if len(positions) > 1:
         slice_mm = float(np.median(np.diff(positions)))
@@ -118,12 +174,14 @@ def read_dicom_series(
 
     num_slices = grid[-1] + 1
     check_size((num_frames, num_slices, int(first.Rows), int(first.Columns)), folder)
-    pixels = np.empty((num_frames, num_slices, int(first.Rows), int(first.Columns)), dtype=np.float32)
-    for k, frames in zip(grid, ordered):
-        for t, (f, _) in enumerate(frames):
+    pixels = np.zeros((num_frames, num_slices, int(first.Rows), int(first.Columns)), dtype=np.float32)
+    present = np.zeros((num_frames, num_slices), dtype=bool)
+    for k, frames, frame_of in zip(grid, ordered, slots):
+        for (f, ds), t in zip(frames, frame_of):
+            present[t, k] = True
             try:
-                ds = pydicom.dcmread(str(f))
-                arr = ds.pixel_array.astype(np.float32)
+                with quiet_pydicom():
+                    arr = ds.pixel_array.astype(np.float32)
             except Exception as exc:
                 raise InputError(f, f"cannot decode DICOM pixels ({type(exc).__name__}: {exc})") from None
             if arr.shape != pixels.shape[2:]:
@@ -131,8 +189,7 @@ def read_dicom_series(
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
             intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             pixels[t, k] = arr * slope + intercept
-    missing = sorted(set(range(num_slices)) - set(grid))
-    fill_missing_slices(pixels, grid)
+    fill_missing(pixels, present)
     check_image(pixels, folder, allow_4d=True)
 
     if spacing_override is not None:
@@ -149,14 +206,18 @@ def read_dicom_series(
     )
     name = series_name(folder, str(first.get("SeriesDescription", "")) or None)
     volumes = []
+    reference = next(frames for frames in ordered if len(frames) == num_frames)
+    times = [_trigger(ds) for _, ds in reference]
+    interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
     for t in range(num_frames):
         stack = pixels[t][::-1] if reverse else pixels[t]
-        trig = ordered[0][t][1].get("TriggerTime")
+        trig = reference[t][1].get("TriggerTime")
+        missing = [int(k) for k in np.flatnonzero(~present[t])]
         meta = {"frame_index": t, "num_frames": num_frames,
-                "trigger_time_ms": float(trig) if trig not in (None, "") else None,
+                "trigger_time_ms": float(trig) if trig not in (None, "") else None, "frame_interval_ms": interval,
                 "patient": str(first.get("PatientID", "")) or None,
-                # in-memory (base -> apex) indices of slice positions absent from the series
-                "missing_slices": [num_slices - 1 - k for k in missing][::-1] if reverse else missing}
+                # in-memory (base -> apex) indices of slices with no image in the series at this frame
+                "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing}
         volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
     return volumes
 
@@ -177,15 +238,49 @@ def slice_grid(positions: list[float], step: float, folder: Path, tolerance: flo
     return grid
 
 
-def fill_missing_slices(pixels: np.ndarray, grid: list[int]) -> None:
-    """Fill the slice positions absent from ``grid`` (``[T, S, H, W]``, in place) by linear
-    interpolation between the nearest present slices, so the networks see a continuous stack;
-    the segmenter blanks these slices' masks and flags them."""
-    present = np.asarray(grid)
-    for k in sorted(set(range(pixels.shape[1])) - set(grid)):
-        lo, hi = present[present < k].max(), present[present > k].min()
-        w = (k - lo) / (hi - lo)
-        pixels[:, k] = (1 - w) * pixels[:, lo] + w * pixels[:, hi]
+def frame_slots(ordered: list[list], num_frames: int, folder: Path) -> list[list[int]]:
+    """The frame index of every image of every slice position. A position with all frames
+    takes them in order; one with fewer (an image lost) is matched to a full position's
+    trigger times, nearest first; without trigger times it cannot be placed and is refused."""
+    reference = next(frames for frames in ordered if len(frames) == num_frames)
+    ref_times = [_trigger(ds) for _, ds in reference]
+    slots = []
+    for frames in ordered:
+        if len(frames) == num_frames:
+            slots.append(list(range(num_frames)))
+            continue
+        times = [_trigger(ds) for _, ds in frames]
+        if any(t is None for t in times + ref_times):
+            raise InputError(folder, f"a slice position has {len(frames)} of {num_frames} frames and no trigger "
+                                     "times to place them")
+        frame_of = [int(np.argmin([abs(t - r) for r in ref_times])) for t in times]
+        if len(set(frame_of)) != len(frame_of):
+            raise InputError(folder, f"a slice position has {len(frames)} of {num_frames} frames whose trigger "
+                                     "times do not match the others'")
+        slots.append(frame_of)
+    return slots
+
+
+def _trigger(ds) -> float | None:
+    t = ds.get("TriggerTime")
+    return float(t) if t not in (None, "") else None
+
+
+def fill_missing(pixels: np.ndarray, present: np.ndarray) -> None:
+    """Fill every (frame, slice) without an image (``present`` ``[T, S]`` False; ``pixels``
+    ``[T, S, H, W]``, in place) by linear interpolation between the nearest slices that have
+    one at that frame (the nearest one at an end), so the networks see a continuous stack; the
+    segmenter blanks these slices' masks, flags them and interpolates their areas."""
+    for t in range(pixels.shape[0]):
+        have = np.flatnonzero(present[t])
+        for k in np.flatnonzero(~present[t]):
+            below, above = have[have < k], have[have > k]
+            if below.size and above.size:
+                lo, hi = below.max(), above.min()
+                w = (k - lo) / (hi - lo)
+                pixels[t, k] = (1 - w) * pixels[t, lo] + w * pixels[t, hi]
+            else:
+                pixels[t, k] = pixels[t, (below.max() if below.size else above.min())]
 
 
 def write_dicom_series(

@@ -130,6 +130,12 @@ def write_nifti_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
         affine = reverse_affine(affine, mask.shape[-3])
     header = geom.header.copy() if geom.header is not None else None
     img = nib.Nifti1Image(np.ascontiguousarray(data), affine, header=header)
+    if header is None:  # made from DICOM: millimetres, and the cine's frame interval as the time step
+        img.header.set_xyzt_units("mm", "msec")
+        if data.ndim == 4:
+            zooms = list(img.header.get_zooms())
+            zooms[3] = float(like.meta.get("frame_interval_ms") or 1.0)
+            img.header.set_zooms(zooms)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = b"cmrseg mask 0bg 1RV 2MYO 3LV"

@@ -48,8 +48,14 @@ def read_volumes(
             volume.image = np.ascontiguousarray(volume.image[::-1])
             volume.geometry.slices_reversed = True
         return [volume]
-    if looks_like_dicom(path):
-        raise InputError(path, "a single DICOM file: give the folder of the whole series")
+    if looks_like_dicom(path):  # one file stands for its series: the files of its folder with its SeriesInstanceUID
+        from cmrseg.data.io.dicom import scan_series
+
+        uid = next(iter(scan_series([path])), None)
+        if uid is None:
+            raise InputError(path, "DICOM file without image data")
+        siblings = scan_series([f for f in sorted(path.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
+        return read_dicom_series(path.parent, slice_order, spacing, files=[p for p, _ in siblings[uid]])
     raise InputError(path, "unknown format (expected .nii, .nii.gz, .h5 or a DICOM folder)")
 
 

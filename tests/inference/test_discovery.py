@@ -1,0 +1,162 @@
+"""Inputs as they come (issue 12): folder trees, several DICOM series in one folder, a single
+.dcm, ED/ES files, a lost image, 2D and long-axis inputs, and base/apex from the anatomy."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrseg.data.io import read_volumes
+from cmrseg.data.io.dicom import write_dicom_series
+from cmrseg.data.io.nifti import write_nifti_image
+from cmrseg.errors import InputError
+from cmrseg.inference.discovery import discover_all, load_study
+
+
+def _segment(*args):
+    return subprocess.run([sys.executable, "-m", "cmrseg", "segment", *map(str, args), "--workers", "1"],
+                          capture_output=True, text=True)
+
+
+def _plane(normal_like: np.ndarray, spacing=(1.5, 1.5, 8.0)) -> np.ndarray:
+    """An affine whose slice normal is ``normal_like``."""
+    n = normal_like / np.linalg.norm(normal_like)
+    u = np.cross([0.0, 0.0, 1.0], n)
+    u = u / np.linalg.norm(u) if np.linalg.norm(u) > 1e-6 else np.array([1.0, 0.0, 0.0])
+    a = np.eye(4)
+    a[:3, 0], a[:3, 1], a[:3, 2] = u * spacing[0], np.cross(n, u) * spacing[1], n * spacing[2]
+    return a
+
+
+def _series(folder: Path, frames: np.ndarray, affine: np.ndarray, prefix: str, uid: str | None = None,
+            description: str = "series") -> None:
+    tmp = folder.parent / f".tmp_{prefix}"
+    write_dicom_series(frames, affine, tmp, description=description)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(tmp.iterdir()):
+        if uid is not None:
+            ds = pydicom.dcmread(str(f))
+            ds.SeriesInstanceUID = uid
+            ds.save_as(str(f))
+        shutil.move(str(f), folder / f"{prefix}_{f.name}")
+    tmp.rmdir()
+
+
+def _mixed_tree(phantom_dir, root: Path) -> Path:
+    """root/exam/2024/series: the phantom's SAX cine, a 3-plane localiser and a long-axis cine."""
+    folder = root / "exam" / "2024" / "dicom"
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for f in (phantom_dir / "dicom" / "patient003").iterdir():
+        shutil.copy(f, folder / f"sax_{f.name}")
+    uid = pydicom.uid.generate_uid()
+    for i, axis in enumerate(np.eye(3)):  # localiser: three orthogonal single images, one series
+        _series(folder, rng.random((1, 1, 64, 64)).astype(np.float32), _plane(axis), f"loc{i}", uid, "localiser")
+    sax_normal = np.array([-1.0, 1.0, -1.0])
+    lax_normal = np.cross(sax_normal, [1.0, 1.0, 0.0])  # contains the long axis
+    _series(folder, rng.random((12, 1, 64, 64)).astype(np.float32), _plane(lax_normal), "lax", None, "4ch cine")
+    return root
+
+
+def test_a_tree_with_a_cine_a_localiser_and_a_long_axis_series(phantom_dir, smoke_model, tmp_path):
+    root = _mixed_tree(phantom_dir, tmp_path / "study")
+    sources, skipped = discover_all([root])
+    assert [s.kind for s in sources] == ["dicom"]
+    reasons = {str(k.path): k.reason for k in skipped}
+    assert len(skipped) == 2, reasons
+    assert any("localiser" in r for r in reasons.values()) and any("one slice position" in r for r in reasons.values())
+    out = tmp_path / "out"
+    res = _segment("-i", root, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("skipped") >= 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == 1 and len(summary["skipped"]) == 2
+    assert "Skipped inputs" in (out / "report.html").read_text()
+
+
+def test_a_single_dcm_file_stands_for_its_series(phantom_dir):
+    folder = phantom_dir / "dicom" / "patient003"
+    one = sorted(folder.iterdir())[5]
+    sources, _ = discover_all([one])
+    assert len(sources) == 1 and len(sources[0].paths) == len(list(folder.iterdir()))
+    a, b = read_volumes(one), read_volumes(folder)
+    assert len(a) == len(b) and np.array_equal(a[0].image, b[0].image)
+
+
+def test_ed_and_es_files_pair_into_one_study_with_ef(phantom_dir, smoke_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    pdir = phantom_dir / "acdc" / "patient001"
+    shutil.copy(pdir / "patient001_frame01.nii.gz", src / "subjectA_ED.nii.gz")
+    shutil.copy(pdir / "patient001_frame01.nii.gz", src / "subjectB-ed.nii.gz")
+    es = sorted(p for p in pdir.glob("patient001_frame*.nii.gz") if "_gt" not in p.name)[-1]
+    shutil.copy(es, src / "subjectA_ES.nii.gz")
+    shutil.copy(es, src / "subjectB-es.nii.gz")
+    sources, _ = discover_all([src])
+    assert [(s.name, s.phases) for s in sources] == [("subjectA", ["ED", "ES"]), ("subjectB", ["ED", "ES"])]
+    study = load_study(sources[0])
+    assert (study.ed, study.es) == (0, 1)
+    out = tmp_path / "out"
+    assert _segment("-i", src, "-o", out, "--model", smoke_model).returncode == 0
+    rows = (out / "measures.csv").read_text()
+    assert "header (Info.cfg / side files)" in rows and rows.count("\n") == 3
+
+
+def test_a_lost_image_is_flagged_and_the_rest_segmented(phantom_dir, smoke_model, tmp_path):
+    src = tmp_path / "sax"
+    shutil.copytree(phantom_dir / "dicom" / "patient003", src)
+    lost = sorted(src.glob("IM_003_*.dcm"))[2]  # slice position 3, third frame
+    lost.unlink()
+    frames = read_volumes(src)
+    assert frames[2].meta["missing_slices"] != [] and frames[0].meta["missing_slices"] == []
+    out = tmp_path / "out"
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-2000:]
+    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    assert [(f["frame"], f["slice"]) for f in case["flags"] if f["flag"] == "missing_image"] == [("frame 3", 3)]
+    assert case["qc"] in ("review", "fail")
+
+
+def test_2d_inputs_are_refused_with_one_line(tmp_path):
+    lax = tmp_path / "lax_4d.nii.gz"
+    write_nifti_image(np.random.default_rng(0).random((12, 1, 64, 64)).astype(np.float32) * 100,
+                      np.diag([1.5, 1.5, 8.0, 1.0]), lax)
+    sources, _ = discover_all([lax])
+    with pytest.raises(InputError, match="one slice per frame"):
+        load_study(sources[0])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, tmp_path, reverse):
+    """An axis-aligned stack (no geometry to go by) written base->apex or apex->base: the
+    written mask keeps the file's order, and the record names the basal slice's k."""
+    import nibabel as nib
+
+    pdir = phantom_dir / "acdc" / "patient001"  # the phantom's files run base -> apex
+    img = nib.load(str(pdir / "patient001_frame01.nii.gz"))
+    label = np.asanyarray(nib.load(str(pdir / "patient001_frame01_gt.nii.gz")).dataobj)
+    data = np.asanyarray(img.dataobj)
+    if reverse:
+        data, label = data[:, :, ::-1], label[:, :, ::-1]
+    zooms = img.header.get_zooms()
+    src = tmp_path / "in"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), np.diag([*zooms[:3], 1.0])), str(src / "stack.nii.gz"))
+    # a stand-in "model" that returns the truth, so the test is about the ordering alone
+    from cmrseg.inference.predictor import Prediction
+    from cmrseg.inference.segment import _orient
+
+    study = load_study(discover_all([src])[0][0])
+    truth = np.ascontiguousarray(label.transpose(2, 1, 0))
+    preds = [Prediction(truth.copy(), None, 0.0)]
+    said = _orient(study, preds, "auto")
+    assert said.startswith("anatomy")
+    assert study.frames[0].geometry.slices_reversed == reverse
+    heart = np.flatnonzero(((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1))
+    area = ((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1)
+    assert area[heart[0]] >= area[heart[-1]]  # in memory the large (basal) end comes first

@@ -1,0 +1,62 @@
+"""Gate modes and test-time flips (cmrseg.inference.gating)."""
+
+import pytest
+import torch
+
+from cmrseg.inference.gating import apply_gate
+from cmrseg.models.outputs import gate_logits
+
+
+def _case():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 8, 8, generator=g) * 3
+    class_logits = torch.tensor([[2.0, 2.0, 2.0], [-1.0, 2.0, 2.0], [-4.0, -3.0, 2.0]])
+    return logits, class_logits
+
+
+def test_hard_gate_is_the_papers():
+    logits, class_logits = _case()
+    expected = gate_logits(logits, class_logits).softmax(1)
+    got = apply_gate(logits.softmax(1), torch.sigmoid(class_logits), "hard")
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert (got[1, 1] == 0).all() and (got[0, 1] > 0).any()  # RV removed where p(RV) < 0.5 only
+
+
+def test_soft_gate_scales_and_keeps_a_sure_pixel_of_a_doubtful_class():
+    probs = torch.zeros(1, 4, 2, 2)
+    probs[0, 1] = 0.95  # RV sure in the pixels
+    probs[0, 0] = 0.05
+    presence = torch.tensor([[0.3, 0.9, 0.9]])  # the classifier doubts RV
+    soft = apply_gate(probs, presence, "soft")
+    assert (soft.argmax(1) == 1).all()  # 0.95 * 0.3 > 0.05
+    assert (apply_gate(probs, presence, "hard").argmax(1) == 0).all()
+    torch.testing.assert_close(soft.sum(1), torch.ones(1, 2, 2))
+
+
+def test_seg_gate_removes_a_class_only_where_the_seg_stage_lacks_it():
+    logits, class_logits = _case()
+    probs = logits.softmax(1)
+    seg = torch.zeros_like(probs)
+    seg[:, 0] = 1.0
+    seg[1, 1, :5, :5], seg[1, 0, :5, :5] = 1.0, 0.0  # the Seg stage saw 25 px of RV on slice 1
+    out = apply_gate(probs, torch.sigmoid(class_logits), "seg", seg)
+    torch.testing.assert_close(out[1], probs[1])  # kept: the Seg stage vetoes the gate
+    assert (out[2, 1] == 0).all() and (out[2, 2] == 0).all()  # removed: neither saw them
+    with pytest.raises(ValueError):
+        apply_gate(probs, torch.sigmoid(class_logits), "sometimes")
+
+
+def test_flips_average_an_equivariant_models_outputs_to_its_own(smoke_model):
+    from cmrseg.inference import Predictor
+
+    p = Predictor.from_path(smoke_model, device="cpu")
+    x = torch.rand(4, 1, 64, 64)
+    p.tta = False
+    plain, _ = p.predict_canvas(x)
+    p.tta = True
+    averaged, presence = p.predict_canvas(x)
+    assert averaged.shape == plain.shape and presence.shape == (4, 3)
+    torch.testing.assert_close(averaged.sum(1), torch.ones(4, 64, 64))
+    # a flipped input gives the flipped average (the four flips are a group)
+    flipped, _ = p.predict_canvas(x.flip(-1))
+    torch.testing.assert_close(flipped, averaged.flip(-1), atol=2e-3, rtol=1e-3)

@@ -1,0 +1,107 @@
+"""Model-independent quality control: every kind of failure, made synthetically, gets its flag
+and the verdict a reader would give (issue 12)."""
+
+import numpy as np
+import pytest
+
+from cmrseg.data.volume import Geometry, Study, Volume
+from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
+from cmrseg.inference.segment import _in_file_order
+
+PX = 1.5  # mm
+
+
+def _slice(r_lv=16.0, wall=8.0, rv=True, rv_gap=0.0, n=128, lv_ring=True):
+    yy, xx = np.mgrid[0:n, 0:n]
+    c = n / 2
+    r = np.hypot(yy - c, xx - c) * PX
+    sl = np.zeros((n, n), np.uint8)
+    if rv:
+        r_rv = np.hypot(yy - c, xx - c + (r_lv + wall + 14 + rv_gap) / PX) * PX
+        sl[r_rv < 16] = 1
+    if lv_ring:
+        sl[r < r_lv + wall] = 2
+    sl[r < r_lv] = 3
+    return sl
+
+
+def _stack(slices=9, **kw):
+    return np.stack([_slice(**kw) for _ in range(slices)])
+
+
+def _names(flags):
+    return {f["flag"] for f in flags}
+
+
+def test_a_plausible_heart_is_ok():
+    mask = _stack()
+    flags = slice_flags(mask, None, "frame 1", PX)
+    assert flags == []
+    measures = {"LVEF (%)": 60.0, "RVEF (%)": 55.0, "LVM (g)": 110.0, "LVEDV (mL)": 150.0, "RVEDV (mL)": 160.0,
+                "LVSV (mL)": 90.0, "RVSV (mL)": 88.0}
+    assert study_flags(measures, True, frames=25, ed=0, es=10) == []
+    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "ok"
+
+
+@pytest.mark.parametrize("kw, flag", [({"lv_ring": False}, "lv_not_enclosed"),
+                                      ({"wall": 40.0, "r_lv": 10.0}, "wall_thickness"),
+                                      ({"wall": 1.0}, "wall_thickness"),
+                                      ({"rv_gap": 40.0}, "rv_not_beside_lv")])
+def test_anatomy_failures_on_every_mid_slice_fail_the_study(kw, flag):
+    mask = _stack(**kw)
+    flags = slice_flags(mask, None, "frame 1", PX)
+    assert flag in _names(flags)
+    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "fail"
+
+
+def test_one_odd_mid_slice_is_for_review_not_a_failure():
+    mask = _stack()
+    mask[4] = _slice(lv_ring=False)
+    flags = slice_flags(mask, None, "frame 1", PX)
+    assert [f["slice"] for f in flags if f["flag"] == "lv_not_enclosed"] == [4]
+    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "review"
+
+
+def test_no_heart_and_a_gap():
+    empty = np.zeros((6, 64, 64), np.uint8)
+    assert verdict(slice_flags(empty, None, "frame 1", PX)) == "fail"
+    mask = _stack()
+    mask[3] = 0
+    flags = slice_flags(mask, None, "frame 1", PX)
+    assert "slice_gap" in _names(flags) and verdict(flags, {"frame 1": mid_slice_count(mask)}) == "review"
+
+
+def test_study_level_checks():
+    base = {"LVEF (%)": 60.0, "RVEF (%)": 55.0, "LVM (g)": 110.0, "LVEDV (mL)": 150.0, "RVEDV (mL)": 160.0,
+            "LVSV (mL)": 90.0, "RVSV (mL)": 88.0}
+    assert _names(study_flags(base, True, frames=25, ed=0, es=1)) == {"ed_es_adjacent"}
+    assert _names(study_flags(base, True, frames=25, ed=0, es=24)) == {"ed_es_adjacent"}  # the cine wraps
+    assert _names(study_flags({**base, "RVSV (mL)": 40.0}, True, 25, 0, 10)) == {"stroke_volume_mismatch"}
+    # the failed seg_ss study of issue 12: LVEF 37.8 %, LV mass 147 g -> at least review
+    failed = {**base, "LVEF (%)": 37.8, "LVM (g)": 147.0}
+    flags = study_flags(failed, True, 25, 0, 10)
+    assert "outside_normal_range" in _names(flags) and verdict(flags) == "review"
+    flags = study_flags({**base, "LVM (g)": 420.0}, True, 25, 0, 10)
+    assert "implausible_measure" in _names(flags) and verdict(flags) == "fail"
+    assert _names(study_flags(base, False)) == {"no_spacing"}
+
+
+def test_atria_labelled_as_ventricle_is_caught():
+    """A failure like issue 12's: heart labelled on every slice, the basal ones a blob of
+    cavity without wall: the blobs are not ringed by myocardium."""
+    mask = _stack(slices=12)
+    for s in range(0, 6):
+        mask[s] = _slice(lv_ring=False, r_lv=30.0)
+    flags = slice_flags(mask, None, "frame 1", PX)
+    assert "lv_not_enclosed" in _names(flags)
+    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) in ("review", "fail")
+
+
+def test_flag_slices_are_voxel_indices_of_the_written_mask():
+    geom = Geometry(spacing=(8.0, PX, PX), slices_reversed=True)
+    vol = Volume(np.zeros((10, 8, 8), np.float32), geom, None, "x", "nifti")
+    study = Study("x", [vol], None, "single")
+    assert _in_file_order({"slice": 2, "flag": "f"}, study)["slice"] == 7  # in memory 2 = file k 7
+    assert _in_file_order({"slice": None, "flag": "f"}, study)["slice"] is None
+    geom.slices_reversed = False
+    assert _in_file_order({"slice": 2, "flag": "f"}, study)["slice"] == 2
