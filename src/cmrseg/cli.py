@@ -92,7 +92,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from cmrseg.inference.onnx import export_onnx
+    from cmrseg.inference.export import export_onnx
 
     path = export_onnx(args.model, args.out)
     print(f"exported {path} (+ model.json); segment with: cmrseg segment --model {args.out} --backend onnx ...")

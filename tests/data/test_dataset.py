@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from cmrseg.data.dataset import StackBatcher, StackDataset, collate_stacks
+from cmrseg.data.dataset import StackBatcher, StackDataset
 from cmrseg.data.preprocessing import PreprocessConfig
 
 CFG = PreprocessConfig(target_spacing=1.3, canvas=128)
@@ -12,9 +12,7 @@ def test_stack_and_slice_modes_and_cache_roundtrip(phantom_dir, tmp_path):
     assert len(ds) == 6
     item = ds[0]
     assert item["image"].ndim == 3 and item["image"].shape[1:] == (128, 128)
-    batch = collate_stacks([ds[0], ds[1]])
-    assert batch["image"].shape[0] == sum(batch["stack_sizes"])
-    assert batch["image"].dtype == torch.float32 and batch["image"].max() <= 1
+    assert item["image"].dtype == torch.uint8 and item["label"].shape == item["image"].shape
     ds.save_cache(tmp_path / "c.npz")
     again = StackDataset.from_cache(tmp_path / "c.npz", mode="slice")
     assert again.preprocess == CFG

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
+import torch
 
 from cmrseg.data.io import load_labelled_dataset, read_volumes, write_mask
 from cmrseg.data.io.dicom import write_dicom_series
 from cmrseg.data.io.nifti import read_nifti, read_nifti_label, write_nifti_image
 from cmrseg.data.io.readers import read_acdc_patient
 from cmrseg.data.orientation import reverse_affine, should_reverse
-from cmrseg.data.preprocessing import PreprocessConfig, canvas_map, mask_to_input, preprocess_label
+from cmrseg.data.preprocessing import PreprocessConfig, canvas_map, invert_to_input, preprocess_label
 from cmrseg.evaluation.metrics import dice_per_class
 
 
@@ -21,7 +22,8 @@ def test_nifti_roundtrip_through_1p3mm_keeps_geometry_and_mask(phantom_dir, tmp_
     cfg = PreprocessConfig(target_spacing=1.3, canvas=256)
     cmap = canvas_map(vol.image.shape[1:], vol.geometry.inplane_spacing, cfg)
     assert cmap.resampled_shape != tuple(vol.image.shape[1:])  # really resampled
-    back = mask_to_input(preprocess_label(label, cmap), cmap)
+    onehot = torch.nn.functional.one_hot(preprocess_label(label, cmap), 4).permute(0, 3, 1, 2).float()
+    back = invert_to_input(onehot, cmap).argmax(1).to(torch.uint8).numpy()
     out = write_mask(back, vol, tmp_path)
     (again,) = read_nifti(out)
     np.testing.assert_allclose(again.geometry.affine, vol.geometry.affine, atol=1e-5)

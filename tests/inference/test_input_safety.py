@@ -16,7 +16,6 @@ import pytest
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.dicom import write_dicom_series
-from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.errors import InputError
 
 

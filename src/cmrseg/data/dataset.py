@@ -161,17 +161,6 @@ class StackDataset(Dataset):
         return sum(r.image.shape[0] for r in self.records)
 
 
-def collate_stacks(batch: list[dict]) -> dict:
-    """Concatenate stacks along the slice axis: ``image`` float ``[N, 1, H, W]`` in [0, 1],
-    ``label`` int64 ``[N, H, W]``, ``stack_sizes`` (slices per stack), ``names``."""
-    return {
-        "image": torch.cat([b["image"] for b in batch]).float().div_(255.0)[:, None],
-        "label": torch.cat([b["label"] for b in batch]).long(),
-        "stack_sizes": [int(b["image"].shape[0]) for b in batch],
-        "names": [b["name"] for b in batch],
-    }
-
-
 class StackBatcher:
     """Shuffled batches served from tensors already on ``device``.
 

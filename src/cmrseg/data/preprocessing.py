@@ -151,10 +151,3 @@ def invert_to_input(probs: torch.Tensor, cmap: CanvasMap) -> torch.Tensor:
     (dy0, dy1), (dx0, dx1) = cmap.dst
     full[..., sy0:sy1, sx0:sx1] = probs[..., dy0:dy1, dx0:dx1]
     return _resize(full, cmap.input_shape, "bilinear")
-
-
-def mask_to_input(mask: torch.Tensor, cmap: CanvasMap) -> np.ndarray:
-    """Canvas label mask ``[S, canvas, canvas]`` -> uint8 ``[S, H, W]`` (one-hot bilinear
-    resampling + argmax). For masks without probabilities."""
-    onehot = F.one_hot(mask.long(), NUM_CLASSES).permute(0, 3, 1, 2).float()
-    return invert_to_input(onehot, cmap).argmax(1).to(torch.uint8).cpu().numpy()

@@ -31,9 +31,6 @@ class TwoStageNet(nn.Module):
     def all_slice(self) -> bool:
         return self.seg.all_slice or self.ref.all_slice
 
-    def stage1_probabilities(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> torch.Tensor:
-        return self.seg(x, stack_sizes).logits.float().softmax(dim=1)
-
     def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> SegOutput:
         s = self.seg(x, stack_sizes)
         r = self.ref(s.logits.float().softmax(dim=1).to(x.dtype), stack_sizes)

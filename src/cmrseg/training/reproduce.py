@@ -98,7 +98,8 @@ def run_jobs(jobs: list[Job], data: Path, protocol: str, overrides: list[str], p
         if is_complete_run(job.run_dir):
             job.status = "done"
     if parallel <= 1:
-        from cmrseg.cli import main as cli_main
+        from cmrseg.training.config import load_config
+        from cmrseg.training.trainer import train
 
         for job in jobs:
             if job.status == "done":
@@ -113,9 +114,9 @@ def run_jobs(jobs: list[Job], data: Path, protocol: str, overrides: list[str], p
             t0 = time.perf_counter()
             print(f"[reproduce] training {job.name}", flush=True)
             try:
-                rc = cli_main(_train_args(job, data, protocol, overrides))
-                job.status = "done" if rc == 0 else "failed"
-                job.error = "" if rc == 0 else f"exit code {rc}"
+                train(load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides),
+                      data, job.run_dir)
+                job.status, job.error = "done", ""
             except Exception as exc:  # isolate failures: the other models still train
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             job.seconds = time.perf_counter() - t0
