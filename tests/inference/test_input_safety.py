@@ -94,6 +94,15 @@ def test_a_file_cmrseg_did_not_write_is_never_replaced(phantom_dir, smoke_model,
     assert _segment("-i", src, "-o", out, "--model", smoke_model, "--overwrite").returncode == 0
 
 
+def test_a_folder_with_someone_elses_measures_csv_is_refused(phantom_dir, smoke_model, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "measures.csv").write_text("my spreadsheet")
+    _one_line(_segment("-i", phantom_dir / "acdc" / "patient001", "-o", out, "--model", smoke_model),
+              "not written by cmrseg segment")
+    assert (out / "measures.csv").read_text() == "my spreadsheet"
+
+
 def test_bad_output_paths_give_one_line(phantom_dir, smoke_model, tmp_path):
     src = phantom_dir / "acdc" / "patient001"
     afile = tmp_path / "afile"

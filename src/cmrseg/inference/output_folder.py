@@ -39,6 +39,19 @@ def check_location(out: Path, inputs: list[Path]) -> None:
             raise CmrsegError(f"{out}: the output folder holds the input {raw}; choose a folder that holds no inputs")
 
 
+REPORT_FILES = ("measures.csv", "volumes.csv", "summary.json", "report.html")
+
+
+def check_reports_ours(out: Path) -> None:
+    """The batch files are rebuilt in place: refuse a folder where files of those names exist
+    but no earlier ``cmrseg segment`` run left its records (``cases/`` or ``shards/``)."""
+    if not out.is_dir() or (out / "cases").is_dir() or (out / "shards").is_dir():
+        return
+    theirs = [n for n in REPORT_FILES if (out / n).exists()]
+    if theirs:
+        raise CmrsegError(f"{out}: holds {', '.join(theirs)} not written by cmrseg segment; choose another output folder")
+
+
 def ensure_writable(out: Path) -> None:
     """Create ``out`` and prove a file can be written in it (one line if not)."""
     try:

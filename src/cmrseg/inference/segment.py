@@ -37,8 +37,8 @@ from cmrseg.errors import CmrsegError
 from cmrseg.evaluation.clinical import (MEASURE_COLUMNS, MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures,
                                         structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
-from cmrseg.inference.output_folder import (case_records, check_location, check_target, ensure_writable, owned_files,
-                                            shard_records)
+from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
+                                            ensure_writable, owned_files, shard_records)
 from cmrseg.inference.predictor import Predictor
 from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
 from cmrseg.inference.report import montage, volume_curve, write_html
@@ -344,6 +344,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
+    check_reports_ours(out)
     sources, skipped = discover_all(inputs)
     if not sources:
         why = "; ".join(f"{k.path}: {k.reason}" for k in skipped[:3])
