@@ -2,9 +2,10 @@
 ``weights.safetensors`` in float16 and ``model.json`` with its provenance.
 
     python experiments/ship_model.py RUN_DIR NAME "how it was trained (protocol, machine, date)" [--postprocess M]
+        [--gate G] [--tta]
 
-``--postprocess`` records the clean-up ``cmrseg segment --postprocess auto`` (its default)
-applies with this model (``cmrseg.inference.postprocessing``; choose it on val, see RESULTS).
+``--postprocess``, ``--gate`` and ``--tta`` record the clean-up, classifier gate and flips
+``cmrseg segment`` applies with this model by default (choose them on val, see RESULTS).
 """
 
 import argparse
@@ -18,7 +19,8 @@ from cmrseg.checkpoint import half_precision, read_tensors, save_weights
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cmrseg" / "weights"
 
 
-def main(run: str, name: str, provenance: str, postprocess: str | None = None) -> None:
+def main(run: str, name: str, provenance: str, postprocess: str | None = None, gate: str | None = None,
+         tta: bool = False) -> None:
     run_p = Path(run)
     meta = json.loads((run_p / "model.json").read_text())
     if not meta.get("complete"):
@@ -31,6 +33,9 @@ def main(run: str, name: str, provenance: str, postprocess: str | None = None) -
     meta["shipped"] = {"name": name, "trained": provenance}
     if postprocess:
         meta["postprocess"] = postprocess
+    if gate:
+        meta["gate"] = gate
+    meta["tta"] = bool(tta)
     # float16 halves the package (and the working tree that travels to GPU machines); the
     # normalisation statistics stay float32 (small variances would lose precision)
     tensors = half_precision(read_tensors(run_p / "weights.safetensors"))
@@ -46,6 +51,7 @@ def main(run: str, name: str, provenance: str, postprocess: str | None = None) -
 
 
 if __name__ == "__main__":
+    from cmrseg.inference.gating import GATE_MODES
     from cmrseg.inference.postprocessing import POSTPROCESS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,5 +59,7 @@ if __name__ == "__main__":
     ap.add_argument("name")
     ap.add_argument("provenance")
     ap.add_argument("--postprocess", choices=POSTPROCESS)
+    ap.add_argument("--gate", choices=GATE_MODES, help="the classifier's gate at inference (chosen on val)")
+    ap.add_argument("--tta", action="store_true", help="average over in-plane flips at inference (chosen on val)")
     a = ap.parse_args()
-    main(a.run, a.name, a.provenance, a.postprocess)
+    main(a.run, a.name, a.provenance, a.postprocess, a.gate, a.tta)

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="torch, or onnxruntime on an exported model folder (default: torch when weights exist)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 on a GPU, float32 on the CPU; bf16 on the CPU is faster where it has AMX "
+                   help="auto: bf16 on a GPU and on CPUs with native bf16 (AMX, AVX512-BF16), else float32 "
                         "(label agreement with float32 in docs/RESULTS.md)")
     p.add_argument("--gate", default="auto", choices=("auto", "hard", "soft", "seg", "off"),
                    help="how the classifier acts on the mask (auto: the model's choice in model.json)")

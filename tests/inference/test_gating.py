@@ -60,3 +60,19 @@ def test_flips_average_an_equivariant_models_outputs_to_its_own(smoke_model):
     # a flipped input gives the flipped average (the four flips are a group)
     flipped, _ = p.predict_canvas(x.flip(-1))
     torch.testing.assert_close(flipped, averaged.flip(-1), atol=2e-3, rtol=1e-3)
+
+
+def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
+    from cmrseg.data.io import load_labelled_dataset
+    from cmrseg.inference import Predictor
+
+    a = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
+    b = Predictor.from_path(smoke_model, device="cpu", precision="bf16")
+    assert a.amp is None and b.amp is torch.bfloat16
+    same = total = 0
+    for vol in load_labelled_dataset(phantom_dir / "h5" / "val"):
+        ma, mb = a.predict_volume(vol).mask, b.predict_volume(vol).mask
+        same, total = same + int((ma == mb).sum()), total + ma.size
+    assert same / total > 0.99
+    with pytest.raises(Exception, match="unknown precision"):
+        Predictor.from_path(smoke_model, device="cpu", precision="fp8")

@@ -132,7 +132,7 @@ def test_onnx_runtime_masks_match_pytorch(phantom_dir, smoke_model, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cmrseg", "export-onnx", "--model", str(smoke_model), "-o",
                           str(tmp_path / "onnx")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    torch_p = Predictor.from_path(smoke_model, device="cpu")
+    torch_p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")  # onnxruntime runs float32
     onnx_p = Predictor.from_path(tmp_path / "onnx", backend="onnx")
     for vol in load_labelled_dataset(phantom_dir / "h5" / "train")[:3]:
         a, b = torch_p.predict_volume(vol).mask, onnx_p.predict_volume(vol).mask

@@ -13,7 +13,7 @@ import torch
 
 from cmrseg.checkpoint import read_tensors
 
-EPOCHS = 6
+EPOCHS = 12
 
 
 def _args(data, out):
@@ -55,7 +55,7 @@ def test_ten_kills_at_random_points_resume_to_the_same_weights(phantom_dir, tmp_
         while proc.poll() is None and _progress(run) == start:
             time.sleep(0.02)
         if proc.poll() is None and kills < 10:
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 0.3))
             proc.kill()
             kills += 1
             points.append(_progress(run))

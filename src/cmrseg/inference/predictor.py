@@ -37,6 +37,18 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.json").is_file())
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): there bf16 autocast
+    is faster than float32 and labels 99.99 % of val voxels the same (docs/RESULTS.md); elsewhere
+    it is emulated and slower, so ``auto`` keeps float32. torch exposes the check only as
+    private helpers; their absence means no."""
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    try:
+        return any(bool(c()) for c in checks if c is not None)
+    except Exception:
+        return False
+
+
 def resolve_model(spec: str | Path | None) -> tuple[Path, str]:
     """``--model`` -> (model folder, ``shipped`` | ``folder``); see :meth:`Predictor.load`."""
     text = str(spec) if spec is not None else DEFAULT_MODEL
@@ -72,8 +84,8 @@ class Predictor:
         postprocess: ``none`` | ``largest_component`` | ``fill_holes`` | ``clean`` | ``auto``
             (the model's own choice in ``model.json``, else ``none``); see :mod:`.postprocessing`.
 
-        precision: ``auto`` (bf16 autocast on CUDA, float32 on the CPU), ``fp32`` or ``bf16``
-            (autocast on either device; on CPUs with AMX about 1.5x faster, RESULTS).
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, AMX or
+            AVX512-BF16; float32 on other CPUs), ``fp32`` or ``bf16`` (autocast on either device).
 
     Attributes read from ``model.json`` and settable (for ablations):
         ``gate``: how a multitask model's classifier acts (:mod:`.gating`: ``hard``, the paper's,
@@ -101,7 +113,7 @@ class Predictor:
         if precision not in PRECISIONS:
             raise CmrsegError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.precision = precision
-        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        bf16 = precision == "bf16" or (precision == "auto" and (self.device.type == "cuda" or cpu_has_fast_bf16()))
         self.amp = torch.bfloat16 if bf16 and meta.get("backend") != "onnx" else None
         self.gate: str = meta.get("gate", "hard")
         if self.gate not in GATE_MODES:
