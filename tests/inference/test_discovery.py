@@ -160,3 +160,16 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
     heart = np.flatnonzero(((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1))
     area = ((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1)
     assert area[heart[0]] >= area[heart[-1]]  # in memory the large (basal) end comes first
+
+
+def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_dir, smoke_model, tmp_path):
+    import nibabel as nib
+
+    out = tmp_path / "out"
+    assert _segment("-i", phantom_dir / "dicom" / "patient003", "-o", out, "--model", smoke_model).returncode == 0
+    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    img = nib.load(str(out / case["outputs"][0]))
+    assert img.header.get_xyzt_units() == ("mm", "msec")
+    assert img.header.get_zooms()[3] == pytest.approx(40.0)  # the phantom's trigger-time step
+    assert "1 study segmented in this run" in _segment("-i", phantom_dir / "h5" / "val" / "patient004_frame01.h5",
+                                                       "-o", tmp_path / "one", "--model", smoke_model).stdout

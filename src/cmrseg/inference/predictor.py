@@ -19,6 +19,7 @@ import torch
 from cmrseg.checkpoint import load_weights
 from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
+from cmrseg.device import resolve_device
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
@@ -97,11 +98,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
                  postprocess: str = "auto", precision: str = "auto"):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise CmrsegError("--device cuda asked for, but torch sees no CUDA device")
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.preprocess = PreprocessConfig.from_dict(meta["preprocess"])

@@ -281,9 +281,8 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
               jobs: int = 1, device: str = "auto", overrides: list[str] | None = None,
               deadline_min: float | None = None, models: list[str] | None = None) -> dict:
     """Train, evaluate and report. Returns ``{run name: summary}``."""
-    import torch
-
     from cmrseg.data.io import load_labelled_dataset
+    from cmrseg.device import resolve_device
     from cmrseg.training.trainer import resolve_splits
     from cmrseg.visualization import comparison_grid
 
@@ -305,7 +304,7 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
              deadline_s=None if deadline_min is None else deadline_min * 60, log_dir=out / "logs")
     train_wall = time.perf_counter() - t0
     val_volumes = load_labelled_dataset(val_src)
-    dev_name = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev_name = resolve_device(device).type
     summaries, masks, speed = evaluate_runs(job_list, val_volumes, device=dev_name)
     text = write_tables(out, job_list, summaries, speed, protocol, dev_name)
     if masks:

@@ -39,6 +39,7 @@ from cmrseg.atomic import write_json
 from cmrseg.checkpoint import (find_training_state, load_training_state, load_weights, read_tensors,
                                save_training_state, save_weights)
 from cmrseg.data.dataset import StackBatcher, StackDataset
+from cmrseg.device import resolve_device
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.evaluation.metrics import level_dice_fast
 from cmrseg.evaluation.levels import LEVELS
@@ -50,15 +51,6 @@ from cmrseg.training.distributed import DistInfo, barrier, cleanup, init_distrib
 from cmrseg.training.stages import DetSegStage, ImageStage, RefineStage, seed_everything
 
 RUN_FORMAT = "cmrseg-run/1"
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CmrsegError("--device cuda asked for, but torch sees no CUDA device")
-    return dev
 
 
 def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Path, Path]:
