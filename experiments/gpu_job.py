@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-reserve", type=float, default=80.0, help="seconds kept for evaluation and packing")
     ap.add_argument("--startup", type=float, default=25.0,
                     help="first guess of a training process's seconds outside its stages (loading data, probability maps)")
-    ap.add_argument("--extra", action="store_true", help="after seg_ss, further Table 1/2 runs while time is left")
+    ap.add_argument("--no-extra", dest="extra", action="store_false",
+                    help="stop after seg_ss (default: further Table 1/2 runs while time is left)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = ap.parse_args(argv)
     clock = Clock(args.seconds)

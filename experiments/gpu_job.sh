@@ -2,7 +2,10 @@
 # The GPU job in one device call (see experiments/gpu_job.py for what it does and in which order):
 #   bash experiments/gpu_job.sh $OUT [SECONDS] [extra gpu_job.py options]
 # Carry .gpu (python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc) and .whl
-# (the MONAI wheel: the device's python has no MONAI, which evaluation uses).
+# (the MONAI wheel: the device's python has no MONAI, which evaluation uses), made with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl monai==1.6.1
+# The first device call (2026-11-27, docs/RESULTS.md) ran
+#   bash experiments/gpu_job.sh $OUT 430 --bench-seconds 0 --eval-reserve 55 --proposed-share 0.85
 set -u
 OUT=${1:?usage: gpu_job.sh OUT [SECONDS]}; SECONDS_TOTAL=${2:-540}; shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."

@@ -48,7 +48,7 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
                           "--out", str(out), "--work", str(work), "--seconds", "240", "--protocol", "smoke",
                           "--device", "cpu", "--bench-seconds", "20", "--eval-reserve", "60", "--startup", "5",
-                          "--set", "epochs=3", "--set", "val_every=1"],
+                          "--no-extra", "--set", "epochs=3", "--set", "val_every=1"],
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     # the throughput check chose a setting and said so
@@ -74,5 +74,5 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     again = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data",
                             str(phantom_dir / "h5"), "--out", str(tmp_path / "out2"), "--work", str(work),
                             "--seconds", "120", "--protocol", "smoke", "--device", "cpu", "--bench-seconds", "0",
-                            "--eval-reserve", "60"], capture_output=True, text=True, timeout=300)
+                            "--eval-reserve", "60", "--no-extra"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 3, again.stdout[-2000:]
