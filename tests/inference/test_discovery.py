@@ -173,3 +173,19 @@ def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_d
     assert img.header.get_zooms()[3] == pytest.approx(40.0)  # the phantom's trigger-time step
     assert "1 study segmented in this run" in _segment("-i", phantom_dir / "h5" / "val" / "patient004_frame01.h5",
                                                        "-o", tmp_path / "one", "--model", smoke_model).stdout
+
+
+def test_non_conformant_dicom_values_do_not_flood_the_console(phantom_dir, tmp_path, capfd):
+    import warnings
+
+    src = tmp_path / "sax"
+    shutil.copytree(phantom_dir / "dicom" / "patient003", src)
+    for f in src.iterdir():  # as some scanners write them: a UI value with letters
+        ds = pydicom.dcmread(str(f))
+        ds.SeriesInstanceUID = "1.2.840.abc_1"  # read by discovery and the reader
+        ds.save_as(str(f))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frames = read_volumes(src)
+    assert frames and not [w for w in caught if "pydicom" in str(w.filename) or "VR UI" in str(w.message)]
+    assert "Invalid value" not in capfd.readouterr().err
