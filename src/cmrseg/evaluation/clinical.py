@@ -16,6 +16,15 @@ MEASURE_COLUMNS = (
     "LVEDV (mL)", "LVESV (mL)", "LVSV (mL)", "LVEF (%)", "LVM (g)",
     "RVEDV (mL)", "RVESV (mL)", "RVSV (mL)", "RVEF (%)",
 )
+#: measure -> (low, high): outside these loose physiological limits a result is a failure
+PLAUSIBLE = {"LVEF (%)": (10.0, 85.0), "RVEF (%)": (10.0, 85.0), "LVM (g)": (30.0, 350.0),
+             "LVEDV (mL)": (40.0, 450.0), "RVEDV (mL)": (40.0, 450.0)}
+#: measure -> (low, high): adult normal ranges, both sexes pooled and rounded outward, of the
+#: order CMR reference-value reviews report (e.g. Kawel-Boehm et al., JCMR 2020); outside them a
+#: study is for review: a disease or a segmentation error, a reader tells which
+NORMAL = {"LVEF (%)": (50.0, 80.0), "RVEF (%)": (45.0, 80.0), "LVM (g)": (50.0, 200.0),
+          "LVEDV (mL)": (80.0, 240.0), "RVEDV (mL)": (80.0, 260.0)}
+
 #: measures whose errors the protocol reports, with the unit of the error
 ERROR_MEASURES = {"LVEF (%)": "pp", "RVEF (%)": "pp", "LVEDV (mL)": "mL", "LVESV (mL)": "mL",
                   "RVEDV (mL)": "mL", "RVESV (mL)": "mL", "LVM (g)": "g"}

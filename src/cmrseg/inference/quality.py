@@ -25,17 +25,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cmrseg.evaluation.clinical import NORMAL, PLAUSIBLE
 from cmrseg.evaluation.topology import slice_topology
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
 
-#: measure -> (low, high): outside these loose physiological limits a result is a failure
-PLAUSIBLE = {"LVEF (%)": (10.0, 85.0), "RVEF (%)": (10.0, 85.0), "LVM (g)": (30.0, 350.0),
-             "LVEDV (mL)": (40.0, 450.0), "RVEDV (mL)": (40.0, 450.0)}
-#: measure -> (low, high): adult normal ranges, both sexes pooled and rounded outward, of the
-#: order CMR reference-value reviews report (e.g. Kawel-Boehm et al., JCMR 2020); outside them a
-#: study is for review: a disease or a segmentation error, a reader tells which
-NORMAL = {"LVEF (%)": (50.0, 80.0), "RVEF (%)": (45.0, 80.0), "LVM (g)": (50.0, 200.0),
-          "LVEDV (mL)": (80.0, 240.0), "RVEDV (mL)": (80.0, 260.0)}
 WALL_MM = (2.0, 25.0)  # mean myocardial thickness of a mid-ventricular slice, mm
 RV_GAP_MM = 15.0  # the RV's nearest pixel this far from the LV myocardium: not beside it
 ENCLOSED = 0.8  # share of the LV cavity's border that must be myocardium on a mid slice

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.atomic import write_json
+from cmrseg.evaluation.clinical import cardiac_measures
 from cmrseg.models.registry import PROPOSED
 
 
@@ -31,9 +32,9 @@ def _phantom_measure_errors(seg_out: Path, truth_csv: Path) -> dict:
         if (pid, "ED") not in truth or not r.get("LVEDV (mL)"):
             continue
         ed, es = truth[(pid, "ED")], truth[(pid, "ES")]
-        known = {"LVEDV (mL)": float(ed["LV (mL)"]), "LVESV (mL)": float(es["LV (mL)"]),
-                 "RVEDV (mL)": float(ed["RV (mL)"]), "LVM (g)": float(ed["MYO (mL)"]) * 1.05}
-        known["LVEF (%)"] = (known["LVEDV (mL)"] - known["LVESV (mL)"]) / known["LVEDV (mL)"] * 100
+        measures = cardiac_measures({k: float(ed[f"{k} (mL)"]) for k in ("LV", "MYO", "RV")},
+                                    {k: float(es[f"{k} (mL)"]) for k in ("LV", "MYO", "RV")})
+        known = {k: measures[k] for k in ("LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "LVM (g)", "LVEF (%)")}
         for key, want in known.items():
             errors.setdefault(key, []).append(abs(float(r[key]) - want))
     return {f"{k} mean abs error": float(np.mean(v)) for k, v in errors.items()} | {"studies": len(rows)}
