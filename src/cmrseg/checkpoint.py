@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cmrseg.atomic import fsync_path, atomic_path, write_text
+from cmrseg.atomic import atomic_path, fsync_path, write_text
 from cmrseg.errors import InputError
 
 

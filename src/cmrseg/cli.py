@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from cmrseg.training.reproduce import reproduce
+    from cmrseg.pipelines.reproduce import reproduce
 
     summaries = reproduce(args.data, args.protocol, args.out, ablations=args.ablations,
                           ref_input_ablation=args.ref_input_ablation, jobs=args.jobs, device=args.device,
@@ -76,7 +76,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from cmrseg.training.demo import run_demo
+    from cmrseg.pipelines.demo import run_demo
 
     summary = run_demo(args.out, data=args.data, protocol=args.protocol, device=args.device, overrides=args.set)
     return 0 if "levels" in summary else 1

@@ -5,7 +5,6 @@ Every output file and summary states this map.
 
 from __future__ import annotations
 
-
 BACKGROUND, RV, MYO, LV = 0, 1, 2, 3
 #: label value -> name, in label order.
 LABEL_MAP: dict[int, str] = {BACKGROUND: "background", RV: "RV", MYO: "MYO", LV: "LV"}

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cmrseg.atomic import atomic_path
+
 COLORS = {1: (1.0, 0.15, 0.15), 2: (0.2, 0.9, 0.2), 3: (0.2, 0.45, 1.0)}
 
 
@@ -52,8 +54,6 @@ def heart_box(masks: Sequence[np.ndarray], shape: tuple[int, int], margin: float
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    from cmrseg.atomic import atomic_path
-
     plt = _matplotlib()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")

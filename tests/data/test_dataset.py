@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from cmrseg.data.dataset import StackBatcher, StackDataset
+from cmrseg.data.dataset import StackDataset
 from cmrseg.data.preprocessing import PreprocessConfig
+from cmrseg.training.batching import StackBatcher
 
 CFG = PreprocessConfig(target_spacing=1.3, canvas=128)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmrseg.data.io import read_volumes
-from cmrseg.data.io.readers import read_acdc_patient
+from cmrseg.data.io.acdc import read_acdc_patient
 from cmrseg.evaluation.metrics import dice_per_class
 
 

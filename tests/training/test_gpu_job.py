@@ -10,7 +10,7 @@ import pytest
 
 from cmrseg.checkpoint import read_tensors
 from cmrseg.training.config import load_config
-from cmrseg.training.trainer import budget_epochs
+from cmrseg.training.schedule import budget_epochs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cmrseg.checkpoint import read_tensors
-from cmrseg.evaluation.metrics import dice_per_class
 from cmrseg.errors import CmrsegError
+from cmrseg.evaluation.metrics import dice_per_class
 from cmrseg.training.config import load_config
 
 SMOKE = ["--protocol", "smoke"]
@@ -154,7 +154,7 @@ def test_two_process_ddp_with_gloo(phantom_dir, tmp_path):
 @pytest.mark.slow
 def test_demo_chain_on_the_phantom_learns(tmp_path):
     """make demo's chain, smaller and shorter (the full demo reaches volume Dice 0.95, docs/RESULTS.md)."""
-    from cmrseg.training.demo import run_demo
+    from cmrseg.pipelines.demo import run_demo
 
     out = tmp_path / "demo"
     summary = run_demo(out, cases=6, val_cases=1, device="cpu", overrides=["epochs=12", "progress=false"])

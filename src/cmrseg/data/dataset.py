@@ -2,9 +2,10 @@
 
 Every volume is preprocessed once (:mod:`cmrseg.data.preprocessing`) and kept as uint8
 canvases (1 byte per pixel: the whole ACDC training split is about 90 MB), so training never
-waits on disk. :class:`StackBatcher` serves shuffled batches of whole stacks (all-slice
-models) or of single slices (single-slice models) straight from tensors on the training
-device; augmentation then runs batched on that device (:mod:`cmrseg.data.augmentation`).
+waits on disk. An item is a whole stack (all-slice models) or a single slice (single-slice
+models); :attr:`StackDataset.index` says which stack and slice each item is.
+:class:`cmrseg.training.batching.StackBatcher` serves shuffled batches of items straight from
+tensors on the training device.
 A compressed ``.npz`` cache (:meth:`StackDataset.save_cache`) carries the preprocessed data
 to another machine.
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cmrseg.atomic import atomic_path
+from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig, preprocess_image, preprocess_label
 from cmrseg.data.volume import Volume
 from cmrseg.errors import InputError
@@ -55,19 +58,20 @@ class StackDataset(Dataset):
         self.records = list(records)
         self.preprocess = preprocess
         self.mode = mode
-        self._index = [(i, None) for i in range(len(self.records))] if mode == "stack" else [
-            (i, s) for i, r in enumerate(self.records) for s in range(r.image.shape[0])
-        ]
+        # item -> (record, slice): the slice is None when an item is a whole stack
+        self.index: list[tuple[int, int | None]] = (
+            [(i, None) for i in range(len(self.records))] if mode == "stack"
+            else [(i, s) for i, r in enumerate(self.records) for s in range(r.image.shape[0])])
         # heart centre (row, col) of each item's labels, NaN without heart: training crops
         # are centred on it without a per-step look at the labels
-        self.heart_centers = np.array([self._center(i) for i in range(len(self._index))], dtype=np.float32).reshape(-1, 2)
+        self.heart_centers = np.array([self._center(i) for i in range(len(self.index))], dtype=np.float32).reshape(-1, 2)
 
     def with_mode(self, mode: str) -> "StackDataset":
         """The same stacks, served as whole stacks or as single slices."""
         return self if mode == self.mode else StackDataset(self.records, self.preprocess, mode)
 
     def _center(self, i: int) -> tuple[float, float]:
-        rec_i, s = self._index[i]
+        rec_i, s = self.index[i]
         lab = self.records[rec_i].label
         m = (lab if s is None else lab[s:s + 1]).any(axis=0)
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
@@ -96,8 +100,6 @@ class StackDataset(Dataset):
     def from_folder(cls, root: str | Path, preprocess: PreprocessConfig, mode: str = "stack",
                     progress: bool = True) -> "StackDataset":
         """Load a labelled folder, or a ``.npz`` cache written by :meth:`save_cache`."""
-        from cmrseg.data.io import load_labelled_dataset
-
         root = Path(root)
         if root.suffix == ".npz":
             ds = cls.from_cache(root, mode)
@@ -114,8 +116,6 @@ class StackDataset(Dataset):
         """
         import io
         import zipfile
-
-        from cmrseg.atomic import atomic_path
 
         arrays = {}
         index = []
@@ -148,10 +148,10 @@ class StackDataset(Dataset):
         return cls(records, PreprocessConfig.from_dict(index["preprocess"]), mode)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        rec_i, s = self._index[i]
+        rec_i, s = self.index[i]
         r = self.records[rec_i]
         sl = slice(None) if s is None else slice(s, s + 1)
         return {"image": torch.from_numpy(r.image[sl]), "label": torch.from_numpy(r.label[sl]), "name": r.name}
@@ -159,66 +159,3 @@ class StackDataset(Dataset):
     @property
     def num_slices(self) -> int:
         return sum(r.image.shape[0] for r in self.records)
-
-
-class StackBatcher:
-    """Shuffled batches served from tensors already on ``device``.
-
-    Args:
-        dataset: a :class:`StackDataset` (its ``mode`` decides stacks or slices).
-        batch_size: stacks (stack mode) or slices (slice mode) per batch.
-        device: where the data lives and batches are made.
-        rank, world_size: for DistributedDataParallel; each rank takes every
-            ``world_size``-th item of one shared permutation (same number per rank).
-        seed: shuffling seed (the epoch is added, so every epoch differs reproducibly).
-    """
-
-    def __init__(self, dataset: StackDataset, batch_size: int, device: torch.device | str = "cpu",
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool = False):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shuffle = shuffle
-        self.rank, self.world_size = rank, world_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.images = [torch.from_numpy(r.image).to(self.device) for r in dataset.records]
-        self.labels = [torch.from_numpy(r.label).to(self.device) for r in dataset.records]
-
-    def _order(self, epoch: int) -> list[int]:
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        per_rank = n // self.world_size if self.world_size > 1 else n
-        return order[self.rank::self.world_size][:per_rank]
-
-    def num_batches(self) -> int:
-        n = len(self._order(0))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[dict]:
-        order = self._order(epoch)
-        index = self.dataset._index
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                break
-            imgs, labs, sizes, names = [], [], [], []
-            for i in chunk:
-                rec_i, s = index[i]
-                sl = slice(None) if s is None else slice(s, s + 1)
-                imgs.append(self.images[rec_i][sl])
-                labs.append(self.labels[rec_i][sl])
-                sizes.append(int(imgs[-1].shape[0]))
-                names.append(self.dataset.records[rec_i].name)
-            yield {
-                "image": torch.cat(imgs).float().div_(255.0)[:, None],
-                "label": torch.cat(labs).long(),
-                "stack_sizes": sizes,
-                "names": names,
-                "indices": chunk,
-                "heart_centers": torch.from_numpy(self.dataset.heart_centers[chunk]),
-            }

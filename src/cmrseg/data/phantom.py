@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from cmrseg.atomic import write_json, write_text
+from cmrseg.data.io.acdc import write_info_cfg
+from cmrseg.data.io.dicom import write_dicom_series
+from cmrseg.data.io.h5 import write_h5_volume
+from cmrseg.data.io.nifti import write_nifti_image
+from cmrseg.evaluation.clinical import STRUCTURE_COLUMNS
 from cmrseg.labels import LV, MYO, RV
 
 
@@ -243,49 +250,19 @@ def generate(out_dir: str | Path, cases: int = 8, val_cases: int = 2, frames: in
     * ``dicom/patientNNN/`` (with ``dicom=True``): the cine as a DICOM series;
     * ``truth.csv``: reference volumes and EF per case.
     """
-    from tqdm.auto import tqdm
-
-    from cmrseg.atomic import write_json, write_text
-    from cmrseg.data.io.acdc import write_info_cfg
-    from cmrseg.data.io.dicom import write_dicom_series
-    from cmrseg.data.io.h5 import write_h5_volume
-    from cmrseg.data.io.nifti import write_nifti_image
-
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     es_frame = frames // 2 + 1
-    total = cases + val_cases
-    meta_rows = {"train": [], "val": []}
-    manifests = {"train": [], "val": []}
+    meta_rows: dict[str, list] = {"train": [], "val": []}
+    manifests: dict[str, list] = {"train": [], "val": []}
     truth = io.StringIO()
     tw = csv.writer(truth)
-    tw.writerow(["patient", "split", "phase", "LV (mL)", "MYO (mL)", "RV (mL)", "pixel_mm", "slice_mm"])
-    for n in tqdm(range(total), desc="phantom", disable=not progress, leave=False):
+    tw.writerow(["patient", "split", "phase", *(STRUCTURE_COLUMNS[k] for k in ("LV", "MYO", "RV")), "pixel_mm", "slice_mm"])
+    for n in tqdm(range(cases + val_cases), desc="phantom", disable=not progress, leave=False):
         p = random_params(rng, size)
         affine = oblique_affine(p, rng)
-        pid = f"patient{n + 1:03d}"
-        split = "train" if n < cases else "val"
-        group = GROUPS[n % len(GROUPS)]
-        pdir = out / "acdc" / pid
-        phases = [0.5 - 0.5 * math.cos(2 * math.pi * t / frames) for t in range(frames)]  # 0 at ED, 1 at ES
-        cine, labels = [], []
-        for ph in phases:
-            img, lab = render_volume(p, ph, rng)
-            cine.append(img)
-            labels.append(lab)
-        cine_arr = np.stack(cine)
-        write_nifti_image(cine_arr, affine, pdir / f"{pid}_4d.nii.gz")
-        write_info_cfg(pdir / "Info.cfg", 1, es_frame, group, p.height_cm, p.weight_kg, frames)
-        for frame, phase_name, tag in ((1, "ED", "frame01"), (es_frame, "ES", "frame02")):
-            t = frame - 1
-            write_nifti_image(cine_arr[t], affine, pdir / f"{pid}_frame{frame:02d}.nii.gz")
-            write_nifti_image(labels[t].astype(np.uint8), affine, pdir / f"{pid}_frame{frame:02d}_gt.nii.gz")
-            write_h5_volume(out / "h5" / split / f"{pid}_{tag}.h5", cine_arr[t], labels[t])
-            manifests[split].append({"volume": f"{pid}_{tag}", "patient": pid, "phase": phase_name,
-                                     "slices": p.num_slices, "height": p.size[0], "width": p.size[1]})
-            ref = reference_volumes(p, phases[t])
-            tw.writerow([pid, split, phase_name, f"{ref['LV']:.4f}", f"{ref['MYO']:.4f}", f"{ref['RV']:.4f}",
-                         f"{p.pixel_mm:.6f}", f"{p.slice_mm:.1f}"])
+        pid, split, group = f"patient{n + 1:03d}", "train" if n < cases else "val", GROUPS[n % len(GROUPS)]
+        cine_arr = _write_case(out, pid, split, group, p, affine, frames, es_frame, rng, manifests[split], tw)
         meta_rows[split].append([pid, group, frames, 1, es_frame, p.num_slices, f"{p.height_cm:.1f}",
                                  f"{p.weight_kg:.1f}", f"{p.pixel_mm:.6f}", f"{p.slice_mm:.1f}"])
         if dicom:
@@ -304,3 +281,28 @@ def generate(out_dir: str | Path, cases: int = 8, val_cases: int = 2, frames: in
     write_json(out / "phantom.json", {"cases": cases, "val_cases": val_cases, "frames": frames, "seed": seed,
                                       "es_frame": es_frame, "note": "synthetic phantom; not real data"})
     return out
+
+
+def _write_case(out: Path, pid: str, split: str, group: str, p: HeartParams, affine: np.ndarray, frames: int,
+                es_frame: int, rng: np.random.Generator, manifest: list, truth) -> np.ndarray:
+    """One case: the ACDC folder (4D cine, ED/ES frames with labels, Info.cfg), its ED/ES h5
+    volumes (manifest rows appended) and its reference volumes (rows of ``truth``, a csv
+    writer). Returns the cine ``[T, S, H, W]``."""
+    pdir = out / "acdc" / pid
+    phases = [0.5 - 0.5 * math.cos(2 * math.pi * t / frames) for t in range(frames)]  # 0 at ED, 1 at ES
+    rendered = [render_volume(p, ph, rng) for ph in phases]
+    cine_arr = np.stack([img for img, _ in rendered])
+    write_nifti_image(cine_arr, affine, pdir / f"{pid}_4d.nii.gz")
+    write_info_cfg(pdir / "Info.cfg", 1, es_frame, group, p.height_cm, p.weight_kg, frames)
+    for frame, phase_name, tag in ((1, "ED", "frame01"), (es_frame, "ES", "frame02")):
+        t = frame - 1
+        label = rendered[t][1]
+        write_nifti_image(cine_arr[t], affine, pdir / f"{pid}_frame{frame:02d}.nii.gz")
+        write_nifti_image(label.astype(np.uint8), affine, pdir / f"{pid}_frame{frame:02d}_gt.nii.gz")
+        write_h5_volume(out / "h5" / split / f"{pid}_{tag}.h5", cine_arr[t], label)
+        manifest.append({"volume": f"{pid}_{tag}", "patient": pid, "phase": phase_name,
+                         "slices": p.num_slices, "height": p.size[0], "width": p.size[1]})
+        ref = reference_volumes(p, phases[t])
+        truth.writerow([pid, split, phase_name, f"{ref['LV']:.4f}", f"{ref['MYO']:.4f}", f"{ref['RV']:.4f}",
+                        f"{p.pixel_mm:.6f}", f"{p.slice_mm:.1f}"])
+    return cine_arr

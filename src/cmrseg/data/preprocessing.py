@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmrseg.data.validation import MAX_STACK_VOXELS
+from cmrseg.errors import InputError
 from cmrseg.labels import NUM_CLASSES
 
 
@@ -107,9 +109,6 @@ def _to_canvas(x: torch.Tensor, cmap: CanvasMap, fill: float = 0.0) -> torch.Ten
 def check_working_set(num_slices: int, cmap: CanvasMap, where=None) -> None:
     """Refuse a stack whose input or resampled grid would need an unbounded working set
     (``MAX_STACK_VOXELS``; the probabilities of 4 classes are held on both grids)."""
-    from cmrseg.data.validation import MAX_STACK_VOXELS
-    from cmrseg.errors import InputError
-
     for name, (h, w) in (("input", cmap.input_shape), ("resampled", cmap.resampled_shape)):
         if num_slices * h * w > MAX_STACK_VOXELS:
             raise InputError(where, f"a stack of {num_slices} slices of {h} x {w} pixels ({name} grid) is larger than "

@@ -1,7 +1,12 @@
 """Clinical measures from masks (``shared/docs/PROTOCOL.md``; column names carry units).
 
 EDV / ESV of LV and RV, SV = EDV - ESV, EF = SV / EDV x 100 %, LV mass = MYO volume at ED
-x 1.05 g/mL. Voxel volume from the image header (mm^3 -> mL).
+x 1.05 g/mL; a single frame (no ED/ES pair) gets its structure volumes and myocardial mass.
+Voxel volume from the image header (mm^3 -> mL).
+
+This module owns the measures: their names and units (the CSV columns), their plausible and
+normal ranges, which ones evaluation scores, and which ones reports show. Adding a measure is
+a change here only.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ MEASURE_COLUMNS = (
     "LVEDV (mL)", "LVESV (mL)", "LVSV (mL)", "LVEF (%)", "LVM (g)",
     "RVEDV (mL)", "RVESV (mL)", "RVSV (mL)", "RVEF (%)",
 )
+#: a single frame's measures (no ED/ES pair)
+FRAME_MEASURE_COLUMNS = ("LV volume (mL)", "RV volume (mL)", "MYO volume (mL)", "MYO mass (g)")
+#: per-frame structure volume columns (volume curves)
+STRUCTURE_COLUMNS = {"LV": "LV (mL)", "RV": "RV (mL)", "MYO": "MYO (mL)"}
+#: the measures a study report's table shows
+REPORT_MEASURES = ("LVEDV (mL)", "LVESV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "RVESV (mL)", "RVEF (%)")
 #: measure -> (low, high): outside these loose physiological limits a result is a failure
 PLAUSIBLE = {"LVEF (%)": (10.0, 85.0), "RVEF (%)": (10.0, 85.0), "LVM (g)": (30.0, 350.0),
              "LVEDV (mL)": (40.0, 450.0), "RVEDV (mL)": (40.0, 450.0)}
@@ -50,6 +61,12 @@ def structure_volumes_ml(mask: np.ndarray, voxel_ml: float, missing: list[int] |
 
 def _ef(edv: float, esv: float) -> float:
     return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
+
+
+def frame_measures(volumes: dict[str, float]) -> dict[str, float]:
+    """A single frame's measures from its structure volumes (mL)."""
+    return {"LV volume (mL)": volumes["LV"], "RV volume (mL)": volumes["RV"], "MYO volume (mL)": volumes["MYO"],
+            "MYO mass (g)": volumes["MYO"] * MYOCARDIUM_DENSITY_G_PER_ML}
 
 
 def cardiac_measures(ed: dict[str, float], es: dict[str, float]) -> dict[str, float]:

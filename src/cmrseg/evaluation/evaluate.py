@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from cmrseg.atomic import write_json, write_text
+from cmrseg.data.io.common import strip_suffix
+from cmrseg.data.io.formats import described, label_formats
+from cmrseg.data.io.readers import read_label_volume
+from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
@@ -148,8 +154,6 @@ def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any
 
 def evaluate_cases(cases: Iterable[EvalCase], with_hd95: bool = True, progress: bool = False) -> tuple[list[CaseResult], dict]:
     """Evaluate every case; returns (per-case results, summary)."""
-    from tqdm.auto import tqdm
-
     cases = list(cases)
     results = [evaluate_case(c, with_hd95) for c in tqdm(cases, desc="evaluate", disable=not progress, leave=False)]
     units = "mm" if all(c.spacing is not None for c in cases) else "voxels"
@@ -238,8 +242,6 @@ def clinical_csv(rows: list[dict[str, Any]]) -> str:
 def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
     """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md`` and
     ``summary.json`` into ``out_dir`` (each atomically)."""
-    from cmrseg.atomic import write_json, write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "per_volume.csv", per_volume_csv(results))
@@ -270,9 +272,8 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
 # ----------------------------------------------------------------------------- folders
 
 def _label_files(root: Path) -> dict[str, Path]:
-    from cmrseg.data.io.common import is_h5, is_nifti, strip_suffix
-
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and (is_h5(p) or is_nifti(p))]
+    formats = label_formats()
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and any(f.matches(p) for f in formats)]
     gt_named = [p for p in files if strip_suffix(p).endswith("_gt")]
     if gt_named:
         files = gt_named
@@ -292,16 +293,13 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
     an ACDC release tree of patient folders works as ``gt_dir``. Writes the report into
     ``out_dir`` and returns the summary.
     """
-    from cmrseg.data.io.readers import read_label_volume
-    from cmrseg.errors import InputError
-
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
         if not d.is_dir():
             raise InputError(d, "folder not found")
     gts, preds = _label_files(gt_dir), _label_files(pred_dir)
     if not gts:
-        raise InputError(gt_dir, "no label files (.h5 or .nii/.nii.gz)")
+        raise InputError(gt_dir, f"no label files ({described(label_formats())})")
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise InputError(pred_dir, f"no prediction for {len(missing)} of {len(gts)} truth files: "

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from cmrseg.labels import NUM_CLASSES
+from cmrseg.evaluation.levels import LEVELS, slice_levels
+from cmrseg.labels import CLASS_NAMES, NUM_CLASSES
 
 FOREGROUND = (1, 2, 3)
 
@@ -74,9 +75,6 @@ def level_dice_fast(cases: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, dic
     :func:`cmrseg.evaluation.evaluate.evaluate_cases` to 1e-6 (MONAI runs in float32). Used only for epoch
     selection; reports use the MONAI path.
     """
-    from cmrseg.evaluation.levels import LEVELS, slice_levels
-    from cmrseg.labels import CLASS_NAMES
-
     per_level: dict[str, list[list[float]]] = {lv: [[], [], []] for lv in (*LEVELS, "volume")}
     for pred, gt in cases:
         s = gt.shape[0]

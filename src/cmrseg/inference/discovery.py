@@ -18,10 +18,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmrseg.data.io.acdc import is_acdc_patient_folder, read_info_cfg
-from cmrseg.data.io.common import is_h5, is_nifti, parse_frame_name, strip_suffix
-from cmrseg.data.io.dicom import classify_series, looks_like_dicom, scan_series, series_name
-from cmrseg.data.io.readers import read_acdc_patient, read_volumes
+from cmrseg.data.io.acdc import ed_es, is_acdc_patient_folder, phase_of_frame, read_acdc_patient, read_info_cfg
+from cmrseg.data.io.common import parse_frame_name, strip_suffix
+from cmrseg.data.io.dicom import classify_series, read_dicom_series, scan_series, series_name, series_of_file
+from cmrseg.data.io.formats import described, format_of
+from cmrseg.data.io.readers import read_volumes
 from cmrseg.data.volume import Study
 from cmrseg.errors import InputError
 
@@ -69,7 +70,7 @@ class _Walk:
             for child in sorted(path.iterdir()):
                 if not child.name.startswith("."):
                     self.visit(child, depth + 1)
-        elif is_nifti(path) or is_h5(path):
+        elif (fmt := format_of(path)) is not None and not fmt.series:
             if _is_label(path):
                 return
             name = strip_suffix(path)
@@ -81,7 +82,7 @@ class _Walk:
                 self.frame_groups.setdefault((path.parent, phase.group("case")), []).append(path)
             else:
                 self.sources.append(StudySource(name, "file", [path]))
-        elif path.is_file() and looks_like_dicom(path):
+        elif fmt is not None:  # a file of a series: grouped by header once the walk is done
             self.dicom_files.setdefault(path.parent, []).append(path)
 
     def dicom_series(self) -> None:
@@ -128,12 +129,11 @@ def discover_all(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skip
         p = Path(raw)
         if not p.exists():
             raise InputError(p, "input not found")
-        if p.is_file() and not (is_nifti(p) or is_h5(p) or looks_like_dicom(p)):
-            raise InputError(p, "unknown format (expected .nii, .nii.gz, .h5, DICOM, or folders of these)")
-        if p.is_file() and looks_like_dicom(p):  # a single file stands for its series
-            uid = next(iter(scan_series([p])), None)
-            siblings = scan_series([f for f in sorted(p.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
-            walk.dicom_files.setdefault(p.parent, []).extend(q for q, _ in siblings.get(uid, [(p, None)]))
+        fmt = format_of(p) if p.is_file() else None
+        if p.is_file() and fmt is None:
+            raise InputError(p, f"unknown format (expected {described()}, or folders of these)")
+        if fmt is not None and fmt.series:  # a single file stands for its series
+            walk.dicom_files.setdefault(p.parent, []).extend(series_of_file(p))
             continue
         walk.visit(p)
     walk.dicom_series()
@@ -152,8 +152,6 @@ def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Stu
     if src.kind == "acdc":
         return _check_stack(read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order))
     if src.kind == "dicom":
-        from cmrseg.data.io.dicom import read_dicom_series
-
         frames = read_dicom_series(src.paths[0].parent, slice_order, spacing, files=src.paths)
         return _check_stack(Study(src.name, frames, src.paths[0].parent, "cine" if len(frames) > 1 else "single"))
     if src.kind == "file":
@@ -175,10 +173,8 @@ def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Stu
     if cfg.is_file() and not any(src.phases):
         info = read_info_cfg(cfg)
         for f in frames:
-            f.meta["phase"] = {info["ed_frame"]: "ED", info["es_frame"]: "ES"}.get(f.meta["frame"])
-    ed = next((i for i, f in enumerate(frames) if f.meta.get("phase") == "ED"), None)
-    es = next((i for i, f in enumerate(frames) if f.meta.get("phase") == "ES"), None)
-    return _check_stack(Study(src.name, frames, src.paths[0].parent, "frames", ed, es, info))
+            f.meta["phase"] = phase_of_frame(f.meta["frame"], info)
+    return _check_stack(Study(src.name, frames, src.paths[0].parent, "frames", *ed_es(frames), info))
 
 
 def _check_stack(study: Study) -> Study:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cmrseg.errors import InputError
 from cmrseg.models.outputs import SegOutput
 
 
@@ -31,8 +32,6 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for invalid or truncated graphs
-            from cmrseg.errors import InputError
-
             raise InputError(path, f"cannot load the ONNX model ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0][:200]})") from None
         self.has_classifier = meta.get("onnx", {}).get("has_classifier", True)

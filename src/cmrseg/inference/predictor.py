@@ -23,6 +23,7 @@ from cmrseg.device import resolve_device
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
+from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
 
@@ -134,8 +135,6 @@ class Predictor:
         if backend == "auto":
             backend = "torch" if (path / "weights.safetensors").is_file() else "onnx"
         if backend == "onnx":
-            from cmrseg.inference.onnx import OnnxModel
-
             if not (path / "model.onnx").is_file():
                 raise InputError(path, "no model.onnx (make one with 'cmrseg export-onnx')")
             return cls(OnnxModel(path / "model.onnx", meta), {**meta, "path": str(path), "backend": "onnx"},

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cmrseg.atomic import write_text
+from cmrseg.evaluation.clinical import REPORT_MEASURES
 from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
 
 
@@ -78,21 +80,22 @@ def _img_tag(path: Path, out_dir: Path, width: int) -> str:
     return f'<a href="{rel}"><img src="data:image/png;base64,{data}" style="max-width:{width}px" alt="{rel}"></a>'
 
 
-def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any], path: Path) -> Path:
-    """The batch report (self-contained HTML)."""
-    from cmrseg.atomic import write_text
+_STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+          "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}"
+          ".flag{color:#a60}.fail{color:#b00}.study{border-top:2px solid #ddd;margin-top:1.2em;padding-top:.5em}"
+          "td.l,th.l{text-align:left}.qc-ok{color:#070}.qc-review{color:#a60;font-weight:bold}"
+          ".qc-fail{color:#b00;font-weight:bold}")
 
+
+def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any], path: Path) -> Path:
+    """The batch report (self-contained HTML): skipped inputs, failures, the measures table,
+    then per study its QC verdict, pictures and flags."""
     esc = html.escape
     ok = [c for c in cases if c.get("status") == "ok"]
     failed = [c for c in cases if c.get("status") != "ok"]
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cmrseg report</title><style>",
-        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}"
-        ".flag{color:#a60}.fail{color:#b00}.study{border-top:2px solid #ddd;margin-top:1.2em;padding-top:.5em}"
-        "td.l,th.l{text-align:left}.qc-ok{color:#070}.qc-review{color:#a60;font-weight:bold}"
-        ".qc-fail{color:#b00;font-weight:bold}",
-        "</style></head><body>",
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cmrseg report</title><style>{_STYLE}</style>"
+        "</head><body>",
         f"<h1>cmrseg segmentation report</h1><p>{len(ok)} studies segmented, {len(failed)} failed. "
         f"Model <b>{esc(str(info.get('model', '')))}</b> on {esc(str(info.get('device', '')))}; "
         f"labels 1 RV (red), 2 MYO (green), 3 LV (blue); cmrseg {esc(str(info.get('cmrseg_version', '')))}.</p>",
@@ -105,37 +108,48 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
         parts.append("<h2 class='fail'>Failed</h2><ul>")
         parts += [f"<li class='fail'><b>{esc(c['study'])}</b>: {esc(c.get('error', ''))}</li>" for c in failed]
         parts.append("</ul>")
-    cols = ["LVEDV (mL)", "LVESV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "RVESV (mL)", "RVEF (%)"]
-    parts.append("<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th><th>frames</th><th>ED</th><th>ES</th>"
-                 + "".join(f"<th>{esc(c)}</th>" for c in cols) + "<th>flags</th></tr>")
+    parts += _measures_table(ok)
+    for c in ok:
+        parts += _study_section(c, out_dir)
+    parts.append("</body></html>")
+    write_text(path, "\n".join(parts))
+    return path
+
+
+def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
+    esc = html.escape
+    parts = ["<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th><th>frames</th><th>ED</th><th>ES</th>"
+             + "".join(f"<th>{esc(c)}</th>" for c in REPORT_MEASURES) + "<th>flags</th></tr>"]
     for c in ok:
         m = c.get("measures", {})
         cells = "".join(f"<td>{m[k]:.1f}</td>" if isinstance(m.get(k), (int, float)) and np.isfinite(m[k])
-                        else "<td>–</td>" for k in cols)
+                        else "<td>–</td>" for k in REPORT_MEASURES)
         qc = str(c.get("qc", ""))
         parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td>"
                      f"<td class='qc-{esc(qc)}'>{esc(qc)}</td><td>{c['frames']}</td>"
                      f"<td>{c.get('ed_frame', '')}</td><td>{c.get('es_frame', '')}</td>{cells}"
                      f"<td>{len(c.get('flags', []))}</td></tr>")
     parts.append("</table>")
-    for c in ok:
-        qc = str(c.get("qc", ""))
-        parts.append(f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])} "
-                     f"<span class='qc-{esc(qc)}'>QC: {esc(qc)}</span></h3>")
-        if c.get("note"):
-            parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
-        for key in ("montage", "curve"):
-            if c.get(key):
-                parts.append(_img_tag(out_dir / c[key], out_dir, 1100 if key == "montage" else 520))
-        if c.get("flags"):
-            parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice k (in the mask file)</th>"
-                         "<th class='l'>detail</th></tr>")
-            for f in c["flags"][:60]:
-                parts.append(f"<tr class='flag'><td class='l'>{esc(f['flag'])}</td><td>{esc(str(f.get('frame', '')))}</td>"
-                             f"<td>{'' if f.get('slice') is None else f['slice']}</td><td class='l'>{esc(f['detail'])}</td></tr>")
-            parts.append("</table>")
-        outs = " ".join(f"<a href='{esc(o)}'>{esc(o)}</a>" for o in c.get("outputs", []))
-        parts.append(f"<p>masks: {outs} &middot; {c.get('seconds', 0):.1f} s</p></div>")
-    parts.append("</body></html>")
-    write_text(path, "\n".join(parts))
-    return path
+    return parts
+
+
+def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
+    esc = html.escape
+    qc = str(c.get("qc", ""))
+    parts = [f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])} "
+             f"<span class='qc-{esc(qc)}'>QC: {esc(qc)}</span></h3>"]
+    if c.get("note"):
+        parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
+    for key in ("montage", "curve"):
+        if c.get(key):
+            parts.append(_img_tag(out_dir / c[key], out_dir, 1100 if key == "montage" else 520))
+    if c.get("flags"):
+        parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice k (in the mask file)</th>"
+                     "<th class='l'>detail</th></tr>")
+        for f in c["flags"][:60]:
+            parts.append(f"<tr class='flag'><td class='l'>{esc(f['flag'])}</td><td>{esc(str(f.get('frame', '')))}</td>"
+                         f"<td>{'' if f.get('slice') is None else f['slice']}</td><td class='l'>{esc(f['detail'])}</td></tr>")
+        parts.append("</table>")
+    outs = " ".join(f"<a href='{esc(o)}'>{esc(o)}</a>" for o in c.get("outputs", []))
+    parts.append(f"<p>masks: {outs} &middot; {c.get('seconds', 0):.1f} s</p></div>")
+    return parts

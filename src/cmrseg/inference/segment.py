@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cmrseg import __version__
 from cmrseg.atomic import write_json, write_text
@@ -34,8 +35,8 @@ from cmrseg.data.io.readers import mask_output_path, write_mask
 from cmrseg.data.orientation import anatomy_reversed, reverse_affine
 from cmrseg.data.volume import Study
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.clinical import (MEASURE_COLUMNS, MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures,
-                                        structure_volumes_ml)
+from cmrseg.evaluation.clinical import (FRAME_MEASURE_COLUMNS, MEASURE_COLUMNS, STRUCTURE_COLUMNS, cardiac_measures,
+                                        frame_measures, structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
                                             ensure_writable, owned_files, shard_records)
@@ -138,9 +139,7 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
         note = ("no voxel spacing: volumes, EF and mass not computed "
                 "(give --spacing SX SY SZ in mm, or use a format that stores it)")
     elif len(masks) == 1:
-        v = volumes[0]
-        measures = {"LV volume (mL)": v["LV"], "RV volume (mL)": v["RV"], "MYO volume (mL)": v["MYO"],
-                    "MYO mass (g)": v["MYO"] * MYOCARDIUM_DENSITY_G_PER_ML}
+        measures = frame_measures(volumes[0])
     else:
         measures = cardiac_measures(volumes[ed], volumes[es])
     return {"ed": ed, "es": es, "ed_es_source": source, "volumes": volumes, "measures": measures,
@@ -194,64 +193,13 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
         p.mask[v.meta.get("missing_slices") or []] = 0
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
-    ed, es, volumes, voxel_ml = meas["ed"], meas["es"], meas["volumes"], meas["voxel_ml"]
-    flags, mid = [], {}
-    spacing = study.frames[0].geometry.inplane_spacing
-    pixel_mm = float(np.sqrt(spacing[0] * spacing[1])) if spacing is not None else None
-    for t, pred in enumerate(preds):
-        if t in (ed, es) or len(masks) <= 2:
-            flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t), pixel_mm)
-            mid[_frame_label(study, t)] = mid_slice_count(pred.mask)
-    if len(masks) > 1 or voxel_ml is None:
-        flags += study_flags(meas["measures"], voxel_ml is not None, len(masks), ed, es)
-    if study.frames[0].meta.get("missing_slices") and all(v.meta.get("missing_slices") == study.frames[0].meta[
-            "missing_slices"] for v in study.frames):
-        flags += [{"frame": "", "slice": k, "flag": "missing_slice", "detail": "no image at this slice position in "
-                   "the input: mask left empty, volumes interpolate it"} for k in study.frames[0].meta["missing_slices"]]
-    else:
-        flags += [{"frame": _frame_label(study, t), "slice": k, "flag": "missing_image",
-                   "detail": "no image for this slice and frame in the input: mask left empty, volumes interpolate it"}
-                  for t, v in enumerate(study.frames) for k in v.meta.get("missing_slices") or []]
+    ed, es = meas["ed"], meas["es"]
+    flags, mid = _quality_flags(study, preds, meas)
     qc = verdict(flags, mid)
-    flags = [_in_file_order(f, study) for f in flags]
     written: list[Path] = []
     try:
-        # ---- masks, in the input's format and geometry (4D inputs get one 4D mask)
-        by_file: dict[Path, list[int]] = {}
-        for t, v in enumerate(study.frames):
-            by_file.setdefault(v.path, []).append(t)
-        outputs = []
-        for idx in by_file.values():
-            like = study.frames[idx[0]]
-            target = mask_output_path(like, out)
-            if target in taken:  # two studies with the same input file name: keep both
-                target = mask_output_path(like, out / study.name)
-            check_target(target, owned)
-            arr = [masks[t] for t in idx] if len(idx) > 1 else masks[idx[0]]
-            written.append(write_mask(arr, like, target.parent))
-            taken.add(written[-1])
-            outputs.append(written[-1])
-        # ---- pictures
-        fig_dir = out / "figures"
-        shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
-            else [(_frame_label(study, ed), ed)]
-        rows = [(label, study.frames[t].image, masks[t]) for label, t in shown]
-        for fig in (fig_dir / f"{study.name}_montage.png", fig_dir / f"{study.name}_volumes.png"):
-            check_target(fig, owned)
-        n = study.frames[0].num_slices
-        numbers = [n - 1 - s for s in range(n)] if study.frames[0].geometry.slices_reversed else list(range(n))
-        written.append(montage(rows, fig_dir / f"{study.name}_montage.png", title=study.name, slice_numbers=numbers))
-        curve_path = None
-        if len(masks) > 2:
-            trig = [f.meta.get("trigger_time_ms") for f in study.frames]
-            x, xlabel = (trig, "trigger time (ms)") if all(v is not None for v in trig) else \
-                (list(range(1, len(masks) + 1)), "frame")
-            if volumes is not None:
-                curves, unit = {"LV": [v["LV"] for v in volumes], "RV": [v["RV"] for v in volumes]}, "mL"
-            else:
-                curves, unit = {"LV": meas["lv_voxels"], "RV": [int((m == 1).sum()) for m in masks]}, "voxels"
-            curve_path = volume_curve(curves, x, xlabel, ed, es, unit, fig_dir / f"{study.name}_volumes.png", study.name)
-            written.append(curve_path)
+        outputs = _write_masks(study, masks, out, taken, owned, written)
+        montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -264,12 +212,81 @@ def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path
         "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
         "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
         "base_slice_k": study.frames[0].num_slices - 1 if geom.slices_reversed else 0, "base_apex_from": order_from,
-        "frame_volumes_ml": volumes, "lv_voxels": meas["lv_voxels"], "qc": qc, "flags": flags,
+        "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": qc,
+        "flags": [_in_file_order(f, study) for f in flags],
         "outputs": [str(p.relative_to(out)) for p in outputs],
-        "montage": str(written[len(outputs)].relative_to(out)),
+        "montage": str(montage_path.relative_to(out)),
         "curve": str(curve_path.relative_to(out)) if curve_path else None,
         "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0,
     }
+
+
+def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[list[dict], dict[str, int]]:
+    """QC flags of a segmented study (slices of ED and ES, the measures, the input's gaps)
+    and the mid-ventricular slice count per checked frame."""
+    ed, es, voxel_ml, n = meas["ed"], meas["es"], meas["voxel_ml"], len(preds)
+    flags, mid = [], {}
+    spacing = study.frames[0].geometry.inplane_spacing
+    pixel_mm = float(np.sqrt(spacing[0] * spacing[1])) if spacing is not None else None
+    for t, pred in enumerate(preds):
+        if t in (ed, es) or n <= 2:
+            flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t), pixel_mm)
+            mid[_frame_label(study, t)] = mid_slice_count(pred.mask)
+    if n > 1 or voxel_ml is None:
+        flags += study_flags(meas["measures"], voxel_ml is not None, n, ed, es)
+    gaps = [v.meta.get("missing_slices") or [] for v in study.frames]
+    if gaps[0] and all(g == gaps[0] for g in gaps):
+        flags += [{"frame": "", "slice": k, "flag": "missing_slice", "detail": "no image at this slice position in "
+                   "the input: mask left empty, volumes interpolate it"} for k in gaps[0]]
+    else:
+        flags += [{"frame": _frame_label(study, t), "slice": k, "flag": "missing_image",
+                   "detail": "no image for this slice and frame in the input: mask left empty, volumes interpolate it"}
+                  for t, g in enumerate(gaps) for k in g]
+    return flags, mid
+
+
+def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Path], owned: set[Path],
+                 written: list[Path]) -> list[Path]:
+    """The masks in the input's format and geometry (a 4D input gets one 4D mask)."""
+    by_file: dict[Path, list[int]] = {}
+    for t, v in enumerate(study.frames):
+        by_file.setdefault(v.path, []).append(t)
+    outputs = []
+    for idx in by_file.values():
+        like = study.frames[idx[0]]
+        target = mask_output_path(like, out)
+        if target in taken:  # two studies with the same input file name: keep both
+            target = mask_output_path(like, out / study.name)
+        check_target(target, owned)
+        written.append(write_mask([masks[t] for t in idx] if len(idx) > 1 else masks[idx[0]], like, target.parent))
+        taken.add(written[-1])
+        outputs.append(written[-1])
+    return outputs
+
+
+def _write_figures(study: Study, masks: list[np.ndarray], meas: dict[str, Any], fig_dir: Path, owned: set[Path],
+                   written: list[Path]) -> tuple[Path, Path | None]:
+    """The ED/ES montage and (for a cine) the volume curve; returns their paths."""
+    ed, es, volumes = meas["ed"], meas["es"], meas["volumes"]
+    shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
+        else [(_frame_label(study, ed), ed)]
+    for fig in (fig_dir / f"{study.name}_montage.png", fig_dir / f"{study.name}_volumes.png"):
+        check_target(fig, owned)
+    n = study.frames[0].num_slices
+    numbers = [n - 1 - s for s in range(n)] if study.frames[0].geometry.slices_reversed else list(range(n))
+    written.append(montage([(label, study.frames[t].image, masks[t]) for label, t in shown],
+                           fig_dir / f"{study.name}_montage.png", title=study.name, slice_numbers=numbers))
+    if len(masks) <= 2:
+        return written[-1], None
+    trig = [f.meta.get("trigger_time_ms") for f in study.frames]
+    x, xlabel = (trig, "trigger time (ms)") if all(v is not None for v in trig) else \
+        (list(range(1, len(masks) + 1)), "frame")
+    if volumes is not None:
+        curves, unit = {"LV": [v["LV"] for v in volumes], "RV": [v["RV"] for v in volumes]}, "mL"
+    else:
+        curves, unit = {"LV": meas["lv_voxels"], "RV": [int((m == 1).sum()) for m in masks]}, "voxels"
+    written.append(volume_curve(curves, x, xlabel, ed, es, unit, fig_dir / f"{study.name}_volumes.png", study.name))
+    return written[-2], written[-1]
 
 
 def _case_file(out: Path, name: str) -> Path:
@@ -286,8 +303,8 @@ def _is_done(out: Path, name: str) -> bool:
 
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    single = ["LV volume (mL)", "RV volume (mL)", "MYO volume (mL)", "MYO mass (g)"]
-    cols = ["study", "qc", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *single, "note", "flags"]
+    cols = ["study", "qc", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS,
+            "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
@@ -297,7 +314,7 @@ def _measures_csv(cases: list[dict[str, Any]]) -> str:
         m = c["measures"]
         flags = sorted({f["flag"] for f in c["flags"]})
         w.writerow([c["study"], c.get("qc", ""), c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
-                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in (*MEASURE_COLUMNS, *single)],
+                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS)],
                     c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
     return buf.getvalue()
 
@@ -305,13 +322,13 @@ def _measures_csv(cases: list[dict[str, Any]]) -> str:
 def _volumes_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["study", "frame", "LV (mL)", "RV (mL)", "MYO (mL)", "LV (voxels)"])
+    w.writerow(["study", "frame", *STRUCTURE_COLUMNS.values(), "LV (voxels)"])
     for c in cases:
         if c.get("status") != "ok":
             continue
         vols = c.get("frame_volumes_ml") or [None] * c["frames"]
         for t, v in enumerate(vols):
-            row = [f"{v[k]:.2f}" for k in ("LV", "RV", "MYO")] if v else ["", "", ""]
+            row = [f"{v[k]:.2f}" if v else "" for k in STRUCTURE_COLUMNS]
             w.writerow([c["study"], t + 1, *row, c["lv_voxels"][t]])
     return buf.getvalue()
 
@@ -339,8 +356,6 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
             precision: str = "auto", gate: str = "auto", tta: str = "auto") -> int:
     """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``gate`` and
     ``tta`` (``on``/``off``) override the model's own choices in ``model.json``."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
@@ -355,24 +370,48 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
     if tta != "auto":
         predictor.tta = tta == "on"
     ensure_writable(out)  # only once the inputs and the model are known good
-    owned = owned_files(out)
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
-    info = {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+    info = _run_info(predictor, inputs, skipped, f"{idx + 1}/{n}")
+    print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
+          f"model {predictor.name} ({predictor.meta.get('source')}: {predictor.meta.get('path')}) "
+          f"on {predictor.device}", flush=True)
+    for k in skipped:
+        print(f"  skipped {k.path}: {k.reason}", flush=True)
+    failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress)
+    info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
+    rebuild_reports(out, info)
+    done = len(todo) - len(failures)
+    print(f"{done} {'study' if done == 1 else 'studies'} segmented in this run, {len(mine) - len(todo)} already done; "
+          f"measures in {out / 'measures.csv'}, report {out / 'report.html'}")
+    if failures:
+        print(f"{len(failures)} failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['study']}: {f['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_info(predictor: Predictor, inputs: list, skipped: list, shard: str) -> dict[str, Any]:
+    """What a shard's record and the summary say about this run (versions, model, settings)."""
+    return {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
             "model_source": predictor.meta.get("source"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
             "postprocess": predictor.postprocess, "gate": predictor.gate, "tta": predictor.tta,
             "precision": "bf16" if predictor.amp is not None else "fp32",
-            "shard": f"{idx + 1}/{n}", "inputs": [str(i) for i in inputs],
+            "shard": shard, "inputs": [str(i) for i in inputs],
             "skipped": [{"path": str(k.path), "reason": k.reason} for k in skipped],
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
-          f"model {predictor.name} ({predictor.meta.get('source')}: {predictor.meta.get('path')}) "
-          f"on {predictor.device}", flush=True)
-    for k in skipped:
-        print(f"  skipped {k.path}: {k.reason}", flush=True)
+
+
+def _run_studies(todo: list[StudySource], predictor: Predictor, out: Path, spacing, slice_order: str, workers: int,
+                 shard: str, progress: bool) -> list[dict[str, Any]]:
+    """Read (in worker processes), segment and record every study; returns the failures.
+    One study's failure never stops the batch."""
+    owned = owned_files(out)
     num_workers = min(workers, len(todo)) if todo else 0
     # one study in flight per reader: with large cines, prefetching more multiplies the memory
     loader = torch.utils.data.DataLoader(_StudyReader(todo, spacing, slice_order), batch_size=None,
@@ -394,17 +433,6 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
             record = {"study": src.name, "status": "failed", "error": error, "seconds": time.perf_counter() - t0,
                       "source": str(src.paths[0])}
             failures.append(record)
-        record["shard"] = info["shard"]
+        record["shard"] = shard
         write_json(_case_file(out, src.name), record)
-    info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
-    rebuild_reports(out, info)
-    done = len(todo) - len(failures)
-    print(f"{done} {'study' if done == 1 else 'studies'} segmented in this run, {len(mine) - len(todo)} already done; "
-          f"measures in {out / 'measures.csv'}, report {out / 'report.html'}")
-    if failures:
-        print(f"{len(failures)} failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f['study']}: {f['error']}", file=sys.stderr)
-        return 1
-    return 0
+    return failures

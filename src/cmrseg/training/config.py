@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass, filled from a protocol YAML, a model YAML and
+"""Training configuration: one dataclass, filled from a protocol YAML, a config file and
 command-line overrides (in that order), and saved resolved into every run folder.
 
 Protocols (``configs/protocols/``): ``paper`` (the paper's 200 epochs, 1.3 mm, its
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cmrseg.atomic import write_text
 from cmrseg.data.augmentation import AugmentConfig
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.errors import CmrsegError
@@ -151,8 +152,6 @@ class TrainConfig:
         return cls(**_as_floats(cls, d))
 
     def save(self, path: str | Path) -> None:
-        from cmrseg.atomic import write_text
-
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
@@ -196,10 +195,6 @@ def protocol_path(name: str) -> Path:
     return p
 
 
-def model_config_path(model: str) -> Path:
-    return CONFIG_DIR / "models" / f"{model}.yaml"
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``augment.rotation_deg=20`` -> (["augment", "rotation_deg"], 20)."""
     if "=" not in text:
@@ -213,7 +208,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(config: str | Path | None = None, protocol: str | None = None, model: str | None = None,
                 overrides: list[str] | None = None) -> TrainConfig:
-    """Resolve a config: protocol YAML <- model YAML (or ``config`` file) <- overrides.
+    """Resolve a config: protocol YAML <- ``config`` file <- ``model`` <- overrides.
 
     A ``config`` file may name its ``protocol``; ``protocol`` given here wins.
     """
@@ -221,7 +216,6 @@ def load_config(config: str | Path | None = None, protocol: str | None = None, m
     if config is not None:
         data = _read_yaml(Path(config))
     if model is not None:
-        data = _merge(_read_yaml(model_config_path(model)), data) if model_config_path(model).is_file() else data
         data["model"] = model
     proto = protocol or data.get("protocol")
     base = _read_yaml(protocol_path(proto)) if proto else {}

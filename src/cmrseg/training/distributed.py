@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 
 
@@ -47,3 +48,12 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def agree_on(value: int, device: torch.device, info: DistInfo) -> int:
+    """Under DDP every rank must take the same decision (e.g. the number of epochs): rank 0's."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())

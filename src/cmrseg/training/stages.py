@@ -8,12 +8,18 @@
   on every augmented training batch (see ``ref_inputs``).
 * :class:`DetSegStage`: Det+Seg: detector loss on the heart plus segmenter loss on crops
   centred on the true heart (jittered).
+
+Every stage follows :class:`Stage`, the one interface the training loop
+(:func:`cmrseg.training.loop.fit`) uses; :func:`stage_for` picks the stage of a one-stage
+model, :mod:`cmrseg.training.two_stage` builds the Ref stage.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,24 +33,39 @@ from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
 from cmrseg.models.two_stage import TwoStageNet
 from cmrseg.models.unet import SegmentationNet
+from cmrseg.training.config import TrainConfig
+from cmrseg.training.context import TrainContext
+
+Batch = dict  # a batch from cmrseg.training.batching.StackBatcher
+
+
+class Stage(Protocol):
+    """What the training loop needs from a stage."""
+
+    mode: str  # "stack" or "slice": what one training item is
+    train_ds: StackDataset  # served in ``mode``
+
+    @property
+    def module(self) -> nn.Module:
+        """The network whose parameters this stage trains (and checkpoints)."""
+
+    def loss(self, batch: Batch, train_module: nn.Module, gen: torch.Generator,
+             dev_gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Loss of one batch through ``train_module`` (``module``, possibly wrapped by DDP or
+        torch.compile), and detached parts to log; ``gen`` (CPU) and ``dev_gen`` (device)
+        draw every random choice, so an epoch is reproducible."""
+
+    def predict(self, ds: StackDataset) -> list[np.ndarray]:
+        """Canvas label maps of every stack of ``ds``, as ``cmrseg segment`` would make them."""
 
 
 class _Base:
-    def __init__(self, cfg, device, amp_dtype, channels_last: bool):
+    def __init__(self, cfg: TrainConfig, ctx: TrainContext):
         self.cfg = cfg
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.channels_last = channels_last
+        self.ctx = ctx
+        self.device = ctx.device
         self.augmenter = StackAugmenter(cfg.augment)
         self.inference_crop = cfg.inference_crop
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def crop_centers(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
         """Per item: the heart's centre (prob ``heart_crop_prob``) or a random canvas point."""
@@ -71,8 +92,8 @@ class _Base:
         preds = []
         for rec in ds.records:
             x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
-            with self.autocast():
-                out = heart_centred_forward(net, self._fmt(x), self.inference_crop)
+            with self.ctx.autocast():
+                out = heart_centred_forward(net, self.ctx.memory_format(x), self.inference_crop)
             preds.append(out.logits.argmax(1).to(torch.uint8).cpu().numpy())
         return preds
 
@@ -80,8 +101,8 @@ class _Base:
 class ImageStage(_Base):
     """Train ``net`` (a :class:`SegmentationNet`) on images."""
 
-    def __init__(self, net: SegmentationNet, train_ds: StackDataset, cfg, device, amp_dtype, channels_last):
-        super().__init__(cfg, device, amp_dtype, channels_last)
+    def __init__(self, net: SegmentationNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext):
+        super().__init__(cfg, ctx)
         self.net = net
         self.mode = "stack" if net.all_slice else "slice"
         self.train_ds = train_ds.with_mode(self.mode)
@@ -96,8 +117,8 @@ class ImageStage(_Base):
         sizes = batch["stack_sizes"]
         centers = self.crop_centers(batch, gen)
         x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
-        with self.autocast():
-            out = train_module(self._fmt(x), sizes)
+        with self.ctx.autocast():
+            out = train_module(self.ctx.memory_format(x), sizes)
         return self._segmentation_loss(out, y)
 
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
@@ -109,8 +130,8 @@ class DetSegStage(_Base):
 
     mode = "stack"
 
-    def __init__(self, net: DetSegNet, train_ds: StackDataset, cfg, device, amp_dtype, channels_last):
-        super().__init__(cfg, device, amp_dtype, channels_last)
+    def __init__(self, net: DetSegNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext):
+        super().__init__(cfg, ctx)
         self.net = net
         self.inference_crop = None  # Det+Seg crops around its own detection
         self.train_ds = train_ds.with_mode(self.mode)
@@ -128,8 +149,8 @@ class DetSegStage(_Base):
         net = self.net
         jitter = max(1, net.crop_size // 8)
         heart = centers_from_mask(y > 0, sizes) + torch.randint(-jitter, jitter + 1, (len(sizes), 2), generator=gen)
-        with self.autocast():
-            out = train_module(self._fmt(x), sizes, heart)
+        with self.ctx.autocast():
+            out = train_module(self.ctx.memory_format(x), sizes, heart)
         zoomed = out.extras["crop_logits"].shape[-1]
         y_crop = net.crop(y[:, None].float(), heart, sizes)
         y_crop = F.interpolate(y_crop, size=(zoomed, zoomed), mode="nearest")[:, 0].long()
@@ -141,52 +162,44 @@ class DetSegStage(_Base):
         return self._predict_images(self.net, ds)
 
 
-class RefineStage(_Base):
-    """Train the Ref stage of ``model`` on cached Seg-stage probabilities.
+@dataclass
+class RefInputs:
+    """What the Ref stage trains on (built by :func:`cmrseg.training.two_stage.ref_inputs`).
 
-    Args:
-        model: the :class:`TwoStageNet`; ``model.seg`` is frozen and already trained.
-        seg_sources: Seg-stage state dicts whose outputs form the training inputs (the
-            final weights alone, or snapshots from along Seg training as well).
-        online: run a randomly drawn source on every augmented training batch (the Seg
-            stage's errors under augmentation: intensity changes, rotations, crops) instead
-            of augmenting probability maps cached once per source on the plain images.
+    ``sources``: Seg-stage state dicts (the final weights, and snapshots from along Seg
+    training for ``ref_inputs: snapshots``); ``train_probs[source][stack]``: their float16
+    probability maps of every training stack (None when ``online``: a drawn source runs on
+    every augmented batch instead); ``val_probs``: the final Seg stage's maps of the
+    validation stacks (None when validation runs both stages heart-centred).
     """
 
-    def __init__(self, model: TwoStageNet, seg_sources: list[dict], train_ds: StackDataset, val_ds: StackDataset,
-                 cfg, device, amp_dtype, channels_last, progress: bool = False, online: bool = False):
-        super().__init__(cfg, device, amp_dtype, channels_last)
+    sources: list[dict]
+    train_probs: list[list[torch.Tensor]] | None
+    val_probs: list[torch.Tensor] | None
+
+
+class RefineStage(_Base):
+    """Train the Ref stage of ``model`` (its Seg stage frozen and trained) on ``inputs``.
+
+    Online inputs run a randomly drawn source on every augmented training batch (the Seg
+    stage's errors under augmentation: intensity changes, rotations, crops); cached ones
+    augment probability maps computed once per source on the plain images.
+    """
+
+    def __init__(self, model: TwoStageNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext,
+                 inputs: RefInputs):
+        super().__init__(cfg, ctx)
         self.model = model
         self.ref = model.ref
         self.mode = "stack" if model.ref.all_slice or model.seg.all_slice else "slice"
         gated = model.ref.classifier is not None
         self.loss_fn = GatedRefinementLoss(cfg.lambda_cls, cfg.dice_weight) if gated else SegLoss(cfg.dice_weight)
-        final = {k: v.clone() for k, v in model.seg.state_dict().items()}
-        self.sources = seg_sources
-        if online:  # a separate copy runs the sources, so model.seg keeps the final weights
+        self.sources = inputs.sources
+        self.train_probs = inputs.train_probs
+        self.val_probs = inputs.val_probs
+        if self.train_probs is None:  # a separate copy runs the sources, so model.seg keeps the final weights
             self.source_net, self.source_index = copy.deepcopy(model.seg).eval(), None
-            self.train_probs = None
-        else:
-            self.train_probs = [self._probabilities(sd, train_ds, progress) for sd in seg_sources]
-        model.seg.load_state_dict(final)
-        self.val_ds = val_ds
-        self.val_probs = None if self.inference_crop else self._probabilities(final, val_ds, progress)
         self.train_ds = train_ds.with_mode(self.mode)
-
-    @torch.no_grad()
-    def _probabilities(self, state_dict: dict, ds: StackDataset, progress: bool) -> list[torch.Tensor]:
-        from tqdm.auto import tqdm
-
-        seg = self.model.seg
-        seg.load_state_dict(state_dict)
-        seg.eval()
-        out = []
-        for rec in tqdm(ds.records, desc="stage-1 probabilities", disable=not progress, leave=False):
-            x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
-            with self.autocast():  # as at inference: heart-centred when inference_crop is set
-                p = heart_centred_forward(seg, self._fmt(x), self.inference_crop).logits.float().softmax(1)
-            out.append(p.to(torch.float16))
-        return out
 
     @property
     def module(self) -> nn.Module:
@@ -196,7 +209,7 @@ class RefineStage(_Base):
         if self.train_probs is None:
             return self._loss_online(batch, train_module, gen, dev_gen)
         sizes = batch["stack_sizes"]
-        index = self.train_ds._index
+        index = self.train_ds.index
         probs = []
         for i in batch["indices"]:
             rec_i, s = index[i]
@@ -206,8 +219,8 @@ class RefineStage(_Base):
         probs = torch.cat(probs).float()
         centers = self.crop_centers(batch, gen)
         _, y, p = self.augmenter(None, batch["label"], sizes, extra=probs, generator=dev_gen, centers=centers)
-        with self.autocast():
-            out = train_module(self._fmt(p), sizes)
+        with self.ctx.autocast():
+            out = train_module(self.ctx.memory_format(p), sizes)
         return self._segmentation_loss(out, y)
 
     def _loss_online(self, batch, train_module, gen, dev_gen):
@@ -218,10 +231,10 @@ class RefineStage(_Base):
             self.source_index = source
         centers = self.crop_centers(batch, gen)
         x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
-        with torch.no_grad(), self.autocast():
-            p = self.source_net(self._fmt(x), sizes).logits.float().softmax(1)
-        with self.autocast():
-            out = train_module(self._fmt(p), sizes)
+        with torch.no_grad(), self.ctx.autocast():
+            p = self.source_net(self.ctx.memory_format(x), sizes).logits.float().softmax(1)
+        with self.ctx.autocast():
+            out = train_module(self.ctx.memory_format(p), sizes)
         return self._segmentation_loss(out, y)
 
     @torch.no_grad()
@@ -231,8 +244,8 @@ class RefineStage(_Base):
         self.ref.eval()
         preds = []
         for p in self.val_probs:
-            with self.autocast():
-                preds.append(self.ref(self._fmt(p.float())).logits.argmax(1).to(torch.uint8).cpu().numpy())
+            with self.ctx.autocast():
+                preds.append(self.ref(self.ctx.memory_format(p.float())).logits.argmax(1).to(torch.uint8).cpu().numpy())
         return preds
 
 
@@ -240,3 +253,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def stage_for(model: nn.Module, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext) -> Stage:
+    """The stage that trains a one-stage model (Det+Seg, or any segmentation network)."""
+    if isinstance(model, DetSegNet):
+        return DetSegStage(model, train_ds, cfg, ctx)
+    if isinstance(model, SegmentationNet):
+        return ImageStage(model, train_ds, cfg, ctx)
+    raise TypeError(f"no one-stage training for {type(model).__name__} (two-stage models: cmrseg.training.two_stage)")

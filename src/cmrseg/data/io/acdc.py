@@ -16,6 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cmrseg.atomic import write_text
+from cmrseg.data.io.common import is_nifti, parse_frame_name, strip_suffix
+from cmrseg.data.io.nifti import read_nifti, read_nifti_label
+from cmrseg.data.volume import Study, Volume
 from cmrseg.errors import InputError
 
 
@@ -48,8 +52,6 @@ def read_info_cfg(path: str | Path) -> dict[str, Any]:
 
 
 def write_info_cfg(path: str | Path, ed: int, es: int, group: str, height: float, weight: float, frames: int) -> None:
-    from cmrseg.atomic import write_text
-
     write_text(path, f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: {height:.1f}\nNbFrame: {frames}\nWeight: {weight:.1f}\n")
 
 
@@ -106,3 +108,52 @@ def phase_of_frame(frame: int | None, info: dict[str, Any]) -> str | None:
     if frame == info.get("es_frame"):
         return "ES"
     return None
+
+
+def ed_es(volumes: list[Volume]) -> tuple[int | None, int | None]:
+    """Indices of the frames whose ``meta["phase"]`` is ED and ES (None where absent)."""
+    ed = next((i for i, v in enumerate(volumes) if v.meta.get("phase") == "ED"), None)
+    es = next((i for i, v in enumerate(volumes) if v.meta.get("phase") == "ES"), None)
+    return ed, es
+
+
+def case_facts(folder: Path, name: str) -> dict[str, Any]:
+    """``patient`` and ``frame`` from a ``<case>_frameNN`` name, with the ACDC ``Info.cfg``
+    beside it (group, height, weight, ED/ES frames, this frame's phase) where there is one."""
+    case, frame = parse_frame_name(name)
+    meta: dict[str, Any] = {"patient": case, "frame": frame}
+    if (folder / "Info.cfg").is_file():
+        info = read_info_cfg(folder / "Info.cfg")
+        meta.update(info)
+        meta["phase"] = phase_of_frame(frame, info)
+    return meta
+
+
+def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order: str = "auto") -> Study:
+    """An ACDC release patient folder as one study: its frame files (with ``_gt`` masks when
+    present), or its 4D cine when no frame files exist, with ED/ES from ``Info.cfg``."""
+    folder = Path(folder)
+    if not is_acdc_patient_folder(folder):
+        raise InputError(folder, "not an ACDC patient folder (no Info.cfg)")
+    info = read_info_cfg(folder / "Info.cfg")
+    frame_files = sorted(p for p in folder.iterdir() if is_nifti(p) and parse_frame_name(strip_suffix(p))[1] is not None)
+    volumes: list[Volume] = []
+    for p in frame_files:
+        case, frame = parse_frame_name(strip_suffix(p))
+        (vol,) = read_nifti(p, slice_order)
+        vol.meta.update(info)
+        vol.meta.update(patient=case, frame=frame, phase=phase_of_frame(frame, info))
+        gt = p.with_name(strip_suffix(p) + "_gt.nii.gz")
+        if with_labels and gt.is_file():
+            vol.label = read_nifti_label(gt, vol)
+        volumes.append(vol)
+    if volumes:
+        return Study(folder.name, volumes, folder, "frames", *ed_es(volumes), info)
+    cines = sorted(folder.glob("*_4d.nii*"))
+    if not cines:
+        raise InputError(folder, "ACDC patient folder has neither frame files nor a _4d cine")
+    volumes = read_nifti(cines[0], slice_order)
+    for i, v in enumerate(volumes):
+        v.meta.update(info)
+        v.meta.update(patient=folder.name, frame=i + 1, phase=phase_of_frame(i + 1, info))
+    return Study(folder.name, volumes, cines[0], "cine", *ed_es(volumes), info)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrseg.data.validation import check_spacing
+from cmrseg.errors import CmrsegError
+
 _FRAME_RE = re.compile(r"^(?P<case>.+?)_frame(?P<frame>\d+)$")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -43,9 +46,6 @@ def spacing_from_option(option: tuple[float, ...] | None) -> tuple[float, float,
 
     Without SZ the slice spacing is NaN: in-plane work can proceed, volumes cannot.
     """
-    from cmrseg.data.validation import check_spacing
-    from cmrseg.errors import CmrsegError
-
     if option is None:
         return None
     vals = [float(v) for v in option]

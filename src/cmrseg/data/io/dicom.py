@@ -14,6 +14,7 @@ import logging
 import re
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,26 @@ def looks_like_dicom(path: Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() and looks_like_dicom(p) for p in path.iterdir())
+
+
+def series_of_file(path: Path) -> list[Path]:
+    """The files of ``path``'s folder that share its SeriesInstanceUID (``path`` included)."""
+    uid = next(iter(scan_series([path])), None)
+    if uid is None:
+        raise InputError(path, "DICOM file without image data")
+    siblings = scan_series([f for f in sorted(path.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
+    return [p for p, _ in siblings[uid]]
+
+
+def read_dicom(path: Path, slice_order: str = "auto", spacing: tuple[float, float, float] | None = None) -> list[Volume]:
+    """A DICOM series folder, or one file standing for its series: one volume per frame."""
+    if path.is_dir():
+        return read_dicom_series(path, slice_order, spacing)
+    return read_dicom_series(path.parent, slice_order, spacing, files=series_of_file(path))
 
 
 def series_name(folder: Path, description: str | None) -> str:
@@ -118,8 +139,41 @@ def read_dicom_series(
 ) -> list[Volume]:
     """Read one short-axis (cine) series: one :class:`Volume` per frame. ``files``: the
     series' files (from discovery); default every DICOM file in ``folder``, which must then
-    hold one series."""
+    hold one series. A slice position or image the series lacks keeps its place: filled from
+    its neighbours and listed in the frame's ``meta["missing_slices"]``."""
     folder = Path(folder)
+    headers = _one_series(folder, files)
+    layout = _SeriesLayout.of(headers, folder)
+    if spacing_override is None:
+        check_spacing(layout.spacing, headers[0][0], "DICOM header")
+    num_slices = layout.grid[-1] + 1
+    first = headers[0][1]
+    shape = (layout.num_frames, num_slices, int(first.Rows), int(first.Columns))
+    check_size(shape, folder)
+    pixels, present = _read_pixels(layout, shape)
+    check_image(pixels, folder, allow_4d=True)
+    spacing, source = (spacing_override, "option") if spacing_override is not None else (layout.spacing, "header")
+    reverse = should_reverse(layout.affine, slice_order)
+    geometry = Geometry(spacing=spacing, affine=reverse_affine(layout.affine, num_slices) if reverse else layout.affine,
+                        spacing_source=source, slices_reversed=reverse, header=None)
+    name = series_name(folder, str(first.get("SeriesDescription", "")) or None)
+    reference = next(frames for frames in layout.ordered if len(frames) == layout.num_frames)
+    times = [_trigger(ds) for _, ds in reference]
+    interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
+    volumes = []
+    for t in range(layout.num_frames):
+        missing = [int(k) for k in np.flatnonzero(~present[t])]
+        meta = {"frame_index": t, "num_frames": layout.num_frames, "trigger_time_ms": times[t],
+                "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None,
+                # in-memory (base -> apex) indices of slices with no image in the series at this frame
+                "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing}
+        stack = pixels[t][::-1] if reverse else pixels[t]
+        volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
+    return volumes
+
+
+def _one_series(folder: Path, files: list[Path] | None) -> list[tuple[Path, Any]]:
+    """(file, header with pixels) of the one series in ``files`` (default: ``folder``'s)."""
     if files is None:
         if not folder.is_dir():
             raise InputError(folder, "DICOM series folder not found")
@@ -131,52 +185,64 @@ def read_dicom_series(
         raise InputError(folder, f"folder holds {len(series)} DICOM series; give one series per folder "
                                  "(cmrseg segment picks the short-axis ones from a folder of several)")
     headers = next(iter(series.values()))
-    first = headers[0][1]
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
-        if key not in first:
+        if key not in headers[0][1]:
             raise InputError(headers[0][0], f"DICOM lacks {key}: cannot place the slices")
-    iop = np.array([float(v) for v in first.ImageOrientationPatient])
-    row_cos, col_cos = iop[:3], iop[3:]
-    normal = np.cross(row_cos, col_cos)
-    by_position: dict[float, list] = defaultdict(list)
-    for f, ds in headers:
-        other = np.array([float(v) for v in ds.ImageOrientationPatient])
-        if not np.allclose(other, iop, atol=1e-3):
-            raise InputError(f, "slice orientation differs from the rest of the series")
-        pos = float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
-        by_position[round(pos, 2)].append((f, ds))
-    positions = sorted(by_position)
-    num_frames = max(len(v) for v in by_position.values())
+    return headers
 
-    def frame_key(item):
-        _, ds = item
-        t = ds.get("TriggerTime")
-        return (float(t) if t not in (None, "") else 0.0, int(ds.get("InstanceNumber", 0) or 0))
 
-    ordered = [sorted(by_position[p], key=frame_key) for p in positions]  # [slice][frame]
-    slots = frame_slots(ordered, num_frames, folder)  # [slice][image] -> frame index
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
-    if len(positions) > 1:
-        slice_mm = float(np.median(np.diff(positions)))
-        grid = slice_grid(positions, slice_mm, folder)
-    else:
-        slice_mm = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)))
-        grid = [0]
-    if spacing_override is None:
-        check_spacing((abs(slice_mm), row_mm, col_mm), headers[0][0], "DICOM header")
-    origin = np.array([float(v) for v in ordered[0][0][1].ImagePositionPatient])
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * col_mm
-    lps[:3, 1] = col_cos * row_mm
-    lps[:3, 2] = normal * slice_mm
-    lps[:3, 3] = origin
-    affine = _LPS_TO_RAS @ lps
+@dataclass
+class _SeriesLayout:
+    """Where a series' images go: ``ordered[slice][image]`` (images of one slice position,
+    in time order), ``slots[slice][image]`` -> frame, ``grid[slice]`` -> slice index (gaps
+    kept), the RAS affine and the (slice, row, column) spacing in mm."""
 
-    num_slices = grid[-1] + 1
-    check_size((num_frames, num_slices, int(first.Rows), int(first.Columns)), folder)
-    pixels = np.zeros((num_frames, num_slices, int(first.Rows), int(first.Columns)), dtype=np.float32)
-    present = np.zeros((num_frames, num_slices), dtype=bool)
-    for k, frames, frame_of in zip(grid, ordered, slots):
+    ordered: list[list[tuple[Path, Any]]]
+    slots: list[list[int]]
+    grid: list[int]
+    num_frames: int
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, headers: list[tuple[Path, Any]], folder: Path) -> "_SeriesLayout":
+        first = headers[0][1]
+        iop = np.array([float(v) for v in first.ImageOrientationPatient])
+        row_cos, col_cos = iop[:3], iop[3:]
+        normal = np.cross(row_cos, col_cos)
+        by_position: dict[float, list] = defaultdict(list)
+        for f, ds in headers:
+            if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
+                raise InputError(f, "slice orientation differs from the rest of the series")
+            by_position[round(float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), 2)].append((f, ds))
+        positions = sorted(by_position)
+        num_frames = max(len(v) for v in by_position.values())
+        ordered = [sorted(by_position[p], key=_frame_key) for p in positions]
+        row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+        if len(positions) > 1:
+            slice_mm = float(np.median(np.diff(positions)))
+            grid = slice_grid(positions, slice_mm, folder)
+        else:
+            slice_mm = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)))
+            grid = [0]
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1], lps[:3, 2] = row_cos * col_mm, col_cos * row_mm, normal * slice_mm
+        lps[:3, 3] = [float(v) for v in ordered[0][0][1].ImagePositionPatient]
+        return cls(ordered, frame_slots(ordered, num_frames, folder), grid, num_frames, _LPS_TO_RAS @ lps,
+                   (abs(slice_mm), row_mm, col_mm))
+
+
+def _frame_key(item) -> tuple[float, int]:
+    _, ds = item
+    t = ds.get("TriggerTime")
+    return (float(t) if t not in (None, "") else 0.0, int(ds.get("InstanceNumber", 0) or 0))
+
+
+def _read_pixels(layout: _SeriesLayout, shape: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rescaled pixels ``[T, S, H, W]`` (missing images filled) and which were present."""
+    pixels = np.zeros(shape, dtype=np.float32)
+    present = np.zeros(shape[:2], dtype=bool)
+    for k, frames, frame_of in zip(layout.grid, layout.ordered, layout.slots):
         for (f, ds), t in zip(frames, frame_of):
             present[t, k] = True
             try:
@@ -190,36 +256,7 @@ def read_dicom_series(
             intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             pixels[t, k] = arr * slope + intercept
     fill_missing(pixels, present)
-    check_image(pixels, folder, allow_4d=True)
-
-    if spacing_override is not None:
-        spacing, source = spacing_override, "option"
-    else:
-        spacing, source = (abs(slice_mm), row_mm, col_mm), "header"
-    reverse = should_reverse(affine, slice_order)
-    geometry = Geometry(
-        spacing=spacing,
-        affine=reverse_affine(affine, num_slices) if reverse else affine,
-        spacing_source=source,
-        slices_reversed=reverse,
-        header=None,
-    )
-    name = series_name(folder, str(first.get("SeriesDescription", "")) or None)
-    volumes = []
-    reference = next(frames for frames in ordered if len(frames) == num_frames)
-    times = [_trigger(ds) for _, ds in reference]
-    interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
-    for t in range(num_frames):
-        stack = pixels[t][::-1] if reverse else pixels[t]
-        trig = reference[t][1].get("TriggerTime")
-        missing = [int(k) for k in np.flatnonzero(~present[t])]
-        meta = {"frame_index": t, "num_frames": num_frames,
-                "trigger_time_ms": float(trig) if trig not in (None, "") else None, "frame_interval_ms": interval,
-                "patient": str(first.get("PatientID", "")) or None,
-                # in-memory (base -> apex) indices of slices with no image in the series at this frame
-                "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing}
-        volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
-    return volumes
+    return pixels, present
 
 
 def slice_grid(positions: list[float], step: float, folder: Path, tolerance: float = 0.1) -> list[int]:
@@ -292,9 +329,7 @@ def write_dicom_series(
 ) -> Path:
     """Write ``frames`` ([T, S, H, W] or [S, H, W]) as an MR DICOM series whose geometry is
     ``affine_ras`` (voxel (i, j, k) -> RAS+ mm). For the phantom and the tests."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     frames = np.asarray(frames)
     if frames.ndim == 3:
@@ -304,38 +339,42 @@ def write_dicom_series(
     lps = np.linalg.inv(_LPS_TO_RAS) @ np.asarray(affine_ras, dtype=float)
     col_mm = float(np.linalg.norm(lps[:3, 0]))
     row_mm = float(np.linalg.norm(lps[:3, 1]))
-    row_cos = lps[:3, 0] / col_mm
-    col_cos = lps[:3, 1] / row_mm
     lo, hi = float(frames.min()), float(frames.max())
     scale = 4095.0 / (hi - lo) if hi > lo else 1.0
-    series_uid, study_uid = generate_uid(), generate_uid()
+    series = {"PatientID": "PHANTOM", "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+              "SeriesDescription": description,
+              "ImageOrientationPatient": [f"{v:.8f}" for v in np.concatenate([lps[:3, 0] / col_mm, lps[:3, 1] / row_mm])],
+              "PixelSpacing": [f"{row_mm:.6f}", f"{col_mm:.6f}"], "SliceThickness": f"{np.linalg.norm(lps[:3, 2]):.6f}",
+              "RescaleSlope": f"{1.0 / scale:.10g}", "RescaleIntercept": f"{lo:.10g}"}
     num_frames, num_slices = frames.shape[:2]
     for k in range(num_slices):
         position = lps[:3, 3] + lps[:3, 2] * k
         for t in range(num_frames):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            path = folder / f"IM_{k:03d}_{t:03d}.dcm"
-            ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.Modality = "MR"
-            ds.PatientID = "PHANTOM"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.SeriesDescription = description
-            ds.InstanceNumber = k * num_frames + t + 1
-            ds.TriggerTime = f"{t * trigger_step_ms:.1f}"
-            ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-            ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
-            ds.PixelSpacing = [f"{row_mm:.6f}", f"{col_mm:.6f}"]
-            ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.6f}"
-            ds.Rows, ds.Columns = frames.shape[2], frames.shape[3]
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.RescaleSlope, ds.RescaleIntercept = f"{1.0 / scale:.10g}", f"{lo:.10g}"
-            pix = np.round((frames[t, k] - lo) * scale).astype(np.uint16)
-            ds.PixelData = pix.tobytes()
-            pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+            _write_mr_image(folder / f"IM_{k:03d}_{t:03d}.dcm", np.round((frames[t, k] - lo) * scale).astype(np.uint16),
+                            {**series, "InstanceNumber": k * num_frames + t + 1,
+                             "TriggerTime": f"{t * trigger_step_ms:.1f}",
+                             "ImagePositionPatient": [f"{v:.6f}" for v in position]})
     return folder
+
+
+def _write_mr_image(path: Path, pixels: np.ndarray, attributes: dict[str, Any]) -> None:
+    """One 12-bit MR image file with ``attributes`` (its position, series, rescale)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)

@@ -51,6 +51,28 @@ def read_h5(
     return Volume(image, geometry, path, name, "h5", label=label, meta=meta)
 
 
+def read_h5_volumes(path: Path, slice_order: str = "auto",
+                    spacing: tuple[float, float, float] | None = None) -> list[Volume]:
+    """One h5 image as a one-frame list (no geometry to decide the slice order from: ``auto``
+    keeps the file's order, ``reverse`` reverses it)."""
+    volume = read_h5(path, spacing, with_label=False)
+    if slice_order == "reverse":
+        volume.image = np.ascontiguousarray(volume.image[::-1])
+        volume.geometry.slices_reversed = True
+    return [volume]
+
+
+def read_h5_label_volume(path: Path, slice_order: str = "auto") -> Volume:
+    """The ``label`` dataset of an h5 file alone as a :class:`Volume` (``image`` empty), with
+    spacing and case facts from the side files of its image (``<case>.h5`` for ``<case>_gt.h5``)."""
+    label = read_h5_label(path)
+    name = strip_suffix(path)
+    name = name[:-3] if name.endswith("_gt") else name
+    meta, spacing, source = h5_side_info(path.with_name(name + ".h5"))
+    return Volume(np.zeros((label.shape[0], 0, 0), dtype=np.float32), Geometry(spacing=spacing, spacing_source=source),
+                  path, name, "h5", label=np.ascontiguousarray(label), meta=meta)
+
+
 def h5_side_info(path: Path, spacing_override=None) -> tuple[dict, tuple | None, str]:
     """Case facts and spacing of an h5 volume from ``metadata.csv`` / ``manifest.json``
     beside it (or the override): ``(meta, spacing, spacing_source)``."""
@@ -105,10 +127,15 @@ def read_h5_label(path: str | Path) -> np.ndarray:
 
 
 def write_h5_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
-    """Write ``mask`` as dataset ``label`` (uint8, the input's shape). Atomic."""
+    """Write ``mask`` (base -> apex, as read) as dataset ``label`` in the file's own slice
+    order (uint8, the input's shape). Atomic."""
     import h5py
 
     mask = np.asarray(mask, dtype=np.uint8)
+    if mask.ndim != 3:
+        raise ValueError("an h5 volume has one frame")
+    if like.geometry.slices_reversed:
+        mask = mask[::-1]
     if mask.shape != like.shape:
         raise ValueError(f"mask shape {mask.shape} != input shape {like.shape}")
     path = Path(path)

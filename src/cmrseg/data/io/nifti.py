@@ -114,6 +114,26 @@ def read_nifti_label(path: str | Path, like: Volume) -> np.ndarray:
     return np.ascontiguousarray(label)
 
 
+def read_nifti_label_volume(path: str | Path, slice_order: str = "auto") -> Volume:
+    """A NIfTI label map alone (prediction or truth) as a :class:`Volume` whose ``label`` is
+    the mask (base -> apex), ``image`` empty; spacing from the header."""
+    path = Path(path)
+    img, data = _load(path)
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D label, got shape {tuple(data.shape)}")
+    label = check_label(data.transpose(2, 1, 0), data.shape[::-1], path)
+    affine = np.asarray(img.affine, dtype=float)
+    spacing, _ = nifti_spacing(path, img)
+    reverse = should_reverse(affine, slice_order)
+    if reverse:
+        label = label[::-1]
+    geometry = Geometry(spacing=spacing, affine=reverse_affine(affine, label.shape[0]) if reverse else affine,
+                        spacing_source="header", slices_reversed=reverse, header=img.header.copy())
+    name = strip_suffix(path)
+    return Volume(np.zeros((label.shape[0], 0, 0), dtype=np.float32), geometry, path, name, "nifti",
+                  label=np.ascontiguousarray(label), meta={})
+
+
 def write_nifti_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     """Write ``mask`` (``[S, H, W]``, or ``[T, S, H, W]`` for a cine) with ``like``'s affine,
     header and shape, in the file's original slice order. Atomic."""

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.atomic import write_json
-from cmrseg.evaluation.clinical import cardiac_measures
+from cmrseg.data.phantom import generate
+from cmrseg.evaluation.clinical import STRUCTURE_COLUMNS, cardiac_measures
+from cmrseg.inference.segment import segment
 from cmrseg.models.registry import PROPOSED
+from cmrseg.pipelines.reproduce import reproduce
 
 
 def _phantom_measure_errors(seg_out: Path, truth_csv: Path) -> dict:
@@ -32,8 +35,8 @@ def _phantom_measure_errors(seg_out: Path, truth_csv: Path) -> dict:
         if (pid, "ED") not in truth or not r.get("LVEDV (mL)"):
             continue
         ed, es = truth[(pid, "ED")], truth[(pid, "ES")]
-        measures = cardiac_measures({k: float(ed[f"{k} (mL)"]) for k in ("LV", "MYO", "RV")},
-                                    {k: float(es[f"{k} (mL)"]) for k in ("LV", "MYO", "RV")})
+        measures = cardiac_measures({k: float(ed[col]) for k, col in STRUCTURE_COLUMNS.items()},
+                                    {k: float(es[col]) for k, col in STRUCTURE_COLUMNS.items()})
         known = {k: measures[k] for k in ("LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "LVM (g)", "LVEF (%)")}
         for key, want in known.items():
             errors.setdefault(key, []).append(abs(float(r[key]) - want))
@@ -42,10 +45,6 @@ def _phantom_measure_errors(seg_out: Path, truth_csv: Path) -> dict:
 
 def run_demo(out: str | Path, data: str | Path | None = None, protocol: str | None = None,
              device: str = "auto", cases: int = 8, val_cases: int = 2, overrides: list[str] | None = None) -> dict:
-    from cmrseg.data.phantom import generate
-    from cmrseg.inference.segment import segment
-    from cmrseg.training.reproduce import reproduce
-
     out = Path(out)
     t0 = time.perf_counter()
     phantom = data is None

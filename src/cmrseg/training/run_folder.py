@@ -1,0 +1,90 @@
+"""A run folder: what ``cmrseg train`` leaves for inference (``model.json`` +
+``weights.safetensors``) and for itself (``config.yaml``, ``last/`` to resume), and the
+data splits a run trains and selects on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from cmrseg import __version__
+from cmrseg.atomic import write_json
+from cmrseg.checkpoint import save_weights
+from cmrseg.errors import InputError
+from cmrseg.labels import label_map_json
+from cmrseg.models import DetSegNet
+from cmrseg.training.config import TrainConfig
+
+RUN_FORMAT = "cmrseg-run/1"
+
+
+def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Path, Path]:
+    """``data`` holds ``train`` and ``val`` (folders or ``.npz`` caches), unless ``val`` is given."""
+    data = Path(data)
+    if val is not None:
+        return data, Path(val)
+    for name in ("train", "train.npz"):
+        if (data / name).exists():
+            train = data / name
+            break
+    else:
+        raise InputError(data, "no 'train' split inside (give --val, or a folder with train/ and val/)")
+    for name in ("val", "val.npz"):
+        if (data / name).exists():
+            return train, data / name
+    raise InputError(data, "no 'val' split inside (needed to select the best epoch)")
+
+
+def run_metadata(model: nn.Module, cfg: TrainConfig, extra: dict | None = None) -> dict:
+    return {
+        "format": RUN_FORMAT,
+        "model": model.cmrseg_name,
+        "model_kwargs": model.cmrseg_kwargs,
+        "preprocess": cfg.preprocess.to_dict(),
+        "inference_crop": None if isinstance(model, DetSegNet) else cfg.inference_crop,
+        "label_map": label_map_json(),
+        "protocol": cfg.protocol,
+        "cmrseg_version": __version__,
+        **(extra or {}),
+    }
+
+
+def finish_run(out: Path, model: nn.Module, cfg: TrainConfig, state: dict, extra: dict | None = None) -> None:
+    """Make ``out`` a complete run: best weights -> weights.safetensors, model.json."""
+    best = out / "best.safetensors"
+    if best.exists():
+        os.replace(best, out / "weights.safetensors")
+    elif not (out / "weights.safetensors").exists():
+        save_weights(model, out / "weights.safetensors")
+    meta = run_metadata(model, cfg, {"trained_epochs": state["epoch"], "planned_epochs": state.get("planned_epochs"),
+                                     "time_budget_s": cfg.time_budget_s, "best_epoch": state["best_epoch"],
+                                     "train_seconds": round(state.get("wall_seconds", 0.0), 1),
+                                     "val_score": state["best_score"],
+                                     "selection": "mean of base/mid/apex average Dice on val (canvas space)",
+                                     "complete": True, **(extra or {})})
+    write_json(out / "model.json", meta)
+
+
+def weights_file(path: str | Path) -> Path:
+    """The weights of ``init_weights``: a ``.safetensors`` file or a run folder's weights."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "weights.safetensors"
+    if not path.is_file():
+        raise InputError(path, "init_weights: no such weights file")
+    return path
+
+
+def is_complete_run(path: Path) -> bool:
+    try:
+        return json.loads((path / "model.json").read_text()).get("complete", False)
+    except (OSError, ValueError):
+        return False
+
+
+def run_meta(path: Path) -> dict:
+    """The ``model.json`` of a complete run folder."""
+    return json.loads((path / "model.json").read_text())

@@ -1,0 +1,43 @@
+"""The batch report: what a reader sees for good, failed and skipped studies."""
+
+import re
+
+import numpy as np
+
+from cmrseg.evaluation.clinical import REPORT_MEASURES
+from cmrseg.inference.report import montage, volume_curve, write_html
+
+
+def _figures(out):
+    img = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    mask = np.zeros((3, 32, 32), np.uint8)
+    mask[:, 10:20, 10:20] = 3
+    m = montage([("ED", img, mask), ("ES", img, mask)], out / "figures" / "a_montage.png", title="a")
+    c = volume_curve({"LV": [120.0, 80.0, 60.0], "RV": [130.0, 90.0, 70.0]}, [0, 40, 80], "trigger time (ms)",
+                     0, 2, "mL", out / "figures" / "a_volumes.png", "a")
+    return m, c
+
+
+def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
+    m, c = _figures(tmp_path)
+    assert m.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and c.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    measures = {k: float(i + 1) for i, k in enumerate(REPORT_MEASURES)} | {"RVEF (%)": float("nan")}
+    cases = [
+        {"study": "a", "status": "ok", "qc": "review", "frames": 3, "ed_frame": 1, "es_frame": 3, "measures": measures,
+         "montage": "figures/a_montage.png", "curve": "figures/a_volumes.png", "outputs": ["a.nii.gz"], "seconds": 1.5,
+         "flags": [{"flag": "lv_not_enclosed", "frame": "ED", "slice": 4, "detail": "LV touches <background>"}]},
+        {"study": "<b>evil</b>", "status": "failed", "error": "x.nii.gz: unknown format"},
+    ]
+    info = {"model": "seg_as+ref_as_mt", "device": "cpu", "skipped": [{"path": "loc/", "reason": "localiser"}]}
+    path = write_html(tmp_path, cases, info, tmp_path / "report.html")
+    text = path.read_text()
+    assert "1 studies segmented, 1 failed" in text
+    assert "<b>evil</b>" not in text and "&lt;b&gt;evil&lt;/b&gt;" in text  # names are escaped
+    assert "x.nii.gz: unknown format" in text and "localiser" in text
+    header = re.search(r"<h2>Measures</h2><table><tr>(.*?)</tr>", text).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header)[4:-1] == list(REPORT_MEASURES)
+    row = re.search(r"<tr><td class='l'><a href='#a'>a</a></td>(.*?)</tr>", text).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[0] == "review" and cells[4:4 + len(REPORT_MEASURES)] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "–"]
+    assert text.count("data:image/png;base64,") == 2  # pictures embedded: the file works alone
+    assert "lv_not_enclosed" in text and "LV touches &lt;background&gt;" in text
