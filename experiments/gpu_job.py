@@ -68,20 +68,23 @@ def env() -> dict:
     return e
 
 
-def throughput_check(out: Path, protocol: str, device: str, seconds: float) -> list[str]:
-    """Run the settings benchmark; the overrides of the fastest setting for seg_as."""
+def throughput_check(out: Path, protocol: str, device: str, seconds: float, steps: int = 8) -> list[str]:
+    """Run the settings benchmark; the overrides of the fastest setting for seg_as. A benchmark
+    that overruns ``seconds`` is stopped and the settings it measured so far still count."""
     json_path = out / "throughput.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--device", device, "--protocol", protocol,
-           "--settings", "--steps", "8", "--seconds", str(seconds * 0.6), "--out", str(json_path)]
+           "--settings", "--steps", str(steps), "--seconds", str(seconds * 0.6), "--out", str(json_path)]
     try:
         res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=seconds)
         (out / "throughput.log").write_text(res.stdout + res.stderr)
-    except subprocess.TimeoutExpired:
-        log(f"throughput check passed {seconds:.0f} s; default settings")
-        return []
-    if res.returncode != 0 or not json_path.is_file():
-        log(f"throughput check failed (exit {res.returncode}); default settings: {res.stderr.strip()[-300:]}")
-        return []
+        if res.returncode != 0 or not json_path.is_file():
+            log(f"throughput check failed (exit {res.returncode}); default settings: {res.stderr.strip()[-300:]}")
+            return []
+    except subprocess.TimeoutExpired as exc:
+        if not _partial_throughput(exc, json_path):
+            log(f"throughput check passed {seconds:.0f} s before a setting finished; default settings")
+            return []
+        log(f"throughput check passed {seconds:.0f} s; the best seg_as setting measured by then")
     best = (json.loads(json_path.read_text()).get("best") or {}).get("seg_as")
     if not best:
         return []
@@ -89,6 +92,20 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float) -> l
         f"({best['slices_per_s']:.0f} slices/s)")
     return [f"channels_last={str(best['channels_last']).lower()}",
             f"cudnn_benchmark={str(best['cudnn_benchmark']).lower()}"]
+
+
+def _partial_throughput(exc: subprocess.TimeoutExpired, json_path: Path) -> bool:
+    """Write ``json_path`` from the rows a stopped benchmark printed (one JSON line per
+    setting); False when no seg_as setting had finished."""
+    printed = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    rows = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    done = [r for r in rows if r.get("model") == "seg_as" and r.get("batch_factor") == 1]
+    if not done:
+        return False
+    best = max(done, key=lambda r: r["slices_per_s"])
+    json_path.write_text(json.dumps({"rows": rows, "timed_out": True, "best": {"seg_as": {
+        k: best[k] for k in ("channels_last", "cudnn_benchmark", "slices_per_s")}}}, indent=2))
+    return True
 
 
 def is_complete(run: Path) -> bool:
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="paper")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--bench-seconds", type=float, default=45.0, help="throughput check, at most (0 = skip)")
+    ap.add_argument("--bench-steps", type=int, default=8, help="timed training steps per setting")
     ap.add_argument("--proposed-share", type=float, default=0.75,
                     help="share of the training time for the proposed model's two stages")
     ap.add_argument("--eval-reserve", type=float, default=80.0, help="seconds kept for evaluation and packing")
@@ -166,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     log(f"job: {args.seconds:.0f} s, protocol {args.protocol}, device {args.device}, data {args.data}")
-    settings = throughput_check(args.out, args.protocol, args.device, args.bench_seconds) if args.bench_seconds > 0 else []
+    settings = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps)
+                if args.bench_seconds > 0 else [])
 
     window = max(0.0, clock.left() - args.eval_reserve)
     proposed_end = clock.elapsed() + window * args.proposed_share
