@@ -11,12 +11,7 @@ CMRSEG=${CMRSEG:-cmrseg}
 PY=${PYTHON:-python3}
 WEIGHTS=$($PY -c "from cmrseg.inference.predictor import WEIGHTS_DIR; print(WEIGHTS_DIR)")
 mkdir -p "$OUT"
-$PY - "$WEIGHTS/seg_as+ref_as_mt/weights.safetensors" "$OUT/shipped_seg.safetensors" <<'PY'
-import sys
-from cmrseg.checkpoint import read_tensors, save_weights
-t = read_tensors(sys.argv[1])
-save_weights({k[4:]: v.float() for k, v in t.items() if k.startswith("seg.")}, sys.argv[2])
-PY
+$PY "$(dirname "$0")/seg_stage_weights.py" "$WEIGHTS/seg_as+ref_as_mt/weights.safetensors" "$OUT/shipped_seg.safetensors"
 for dw in 0 1; do
     $CMRSEG train --model seg_as --protocol fast --data "$DATA" --out "$OUT/dice$dw" --epochs "$EPOCHS" \
         --set progress=false --set amp=bf16 --set lr=5e-4 --set warmup_epochs=1 --set val_every=100 \

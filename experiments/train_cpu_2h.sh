@@ -16,12 +16,7 @@ PY=${PYTHON:-python3}
 WEIGHTS=$($PY -c "from cmrseg.inference.predictor import WEIGHTS_DIR; print(WEIGHTS_DIR)")
 mkdir -p "$OUT"
 # the Seg stage's weights alone, to start the seg_as run from
-$PY - "$WEIGHTS/seg_as+ref_as_mt/weights.safetensors" "$OUT/shipped_seg.safetensors" <<'PY'
-import sys
-from cmrseg.checkpoint import read_tensors, save_weights
-t = read_tensors(sys.argv[1])
-save_weights({k[4:]: v.float() for k, v in t.items() if k.startswith("seg.")}, sys.argv[2])
-PY
+$PY "$(dirname "$0")/seg_stage_weights.py" "$WEIGHTS/seg_as+ref_as_mt/weights.safetensors" "$OUT/shipped_seg.safetensors"
 common=(--protocol fast --data "$DATA" --set progress=false --set amp=bf16 --set lr=5e-4 --set warmup_epochs=1)
 for kv in ${EXTRA_SETS:-}; do common+=(--set "$kv"); done
 $CMRSEG train --model seg_as "${common[@]}" --out "$OUT/seg_as" --epochs 120 \
