@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from cmrseg.atomic import write_json
 from cmrseg.losses import GatedRefinementLoss, SegLoss
 from cmrseg.models import create_model
 from cmrseg.training.config import load_config
@@ -88,28 +89,40 @@ def time_setting(name: str, cfg, device: str, steps: int, channels_last: bool = 
             "slices_per_s": statistics.median(rates)}
 
 
-def settings_grid(cfg, device: str, steps: int, seconds: float) -> tuple[list[dict], dict]:
-    """Every setting for seg_as then seg_ss, until ``seconds`` have passed; the best per model."""
+def best_settings(rows: list[dict]) -> dict:
+    """The fastest setting per model among the rows at the protocol's batch size."""
+    best = {}
+    for r in rows:
+        if r["batch_factor"] == 1 and r["slices_per_s"] > best.get(r["model"], {}).get("slices_per_s", 0):
+            best[r["model"]] = r
+    return {k: {"channels_last": v["channels_last"], "cudnn_benchmark": v["cudnn_benchmark"],
+                "slices_per_s": v["slices_per_s"]} for k, v in best.items()}
+
+
+def settings_grid(cfg, device: str, steps: int, seconds: float, on_row=None) -> tuple[list[dict], dict]:
+    """Every setting for seg_as then seg_ss, until ``seconds`` have passed; the best per model.
+    ``on_row(rows)`` after every measured setting (so a stopped run leaves what it measured)."""
     t_end = time.perf_counter() + seconds
     rows = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if on_row is not None:
+            on_row(rows)
+
     grid = [(cl, bench) for cl in (True, False) for bench in (True, False)]
     for name in ("seg_as", "seg_ss"):
         for cl, bench in grid:
             if time.perf_counter() > t_end:
                 break
-            rows.append(time_setting(name, cfg, device, steps, cl, bench, n_shapes=3))
-            print(json.dumps(rows[-1]), flush=True)
-    best = {}
-    for r in rows:
-        if r["batch_factor"] == 1 and r["slices_per_s"] > best.get(r["model"], {}).get("slices_per_s", 0):
-            best[r["model"]] = r
-    for name, b in list(best.items()):  # the protocol's batch doubled, with the best setting: for information
+            add(time_setting(name, cfg, device, steps, cl, bench, n_shapes=3))
+    best = best_settings(rows)
+    for name, b in best.items():  # the protocol's batch doubled, with the best setting: for information
         if time.perf_counter() < t_end:
-            rows.append(time_setting(name, cfg, device, steps, b["channels_last"], b["cudnn_benchmark"], batch_factor=2,
-                                     n_shapes=3))
-            print(json.dumps(rows[-1]), flush=True)
-    return rows, {k: {"channels_last": v["channels_last"], "cudnn_benchmark": v["cudnn_benchmark"],
-                      "slices_per_s": v["slices_per_s"]} for k, v in best.items()}
+            add(time_setting(name, cfg, device, steps, b["channels_last"], b["cudnn_benchmark"], batch_factor=2,
+                             n_shapes=3))
+    return rows, best
 
 
 def main():
@@ -128,9 +141,18 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = load_config(protocol=args.protocol, model="seg_as")
+    dev_name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+
+    def save(rows: list[dict], best: dict | None) -> None:
+        if args.out:
+            write_json(args.out, {"device": args.device, "device_name": dev_name, "protocol": args.protocol,
+                                  "threads": args.threads, "torch": torch.__version__, "machine": platform.platform(),
+                                  "date": time.strftime("%Y-%m-%d"), "rows": rows, "best": best})
+
     best = None
     if args.settings:
-        rows, best = settings_grid(cfg, args.device, args.steps, args.seconds)
+        rows, best = settings_grid(cfg, args.device, args.steps, args.seconds,
+                                   on_row=lambda rows: save(rows, best_settings(rows)))
     else:
         rows = [time_setting(name, cfg, args.device, args.steps, channels_last=cuda, cudnn_benchmark=False)
                 for name in FAMILIES]
@@ -140,13 +162,7 @@ def main():
     for r in rows:
         print(f"| {r['model']} | {r['crop']} | {r['channels_last']} | {r['cudnn_benchmark']} | "
               f"{r['batch_slices_mean']:.0f} | {r['slices_per_s']:.1f} |")
-    if args.out:
-        dev_name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
-        with open(args.out, "w") as fh:
-            json.dump({"device": args.device, "device_name": dev_name, "protocol": args.protocol,
-                       "threads": args.threads, "torch": torch.__version__, "machine": platform.platform(),
-                       "date": time.strftime("%Y-%m-%d"), "rows": rows, "best": best}, fh, indent=2)
-
+    save(rows, best)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cmrseg.data.io import load_labelled_dataset
-from cmrseg.evaluation.evaluate import EvalCase, clinical_rows, evaluate_cases
+from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases
 from cmrseg.evaluation.levels import level_indices
 from cmrseg.inference import Predictor
 
@@ -44,15 +44,13 @@ def run(predictor: Predictor, vols) -> tuple[list[np.ndarray], float, int]:
 
 def score(vols, masks) -> dict:
     cases = [EvalCase(v.name, m, v.label, v.geometry.spacing, v.meta) for v, m in zip(vols, masks)]
-    results, summary = evaluate_cases(cases, with_hd95=False)
-    rows = clinical_rows(results)
+    _, summary = evaluate_cases(cases, with_hd95=False)
+    clinical = summary["clinical"]["all"]  # per patient: signed bias and mean absolute error
     out = {"vol": summary["levels"]["volume"]["avg"], "apex": summary["levels"]["apex"]["avg"],
            "apex RV": summary["levels"]["apex"]["RV"], "frag %": 100 * summary["fragment_rate"],
            "hole %": 100 * summary["hole_rate"]}
     for m in MEASURES:
-        errs = [r[f"error {m}"] for r in rows]
-        out[f"{m} bias"] = float(np.mean(errs))
-        out[f"{m} MAE"] = float(np.mean(np.abs(errs)))
+        out[f"{m} bias"], out[f"{m} MAE"] = clinical[f"{m} bias"], clinical[f"{m} MAE"]
     return out
 
 

@@ -80,11 +80,11 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float, step
         if res.returncode != 0 or not json_path.is_file():
             log(f"throughput check failed (exit {res.returncode}); default settings: {res.stderr.strip()[-300:]}")
             return []
-    except subprocess.TimeoutExpired as exc:
-        if not _partial_throughput(exc, json_path):
+    except subprocess.TimeoutExpired:  # the benchmark rewrites its JSON after every setting it measures
+        if not json_path.is_file():
             log(f"throughput check passed {seconds:.0f} s before a setting finished; default settings")
             return []
-        log(f"throughput check passed {seconds:.0f} s; the best seg_as setting measured by then")
+        log(f"throughput check passed {seconds:.0f} s; the best setting measured by then")
     best = (json.loads(json_path.read_text()).get("best") or {}).get("seg_as")
     if not best:
         return []
@@ -92,20 +92,6 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float, step
         f"({best['slices_per_s']:.0f} slices/s)")
     return [f"channels_last={str(best['channels_last']).lower()}",
             f"cudnn_benchmark={str(best['cudnn_benchmark']).lower()}"]
-
-
-def _partial_throughput(exc: subprocess.TimeoutExpired, json_path: Path) -> bool:
-    """Write ``json_path`` from the rows a stopped benchmark printed (one JSON line per
-    setting); False when no seg_as setting had finished."""
-    printed = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-    rows = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
-    done = [r for r in rows if r.get("model") == "seg_as" and r.get("batch_factor") == 1]
-    if not done:
-        return False
-    best = max(done, key=lambda r: r["slices_per_s"])
-    json_path.write_text(json.dumps({"rows": rows, "timed_out": True, "best": {"seg_as": {
-        k: best[k] for k in ("channels_last", "cudnn_benchmark", "slices_per_s")}}}, indent=2))
-    return True
 
 
 def is_complete(run: Path) -> bool:

@@ -68,9 +68,10 @@ class _Optimisation:
 
 
 def fit(stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, ctx: TrainContext, *,
-        full_model: nn.Module, name: str, snapshots: bool) -> dict:
+        full_model: nn.Module, snapshots: bool) -> dict:
     """Train ``stage.module`` into ``out`` (resuming from ``out/last``); the best epoch's
     ``full_model`` is left in ``out/best.safetensors``. Returns the training state."""
+    name = full_model.cmrseg_name
     out.mkdir(parents=True, exist_ok=True)
     opt = _start(stage, cfg, out, ctx, name)
     log = RunLog(out, ctx.is_main)
@@ -210,7 +211,7 @@ def train_one_stage(model: nn.Module, stage: Stage, val_ds: StackDataset, cfg: T
                     setup_seconds: float = 0.0) -> dict:
     """:func:`fit`, then make ``out`` a complete run of ``model`` with its best epoch
     (``setup_seconds``, e.g. computing the Ref stage's inputs, count as training time)."""
-    state = fit(stage, val_ds, cfg, out, ctx, full_model=model, name=model.cmrseg_name, snapshots=snapshots)
+    state = fit(stage, val_ds, cfg, out, ctx, full_model=model, snapshots=snapshots)
     state["wall_seconds"] = state.get("wall_seconds", 0.0) + setup_seconds
     if ctx.is_main:
         if (out / "best.safetensors").exists():

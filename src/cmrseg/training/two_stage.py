@@ -47,9 +47,8 @@ def seg_stage_run(model: TwoStageNet, cfg: TrainConfig, train_ds: StackDataset, 
         s1_dir = Path(cfg.stage1_run)
         if not is_complete_run(s1_dir):
             raise InputError(s1_dir, "stage1_run is not a complete run folder (model.json with complete: true)")
-        if run_meta(s1_dir)["model"] != stage1_name(cfg.model):
-            raise InputError(s1_dir, f"stage1_run is a {run_meta(s1_dir)['model']} run; "
-                                     f"{cfg.model} needs {stage1_name(cfg.model)}")
+        if (found := run_meta(s1_dir)["model"]) != stage1_name(cfg.model):
+            raise InputError(s1_dir, f"stage1_run is a {found} run; {cfg.model} needs {stage1_name(cfg.model)}")
         return s1_dir
     s1_dir = out / "stage1"
     if not is_complete_run(s1_dir):
