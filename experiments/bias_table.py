@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,50 +26,17 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import _resize, invert_to_input, preprocess_image
 from cmrseg.evaluation.evaluate import EvalCase, clinical_rows, evaluate_cases
 from cmrseg.inference import Predictor
+from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.inference.postprocessing import postprocess
 
 MEASURES = ["LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)", "LVM (g)", "LVEF (%)", "RVEF (%)"]
-
-
-def _centred(model, x, crop):
-    """Two passes: the whole canvas to find the heart, then the model on a crop of the training
-    size centred on it, pasted back (background outside)."""
-    with torch.no_grad():
-        first = model(x)
-    p = (first.stage1_logits if first.stage1_logits is not None and first.stage1_logits.shape[1] == 4
-         else first.logits).float().softmax(1)
-    fg = 1 - p[:, 0]
-    c = x.shape[-1]
-    w = fg.sum()
-    if w < 1:
-        return first
-    ys = torch.arange(c, dtype=torch.float32)
-    cy = float((fg.sum(dim=(0, 2)) * ys).sum() / w)
-    cx = float((fg.sum(dim=(0, 1)) * ys).sum() / w)
-    y0 = int(round(min(max(cy - crop / 2, 0), c - crop)))
-    x0 = int(round(min(max(cx - crop / 2, 0), c - crop)))
-    with torch.no_grad():
-        out = model(x[..., y0:y0 + crop, x0:x0 + crop])
-
-    def paste(t):
-        if t is None:
-            return None
-        full = torch.full((t.shape[0], t.shape[1], c, c), -1e4)
-        full[:, 0] = 1e4
-        full[..., y0:y0 + crop, x0:x0 + crop] = t.float()
-        return full
-
-    from cmrseg.models.outputs import SegOutput
-
-    return SegOutput(paste(out.logits), out.class_logits, stage1_logits=paste(out.stage1_logits),
-                     ungated_logits=paste(out.ungated_logits))
 
 
 def canvas_outputs(predictor: Predictor, vol, centred_crop: int | None = None):
     """(final probabilities, Seg-stage probabilities or None, ungated probabilities or None, map)."""
     x, cmap = preprocess_image(vol.image, vol.geometry.inplane_spacing, predictor.preprocess)
     if centred_crop:
-        out = _centred(predictor.model, x, centred_crop)
+        out = heart_centred_forward(predictor.model, x, centred_crop)
     else:
         with torch.no_grad():
             out = predictor.model(x)
@@ -123,7 +91,6 @@ def main(argv=None) -> int:
     for spec in args.models:
         pred = Predictor.load(spec, device="cpu", postprocess="none")
         if args.canvas:
-            from dataclasses import replace
 
             pred.preprocess = replace(pred.preprocess, canvas=args.canvas)
         outs = [canvas_outputs(pred, v, args.centred_crop) for v in vols]

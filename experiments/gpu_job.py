@@ -39,6 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from cmrseg.checkpoint import half_precision, read_tensors, save_weights  # noqa: E402 (after the path)
+from cmrseg.training.run_folder import is_complete_run  # noqa: E402
+
 PROPOSED = [("seg_as", []), ("seg_as+ref_as_mt", ["stage1_run={runs}/seg_as"])]
 BASELINE = [("seg_ss", [])]
 EXTRA_RUNS = [("seg_as_mt", []), ("det_seg", []), ("seg_ss+ref_ss_mt", ["stage1_run={runs}/seg_ss"]),
@@ -94,17 +97,10 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float, step
             f"cudnn_benchmark={str(best['cudnn_benchmark']).lower()}"]
 
 
-def is_complete(run: Path) -> bool:
-    try:
-        return bool(json.loads((run / "model.json").read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
 def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout: float, settings: list[str]) -> bool:
     """One ``cmrseg train`` process with a per-stage time budget; True if the run finished."""
     run = runs / name
-    if is_complete(run):
+    if is_complete_run(run):
         log(f"{name}: finished earlier, kept")
         return True
     model = name.split("@")[0]
@@ -122,7 +118,7 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
             rc = subprocess.run(cmd, env=env(), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    ok = rc == 0 and is_complete(run)
+    ok = rc == 0 and is_complete_run(run)
     meta = json.loads((run / "model.json").read_text()) if ok else {}
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
         + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
@@ -131,8 +127,6 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
 
 def pack(work: Path, out: Path, finished: list[str]) -> None:
     """Float16 weights per finished run (normalisation statistics float32) + one tarball of the small files (logs, configs, tables)."""
-    from cmrseg.checkpoint import half_precision, read_tensors, save_weights
-
     for name in finished:
         w = work / "runs" / name / "weights.safetensors"
         dst = out / f"{name.replace('+', '-').replace('@', '_')}.safetensors"
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout = clock.left() - args.eval_reserve
         span = min(until - clock.elapsed(), timeout)
         budget = (span - startup * stages_left) / stages_left
-        if budget < 10 and not is_complete(runs / name):
+        if budget < 10 and not is_complete_run(runs / name):
             log(f"{name}: skipped, {span:.0f} s left")
             return False
         t0 = clock.elapsed()
@@ -201,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         run_one(*PROPOSED[1], stages_left=1, until=proposed_end)
     for name, extra in BASELINE + (EXTRA_RUNS if args.extra else []):
         needs = [e.split("=", 1)[1].format(runs=runs) for e in extra if e.startswith("stage1_run")]
-        if needs and not is_complete(Path(needs[0])):
+        if needs and not is_complete_run(Path(needs[0])):
             continue
-        if clock.left() - args.eval_reserve < 60 and not is_complete(runs / name):
+        if clock.left() - args.eval_reserve < 60 and not is_complete_run(runs / name):
             break
         run_one(name, extra, stages_left=1, until=clock.seconds - args.eval_reserve)
 

@@ -30,13 +30,15 @@ from cmrseg.models import create_model
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MODEL = "seg_as+ref_as_mt"
+ENSEMBLE_FILE = "ensemble.json"  # a folder of member models (cmrseg.inference.ensemble)
 
 
 def shipped_models() -> list[str]:
-    """Names of the models shipped inside the package."""
+    """Names of the models (and ensembles, :mod:`.ensemble`) shipped inside the package."""
     if not WEIGHTS_DIR.is_dir():
         return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.json").is_file())
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir()
+                  if (p / "model.json").is_file() or (p / ENSEMBLE_FILE).is_file())
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -190,12 +192,17 @@ class Predictor:
         seg_probs = torch.stack(seg).mean(dim=0) if seg else None
         return apply_gate(mean, cls, self.gate, seg_probs), cls
 
+    def predict_probabilities(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One stack -> (gated class probabilities ``[S, 4, H, W]`` in the volume's own grid,
+        presence ``[S, 3]`` or ``None``)."""
+        x, cmap = preprocess_image(volume.image, volume.geometry.inplane_spacing, self.preprocess, volume.path)
+        probs, cls = self.predict_canvas(x)
+        return invert_to_input(probs, cmap), cls
+
     def predict_volume(self, volume: Volume) -> Prediction:
         """Segment one stack; the mask is in the volume's own grid."""
         t0 = time.perf_counter()
-        x, cmap = preprocess_image(volume.image, volume.geometry.inplane_spacing, self.preprocess, volume.path)
-        probs, cls = self.predict_canvas(x)
-        full = invert_to_input(probs, cmap)
+        full, cls = self.predict_probabilities(volume)
         mask = full.argmax(dim=1).to(torch.uint8).cpu().numpy()
         mask = postprocess(mask, self.postprocess)
         return Prediction(mask, None if cls is None else cls.cpu().numpy(), time.perf_counter() - t0)

@@ -40,6 +40,7 @@ from cmrseg.evaluation.clinical import (FRAME_MEASURE_COLUMNS, MEASURE_COLUMNS, 
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
                                             ensure_writable, owned_files, shard_records)
+from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
 from cmrseg.inference.predictor import Predictor
 from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
 from cmrseg.inference.report import montage, volume_curve, write_html
@@ -177,7 +178,7 @@ def _orient(study: Study, preds: list, slice_order: str) -> str:
     return "anatomy (LV and myocardium larger at the base)"
 
 
-def process_study(study: Study, predictor: Predictor, out: Path, taken: set[Path],
+def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: Path, taken: set[Path],
                   owned: set[Path] | None = None, slice_order: str = "auto") -> dict[str, Any]:
     """Segment, measure, check and draw one study; returns its JSON record.
 
@@ -350,12 +351,13 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def segment(inputs: list[str | Path], out: str | Path, model: str | None = None, device: str = "auto",
+def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | None = None, device: str = "auto",
             spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
             postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto",
             precision: str = "auto", gate: str = "auto", tta: str = "auto") -> int:
-    """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``gate`` and
-    ``tta`` (``on``/``off``) override the model's own choices in ``model.json``."""
+    """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``model``: a
+    shipped name or folder, or several (an ensemble, :mod:`.ensemble`). ``gate`` and ``tta``
+    (``on``/``off``) override the model's own choices in ``model.json``."""
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
@@ -364,7 +366,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
     if not sources:
         why = "; ".join(f"{k.path}: {k.reason}" for k in skipped[:3])
         raise CmrsegError("no short-axis studies found in the inputs" + (f" (skipped {why})" if why else ""))
-    predictor = Predictor.load(model, device=device, postprocess=postprocess, backend=backend, precision=precision)
+    predictor = load_predictor(model, device=device, postprocess=postprocess, backend=backend, precision=precision)
     if gate != "auto":
         predictor.gate = gate
     if tta != "auto":
@@ -393,11 +395,11 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | None = None,
     return 0
 
 
-def _run_info(predictor: Predictor, inputs: list, skipped: list, shard: str) -> dict[str, Any]:
+def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: list, shard: str) -> dict[str, Any]:
     """What a shard's record and the summary say about this run (versions, model, settings)."""
     return {"cmrseg_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "model": predictor.name, "model_path": predictor.meta.get("path"),
-            "model_source": predictor.meta.get("source"),
+            "model_source": predictor.meta.get("source"), "model_members": predictor.meta.get("members"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
             "postprocess": predictor.postprocess, "gate": predictor.gate, "tta": predictor.tta,
@@ -407,7 +409,7 @@ def _run_info(predictor: Predictor, inputs: list, skipped: list, shard: str) -> 
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _run_studies(todo: list[StudySource], predictor: Predictor, out: Path, spacing, slice_order: str, workers: int,
+def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredictor, out: Path, spacing, slice_order: str, workers: int,
                  shard: str, progress: bool) -> list[dict[str, Any]]:
     """Read (in worker processes), segment and record every study; returns the failures.
     One study's failure never stops the batch."""

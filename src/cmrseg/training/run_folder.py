@@ -79,8 +79,9 @@ def weights_file(path: str | Path) -> Path:
 
 
 def is_complete_run(path: Path) -> bool:
+    """Whether ``path`` holds a run that finished (its ``model.json`` says ``complete``)."""
     try:
-        return json.loads((path / "model.json").read_text()).get("complete", False)
+        return bool(json.loads((path / "model.json").read_text()).get("complete", False))
     except (OSError, ValueError):
         return False
 

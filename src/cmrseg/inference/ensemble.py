@@ -1,0 +1,133 @@
+"""Ensembles: several trained models whose class probabilities are averaged.
+
+Training several networks (seeds or folds) and averaging their probabilities is the usual way to
+turn spare training time into accuracy (nnU-Net ensembles its five folds). Every member keeps
+its own preprocessing, heart-centred crop, flips and gate; its gated probabilities are taken back
+to the input's grid and averaged there (so members may use different canvases), the
+classifier's presence probabilities are averaged over the members that have one, and the
+argmax is cleaned up once.
+
+An ensemble is named on the command line (``cmrseg segment --model RUN_A RUN_B``) or by a folder
+holding ``ensemble.json``, which may be shipped like a model::
+
+    {"members": ["seed0", "seed1", "seed2"], "postprocess": "clean"}
+
+with member model folders relative to it (``postprocess`` optional: the first member's choice
+otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmrseg.data.volume import Volume
+from cmrseg.errors import CmrsegError, InputError
+from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
+from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
+
+
+class EnsemblePredictor:
+    """Averages the probabilities of ``members`` (:class:`Predictor`), with the interface
+    ``cmrseg segment`` uses (``predict_volume``, ``name``, ``meta``, ``device``, ``gate``,
+    ``tta``, ``postprocess``, ``amp``)."""
+
+    def __init__(self, members: list[Predictor], postprocess: str = "auto", path: str | None = None,
+                 source: str = "ensemble"):
+        if not members:
+            raise CmrsegError("an ensemble needs at least one member model")
+        maps = {json.dumps(m.meta.get("label_map"), sort_keys=True) for m in members}
+        if len(maps) > 1:
+            raise CmrsegError("ensemble members disagree on the label map: " + ", ".join(m.meta.get("path", m.name) for m in members))
+        if postprocess == "auto":
+            postprocess = members[0].postprocess
+        if postprocess not in POSTPROCESS:
+            raise CmrsegError(f"unknown post-processing {postprocess!r}; choose from auto, {', '.join(POSTPROCESS)}")
+        self.members = members
+        self.postprocess = postprocess
+        paths = [str(m.meta.get("path", m.name)) for m in members]
+        self.meta = {"model": self.name, "source": source, "path": path or "; ".join(paths), "members": paths,
+                     "protocol": members[0].meta.get("protocol"), "backend": members[0].meta.get("backend"),
+                     "label_map": members[0].meta.get("label_map")}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str = "auto", postprocess: str = "auto",
+                    backend: str = "auto", precision: str = "auto", source: str = "folder") -> "EnsemblePredictor":
+        """A folder with ``ensemble.json`` (module docstring)."""
+        folder = Path(folder)
+        spec_path = folder / ENSEMBLE_FILE
+        try:
+            spec = json.loads(spec_path.read_text())
+            names = [str(m) for m in spec["members"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
+        members = [Predictor.from_path(folder / n, device, "auto", backend, precision) for n in names]
+        if postprocess == "auto":
+            postprocess = spec.get("postprocess", "auto")
+        return cls(members, postprocess, path=str(folder), source=source)
+
+    @property
+    def name(self) -> str:
+        return f"ensemble of {len(self.members)} ({', '.join(m.name for m in self.members)})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def amp(self):
+        return self.members[0].amp
+
+    @property
+    def gate(self) -> str:
+        gates = {m.gate for m in self.members}
+        return gates.pop() if len(gates) == 1 else "per member"
+
+    @gate.setter
+    def gate(self, mode: str) -> None:
+        for m in self.members:
+            m.gate = mode
+
+    @property
+    def tta(self) -> bool:
+        return all(m.tta for m in self.members)
+
+    @tta.setter
+    def tta(self, on: bool) -> None:
+        for m in self.members:
+            m.tta = on
+
+    def predict_probabilities(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean of the members' probabilities ``[S, 4, H, W]`` (input grid) and presence ``[S, 3]``."""
+        total, presence = None, []
+        for m in self.members:
+            probs, cls = m.predict_probabilities(volume)
+            total = probs if total is None else total + probs
+            if cls is not None:
+                presence.append(cls)
+        return total / len(self.members), torch.stack(presence).mean(dim=0) if presence else None
+
+    def predict_volume(self, volume: Volume) -> Prediction:
+        """Segment one stack with every member; the mask is in the volume's own grid."""
+        t0 = time.perf_counter()
+        probs, cls = self.predict_probabilities(volume)
+        mask = postprocess(probs.argmax(dim=1).to(torch.uint8).cpu().numpy(), self.postprocess)
+        return Prediction(mask, None if cls is None else np.asarray(cls.cpu().numpy()), time.perf_counter() - t0)
+
+
+def load_predictor(spec: str | Path | list | tuple | None = None, device: str = "auto", postprocess: str = "auto",
+                   backend: str = "auto", precision: str = "auto") -> Predictor | EnsemblePredictor:
+    """``--model``: nothing (the default model), one shipped name or folder (a model, or an
+    ensemble folder with ``ensemble.json``), or several, which make an ensemble."""
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if len(specs) > 1:
+        members = [Predictor.load(s, device, "auto", backend, precision) for s in specs]
+        return EnsemblePredictor(members, postprocess, source="command line")
+    folder, source = resolve_model(specs[0])
+    if (folder / ENSEMBLE_FILE).is_file():
+        return EnsemblePredictor.from_folder(folder, device, postprocess, backend, precision, source)
+    return Predictor.load(specs[0], device, postprocess, backend, precision)

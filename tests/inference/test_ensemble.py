@@ -1,0 +1,99 @@
+"""Ensembles (``cmrseg.inference.ensemble``): probabilities averaged in the input grid, an
+ensemble folder shipped like a model, ``cmrseg segment --model A B``, and clear errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmrseg.data.io import read_volumes
+from cmrseg.errors import CmrsegError, InputError
+from cmrseg.inference import Predictor
+from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
+from cmrseg.inference.postprocessing import postprocess
+from cmrseg.inference.predictor import WEIGHTS_DIR
+
+
+@pytest.fixture(scope="module")
+def volume(phantom_dir):
+    return read_volumes(phantom_dir / "h5" / "val" / "patient004_frame01.h5")[0]
+
+
+def test_probabilities_are_the_members_mean(volume):
+    a = Predictor.load("seg_as+ref_as_mt", device="cpu", precision="fp32")
+    b = Predictor.load("seg_ss", device="cpu", precision="fp32")  # another architecture, no classifier
+    ens = EnsemblePredictor([a, b], postprocess="clean")
+    pa, ca = a.predict_probabilities(volume)
+    pb, cb = b.predict_probabilities(volume)
+    assert cb is None and pa.shape == pb.shape == (volume.num_slices, 4, *volume.shape[1:])
+    probs, cls = ens.predict_probabilities(volume)
+    torch.testing.assert_close(probs, (pa + pb) / 2)
+    torch.testing.assert_close(cls, ca)  # presence: the mean over the members that have a classifier
+    pred = ens.predict_volume(volume)
+    expected = postprocess(((pa + pb) / 2).argmax(1).to(torch.uint8).numpy(), "clean")
+    np.testing.assert_array_equal(pred.mask, expected)
+    assert not np.array_equal(expected, postprocess(pa.argmax(1).to(torch.uint8).numpy(), "clean"))
+    ens.gate, ens.tta = "off", False
+    assert a.gate == b.gate == "off" and not a.tta and ens.gate == "off"
+    assert ens.name == "ensemble of 2 (seg_as+ref_as_mt, seg_ss)" and ens.postprocess == "clean"
+
+
+def test_a_model_twice_is_the_model(volume):
+    one = Predictor.load("seg_ss", device="cpu", precision="fp32")
+    twice = load_predictor(["seg_ss", "seg_ss"], device="cpu", precision="fp32")
+    assert isinstance(twice, EnsemblePredictor) and twice.postprocess == one.postprocess
+    np.testing.assert_array_equal(twice.predict_volume(volume).mask, one.predict_volume(volume).mask)
+
+
+def _ensemble_folder(tmp_path, spec) -> Path:
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    for name in ("seg_as+ref_as_mt", "seg_ss"):
+        shutil.copytree(WEIGHTS_DIR / name, folder / name)
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    return folder
+
+
+def _segment(*args):
+    return subprocess.run([sys.executable, "-m", "cmrseg", "segment", *map(str, args), "--workers", "1"],
+                          capture_output=True, text=True)
+
+
+def test_segment_with_an_ensemble_folder_or_two_models(phantom_dir, tmp_path):
+    folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "seg_ss"], "postprocess": "clean"})
+    ens = load_predictor(folder, device="cpu")
+    assert isinstance(ens, EnsemblePredictor) and ens.meta["path"] == str(folder) and ens.postprocess == "clean"
+    src = phantom_dir / "h5" / "val"
+    res = _segment("-i", src, "-o", tmp_path / "a", "--model", folder)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _segment("-i", src, "-o", tmp_path / "b", "--model", folder / "seg_as+ref_as_mt", folder / "seg_ss",
+                   "--postprocess", "clean")
+    assert res.returncode == 0, res.stderr[-2000:]
+    import h5py
+
+    for f in sorted((tmp_path / "a").glob("*.h5")):
+        with h5py.File(f) as x, h5py.File(tmp_path / "b" / f.name) as y:
+            np.testing.assert_array_equal(x["label"][:], y["label"][:])
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["model"].startswith("ensemble of 2") and len(summary["model_members"]) == 2
+    assert summary["model_source"] == "command line"
+
+
+def test_bad_ensembles_fail_clearly(phantom_dir, tmp_path):
+    folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "missing"]})
+    with pytest.raises(InputError, match="not a model folder"):
+        load_predictor(folder, device="cpu")
+    (folder / "ensemble.json").write_text("{not json")
+    out = tmp_path / "out"
+    res = _segment("-i", phantom_dir / "h5" / "val", "-o", out, "--model", folder)
+    assert res.returncode != 0 and "ensemble.json" in res.stderr and "invalid ensemble description" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+    other = Predictor.load("seg_ss", device="cpu")
+    other.meta["label_map"] = {"0": "background", "1": "LV"}
+    with pytest.raises(CmrsegError, match="label map"):
+        EnsemblePredictor([Predictor.load("seg_ss", device="cpu"), other])
