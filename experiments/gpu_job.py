@@ -9,17 +9,23 @@ In this order, inside ``--seconds`` of wall time:
    every run below;
 2. the proposed model (``seg_as`` Seg stage, then its Ref stage ``seg_as+ref_as_mt``);
 3. ``seg_ss``;
-4. further Table 1 and Table 2 runs while time is left (``EXTRA_RUNS``).
+4. ``--seeds`` further seeds of the proposed model (``seg_as@seed1``, ``seg_as+ref_as_mt@seed1``,
+   ...), each stage with the time budget the proposed model's stages had: ensemble members;
+5. further Table 1 and Table 2 runs while time is left (``EXTRA_RUNS``).
 
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
 ``trained_epochs`` and ``planned_epochs``). Runs live in ``WORK/runs/<run>`` (the layout of
 ``cmrseg reproduce``), so a second call on a still-warm machine skips finished runs. At the end
-``cmrseg reproduce --deadline-min 0`` evaluates every finished run on the validation volumes
-(Tables 1 and 2, clinical errors, fig4.png, summary.json) and ``$OUT`` receives, per finished
-run, ``<run>.safetensors`` (float16) and one ``results.tar.gz`` with every run's ``log.csv``,
-``model.json``, ``config.yaml`` and the evaluation. Everything is written to ``$OUT`` as soon
-as it exists, so a call cut short still brings back what finished.
+``cmrseg reproduce --deadline-min 0`` evaluates every finished run but the seeds on the
+validation volumes (Tables 1 and 2, clinical errors, fig4.png, summary.json) and ``$OUT``
+receives, per finished run, a model folder ``models/<run>/`` (float16 ``weights.safetensors`` and
+``model.json``; ``+`` and ``@`` in run names become ``-`` and ``_``) and one ``results.tar.gz``
+with every run's ``log.csv``, ``model.json``, ``config.yaml`` and the evaluation. Everything is
+written to ``$OUT`` as soon as it exists, so a call cut short still brings back what finished.
+The seeds are scored back on the CPU machine as an ensemble, as a user runs it:
+``cmrseg segment --model OUT/models/seg_as-ref_as_mt OUT/models/seg_as-ref_as_mt_seed1 ... -i VAL -o P``
+then ``cmrseg evaluate --pred P --gt VAL -o R`` (docs/RESULTS.md, rule 6).
 
 Run on the device machine from the repository root with ``PYTHONPATH=src`` (no install
 needed); the test suite runs it on CPU with the ``smoke`` protocol.
@@ -47,6 +53,15 @@ BASELINE = [("seg_ss", [])]
 EXTRA_RUNS = [("seg_as_mt", []), ("det_seg", []), ("seg_ss+ref_ss_mt", ["stage1_run={runs}/seg_ss"]),
               ("seg_as+ref_as", ["stage1_run={runs}/seg_as"]), ("seg_ss+ref_ss", ["stage1_run={runs}/seg_ss"])]
 SMALL_FILES = {".md", ".csv", ".json", ".yaml", ".png", ".log"}
+
+
+def seed_runs(seeds: int) -> list[tuple[str, list[str]]]:
+    """The proposed model's two stages again with seeds 1..``seeds`` (``<model>@seed<k>``)."""
+    runs = []
+    for k in range(1, seeds + 1):
+        runs += [(f"seg_as@seed{k}", [f"seed={k}"]),
+                 (f"seg_as+ref_as_mt@seed{k}", [f"seed={k}", f"stage1_run={{runs}}/seg_as@seed{k}"])]
+    return runs
 
 
 class Clock:
@@ -125,13 +140,21 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     return ok
 
 
+def model_folder_name(run: str) -> str:
+    """``$OUT/models/<this>``: the run's name without the characters the device transfer refuses."""
+    return run.replace("+", "-").replace("@", "_")
+
+
 def pack(work: Path, out: Path, finished: list[str]) -> None:
-    """Float16 weights per finished run (normalisation statistics float32) + one tarball of the small files (logs, configs, tables)."""
+    """Per finished run a model folder ``$OUT/models/<run>/`` (``weights.safetensors`` in float16,
+    normalisation statistics float32, and ``model.json``: ``cmrseg segment --model`` takes it as it
+    is) + one tarball of the small files (logs, configs, tables)."""
     for name in finished:
-        w = work / "runs" / name / "weights.safetensors"
-        dst = out / f"{name.replace('+', '-').replace('@', '_')}.safetensors"
-        if w.is_file() and not dst.exists():
-            save_weights(half_precision(read_tensors(w)), dst)
+        run, dst = work / "runs" / name, out / "models" / model_folder_name(name)
+        if (run / "weights.safetensors").is_file() and not (dst / "weights.safetensors").exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            (dst / "model.json").write_text((run / "model.json").read_text())
+            save_weights(half_precision(read_tensors(run / "weights.safetensors")), dst / "weights.safetensors")
     tmp = out / ".results.tar.gz"
     with tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(work.rglob("*")):
@@ -157,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="first guess of a training process's seconds outside its stages (loading data, probability maps)")
     ap.add_argument("--no-extra", dest="extra", action="store_false",
                     help="stop after seg_ss (default: further Table 1/2 runs while time is left)")
+    ap.add_argument("--seeds", type=int, default=2,
+                    help="further seeds of the proposed model after seg_ss, for an ensemble (default 2)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = ap.parse_args(argv)
     clock = Clock(args.seconds)
@@ -171,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     proposed_end = clock.elapsed() + window * args.proposed_share
     finished: list[str] = []
     startup = args.startup
+    stage_budgets: dict[str, float] = {}
 
     def run_one(name: str, extra: list[str], stages_left: int, until: float) -> bool:
         nonlocal startup
         timeout = clock.left() - args.eval_reserve
         span = min(until - clock.elapsed(), timeout)
         budget = (span - startup * stages_left) / stages_left
+        stage_budgets[name] = budget
         if budget < 10 and not is_complete_run(runs / name):
             log(f"{name}: skipped, {span:.0f} s left")
             return False
@@ -193,17 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     # the proposed model: two stages sharing its part of the window
     if run_one(*PROPOSED[0], stages_left=2, until=proposed_end):
         run_one(*PROPOSED[1], stages_left=1, until=proposed_end)
-    for name, extra in BASELINE + (EXTRA_RUNS if args.extra else []):
+    for name, extra in BASELINE + seed_runs(args.seeds) + (EXTRA_RUNS if args.extra else []):
         needs = [e.split("=", 1)[1].format(runs=runs) for e in extra if e.startswith("stage1_run")]
         if needs and not is_complete_run(Path(needs[0])):
             continue
         if clock.left() - args.eval_reserve < 60 and not is_complete_run(runs / name):
             break
-        run_one(name, extra, stages_left=1, until=clock.seconds - args.eval_reserve)
+        until = clock.seconds - args.eval_reserve
+        if "@seed" in name:  # an ensemble member: a stage gets what the proposed model's stage got, no more
+            until = min(until, clock.elapsed() + stage_budgets[PROPOSED[0][0]] + startup)
+        run_one(name, extra, stages_left=1, until=until)
 
     if finished:
         log(f"evaluating {', '.join(finished)} on val")
-        models = [n for n in finished]
+        models = [n for n in finished if "@" not in n]  # the seeds: as an ensemble, on CPU (docstring)
         cmd = [sys.executable, "-m", "cmrseg", "reproduce", "--data", str(args.data), "--protocol", args.protocol,
                "--out", str(args.work), "--device", args.device, "--deadline-min", "0", "--models", *models]
         try:

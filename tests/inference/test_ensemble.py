@@ -88,6 +88,8 @@ def test_bad_ensembles_fail_clearly(phantom_dir, tmp_path):
     folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "missing"]})
     with pytest.raises(InputError, match="not a model folder"):
         load_predictor(folder, device="cpu")
+    with pytest.raises(InputError, match="an ensemble of models"):  # e.g. cmrseg export-onnx --model ENSEMBLE
+        Predictor.from_path(folder)
     (folder / "ensemble.json").write_text("{not json")
     out = tmp_path / "out"
     res = _segment("-i", phantom_dir / "h5" / "val", "-o", out, "--model", folder)

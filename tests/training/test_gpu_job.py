@@ -7,8 +7,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cmrseg.checkpoint import read_tensors
+from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
 from cmrseg.training.config import load_config
 from cmrseg.training.schedule import budget_epochs
 
@@ -48,19 +50,25 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
                           "--out", str(out), "--work", str(work), "--seconds", "240", "--protocol", "smoke",
                           "--device", "cpu", "--bench-seconds", "30", "--bench-steps", "3", "--eval-reserve", "60",
-                          "--startup", "5",
+                          "--startup", "5", "--seeds", "1",
                           "--no-extra", "--set", "epochs=3", "--set", "val_every=1"],
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     # the throughput check chose a setting and said so
     bench = json.loads((out / "throughput.json").read_text())
     assert {r["model"] for r in bench["rows"]} >= {"seg_as"} and "seg_as" in bench["best"]
-    # the proposed model (both stages) and seg_ss came back as float16 weights ...
-    for name in ("seg_as", "seg_as-ref_as_mt", "seg_ss"):
-        tensors = read_tensors(out / f"{name}.safetensors")
+    # the proposed model (both stages), seg_ss and a second seed came back as model folders, float16 ...
+    for name in ("seg_as", "seg_as-ref_as_mt", "seg_ss", "seg_as_seed1", "seg_as-ref_as_mt_seed1"):
+        tensors = read_tensors(out / "models" / name / "weights.safetensors")
         convs = [v for k, v in tensors.items() if v.ndim == 4]
         assert convs and all(str(v.dtype) == "torch.float16" for v in convs)
         assert all(str(v.dtype) == "torch.float32" for k, v in tensors.items() if "running_var" in k)
+        assert json.loads((out / "models" / name / "model.json").read_text())["complete"]
+    seed_cfg = yaml.safe_load((work / "runs" / "seg_as+ref_as_mt@seed1" / "config.yaml").read_text())
+    assert seed_cfg["seed"] == 1 and seed_cfg["stage1_run"].endswith("seg_as@seed1")
+    # ... and the seeds segment together as an ensemble, as the docstring says they are scored
+    ens = load_predictor([out / "models" / "seg_as-ref_as_mt", out / "models" / "seg_as-ref_as_mt_seed1"], device="cpu")
+    assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2
     # ... with logs, model descriptions and the evaluation on val in one tarball
     with tarfile.open(out / "results.tar.gz") as tar:
         names = set(tar.getnames())
@@ -75,8 +83,8 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     again = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data",
                             str(phantom_dir / "h5"), "--out", str(tmp_path / "out2"), "--work", str(work),
                             "--seconds", "120", "--protocol", "smoke", "--device", "cpu", "--bench-seconds", "0",
-                            "--eval-reserve", "60", "--no-extra"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 3, again.stdout[-2000:]
+                            "--eval-reserve", "60", "--seeds", "1", "--no-extra"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 5, again.stdout[-2000:]
 
 
 _BLOCK = '''
@@ -102,3 +110,6 @@ def test_the_training_path_imports_without_what_the_gpu_machine_lacks(tmp_path):
     assert "not on the GPU machine: nibabel" in run("import nibabel").stderr  # the blocker works
     res = run("import cmrseg.cli, cmrseg.training.trainer, cmrseg.pipelines.reproduce, cmrseg.pipelines.train_worker")
     assert res.returncode == 0, res.stderr[-2000:]
+    job = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--help"],
+                         capture_output=True, text=True, env=env)
+    assert job.returncode == 0 and "--seeds" in job.stdout, job.stderr[-2000:]

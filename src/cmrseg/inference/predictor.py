@@ -128,6 +128,8 @@ class Predictor:
         onnxruntime, CPU) or ``auto`` (torch when the folder has weights)."""
         path = Path(path)
         meta_path = path / "model.json"
+        if not meta_path.is_file() and (path / ENSEMBLE_FILE).is_file():
+            raise InputError(path, "an ensemble of models (ensemble.json), not one model: use its member folders")
         if not meta_path.is_file():
             raise InputError(path, "not a model folder (no model.json)")
         try:
