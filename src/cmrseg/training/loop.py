@@ -75,6 +75,7 @@ def fit(stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, ctx: Tr
     out.mkdir(parents=True, exist_ok=True)
     opt = _start(stage, cfg, out, ctx, name)
     log = RunLog(out, ctx.is_main)
+    log.keep_epochs(opt.state["epoch"])  # rows of epochs after the checkpoint are trained (and logged) again
     bar = tqdm(total=opt.plan["epochs"], initial=opt.state["epoch"], desc=f"train {name}", unit="epoch",
                disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
     try:
@@ -88,8 +89,9 @@ def fit(stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, ctx: Tr
                 bar.refresh()
             if ctx.is_main:
                 _select_and_save(stage, val_ds, opt, cfg, out, row, summary, full_model, snapshots)
-                log.log(row)
+                log.log(row)  # before the checkpoint: a kill between the two is undone by keep_epochs
                 opt.state["wall_seconds"] += time.perf_counter() - t0 - row["seconds"]  # validation, saving
+                _checkpoint(stage, opt, cfg, out)
             barrier(ctx.dist)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", best=f"{opt.state['best_score']:.3f}",
@@ -188,7 +190,7 @@ def _replan(stage: Stage, val_ds: StackDataset, opt: _Optimisation, cfg: TrainCo
 
 def _select_and_save(stage: Stage, val_ds: StackDataset, opt: _Optimisation, cfg: TrainConfig, out: Path, row: dict,
                      summary: dict | None, full_model: nn.Module, snapshots: bool) -> None:
-    """Rank 0 after an epoch: validation when due (best epoch kept), snapshots, checkpoint."""
+    """Rank 0 after an epoch: validation when due (best epoch kept), snapshots."""
     epoch, state = opt.state["epoch"], opt.state
     last = epoch == opt.plan["epochs"]
     if epoch % cfg.val_every == 0 or last or summary is not None:
@@ -202,8 +204,14 @@ def _select_and_save(stage: Stage, val_ds: StackDataset, opt: _Optimisation, cfg
             write_json(out / "val_summary.json", {"epoch": epoch, "score": score, **summary})
     if snapshots and epoch in {max(1, round(f * opt.plan["epochs"])) for f in cfg.snapshot_fractions}:
         save_weights(stage.module, out / "snapshots" / f"epoch_{epoch:03d}.safetensors")
-    if epoch % cfg.checkpoint_every == 0 or last:
-        save_training_state(out / "last", stage.module, opt.optimizer, opt.scheduler, state)
+
+
+def _checkpoint(stage: Stage, opt: _Optimisation, cfg: TrainConfig, out: Path) -> None:
+    """Rank 0, after the epoch's log row: the state to resume from, every ``checkpoint_every``
+    epochs and after the last."""
+    epoch = opt.state["epoch"]
+    if epoch % cfg.checkpoint_every == 0 or epoch == opt.plan["epochs"]:
+        save_training_state(out / "last", stage.module, opt.optimizer, opt.scheduler, opt.state)
 
 
 def train_one_stage(model: nn.Module, stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path,

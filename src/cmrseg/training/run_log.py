@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrseg.atomic import write_text
+
 LOG_COLUMNS = ["epoch", "stage", "lr", "loss", "seg", "cls", "det", "seconds", "slices_per_s", "val_score",
                "val_base", "val_mid", "val_apex", "val_volume"]
 
@@ -24,6 +26,24 @@ class RunLog:
                 self.tb = SummaryWriter(str(out / "tensorboard"))
             except Exception:  # tensorboard missing: CSV only
                 self.tb = None
+
+    def keep_epochs(self, last_epoch: int) -> None:
+        """Drop the rows after ``last_epoch`` (the resumed checkpoint's epoch): a run killed after
+        logging an epoch but before checkpointing it trains that epoch again and logs it once."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        if not lines or not lines[0].endswith("\n"):  # killed while writing the header
+            self.path.unlink()
+            return
+
+        def kept(line: str) -> bool:  # a line without its newline was cut by a kill
+            epoch = line.split(",", 1)[0]
+            return line.endswith("\n") and epoch.isdigit() and int(epoch) <= last_epoch
+
+        rows = [line for line in lines[1:] if kept(line)]
+        if len(rows) != len(lines) - 1:
+            write_text(self.path, lines[0] + "".join(rows))
 
     def log(self, row: dict) -> None:
         if not self.enabled:
