@@ -164,5 +164,6 @@ def main():
               f"{r['batch_slices_mean']:.0f} | {r['slices_per_s']:.1f} |")
     save(rows, best)
 
+
 if __name__ == "__main__":
     main()

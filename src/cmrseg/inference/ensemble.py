@@ -22,12 +22,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
+from cmrseg.inference.postprocessing import POSTPROCESS
 from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
 
 
@@ -114,9 +113,7 @@ class EnsemblePredictor:
     def predict_volume(self, volume: Volume) -> Prediction:
         """Segment one stack with every member; the mask is in the volume's own grid."""
         t0 = time.perf_counter()
-        probs, cls = self.predict_probabilities(volume)
-        mask = postprocess(probs.argmax(dim=1).to(torch.uint8).cpu().numpy(), self.postprocess)
-        return Prediction(mask, None if cls is None else np.asarray(cls.cpu().numpy()), time.perf_counter() - t0)
+        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0)
 
 
 def load_predictor(spec: str | Path | list | tuple | None = None, device: str = "auto", postprocess: str = "auto",

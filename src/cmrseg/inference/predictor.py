@@ -77,6 +77,13 @@ class Prediction:
     class_probs: np.ndarray | None
     seconds: float
 
+    @classmethod
+    def from_probabilities(cls, probs: torch.Tensor, presence: torch.Tensor | None, method: str,
+                           started: float) -> "Prediction":
+        """Input-grid probabilities ``[S, 4, H, W]`` -> argmax mask cleaned up by ``method``."""
+        mask = postprocess(probs.argmax(dim=1).to(torch.uint8).cpu().numpy(), method)
+        return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started)
+
 
 class Predictor:
     """Segment volumes with one model, loaded once.
@@ -204,7 +211,4 @@ class Predictor:
     def predict_volume(self, volume: Volume) -> Prediction:
         """Segment one stack; the mask is in the volume's own grid."""
         t0 = time.perf_counter()
-        full, cls = self.predict_probabilities(volume)
-        mask = full.argmax(dim=1).to(torch.uint8).cpu().numpy()
-        mask = postprocess(mask, self.postprocess)
-        return Prediction(mask, None if cls is None else cls.cpu().numpy(), time.perf_counter() - t0)
+        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0)
