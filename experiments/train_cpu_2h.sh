@@ -3,27 +3,29 @@
 # model and seg_ss, continued with bf16 autocast (AMX) under wall-clock budgets, with
 # heart-centred validation and Ref-stage inputs (cmrseg.inference.centred).
 #
-#   [EXTRA_SETS="key=value ..."] bash experiments/train_cpu_2h.sh DATA OUT [SEG_MIN] [REF_MIN] [SS_MIN]
+#   [INIT=MODEL] [EXTRA_SETS="key=value ..."] bash experiments/train_cpu_2h.sh DATA OUT [SEG_MIN] [REF_MIN] [SS_MIN]
 #
 # DATA: train/ + val/ (../shared/data/acdc). OUT gets seg_as/, seg_as+ref_as_mt/ and seg_ss/.
 # Each stage trains for as many epochs as its budget allows (time_budget_s, at most the cap
 # given with --epochs), learning-rate schedule fitted to them; SS_MIN=0 skips seg_ss. EXTRA_SETS:
-# further config overrides for every run (e.g. "dice_weight=0.5").
+# further config overrides for every run, after the defaults here (e.g. "dice_weight=0.5 lr=3e-4").
+# INIT: the proposed model to continue, a model or run folder (default: the shipped one).
 set -euo pipefail
 DATA=$1; OUT=$2; SEG_MIN=${3:-45}; REF_MIN=${4:-35}; SS_MIN=${5:-30}
 CMRSEG=${CMRSEG:-cmrseg}
 PY=${PYTHON:-python3}
 WEIGHTS=$($PY -c "from cmrseg.inference.predictor import WEIGHTS_DIR; print(WEIGHTS_DIR)")
+INIT=${INIT:-$WEIGHTS/seg_as+ref_as_mt}
 mkdir -p "$OUT"
 # the Seg stage's weights alone, to start the seg_as run from
-$PY "$(dirname "$0")/seg_stage_weights.py" "$WEIGHTS/seg_as+ref_as_mt/weights.safetensors" "$OUT/shipped_seg.safetensors"
+$PY "$(dirname "$0")/seg_stage_weights.py" "$INIT/weights.safetensors" "$OUT/init_seg.safetensors"
 common=(--protocol fast --data "$DATA" --set progress=false --set amp=bf16 --set lr=5e-4 --set warmup_epochs=1)
 for kv in ${EXTRA_SETS:-}; do common+=(--set "$kv"); done
 $CMRSEG train --model seg_as "${common[@]}" --out "$OUT/seg_as" --epochs 120 \
-    --set "init_weights=$OUT/shipped_seg.safetensors" --set "snapshot_fractions=[0.1, 0.3]" \
+    --set "init_weights=$OUT/init_seg.safetensors" --set "snapshot_fractions=[0.1, 0.3]" \
     --set "time_budget_s=$((SEG_MIN * 60))"
 $CMRSEG train --model seg_as+ref_as_mt "${common[@]}" --out "$OUT/seg_as+ref_as_mt" --epochs 120 \
-    --set "init_weights=$WEIGHTS/seg_as+ref_as_mt" --set "stage1_run=$OUT/seg_as" \
+    --set "init_weights=$INIT" --set "stage1_run=$OUT/seg_as" \
     --set "time_budget_s=$((REF_MIN * 60))"
 [ "$SS_MIN" -gt 0 ] || exit 0
 $CMRSEG train --model seg_ss "${common[@]}" --out "$OUT/seg_ss" --epochs 120 \
