@@ -26,7 +26,7 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases
 from cmrseg.evaluation.levels import level_indices
 from cmrseg.inference import Predictor
-from cmrseg.inference.predictor import DEFAULT_MODEL, WEIGHTS_DIR
+from cmrseg.inference.predictor import PROPOSED_MODEL, WEIGHTS_DIR
 
 MEASURES = ["LVM (g)", "LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)", "LVEF (%)", "RVEF (%)"]
 
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     base = Predictor.load(args.model, device="cpu", postprocess="none")
     wanted = args.variants.split(",")
     plan = [] if wanted == ["shipped"] else [("none", "hard", False, "fp32")]
-    if "shipped" in wanted:  # the shipped default's choices (its model.json), on any model
-        shipped = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "model.json").read_text())
+    if "shipped" in wanted:  # the shipped proposed model's choices (its model.json), on any model
+        shipped = json.loads((WEIGHTS_DIR / PROPOSED_MODEL / "model.json").read_text())
         plan += [(shipped.get("postprocess", "none"), shipped.get("gate", "hard"), bool(shipped.get("tta")), "auto")]
     if "postprocess" in wanted:
         plan += [(m, "hard", False, "fp32") for m in ("fill_holes", "clean")]

@@ -196,14 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     proposed_end = clock.elapsed() + window * args.proposed_share
     finished: list[str] = []
     startup = args.startup
-    stage_budgets: dict[str, float] = {}
+    budgets: dict[str, float] = {}  # each run's stage budget; an ensemble member's is capped by the proposed Seg stage's
 
     def run_one(name: str, extra: list[str], stages_left: int, until: float) -> bool:
         nonlocal startup
         timeout = clock.left() - args.eval_reserve
         span = min(until - clock.elapsed(), timeout)
         budget = (span - startup * stages_left) / stages_left
-        stage_budgets[name] = budget
+        budgets[name] = budget
         if budget < 10 and not is_complete_run(runs / name):
             log(f"{name}: skipped, {span:.0f} s left")
             return False
@@ -220,20 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     # the proposed model: two stages sharing its part of the window
     if run_one(*PROPOSED[0], stages_left=2, until=proposed_end):
         run_one(*PROPOSED[1], stages_left=1, until=proposed_end)
-    for name, extra in BASELINE + seed_runs(args.seeds) + (EXTRA_RUNS if args.extra else []):
+    seeds = seed_runs(args.seeds)
+    members = {name for name, _ in seeds}
+    for name, extra in BASELINE + seeds + (EXTRA_RUNS if args.extra else []):
         needs = [e.split("=", 1)[1].format(runs=runs) for e in extra if e.startswith("stage1_run")]
         if needs and not is_complete_run(Path(needs[0])):
             continue
         if clock.left() - args.eval_reserve < 60 and not is_complete_run(runs / name):
             break
         until = clock.seconds - args.eval_reserve
-        if "@seed" in name:  # an ensemble member: a stage gets what the proposed model's stage got, no more
-            until = min(until, clock.elapsed() + stage_budgets[PROPOSED[0][0]] + startup)
+        if name in members:  # an ensemble member: a stage gets what the proposed model's stage got, no more
+            until = min(until, clock.elapsed() + budgets[PROPOSED[0][0]] + startup)
         run_one(name, extra, stages_left=1, until=until)
 
     if finished:
         log(f"evaluating {', '.join(finished)} on val")
-        models = [n for n in finished if "@" not in n]  # the seeds: as an ensemble, on CPU (docstring)
+        models = [n for n in finished if n not in members]  # the seeds: as an ensemble, on CPU (docstring)
         cmd = [sys.executable, "-m", "cmrseg", "reproduce", "--data", str(args.data), "--protocol", args.protocol,
                "--out", str(args.work), "--device", args.device, "--deadline-min", "0", "--models", *models]
         try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 11, item 1: does the soft-Dice term pull the measures? A training pair that differs only
-# in `dice_weight` (0 = the paper's cross-entropy alone, 1 = the shipped loss): both continue the
+# in `dice_weight` (0 = the paper's cross-entropy alone, 1 = the loss shipped at the time): both continue the
 # shipped Seg stage for the same number of epochs with the same seed, data order and schedule,
 # then bias_table.py measures their signed clinical errors on val (heart-centred, as shipped).
 #

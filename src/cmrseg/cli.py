@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NIfTI (3D/4D), DICOM series folder, h5, ACDC patient folder, or folders of these")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--model", nargs="+", metavar="MODEL",
-                   help="shipped model name or a trained run folder (default: the proposed model); several, "
-                        "or a folder with ensemble.json, make an ensemble (probabilities averaged)")
+                   help="shipped model name or a trained run folder (default: proposed_ensemble, the two "
+                        "shipped proposed models averaged); several, or a folder with ensemble.json, make an "
+                        "ensemble (probabilities averaged)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="SX SY [SZ] in mm, overriding the files")
     p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")

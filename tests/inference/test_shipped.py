@@ -6,32 +6,46 @@ import numpy as np
 
 from cmrseg.data.io import load_labelled_dataset
 from cmrseg.inference import Predictor, shipped_models
-from cmrseg.inference.predictor import DEFAULT_MODEL, WEIGHTS_DIR
+from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
+from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, PROPOSED_MODEL, WEIGHTS_DIR
+
+LABEL_MAP = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
 
 
-def test_default_model_is_shipped_and_described():
-    assert DEFAULT_MODEL in shipped_models()
-    meta = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / "model.json").read_text())
-    assert meta["complete"] and meta["model"] == DEFAULT_MODEL and "trained" in meta["shipped"]
-    assert meta["label_map"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+def test_default_model_is_a_shipped_ensemble_of_described_models():
+    """``cmrseg segment``'s default is the shipped ensemble; each member is a complete shipped
+    model with its provenance, and the single proposed model is one of them."""
+    assert DEFAULT_MODEL in shipped_models() and PROPOSED_MODEL in shipped_models()
+    spec = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / ENSEMBLE_FILE).read_text())
+    members = [(WEIGHTS_DIR / DEFAULT_MODEL / m).resolve() for m in spec["members"]]
+    assert len(members) >= 2 and WEIGHTS_DIR / PROPOSED_MODEL in members
+    for folder in members:
+        meta = json.loads((folder / "model.json").read_text())
+        assert folder.parent == WEIGHTS_DIR and folder.name in shipped_models()
+        assert meta["complete"] and meta["model"] == PROPOSED_MODEL and meta["shipped"]["name"] == folder.name
+        assert "trained" in meta["shipped"] and meta["label_map"] == LABEL_MAP
 
 
-def test_shipped_default_segments_a_stack_in_its_geometry(phantom_dir):
-    predictor = Predictor.load(device="cpu")
+def test_shipped_models_segment_a_stack_in_its_geometry(phantom_dir):
     vol = load_labelled_dataset(phantom_dir / "h5" / "val")[0]
-    pred = predictor.predict_volume(vol)
-    assert pred.mask.shape == vol.image.shape and pred.mask.dtype == np.uint8
-    assert pred.class_probs.shape == (vol.num_slices, 3)
+    single = Predictor.load(device="cpu")  # one network: the proposed model
+    default = load_predictor(device="cpu")  # what cmrseg segment runs
+    assert single.meta["path"].endswith(PROPOSED_MODEL) and isinstance(default, EnsemblePredictor)
+    assert default.meta["source"] == "shipped" and "seg_as+ref_as_mt_long" in default.name
+    for predictor in (single, default):
+        pred = predictor.predict_volume(vol)
+        assert pred.mask.shape == vol.image.shape and pred.mask.dtype == np.uint8
+        assert pred.class_probs.shape == (vol.num_slices, 3)
 
 
 def test_shipped_default_segments_a_real_val_patient(acdc_val):
     """A regression guard on real data: the shipped default's volume Dice on two val volumes
-    (RESULTS: 0.908 on average over val)."""
+    (RESULTS: 0.917 on average over val)."""
     from cmrseg.data.io import read_volumes
     from cmrseg.data.io.h5 import read_h5
     from cmrseg.evaluation.metrics import dice_per_class
 
-    predictor = Predictor.load(device="cpu")
+    predictor = load_predictor(device="cpu")
     for name in ("patient002_frame01.h5", "patient019_frame02.h5"):
         (vol,) = read_volumes(acdc_val / name)
         truth = read_h5(acdc_val / name).label

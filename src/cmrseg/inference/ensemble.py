@@ -30,6 +30,12 @@ from cmrseg.inference.postprocessing import POSTPROCESS
 from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
 
 
+def _member_label(m: Predictor) -> str:
+    """A member's shipped name, else its folder's name (its architecture name when it has no folder)."""
+    shipped = (m.meta.get("shipped") or {}).get("name")
+    return shipped or (Path(str(m.meta["path"])).name if m.meta.get("path") else m.name)
+
+
 class EnsemblePredictor:
     """Averages the probabilities of ``members`` (:class:`Predictor`), with the interface
     ``cmrseg segment`` uses (``predict_volume``, ``name``, ``meta``, ``device``, ``gate``,
@@ -71,7 +77,7 @@ class EnsemblePredictor:
 
     @property
     def name(self) -> str:
-        return f"ensemble of {len(self.members)} ({', '.join(m.name for m in self.members)})"
+        return f"ensemble of {len(self.members)} ({', '.join(_member_label(m) for m in self.members)})"
 
     @property
     def device(self) -> torch.device:

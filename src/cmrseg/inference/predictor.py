@@ -26,10 +26,16 @@ from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
+from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_MODEL = "seg_as+ref_as_mt"
+#: what ``cmrseg segment`` runs without ``--model``: the shipped proposed models averaged
+#: (an ensemble, chosen on val by a rule written before scoring: docs/RESULTS.md, rule 10)
+DEFAULT_MODEL = "proposed_ensemble"
+#: the single proposed model: the default where one network is needed (``Predictor.load``,
+#: ``cmrseg export-onnx``, benchmarks)
+PROPOSED_MODEL = PROPOSED  # shipped under the registry's name
 ENSEMBLE_FILE = "ensemble.json"  # a folder of member models (cmrseg.inference.ensemble)
 
 
@@ -53,9 +59,10 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_model(spec: str | Path | None) -> tuple[Path, str]:
-    """``--model`` -> (model folder, ``shipped`` | ``folder``); see :meth:`Predictor.load`."""
-    text = str(spec) if spec is not None else DEFAULT_MODEL
+def resolve_model(spec: str | Path | None, default: str = DEFAULT_MODEL) -> tuple[Path, str]:
+    """``--model`` (``None``: ``default``) -> (model or ensemble folder, ``shipped`` | ``folder``);
+    see :meth:`Predictor.load`."""
+    text = str(spec) if spec is not None else default
     as_path = "/" in text or (os.sep in text)
     if not as_path and text in shipped_models():
         return WEIGHTS_DIR / text, "shipped"
@@ -160,14 +167,16 @@ class Predictor:
     @classmethod
     def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "auto",
              backend: str = "auto", precision: str = "auto") -> "Predictor":
-        """The name of a shipped model (default: the proposed model) or a run folder.
+        """The name of a shipped model (default: the proposed model, ``PROPOSED_MODEL``) or a
+        run folder. One network; :func:`cmrseg.inference.ensemble.load_predictor` also takes
+        ensembles (and defaults to the shipped one, ``DEFAULT_MODEL``).
 
         A shipped model's name always means the shipped weights, even when a folder of that
         name sits in the working directory: a folder is taken when the name is not a shipped
         model's or when it is written as a path (with a ``/``, e.g. ``./seg_ss``). The
         predictor's ``meta["source"]`` says which (``shipped`` or ``folder``).
         """
-        folder, source = resolve_model(spec)
+        folder, source = resolve_model(spec, default=PROPOSED_MODEL)
         predictor = cls.from_path(folder, device, postprocess, backend, precision)
         predictor.meta["source"] = source
         return predictor
