@@ -165,7 +165,7 @@ def pack(work: Path, out: Path, finished: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, type=Path, help="train.npz (or train/) and val/ (experiments/make_gpu_bundle.py)")
+    ap.add_argument("--data", required=True, type=Path, help="train.npz.xz (or train.npz, train/) and val/ (experiments/make_gpu_bundle.py)")
     ap.add_argument("--out", required=True, type=Path, help="where weights, logs and evaluation go ($OUT)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_job"), help="run folders (kept for a second call)")
     ap.add_argument("--seconds", type=float, default=540.0, help="wall time of the whole job")

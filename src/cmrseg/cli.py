@@ -122,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SX SY [SZ] in mm when the files carry none")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz")
+    p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz (or .npz.xz)")
     p.add_argument("--data", required=True, type=Path, help="labelled folder (h5, ACDC layout or NIfTI + _gt)")
-    p.add_argument("-o", "--out", required=True, type=Path, help="output .npz")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output .npz (.npz.xz with --compression xz)")
     p.add_argument("--target-spacing", type=float, default=1.3)
     p.add_argument("--canvas", type=int, default=256)
-    p.add_argument("--compression", choices=("deflate", "lzma"), default="deflate")
+    p.add_argument("--compression", choices=("deflate", "lzma", "xz"), default="deflate",
+                   help="xz: smallest (delta + LZMA2 over the whole file, for a .npz.xz name), slowest to write")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model (any registered name); resumes an unfinished run")

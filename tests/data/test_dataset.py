@@ -21,6 +21,28 @@ def test_stack_and_slice_modes_and_cache_roundtrip(phantom_dir, tmp_path):
     np.testing.assert_array_equal(again.records[2].label, ds.records[2].label)
 
 
+def test_xz_cache_roundtrip_is_exact_and_found_as_a_split(phantom_dir, tmp_path):
+    """The GPU bundle's cache (``.npz.xz``, delta + LZMA2): bit-identical stacks, metadata and
+    preprocessing; found by the training's split lookup; a wrong suffix is refused."""
+    import pytest
+
+    from cmrseg.training.run_folder import resolve_splits
+
+    ds = StackDataset.from_folder(phantom_dir / "h5" / "train", CFG, progress=False)
+    ds.save_cache(tmp_path / "train.npz.xz", compression="xz")
+    assert (tmp_path / "train.npz.xz").read_bytes()[:6] == b"\xfd7zXZ\x00"  # an xz stream
+    again = StackDataset.from_folder(tmp_path / "train.npz.xz", CFG)
+    assert again.preprocess == CFG and [r.name for r in again.records] == [r.name for r in ds.records]
+    for a, b in zip(again.records, ds.records):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert a.meta == b.meta
+    (tmp_path / "val").mkdir()
+    assert resolve_splits(tmp_path) == (tmp_path / "train.npz.xz", tmp_path / "val")
+    with pytest.raises(ValueError, match="xz"):
+        ds.save_cache(tmp_path / "c.npz", compression="xz")
+
+
 def test_batcher_covers_every_item_once_per_epoch_and_shards_for_ddp(phantom_dir):
     ds = StackDataset.from_folder(phantom_dir / "h5" / "train", CFG, mode="slice", progress=False)
     b = StackBatcher(ds, batch_size=7, seed=1)

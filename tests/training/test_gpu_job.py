@@ -46,8 +46,13 @@ def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
 
 @pytest.mark.slow
 def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
+    out, work, bundle = tmp_path / "out", tmp_path / "work", tmp_path / "bundle"
+    # the data as it travels to the GPU machine: make_gpu_bundle.py's train.npz.xz + uint8 val/
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "make_gpu_bundle.py"), str(phantom_dir / "h5"),
+                          str(bundle), "smoke"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (bundle / "train.npz.xz").is_file() and (bundle / "val" / "manifest.json").is_file(), \
+        res.stderr[-2000:]
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
                           "--out", str(out), "--work", str(work), "--seconds", "240", "--protocol", "smoke",
                           "--device", "cpu", "--bench-seconds", "30", "--bench-steps", "3", "--eval-reserve", "60",
                           "--startup", "5", "--seeds", "1",

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json, write_text
+from cmrseg.data.dataset import is_cache
 from cmrseg.data.io import load_labelled_dataset
 from cmrseg.device import resolve_device
 from cmrseg.errors import InputError
@@ -39,7 +40,7 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
     out, data = Path(out), Path(data)
     out.mkdir(parents=True, exist_ok=True)
     _, val_src = resolve_splits(data)
-    if val_src.suffix == ".npz":
+    if is_cache(val_src):
         raise InputError(val_src, "reproduce evaluates on the original validation files; give a folder, not a cache")
     overrides = list(overrides or []) + ([f"device={device}"] if device != "auto" else [])
     variants = {REF_INPUT_ABLATION: ("seg_as+ref_as_mt", ["ref_inputs=final"])} if ref_input_ablation else None

@@ -22,17 +22,18 @@ RUN_FORMAT = "cmrseg-run/1"
 
 
 def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Path, Path]:
-    """``data`` holds ``train`` and ``val`` (folders or ``.npz`` caches), unless ``val`` is given."""
+    """``data`` holds ``train`` and ``val`` (folders or ``.npz`` / ``.npz.xz`` caches), unless
+    ``val`` is given."""
     data = Path(data)
     if val is not None:
         return data, Path(val)
-    for name in ("train", "train.npz"):
+    for name in ("train", "train.npz", "train.npz.xz"):
         if (data / name).exists():
             train = data / name
             break
     else:
         raise InputError(data, "no 'train' split inside (give --val, or a folder with train/ and val/)")
-    for name in ("val", "val.npz"):
+    for name in ("val", "val.npz", "val.npz.xz"):
         if (data / name).exists():
             return train, data / name
     raise InputError(data, "no 'val' split inside (needed to select the best epoch)")
