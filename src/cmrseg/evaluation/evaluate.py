@@ -271,7 +271,8 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
 
 # ----------------------------------------------------------------------------- folders
 
-def _label_files(root: Path) -> dict[str, Path]:
+def label_files(root: Path) -> dict[str, Path]:
+    """Label files under ``root`` by case name (truth named ``*_gt`` counts under the name without it)."""
     formats = label_formats()
     files = [p for p in sorted(root.rglob("*")) if p.is_file() and any(f.matches(p) for f in formats)]
     gt_named = [p for p in files if strip_suffix(p).endswith("_gt")]
@@ -297,7 +298,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
     for d in (pred_dir, gt_dir):
         if not d.is_dir():
             raise InputError(d, "folder not found")
-    gts, preds = _label_files(gt_dir), _label_files(pred_dir)
+    gts, preds = label_files(gt_dir), label_files(pred_dir)
     if not gts:
         raise InputError(gt_dir, f"no label files ({described(label_formats())})")
     missing = sorted(set(gts) - set(preds))
