@@ -70,7 +70,7 @@ class EnsemblePredictor:
             names = [str(m) for m in spec["members"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
-        members = [Predictor.from_path(folder / n, device, "auto", backend, precision) for n in names]
+        members = [Predictor.from_path((folder / n).resolve(), device, "auto", backend, precision) for n in names]
         if postprocess == "auto":
             postprocess = spec.get("postprocess", "auto")
         return cls(members, postprocess, path=str(folder), source=source)
