@@ -122,7 +122,7 @@ class StackDataset(Dataset):
         """Write every stack into one compressed npz (uint8 arrays + JSON index).
 
         ``compression="lzma"`` makes the file about 20 % smaller (ACDC train at the paper's
-        1.3 mm: 47.5 instead of 56 MB) and takes ten times longer to write; ``np.load`` reads
+        1.3 mm: 47.5 instead of 58.3 MB) and takes ten times longer to write; ``np.load`` reads
         both. ``"xz"`` (for a ``.npz.xz`` path) compresses the uncompressed npz as a whole with a
         byte-delta filter before LZMA2, which suits images (neighbouring pixels are alike):
         43.9 MB, 100 s to write and 2.5 s to read on the 2-core CPU (2026-11-28); only

@@ -13,6 +13,7 @@ import torch.nn as nn
 from cmrseg import __version__
 from cmrseg.atomic import write_json
 from cmrseg.checkpoint import save_weights
+from cmrseg.data.dataset import XZ_SUFFIX
 from cmrseg.errors import InputError
 from cmrseg.labels import label_map_json
 from cmrseg.models import DetSegNet
@@ -27,13 +28,13 @@ def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Pat
     data = Path(data)
     if val is not None:
         return data, Path(val)
-    for name in ("train", "train.npz", "train.npz.xz"):
+    for name in ("train", "train.npz", "train" + XZ_SUFFIX):
         if (data / name).exists():
             train = data / name
             break
     else:
         raise InputError(data, "no 'train' split inside (give --val, or a folder with train/ and val/)")
-    for name in ("val", "val.npz", "val.npz.xz"):
+    for name in ("val", "val.npz", "val" + XZ_SUFFIX):
         if (data / name).exists():
             return train, data / name
     raise InputError(data, "no 'val' split inside (needed to select the best epoch)")
