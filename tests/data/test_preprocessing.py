@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from cmrseg.data.augmentation import AugmentConfig, StackAugmenter
+from cmrseg.data.augmentation import AugmentConfig, StackAugmenter, gaussian_blur
 from cmrseg.data.preprocessing import (PreprocessConfig, canvas_map, invert_to_input, normalize_intensity,
                                        preprocess_image, preprocess_label)
 
@@ -79,3 +79,28 @@ def test_augmentation_moves_probability_maps_with_labels():
     agree = (p.argmax(1) == y).float().mean()
     assert agree > 0.98
     torch.testing.assert_close(p.sum(1), torch.ones_like(p[:, 0]), atol=1e-4, rtol=0)
+
+
+def test_gaussian_blur_matches_scipy_per_slice_sigma():
+    from scipy.ndimage import gaussian_filter
+
+    img = torch.rand(3, 1, 40, 36)
+    sigma = torch.tensor([0.0, 0.8, 1.5])
+    out = gaussian_blur(img, sigma, radius=5)
+    torch.testing.assert_close(out[0], img[0], atol=1e-6, rtol=0)  # sigma 0: unchanged
+    for k in (1, 2):
+        ref = gaussian_filter(img[k, 0].numpy(), float(sigma[k]), mode="nearest", truncate=5 / float(sigma[k]))
+        np.testing.assert_allclose(out[k, 0].numpy(), ref, atol=1e-5)
+
+
+def test_blur_augmentation_is_one_draw_per_stack():
+    cfg = AugmentConfig(rotation_deg=0, shift=0, scale=0, flip=0, gamma=0, contrast=0, noise=0, blur=1.5, blur_prob=1.0)
+    img = torch.rand(1, 1, 32, 32).expand(5, 1, 32, 32).contiguous()
+    out, _, _ = StackAugmenter(cfg)(img, None, [2, 3], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out[0], out[1])
+    torch.testing.assert_close(out[2], out[4])
+    assert not torch.allclose(out[0], out[2])  # two stacks, two sigmas
+    assert out.std() < img.std()  # smoothed
+    off = StackAugmenter(AugmentConfig(**{**cfg.to_dict(), "blur_prob": 0.0}))
+    same, _, _ = off(img, None, [2, 3], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(same, img, atol=1e-5, rtol=0)

@@ -1,7 +1,9 @@
 """Stack-consistent data augmentation on any device (CPU or GPU), batched.
 
 The paper's augmentation is random rotation, shift, flip and crop; we add mild scaling and
-intensity changes (gamma, contrast, noise), each configurable and off with a zero range.
+intensity changes (blur, gamma, contrast, noise), each configurable and off with a zero range.
+Blur stands for a scanner that acquires at a lower resolution than it reconstructs (nnU-Net
+draws the same Gaussian blur); ``experiments/domain_shift.py`` measures what it buys.
 One random transform is drawn per stack and applied to all its slices, so the anatomy stays
 consistent across slices (what the all-slice models learn from). Geometry is one
 ``affine_grid`` + ``grid_sample`` per batch: images and probability maps bilinear, labels
@@ -28,6 +30,9 @@ class AugmentConfig:
     gamma: gamma exponents in [1/(1+gamma), 1+gamma] (log-uniform), images only.
     contrast: multiply by [1 - contrast, 1 + contrast] around the stack mean, images only.
     noise: Gaussian noise with std uniform in [0, noise], images only.
+    blur: Gaussian blur with sigma uniform in [0, blur] pixels of the output, images only,
+        applied to a stack with probability ``blur_prob`` (before gamma, contrast and noise:
+        a coarser acquisition, then the scanner's own noise).
     """
 
     rotation_deg: float = 30.0
@@ -38,6 +43,8 @@ class AugmentConfig:
     gamma: float = 0.3
     contrast: float = 0.15
     noise: float = 0.03
+    blur: float = 0.0
+    blur_prob: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +53,21 @@ class AugmentConfig:
 def _per_stack(values: torch.Tensor, stack_sizes: list[int]) -> torch.Tensor:
     """Repeat one value per stack into one value per slice."""
     return torch.repeat_interleave(values, torch.as_tensor(stack_sizes, device=values.device), dim=0)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur each slice of ``[N, 1, H, W]`` with its own Gaussian ``sigma[N]`` (pixels; 0 leaves
+    the slice unchanged), separable, edges replicated: one grouped convolution per axis for
+    the whole batch, on any device. (torchvision's ``gaussian_blur`` takes one sigma per call.)"""
+    n = images.shape[0]
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    s = sigma.to(images.dtype).clamp(min=1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (x[None] / s) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # [N, 2R+1]; sigma ~0 gives a delta
+    out = F.pad(images.transpose(0, 1), (radius, radius, radius, radius), mode="replicate")  # [1, N, H+2R, W+2R]
+    out = F.conv2d(out, kernel[:, None, None, :], groups=n)
+    out = F.conv2d(out, kernel[:, None, :, None], groups=n)
+    return out.transpose(0, 1)
 
 
 class StackAugmenter:
@@ -118,6 +140,10 @@ class StackAugmenter:
         c = self.cfg
         k = len(stack_sizes)
         dev = images.device
+        if c.blur > 0 and c.blur_prob > 0:
+            sigma = torch.rand(k, device=dev, generator=gen) * c.blur
+            sigma = sigma * (torch.rand(k, device=dev, generator=gen) < c.blur_prob)
+            images = gaussian_blur(images, _per_stack(sigma, stack_sizes), radius=math.ceil(3 * c.blur))
         if c.gamma > 0:
             log_g = (torch.rand(k, device=dev, generator=gen) * 2 - 1) * math.log1p(c.gamma)
             g = _per_stack(torch.exp(log_g), stack_sizes).view(-1, 1, 1, 1)
