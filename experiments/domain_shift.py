@@ -26,7 +26,9 @@ The shifts use MONAI's MR transforms (images only, labels unchanged unless the g
   ``RandRicianNoise``, fixed seed).
 
 Writes ``OUT/data/SHIFT`` (h5 copies with ``metadata.csv``/``manifest.json``), ``OUT/pred/SHIFT``,
-``OUT/eval/SHIFT``, and ``OUT/domain_shift.md`` / ``.json`` with one row per shift.
+``OUT/eval/SHIFT``, and ``OUT/domain_shift.md`` / ``.json`` with one row per shift: volume and
+apical Dice, signed bias of every clinical measure, three mean absolute errors, and how many
+patients ``cmrseg segment``'s quality control passed (``ok``) or sent to review.
 """
 
 from __future__ import annotations
@@ -127,22 +129,26 @@ def cmrseg(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cmrseg", *args], check=True)
 
 
-def row(shift: str, summary: dict, seconds: float) -> dict:
+def row(shift: str, summary: dict, segmented: dict, seconds: float) -> dict:
+    """One table row from ``cmrseg evaluate``'s and ``cmrseg segment``'s ``summary.json``."""
     clin = summary["clinical"]["all"]
+    verdicts = [c.get("qc") for c in segmented["cases"].values()]
     out = {"shift": shift, "vol": summary["levels"]["volume"]["avg"], "apex": summary["levels"]["apex"]["avg"],
-           "seconds": seconds}
+           "seconds": seconds, "qc": {v: verdicts.count(v) for v in sorted(set(verdicts), key=str)}}
     for m in MEASURES:
         out[f"{m} bias"], out[f"{m} MAE"] = clin[f"{m} bias"], clin[f"{m} MAE"]
     return out
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["shift", "vol", "apex"] + [f"{m} bias" for m in MEASURES] + ["LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE"]
+    head = ["shift", "vol", "apex"] + [f"{m} bias" for m in MEASURES] + ["LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE",
+                                                                        "QC verdicts (patients)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["shift"], f"{r['vol']:.3f}", f"{r['apex']:.3f}"]
         cells += [f"{r[f'{m} bias']:+.2f}" for m in MEASURES]
         cells += [f"{r[c]:.2f}" for c in ("LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE")]
+        cells.append(", ".join(f"{n} {v}" for v, n in r["qc"].items()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,10 +160,16 @@ def main(argv=None) -> int:
     ap.add_argument("--model", nargs="+", help="models for cmrseg segment (default: its default)")
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=list(SHIFTS))
     ap.add_argument("--segment-args", default="", help="further cmrseg segment options, one string")
+    ap.add_argument("--reuse", action="store_true", help="tabulate shifts already segmented and evaluated in OUT "
+                                                         "instead of running them again")
     args = ap.parse_args(argv)
     rows = []
     for shift in args.shifts:
         data, pred, ev = (args.out / d / shift for d in ("data", "pred", "eval"))
+        if args.reuse and (ev / "summary.json").is_file():
+            segmented = json.loads((pred / "summary.json").read_text())
+            rows.append(row(shift, json.loads((ev / "summary.json").read_text()), segmented, float("nan")))
+            continue
         print(f"== {shift}", flush=True)
         write_shifted(args.split, data, shift)
         seg = ["segment", "-i", str(data), "-o", str(pred), "--overwrite"]
@@ -166,7 +178,8 @@ def main(argv=None) -> int:
         cmrseg(*seg)
         seconds = time.perf_counter() - t0
         cmrseg("evaluate", "--pred", str(pred), "--gt", str(data), "-o", str(ev))
-        rows.append(row(shift, json.loads((ev / "summary.json").read_text()), seconds))
+        segmented = json.loads((pred / "summary.json").read_text())
+        rows.append(row(shift, json.loads((ev / "summary.json").read_text()), segmented, seconds))
         (args.out / "domain_shift.json").write_text(json.dumps(rows, indent=1))
         (args.out / "domain_shift.md").write_text(markdown(rows))
     print(markdown(rows))

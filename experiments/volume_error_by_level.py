@@ -22,6 +22,10 @@ from cmrseg.labels import CLASS_NAMES
 
 def main(pred_dir: str, gt_dir: str) -> None:
     gts, preds = label_files(Path(gt_dir)), label_files(Path(pred_dir))
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        raise SystemExit(f"{pred_dir}: no prediction for {len(missing)} of {len(gts)} truth files: "
+                         + ", ".join(missing[:5]))
     error = defaultdict(float)  # (phase, class, level) -> mL summed over volumes
     patients = set()
     for key in sorted(gts):
