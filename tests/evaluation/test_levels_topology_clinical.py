@@ -65,3 +65,32 @@ def test_clinical_measures():
     m = cardiac_measures(v_ed, v_es)
     assert m["LVEDV (mL)"] == 100 and m["LVESV (mL)"] == 60 and m["LVEF (%)"] == pytest.approx(40)
     assert m["LVM (g)"] == pytest.approx(20 * 2 * 1.05) and m["RVEF (%)"] == 0
+
+
+def test_volume_error_by_level_puts_each_error_on_its_level(tmp_path):
+    from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases, write_report
+
+    gt = np.zeros((6, 20, 20), np.uint8)
+    gt[:, 2:8, 2:8] = 1  # RV
+    gt[:, 8:16, 8:16] = 2  # MYO
+    gt[:, 10:14, 10:14] = 3  # LV
+    ed = gt.copy()
+    ed[0, 0:2, 0:5] = 1  # +10 RV pixels on the most basal slice
+    ed[5, 8, 8:12] = 0  # -4 MYO pixels on the most apical slice
+    es = gt.copy()
+    es[2, 10:12, 10:12] = 2  # mid: 4 LV pixels become MYO
+    spacing = (2.0, 2.0, 5.0)  # 0.02 mL per voxel
+    meta = {"patient": "p1"}
+    cases = [EvalCase("p1_ED", ed, gt, spacing, {**meta, "phase": "ED"}),
+             EvalCase("p1_ES", es, gt, spacing, {**meta, "phase": "ES"})]
+    results, summary = evaluate_cases(cases, with_hd95=False)
+    by = summary["volume_error_by_level"]
+    assert by["ED"]["RV"] == pytest.approx({"base": 0.2, "mid": 0.0, "apex": 0.0, "all": 0.2})
+    assert by["ED"]["MYO"] == pytest.approx({"base": 0.0, "mid": 0.0, "apex": -0.08, "all": -0.08})
+    assert by["ES"]["MYO"]["mid"] == pytest.approx(0.08) and by["ES"]["LV"]["mid"] == pytest.approx(-0.08)
+    # "all" is the volume bias cmrseg evaluate reports for the clinical measures
+    assert by["ED"]["LV"]["all"] == pytest.approx(summary["clinical"]["all"]["LVEDV (mL) bias"])
+    assert by["ES"]["LV"]["all"] == pytest.approx(summary["clinical"]["all"]["LVESV (mL) bias"])
+    write_report(tmp_path, results, summary)
+    table = (tmp_path / "table.md").read_text()
+    assert "Signed volume error by slice level" in table and "| ED | RV | +0.20 | +0.00 | +0.00 | +0.20 |" in table

@@ -1,5 +1,6 @@
 """Evaluation per ``shared/docs/PROTOCOL.md``: slice-level and volume Dice, HD95, topology
-rates and clinical-measure errors, aggregated and written as CSV, Markdown and JSON.
+rates, clinical-measure errors (mean absolute and signed) and the signed volume errors by slice
+level, aggregated and written as CSV, Markdown and JSON.
 
 :func:`evaluate_cases` is the core (arrays in, numbers out) that training, ``reproduce`` and
 ``cmrseg evaluate`` all use; :func:`evaluate_folders` reads prediction / truth folders.
@@ -49,6 +50,17 @@ class CaseResult:
     topology: TopologyCounts
     pred_volumes: dict[str, float] | None
     gt_volumes: dict[str, float] | None
+    #: signed volume error (mL, prediction - truth) of [RV, MYO, LV] on the slices of each
+    #: level (the protocol's levels of the truth) and on the whole stack (``all``); None without spacing
+    level_volume_error: dict[str, np.ndarray] | None = None
+
+
+def _level_volume_error(pred: np.ndarray, gt: np.ndarray, levels: dict[str, np.ndarray], voxel_ml: float
+                        ) -> dict[str, np.ndarray]:
+    groups = {**levels, "all": np.arange(gt.shape[0])}
+    return {lv: np.array([voxel_ml * (int((pred[idx] == c).sum()) - int((gt[idx] == c).sum()))
+                          for c in range(1, len(CLASS_NAMES) + 1)], dtype=float)
+            for lv, idx in groups.items()}
 
 
 def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
@@ -69,6 +81,7 @@ def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
         topology=topology_counts(case.pred),
         pred_volumes=structure_volumes_ml(case.pred, voxel_ml) if voxel_ml else None,
         gt_volumes=structure_volumes_ml(case.gt, voxel_ml) if voxel_ml else None,
+        level_volume_error=_level_volume_error(case.pred, case.gt, levels, voxel_ml) if voxel_ml else None,
     )
 
 
@@ -130,6 +143,22 @@ def _clinical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def volume_error_by_level(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """Where the volume errors sit: {phase: {structure: {level: mL}}}, the mean over that
+    phase's volumes of prediction minus truth on the base / mid / apex slices (PROTOCOL.md's
+    levels of the truth, which put slices above the heart in base and below it in apex) and on
+    the whole stack (``all``: the phase's volume bias). ED and ES volumes only, one per patient."""
+    out: dict[str, Any] = {}
+    for phase in ("ED", "ES"):
+        errs = [r.level_volume_error for r in results if r.meta.get("phase") == phase and r.level_volume_error]
+        if not errs:
+            continue
+        out[phase] = {"volumes": len(errs)}
+        for k, name in enumerate(CLASS_NAMES):
+            out[phase][name] = {lv: float(np.mean([e[lv][k] for e in errs])) for lv in (*LEVELS, "all")}
+    return out
+
+
 def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
     """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
     ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical`` and the label map."""
@@ -148,6 +177,7 @@ def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any
         f"hd95_{units}": hd,
         "volume_dice_by_group": by_group,
         "clinical": _clinical_summary(clinical_rows(results)),
+        "volume_error_by_level": volume_error_by_level(results),
         "label_map": label_map_json(),
     }
 
@@ -205,6 +235,19 @@ def clinical_table(rows: Sequence[tuple[str, dict]]) -> str:
         if clin:
             out.append(f"| {name} | " + " | ".join(_mae_bias(clin, c) for c in cols) + " |")
     return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
+def volume_error_table(by_level: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`volume_error_by_level` (nothing when no volume was measurable)."""
+    if not by_level:
+        return []
+    md = ["\nSigned volume error by slice level (mL, prediction - truth, mean over the phase's volumes; "
+          "levels of the truth)\n",
+          "| phase | structure | " + " | ".join(LEVELS) + " | all |", "|---|---" + "|---" * (len(LEVELS) + 1) + "|"]
+    for phase, rows in by_level.items():
+        md += [f"| {phase} | {name} | " + " | ".join(f"{rows[name][lv]:+.2f}" for lv in (*LEVELS, "all")) + " |"
+               for name in CLASS_NAMES]
+    return md
 
 
 def per_volume_csv(results: Sequence[CaseResult]) -> str:
@@ -265,6 +308,7 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
                    "| group | patients | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
             md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
+    md += volume_error_table(summary.get("volume_error_by_level") or {})
     write_text(out / "table.md", "\n".join(md))
     write_json(out / "summary.json", summary)
 
