@@ -25,6 +25,10 @@ The shifts use MONAI's MR transforms (images only, labels unchanged unless the g
 * ``noise``: Rician noise, std 0.02 of the [0, 1] range (blood about 0.4-0.6 here: SNR 20-30;
   ``RandRicianNoise``, fixed seed).
 
+Two further rows probe quality control rather than a scanner (named with ``--shifts``): images
+the model cannot read, whose masks QC should not pass as ``ok``: ``inverted`` (1 - intensity,
+dark blood) and ``heavy_noise`` (Rician, std 0.25).
+
 Writes ``OUT/data/SHIFT`` (h5 copies with ``metadata.csv``/``manifest.json``), ``OUT/pred/SHIFT``,
 ``OUT/eval/SHIFT``, and ``OUT/domain_shift.md`` / ``.json`` with one row per shift: volume and
 apical Dice, signed bias of every clinical measure, three mean absolute errors, and how many
@@ -89,7 +93,12 @@ SHIFTS = {
     "gamma_1.5": _image_only(AdjustContrast(gamma=1.5)),
     "shading": _shading,
     "noise": _image_only(RandRicianNoise(prob=1.0, std=0.02, relative=False, sample_std=False)),
+    # probes of quality control, not scanners: images the model was never meant to read
+    "inverted": lambda image, label, rng: (1.0 - image, label, 1.0),
+    "heavy_noise": _image_only(RandRicianNoise(prob=1.0, std=0.25, relative=False, sample_std=False)),
 }
+#: the shifts a vendor's images could show (the default ``--shifts``); the rest probe QC
+SCANNER_SHIFTS = [k for k in SHIFTS if k not in ("inverted", "heavy_noise")]
 
 
 def write_shifted(src: Path, dst: Path, shift: str) -> None:
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("split", type=Path, help="an h5 split folder (for example ../shared/data/acdc/val)")
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", nargs="+", help="models for cmrseg segment (default: its default)")
-    ap.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=list(SHIFTS))
+    ap.add_argument("--shifts", nargs="+", default=SCANNER_SHIFTS, choices=list(SHIFTS),
+                    help="default: every scanner-like shift (not the QC probes inverted, heavy_noise)")
     ap.add_argument("--segment-args", default="", help="further cmrseg segment options, one string")
     ap.add_argument("--reuse", action="store_true", help="tabulate shifts already segmented and evaluated in OUT "
                                                          "instead of running them again")
