@@ -3,7 +3,7 @@
 The paper's augmentation is random rotation, shift, flip and crop; we add mild scaling and
 intensity changes (blur, gamma, contrast, noise), each configurable and off with a zero range.
 Blur stands for a scanner that acquires at a lower resolution than it reconstructs (nnU-Net
-draws the same Gaussian blur); ``experiments/domain_shift.py`` measures what it buys.
+draws a similar Gaussian blur); ``experiments/domain_shift.py`` measures what it buys.
 One random transform is drawn per stack and applied to all its slices, so the anatomy stays
 consistent across slices (what the all-slice models learn from). Geometry is one
 ``affine_grid`` + ``grid_sample`` per batch: images and probability maps bilinear, labels
