@@ -196,14 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     proposed_end = clock.elapsed() + window * args.proposed_share
     finished: list[str] = []
     startup = args.startup
-    budgets: dict[str, float] = {}  # each run's stage budget; an ensemble member's is capped by the proposed Seg stage's
+    seg_budget = 0.0  # the proposed Seg stage's budget: an ensemble member's stage gets no more
 
     def run_one(name: str, extra: list[str], stages_left: int, until: float) -> bool:
-        nonlocal startup
+        nonlocal startup, seg_budget
         timeout = clock.left() - args.eval_reserve
         span = min(until - clock.elapsed(), timeout)
         budget = (span - startup * stages_left) / stages_left
-        budgets[name] = budget
+        if name == PROPOSED[0][0]:
+            seg_budget = budget
         if budget < 10 and not is_complete_run(runs / name):
             log(f"{name}: skipped, {span:.0f} s left")
             return False
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         until = clock.seconds - args.eval_reserve
         if name in members:  # an ensemble member: a stage gets what the proposed model's stage got, no more
-            until = min(until, clock.elapsed() + budgets[PROPOSED[0][0]] + startup)
+            until = min(until, clock.elapsed() + seg_budget + startup)
         run_one(name, extra, stages_left=1, until=until)
 
     if finished:
