@@ -19,3 +19,15 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CmrsegError(f"--device {spec} asked for, but torch sees no CUDA device")
     return dev
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device`` without stopping the host: to CUDA it is copied from pinned
+    memory with ``non_blocking`` (a plain ``.to("cuda")`` of pageable memory waits until the GPU
+    has finished everything queued before it, which in a training step idles the GPU while
+    Python queues the next kernels). The caching host allocator keeps the pinned buffer until
+    the copy has run."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

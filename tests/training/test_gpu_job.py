@@ -1,5 +1,6 @@
 """The GPU job end to end on CPU (smoke protocol) and the time budget that makes it fit a call."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,6 +25,38 @@ def test_budget_epochs_ignores_the_warm_up_epoch_and_stays_in_bounds():
     assert budget_epochs(cfg, 2, 11.0, [10.0, 1.0], 0.0) == 2 + 89
     assert budget_epochs(cfg, 2, 11.0, [0.01, 0.01], 0.0) == cfg.epochs  # never above the protocol's epochs
     assert budget_epochs(cfg, 30, 150.0, [1.0] * 30, 0.0) == 31  # over budget: one more epoch, then stop
+
+
+def _module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning_rate():
+    bench = _module(REPO / "benchmarks" / "bench_training.py")
+    job = _module(REPO / "experiments" / "gpu_job.py")
+
+    def row(cl, tune, factor, rate):
+        return {"model": "seg_as", "channels_last": cl, "cudnn_benchmark": tune, "batch_factor": factor,
+                "slices_per_s": rate}
+
+    rows = [row(True, False, 1, 900.0), row(False, False, 1, 1000.0), row(True, True, 1, 950.0)]
+    assert bench.best_settings(rows)["seg_as"] == {"channels_last": False, "cudnn_benchmark": False,
+                                                   "slices_per_s": 1000.0, "batch_factor": 1}
+    # twice the batch with another setting does not count; with the best one, only when 1.2x faster
+    assert bench.best_settings(rows + [row(True, False, 2, 5000.0)])["seg_as"]["batch_factor"] == 1
+    assert bench.best_settings(rows + [row(False, False, 2, 1150.0)])["seg_as"]["batch_factor"] == 1
+    best = bench.best_settings(rows + [row(False, False, 2, 1300.0)])["seg_as"]
+    assert best["batch_factor"] == 2 and best["slices_per_s"] == 1300.0
+    cfg = load_config(protocol="paper")
+    assert job.batch_overrides("paper", 1) == []
+    sets = dict(s.split("=") for s in job.batch_overrides("paper", 2))
+    assert int(sets["batch_stacks"]) == 2 * cfg.batch_stacks and int(sets["batch_slices"]) == 2 * cfg.batch_slices
+    assert float(sets["lr"]) == pytest.approx(cfg.lr * 2 ** 0.5, rel=1e-5)
+    # the overrides are valid config
+    assert load_config(protocol="paper", overrides=job.batch_overrides("paper", 2)).batch_stacks == 2 * cfg.batch_stacks
 
 
 def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
@@ -62,6 +95,9 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     # the throughput check chose a setting and said so
     bench = json.loads((out / "throughput.json").read_text())
     assert {r["model"] for r in bench["rows"]} >= {"seg_as"} and "seg_as" in bench["best"]
+    # ... and profiled seg_as with it: the op table came back beside the JSON
+    assert bench["profile"]["model"] == "seg_as" and bench["profile"]["wall_ms_per_step"] > 0
+    assert "convolution" in (out / "throughput.profile.txt").read_text()
     # the proposed model (both stages), seg_ss and a second seed came back as model folders, float16 ...
     for name in ("seg_as", "seg_as-ref_as_mt", "seg_ss", "seg_as_seed1", "seg_as-ref_as_mt_seed1"):
         tensors = read_tensors(out / "models" / name / "weights.safetensors")

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from cmrseg.device import to_device
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -50,9 +52,17 @@ class AugmentConfig:
         return asdict(self)
 
 
-def _per_stack(values: torch.Tensor, stack_sizes: list[int]) -> torch.Tensor:
-    """Repeat one value per stack into one value per slice."""
-    return torch.repeat_interleave(values, torch.as_tensor(stack_sizes, device=values.device), dim=0)
+def stack_index(stack_sizes: list[int], device: torch.device | str) -> torch.Tensor:
+    """``[N]`` int64: the stack of every slice, made on the host from the Python sizes and sent
+    without a host sync (``torch.repeat_interleave`` with tensor repeats reads their sum back
+    from the GPU, one sync per call)."""
+    index = torch.tensor([i for i, s in enumerate(stack_sizes) for _ in range(s)], dtype=torch.long)
+    return to_device(index, device)
+
+
+def _per_stack(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One value per stack -> one value per slice (``index`` from :func:`stack_index`)."""
+    return values.index_select(0, index)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -102,7 +112,7 @@ class StackAugmenter:
         tx = uniform(-c.shift, c.shift) * 2.0 / size
         ty = uniform(-c.shift, c.shift) * 2.0 / size
         if centers is not None:  # crop centred on given pixel positions (row, col), +- shift
-            centers = centers.to(device=device, dtype=tx.dtype)
+            centers = to_device(centers.to(tx.dtype), device)
             tx = tx + (2.0 * centers[:, 1] + 1.0) / size - 1.0
             ty = ty + (2.0 * centers[:, 0] + 1.0) / size - 1.0
         ratio = out / size / zoom  # output grid covers out/size of the input, shrunk by zoom
@@ -120,12 +130,13 @@ class StackAugmenter:
         if sum(stack_sizes) != n:
             raise ValueError(f"stack sizes {stack_sizes} do not add up to {n} slices")
         out = self.cfg.crop or h
+        index = stack_index(stack_sizes, ref.device)
         theta = self._theta(len(stack_sizes), h, out, ref.device, generator, centers)
-        theta = _per_stack(theta, stack_sizes).to(ref.dtype)
+        theta = _per_stack(theta, index).to(ref.dtype)
         grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)
         if images is not None:
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            images = self._intensity(images, stack_sizes, generator)
+            images = self._intensity(images, index, len(stack_sizes), generator)
         if extra is not None:
             # outside the canvas a probability map is pure background (channel 0)
             border = torch.zeros(1, extra.shape[1], 1, 1, device=extra.device, dtype=extra.dtype)
@@ -136,24 +147,24 @@ class StackAugmenter:
                                    align_corners=False)[:, 0].round().long()
         return images, labels, extra
 
-    def _intensity(self, images: torch.Tensor, stack_sizes, gen) -> torch.Tensor:
+    def _intensity(self, images: torch.Tensor, index: torch.Tensor, k: int, gen) -> torch.Tensor:
+        """Per stack (``k`` stacks, ``index`` the stack of every slice): blur, gamma, contrast, noise."""
         c = self.cfg
-        k = len(stack_sizes)
         dev = images.device
         if c.blur > 0 and c.blur_prob > 0:
             sigma = torch.rand(k, device=dev, generator=gen) * c.blur
             sigma = sigma * (torch.rand(k, device=dev, generator=gen) < c.blur_prob)
-            images = gaussian_blur(images, _per_stack(sigma, stack_sizes), radius=math.ceil(3 * c.blur))
+            images = gaussian_blur(images, _per_stack(sigma, index), radius=math.ceil(3 * c.blur))
         if c.gamma > 0:
             log_g = (torch.rand(k, device=dev, generator=gen) * 2 - 1) * math.log1p(c.gamma)
-            g = _per_stack(torch.exp(log_g), stack_sizes).view(-1, 1, 1, 1)
+            g = _per_stack(torch.exp(log_g), index).view(-1, 1, 1, 1)
             images = images.clamp(min=0.0) ** g
         if c.contrast > 0:
-            f = _per_stack(1 + (torch.rand(k, device=dev, generator=gen) * 2 - 1) * c.contrast, stack_sizes)
+            f = _per_stack(1 + (torch.rand(k, device=dev, generator=gen) * 2 - 1) * c.contrast, index)
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = (images - mean) * f.view(-1, 1, 1, 1) + mean
         if c.noise > 0:
-            sigma = _per_stack(torch.rand(k, device=dev, generator=gen) * c.noise, stack_sizes)
+            sigma = _per_stack(torch.rand(k, device=dev, generator=gen) * c.noise, index)
             noise = torch.randn(images.shape, device=dev, generator=gen, dtype=images.dtype)
             images = images + noise * sigma.view(-1, 1, 1, 1)
         return images
