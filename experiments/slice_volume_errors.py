@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.atomic import write_text
+from cmrseg.data.io.readers import read_label_volume
 from cmrseg.evaluation.evaluate import label_files
 from cmrseg.evaluation.levels import slice_levels
-from cmrseg.data.io.readers import read_label_volume
 from cmrseg.labels import CLASS_NAMES
 
 

@@ -16,6 +16,23 @@ ACDC = REPO.parent / "shared" / "data" / "acdc"
 
 
 @pytest.fixture(scope="session")
+def load_script():
+    """``load_script("experiments/x.py")``: a script of the repository (not a package) as a module."""
+    import importlib.util
+    import sys
+
+    def load(relative: str):
+        path = REPO / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # dataclasses in the script look their module up
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     from cmrseg.data.phantom import generate
 

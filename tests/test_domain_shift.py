@@ -1,7 +1,6 @@
 """experiments/domain_shift.py: shifted copies keep the truth's physical volumes, and the
 whole table comes out of cmrseg segment + evaluate on a phantom split."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,23 +9,14 @@ import numpy as np
 
 from cmrseg.data.io.readers import read_label_volume
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("domain_shift", REPO / "experiments" / "domain_shift.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _volumes_ml(path: Path) -> np.ndarray:
     vol = read_label_volume(path)
     return np.bincount(vol.label.ravel(), minlength=4)[1:] * vol.geometry.voxel_volume_ml
 
 
-def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path):
-    ds = _module()
+def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path, load_script):
+    ds = load_script("experiments/domain_shift.py")
     src = phantom_dir / "h5" / "val"
     for shift in ("finer_grid", "gibbs", "shading"):
         ds.write_shifted(src, tmp_path / shift, shift)
@@ -37,8 +27,8 @@ def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path):
     assert [(m["height"], m["width"]) for m in manifest] == [(2 * m["height"], 2 * m["width"]) for m in before]
 
 
-def test_domain_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path):
-    ds = _module()
+def test_domain_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script):
+    ds = load_script("experiments/domain_shift.py")
     assert ds.main([str(phantom_dir / "h5" / "val"), str(tmp_path), "--model", str(smoke_model),
                     "--shifts", "none", "blur"]) == 0
     rows = json.loads((tmp_path / "domain_shift.json").read_text())

@@ -1,9 +1,7 @@
 """experiments/slice_volume_errors.py: the one slice that carries a volume error is found and
 its share is right."""
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,17 +9,9 @@ import numpy as np
 from cmrseg.data.io.readers import read_label_volume
 from cmrseg.labels import RV
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("slice_volume_errors", REPO / "experiments" / "slice_volume_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_missing_slice_is_found_and_the_rest_is_exact(phantom_dir, tmp_path):
+def test_a_missing_slice_is_found_and_the_rest_is_exact(phantom_dir, tmp_path, load_script):
+    script = load_script("experiments/slice_volume_errors.py")
     gt_dir = phantom_dir / "h5" / "val"
     pred_dir = tmp_path / "pred"
     shutil.copytree(gt_dir, pred_dir)
@@ -34,11 +24,11 @@ def test_a_missing_slice_is_found_and_the_rest_is_exact(phantom_dir, tmp_path):
         label[k][label[k] == RV] = 0
         label[k + 1][0, 0] = RV
         fh["label"][...] = label
-    rows = {r["volume"]: r for r in _module().slice_errors(pred_dir, gt_dir, "RV")}
+    rows = {r["volume"]: r for r in script.slice_errors(pred_dir, gt_dir, "RV")}
     r = rows[name.stem]
     voxel_ml = float(np.prod(truth.geometry.spacing)) / 1000.0
     assert r["k"] == k and r["truth_px"] == rv_per_slice[k] and r["pred_px"] == 0
     assert np.isclose(r["slice_error"], -rv_per_slice[k] * voxel_ml)
     assert np.isclose(r["rest"], voxel_ml) and np.isclose(r["error"], r["slice_error"] + voxel_ml)
     assert all(o["error"] == 0 for v, o in rows.items() if v != name.stem)  # untouched volumes: no error
-    assert "without each volume's largest one-slice error" in _module().markdown(list(rows.values()), "RV")
+    assert "without each volume's largest one-slice error" in script.markdown(list(rows.values()), "RV")

@@ -1,6 +1,5 @@
 """The GPU job end to end on CPU (smoke protocol) and the time budget that makes it fit a call."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,16 +26,9 @@ def test_budget_epochs_ignores_the_warm_up_epoch_and_stays_in_bounds():
     assert budget_epochs(cfg, 30, 150.0, [1.0] * 30, 0.0) == 31  # over budget: one more epoch, then stop
 
 
-def _module(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning_rate():
-    bench = _module(REPO / "benchmarks" / "bench_training.py")
-    job = _module(REPO / "experiments" / "gpu_job.py")
+def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning_rate(load_script):
+    bench = load_script("benchmarks/bench_training.py")
+    job = load_script("experiments/gpu_job.py")
 
     def row(cl, tune, factor, rate):
         return {"model": "seg_as", "channels_last": cl, "cudnn_benchmark": tune, "batch_factor": factor,
@@ -45,11 +37,12 @@ def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning
     rows = [row(True, False, 1, 900.0), row(False, False, 1, 1000.0), row(True, True, 1, 950.0)]
     assert bench.best_settings(rows)["seg_as"] == {"channels_last": False, "cudnn_benchmark": False,
                                                    "slices_per_s": 1000.0, "batch_factor": 1}
-    # twice the batch with another setting does not count; with the best one, only when 1.2x faster
+    # twice the batch with another setting does not count; with the best one, only when it keeps
+    # at least 90 % of the steps per second (1.8x the slices per second)
     assert bench.best_settings(rows + [row(True, False, 2, 5000.0)])["seg_as"]["batch_factor"] == 1
-    assert bench.best_settings(rows + [row(False, False, 2, 1150.0)])["seg_as"]["batch_factor"] == 1
-    best = bench.best_settings(rows + [row(False, False, 2, 1300.0)])["seg_as"]
-    assert best["batch_factor"] == 2 and best["slices_per_s"] == 1300.0
+    assert bench.best_settings(rows + [row(False, False, 2, 1700.0)])["seg_as"]["batch_factor"] == 1
+    best = bench.best_settings(rows + [row(False, False, 2, 1900.0)])["seg_as"]
+    assert best["batch_factor"] == 2 and best["slices_per_s"] == 1900.0
     cfg = load_config(protocol="paper")
     assert job.batch_overrides("paper", 1) == []
     sets = dict(s.split("=") for s in job.batch_overrides("paper", 2))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cmrseg.data.augmentation import StackAugmenter, AugmentConfig, stack_index
+from cmrseg.data.augmentation import AugmentConfig, StackAugmenter, stack_index
 from cmrseg.data.dataset import StackDataset, StackRecord
 from cmrseg.models import create_model
 from cmrseg.training.batching import StackBatcher
