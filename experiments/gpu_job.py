@@ -7,8 +7,8 @@ In this order, inside ``--seconds`` of wall time:
 1. a throughput check (``benchmarks/bench_training.py --settings --profile``, at most
    ``--bench-seconds``): channels_last and cuDNN autotuning on or off, and twice the batch
    (learning rate x sqrt 2) when that trains 1.8x faster per slice, so at about the same
-   optimiser steps per second; the fastest kept for every
-   run below; then a profile of a few ``seg_as`` steps (``throughput.profile.txt``);
+   optimiser steps per second; the fastest kept for every run below; then a profile of a few
+   ``seg_as`` steps (``throughput.profile.txt``);
 2. the proposed model (``seg_as`` Seg stage, then its Ref stage ``seg_as+ref_as_mt``);
 3. ``seg_ss``;
 4. ``--seeds`` further seeds of the proposed model (``seg_as@seed1``, ``seg_as+ref_as_mt@seed1``,

@@ -18,26 +18,25 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.atomic import write_text
-from cmrseg.data.io.readers import read_label_volume
-from cmrseg.evaluation.evaluate import label_files
+from cmrseg.errors import InputError
+from cmrseg.evaluation.evaluate import paired_cases
 from cmrseg.evaluation.levels import slice_levels
 from cmrseg.labels import CLASS_NAMES
 
 
 def slice_errors(pred_dir: Path, gt_dir: Path, structure: str) -> list[dict]:
     c = CLASS_NAMES.index(structure) + 1
-    gts, preds = label_files(gt_dir), label_files(pred_dir)
     rows = []
-    for key in sorted(gts):
-        g = read_label_volume(gts[key])
-        p = read_label_volume(preds[key])
-        voxel_ml = float(np.prod(g.geometry.spacing)) / 1000.0
-        t = (g.label == c).reshape(g.label.shape[0], -1).sum(1)
-        q = (p.label == c).reshape(p.label.shape[0], -1).sum(1)
+    for case in paired_cases(pred_dir, gt_dir):  # cmrseg evaluate's pairing and its errors
+        if case.spacing is None:
+            raise InputError(gt_dir / case.name, "no voxel size, so no volumes")
+        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+        t = (case.gt == c).reshape(case.gt.shape[0], -1).sum(1)
+        q = (case.pred == c).reshape(case.pred.shape[0], -1).sum(1)
         err = (q.astype(float) - t) * voxel_ml
         k = int(np.argmax(np.abs(err)))
-        rows.append({"volume": key, "error": float(err.sum()), "k": k,
-                     "slices": len(err), "level": slice_levels(g.label)[k] or "no heart in truth",
+        rows.append({"volume": case.name, "error": float(err.sum()), "k": k,
+                     "slices": len(err), "level": slice_levels(case.gt)[k] or "no heart in truth",
                      "truth_px": int(t[k]), "pred_px": int(q[k]), "slice_error": float(err[k]),
                      "rest": float(err.sum() - err[k])})
     return rows
@@ -63,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--structure", default="RV", choices=CLASS_NAMES)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    text = markdown(slice_errors(args.pred, args.gt, args.structure), args.structure)
+    try:
+        text = markdown(slice_errors(args.pred, args.gt, args.structure), args.structure)
+    except InputError as exc:  # one line naming the file, as the cmrseg commands give
+        raise SystemExit(f"slice_volume_errors: {exc}") from None
     print(text)
     if args.out:
         write_text(args.out, text)

@@ -5,8 +5,10 @@ import shutil
 
 import h5py
 import numpy as np
+import pytest
 
 from cmrseg.data.io.readers import read_label_volume
+from cmrseg.errors import InputError
 from cmrseg.labels import RV
 
 
@@ -32,3 +34,7 @@ def test_a_missing_slice_is_found_and_the_rest_is_exact(phantom_dir, tmp_path, l
     assert np.isclose(r["rest"], voxel_ml) and np.isclose(r["error"], r["slice_error"] + voxel_ml)
     assert all(o["error"] == 0 for v, o in rows.items() if v != name.stem)  # untouched volumes: no error
     assert "without each volume's largest one-slice error" in script.markdown(list(rows.values()), "RV")
+    # a missing prediction is one clear error naming the prediction folder, not a KeyError
+    name.unlink()
+    with pytest.raises(InputError, match="no prediction for 1 of"):
+        script.slice_errors(pred_dir, gt_dir, "RV")

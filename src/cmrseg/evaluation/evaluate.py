@@ -330,13 +330,14 @@ def label_files(root: Path) -> dict[str, Path]:
     return out
 
 
-def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
-                     spacing: tuple[float, float, float] | None = None, progress: bool = True) -> dict:
-    """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``.
+def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
+                 spacing: tuple[float, float, float] | None = None) -> list[EvalCase]:
+    """Every truth file of ``gt_dir`` with the same-named prediction of ``pred_dir``, read.
 
     Both hold h5 files (dataset ``label``) or NIfTI files (truth may be named ``*_gt``);
-    an ACDC release tree of patient folders works as ``gt_dir``. Writes the report into
-    ``out_dir`` and returns the summary.
+    an ACDC release tree of patient folders works as ``gt_dir``. The voxel size is the truth's
+    unless ``spacing`` is given. A missing folder, truth, prediction or a shape mismatch is one
+    :class:`InputError` naming the path.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
@@ -357,6 +358,13 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
             raise InputError(preds[key], f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
         sp = spacing if spacing is not None else g.geometry.spacing
         cases.append(EvalCase(key, p.label, g.label, sp, g.meta))
-    results, summary = evaluate_cases(cases, progress=progress)
+    return cases
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
+                     spacing: tuple[float, float, float] | None = None, progress: bool = True) -> dict:
+    """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``
+    (:func:`paired_cases`); writes the report into ``out_dir`` and returns the summary."""
+    results, summary = evaluate_cases(paired_cases(pred_dir, gt_dir, spacing), progress=progress)
     write_report(out_dir, results, summary)
     return summary
