@@ -5,10 +5,15 @@
 In this order, inside ``--seconds`` of wall time:
 
 1. a throughput check (``benchmarks/bench_training.py --settings --profile``, at most
-   ``--bench-seconds``): channels_last and cuDNN autotuning on or off, and twice the batch
-   (learning rate x sqrt 2) when that trains 1.8x faster per slice, so at about the same
-   optimiser steps per second; the fastest kept for every run below; then a profile of a few
-   ``seg_as`` steps (``throughput.profile.txt``);
+   ``--bench-seconds``): channels_last and cuDNN autotuning on or off, fixed-shape batches
+   (packed stacks, masked padding) and, with ``--compile MODE``, ``torch.compile`` on them
+   (``reduce-overhead``: CUDA graphs; give the check time for the compile, e.g.
+   ``--bench-seconds 150``), and twice the batch (learning rate x sqrt 2) when that trains
+   1.8x faster per slice, so at about the same optimiser steps per second; the setting that
+   trains the most slices in a stage of the proposed model's budget (compile time paid out of
+   it) is kept for every run below; then a profile of a few ``seg_as`` steps
+   (``throughput.profile.txt``). A run that fails with a compiled setting is run again (it
+   resumes) without the compile;
 2. the proposed model (``seg_as`` Seg stage, then its Ref stage ``seg_as+ref_as_mt``);
 3. ``seg_ss``;
 4. ``--seeds`` further seeds of the proposed model (``seg_as@seed1``, ``seg_as+ref_as_mt@seed1``,
@@ -91,15 +96,21 @@ def env() -> dict:
 
 
 def throughput_check(out: Path, protocol: str, device: str, seconds: float, steps: int = 8,
-                     profile_steps: int = 5) -> list[str]:
-    """Run the settings benchmark; the overrides of the fastest setting for seg_as. A benchmark
-    that overruns ``seconds`` is stopped and the settings it measured so far still count. Then
-    ``profile_steps`` steps of seg_as under ``torch.profiler`` (``throughput.profile.txt``: where
-    the step's time goes, for the next speed-up)."""
+                     profile_steps: int = 5, compile_mode: str | None = None,
+                     stage_seconds: float | None = None) -> list[str]:
+    """Run the settings benchmark; the overrides of the best setting for seg_as (the most
+    slices in a stage of ``stage_seconds``). A benchmark that overruns ``seconds`` is stopped
+    and the settings it measured so far still count. Then ``profile_steps`` steps of seg_as
+    under ``torch.profiler`` (``throughput.profile.txt``: where the step's time goes, for the
+    next speed-up)."""
     json_path = out / "throughput.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--device", device, "--protocol", protocol,
            "--settings", "--steps", str(steps), "--seconds", str(seconds * 0.6), "--profile", str(profile_steps),
            "--out", str(json_path)]
+    if compile_mode:
+        cmd += ["--compile", compile_mode]
+    if stage_seconds:
+        cmd += ["--stage-seconds", f"{stage_seconds:.0f}"]
     try:
         res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=seconds)
         (out / "throughput.log").write_text(res.stdout + res.stderr)
@@ -115,13 +126,20 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float, step
     best = (report.get("best") or {}).get("seg_as")
     if not best:
         return []
-    factor = int(best.get("batch_factor", 1))
-    log(f"fastest setting for seg_as: channels_last={best['channels_last']} cudnn_benchmark={best['cudnn_benchmark']} "
-        f"batch x{factor} ({best['slices_per_s']:.0f} slices/s)")
+    log(f"best setting for seg_as: {json.dumps(best)}")
     if report.get("profile"):
         log(f"profile of seg_as: {json.dumps(report['profile'])}")
-    return [f"channels_last={str(best['channels_last']).lower()}",
-            f"cudnn_benchmark={str(best['cudnn_benchmark']).lower()}", *batch_overrides(protocol, factor)]
+    return setting_overrides(best, protocol)
+
+
+def setting_overrides(best: dict, protocol: str) -> list[str]:
+    """``cmrseg train --set`` overrides of a benchmark's best setting (``best_settings``)."""
+    def yaml_value(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    sets = [f"{k}={yaml_value(best.get(k, False))}" for k in ("channels_last", "cudnn_benchmark", "fixed_shape",
+                                                               "compile")]
+    return sets + batch_overrides(protocol, int(best.get("batch_factor", 1)))
 
 
 def batch_overrides(protocol: str, factor: int) -> list[str]:
@@ -150,13 +168,18 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
         cmd += ["--set", s]
     log(f"{name}: training, {budget:.0f} s per stage, stopped after {timeout:.0f} s")
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
-    with open(args.work / "logs" / f"{name}.log", "w") as fh:
+    with open(args.work / "logs" / f"{name}.log", "a") as fh:  # a retry without compile keeps the failure
         t0 = time.perf_counter()
         try:
             rc = subprocess.run(cmd, env=env(), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     ok = rc == 0 and is_complete_run(run)
+    compiled = [s for s in settings if s.startswith("compile=") and s != "compile=false"]
+    if not ok and rc != "timeout" and compiled:  # compiling failed (torch, driver): the run resumes eager
+        log(f"{name}: failed ({rc}) with {compiled[0]}; again without it")
+        return train(name, extra, args, runs, budget, timeout - (time.perf_counter() - t0),
+                     [s for s in settings if not s.startswith("compile=")])
     meta = json.loads((run / "model.json").read_text()) if ok else {}
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
         + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
@@ -196,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--bench-seconds", type=float, default=45.0, help="throughput check, at most (0 = skip)")
     ap.add_argument("--bench-steps", type=int, default=8, help="timed training steps per setting")
+    ap.add_argument("--compile", metavar="MODE", help="the throughput check also measures torch.compile in this "
+                    "mode on fixed-shape batches (reduce-overhead: CUDA graphs); raise --bench-seconds for it")
     ap.add_argument("--proposed-share", type=float, default=0.75,
                     help="share of the training time for the proposed model's two stages")
     ap.add_argument("--eval-reserve", type=float, default=80.0, help="seconds kept for evaluation and packing")
@@ -212,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     log(f"job: {args.seconds:.0f} s, protocol {args.protocol}, device {args.device}, data {args.data}")
-    settings = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps)
+    # a stage of the proposed model gets about this long: what a setting's compile time is paid from
+    stage_guess = (args.seconds - args.bench_seconds - args.eval_reserve) * args.proposed_share / 2 - args.startup
+    settings = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
+                                 compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
                 if args.bench_seconds > 0 else [])
 
     window = max(0.0, clock.left() - args.eval_reserve)

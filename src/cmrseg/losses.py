@@ -17,6 +17,10 @@
   is the paper's intent ("only high-certainty anatomies are optimised"). CE_class,i is the
   binary cross-entropy of p_i against presence of class i in the slice's ground truth.
   With ``dice_weight > 0`` a soft Dice term per class over the gated-on slices is added.
+
+Every loss takes an optional ``valid`` (``[N]`` bool): the real slices of a fixed-shape batch
+(``TrainConfig.fixed_shape``); padding slices then count nowhere, and the loss equals the
+loss of the real slices alone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ from cmrseg.labels import NUM_CLASSES
 def presence_labels(labels: torch.Tensor) -> torch.Tensor:
     """``[N, H, W]`` labels -> ``[N, 3]`` float presence of (RV, MYO, LV) per slice."""
     return torch.stack([(labels == c).flatten(1).any(dim=1) for c in (1, 2, 3)], dim=1).float()
+
+
+def _slice_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-slice ``values`` ``[N]`` over the valid slices (all when ``valid`` is None)."""
+    if valid is None:
+        return values.mean()
+    w = valid.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp(min=1)
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weights: torch.Tensor | None = None,
@@ -49,25 +61,29 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weights: torch.Ten
 
 
 class SegLoss(nn.Module):
-    """Cross-entropy (+ ``dice_weight`` x soft Dice). ``forward(logits [N,4,H,W], labels [N,H,W])``."""
+    """Cross-entropy (+ ``dice_weight`` x soft Dice). ``forward(logits [N,4,H,W], labels [N,H,W], valid=None)``."""
 
     def __init__(self, dice_weight: float = 1.0):
         super().__init__()
         self.dice_weight = dice_weight
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
-        loss = F.cross_entropy(logits, labels)
+        if valid is None:
+            loss = F.cross_entropy(logits, labels)
+        else:  # every slice has the same pixel count: the mean of slice means is the pixel mean
+            loss = _slice_mean(F.cross_entropy(logits, labels, reduction="none").mean(dim=(1, 2)), valid)
         if self.dice_weight:
             onehot = F.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float()
-            loss = loss + self.dice_weight * soft_dice_loss(logits.softmax(dim=1), onehot)
+            weights = None if valid is None else valid[:, None].float().expand(-1, NUM_CLASSES - 1)
+            loss = loss + self.dice_weight * soft_dice_loss(logits.softmax(dim=1), onehot, weights)
         return loss
 
 
 class GatedRefinementLoss(nn.Module):
     """The paper's classifier-gated multitask loss (module docstring).
 
-    ``forward(logits [N,4,H,W], class_logits [N,3], labels [N,H,W])`` -> scalar; the parts
+    ``forward(logits [N,4,H,W], class_logits [N,3], labels [N,H,W], valid=None)`` -> scalar; the parts
     are kept in ``self.last`` (``seg``, ``cls``, detached 0-d tensors: reading them as numbers
     would wait for the device on every step) for logging.
     """
@@ -78,7 +94,8 @@ class GatedRefinementLoss(nn.Module):
         self.dice_weight = dice_weight
         self.last: dict[str, torch.Tensor] = {}
 
-    def forward(self, logits: torch.Tensor, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, class_logits: torch.Tensor, labels: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         logits, class_logits = logits.float(), class_logits.float()
         probs = logits.softmax(dim=1)
         onehot = F.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float()
@@ -89,12 +106,14 @@ class GatedRefinementLoss(nn.Module):
         log_not_q = torch.log1p(-probs[:, 1:].clamp(max=1 - 1e-6))
         y = onehot[:, 1:]
         ce_seg = -(y * log_q + (1 - y) * log_not_q).mean(dim=(2, 3))
-        seg = (gate * ce_seg).sum(dim=1).mean()
+        seg = _slice_mean((gate * ce_seg).sum(dim=1), valid)
         present = presence_labels(labels)
-        ce_cls = F.binary_cross_entropy_with_logits(class_logits, present, reduction="none").sum(dim=1).mean()
+        ce_cls = _slice_mean(F.binary_cross_entropy_with_logits(class_logits, present, reduction="none").sum(dim=1),
+                             valid)
         loss = seg + self.lambda_cls * ce_cls
         if self.dice_weight:
-            loss = loss + self.dice_weight * soft_dice_loss(probs, onehot, weights=gate)
+            weights = gate if valid is None else gate * valid[:, None].to(gate.dtype)
+            loss = loss + self.dice_weight * soft_dice_loss(probs, onehot, weights=weights)
         self.last = {"seg": seg.detach(), "cls": ce_cls.detach()}
         return loss
 

@@ -36,6 +36,7 @@ def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning
 
     rows = [row(True, False, 1, 900.0), row(False, False, 1, 1000.0), row(True, True, 1, 950.0)]
     assert bench.best_settings(rows)["seg_as"] == {"channels_last": False, "cudnn_benchmark": False,
+                                                   "fixed_shape": False, "compile": False,
                                                    "slices_per_s": 1000.0, "batch_factor": 1}
     # twice the batch with another setting does not count; with the best one, only when it keeps
     # at least 90 % of the steps per second (1.8x the slices per second)
@@ -50,6 +51,22 @@ def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning
     assert float(sets["lr"]) == pytest.approx(cfg.lr * 2 ** 0.5, rel=1e-5)
     # the overrides are valid config
     assert load_config(protocol="paper", overrides=job.batch_overrides("paper", 2)).batch_stacks == 2 * cfg.batch_stacks
+
+
+def test_a_compiled_setting_must_pay_for_its_compile_time_within_the_stage(load_script):
+    bench = load_script("benchmarks/bench_training.py")
+    job = load_script("experiments/gpu_job.py")
+    eager = {"model": "seg_as", "channels_last": True, "cudnn_benchmark": True, "fixed_shape": True, "compile": False,
+             "batch_factor": 1, "slices_per_s": 1000.0, "tune_seconds": 2.0}
+    compiled = {**eager, "compile": "reduce-overhead", "slices_per_s": 1500.0, "tune_seconds": 70.0}
+    assert bench.best_settings([eager, compiled])["seg_as"]["compile"] == "reduce-overhead"  # by rate alone
+    # a 150 s stage: 1500 x 80 s = 120,000 slices against 1000 x 148 s = 148,000: eager wins
+    assert bench.best_settings([eager, compiled], stage_seconds=150)["seg_as"]["compile"] is False
+    assert bench.best_settings([eager, compiled], stage_seconds=400)["seg_as"]["compile"] == "reduce-overhead"
+    sets = job.setting_overrides({**eager, "compile": "reduce-overhead", "batch_factor": 1}, "paper")
+    cfg = load_config(protocol="paper", overrides=sets)
+    assert cfg.fixed_shape and cfg.compile == "reduce-overhead" and cfg.cudnn_benchmark and cfg.channels_last
+    assert load_config(protocol="paper", overrides=job.setting_overrides(eager, "paper")).compile is False
 
 
 def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):

@@ -88,6 +88,19 @@ def test_the_ref_stage_step_reads_nothing_back_from_the_device():
     assert reads.unexpected() == {}, reads.lines
 
 
+def test_a_fixed_shape_step_reads_nothing_back_from_the_device():
+    """Packed, padded batches (``fixed_shape``): the masked batch norm, the block-diagonal
+    attention and the masked loss add no host read."""
+    cfg = load_config(protocol="smoke", model="seg_as_mt", overrides=["fixed_shape=true", "batch_slices=20"])
+    ds = _data(cfg)
+    net = create_model("seg_as_mt", **cfg.model_kwargs)
+    stage = ImageStage(net, ds, cfg, setup_context(cfg))
+    batch = next(StackBatcher(stage.train_ds, 4, fixed_slices=20).epoch(0))
+    assert (batch["stack_ids"] < 0).any()  # the batch has padding
+    reads = _step(stage, batch, net)
+    assert reads.unexpected() == {}, reads.lines
+
+
 def test_the_spy_catches_a_host_read():
     with HostReads() as reads:
         torch.repeat_interleave(torch.ones(2), torch.tensor([1, 2]))

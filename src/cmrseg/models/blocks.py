@@ -1,5 +1,10 @@
 """Convolutional building blocks shared by every network (same blocks, same convolution
-hyper-parameters across models: the paper's fair-comparison rule, Sec. 3.2)."""
+hyper-parameters across models: the paper's fair-comparison rule, Sec. 3.2).
+
+Every block takes an optional ``valid`` (``[N]`` bool, True = a real slice): fixed-shape
+training batches (``TrainConfig.fixed_shape``) carry padding slices, and batch normalisation
+must not count them (:class:`MaskedBatchNorm2d`); every other layer works per slice.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,41 @@ import torch
 import torch.nn as nn
 
 
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) whose training-mode
+    statistics can leave out padding slices: ``forward(x, valid)`` with ``valid`` ``[N]`` bool
+    normalises every slice with the mean and variance of the valid slices only, and updates the
+    running statistics with them, exactly as ``nn.BatchNorm2d`` on the valid slices alone would.
+    Written out because torch's batch norm has no mask; without ``valid``, or in eval mode, it
+    is ``nn.BatchNorm2d``. The statistics are computed in float32 with tensor operations only
+    (no host sync, one shape whatever the padding: CUDA graphs apply)."""
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if valid is None or not self.training:
+            return super().forward(x)
+        if self.momentum is None:
+            raise ValueError("MaskedBatchNorm2d with a mask needs a momentum (cumulative averages are not supported)")
+        xf = x.float()
+        w = valid.to(xf.dtype).view(-1, 1, 1, 1)
+        count = w.sum() * x.shape[2] * x.shape[3]
+        mean = (xf * w).sum(dim=(0, 2, 3)) / count
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = (centred.square() * w).sum(dim=(0, 2, 3)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), self.momentum)
+                self.num_batches_tracked.add_(1)
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out.to(x.dtype)
+
+
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """``batch`` | ``instance`` | ``group`` normalisation over ``channels``."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return MaskedBatchNorm2d(channels)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "group":
@@ -27,6 +63,11 @@ class ConvNormAct(nn.Sequential):
             norm_layer(norm, out_ch),
             nn.LeakyReLU(0.01, inplace=True),
         )
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        conv, norm, act = self
+        x = conv(x)
+        return act(norm(x, valid) if isinstance(norm, MaskedBatchNorm2d) else norm(x))
 
 
 class SKConv(nn.Module):
@@ -56,8 +97,8 @@ class SKConv(nn.Module):
         self.select = nn.Linear(hidden, out_ch * len(self.branches))
         self.out_ch = out_ch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.stack([b(x) for b in self.branches], dim=1)  # [N, M, C, H, W]
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        feats = torch.stack([b(x, valid) for b in self.branches], dim=1)  # [N, M, C, H, W]
         z = self.squeeze(feats.sum(dim=1).mean(dim=(2, 3)))  # [N, hidden]
         attn = self.select(z).view(x.shape[0], len(self.branches), self.out_ch).softmax(dim=1)
         return (feats * attn[..., None, None]).sum(dim=1)
@@ -69,3 +110,7 @@ class SKBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, norm: str = "batch", sk_groups: int = 1):
         super().__init__(ConvNormAct(in_ch, out_ch, norm=norm), SKConv(out_ch, out_ch, groups=sk_groups, norm=norm))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        first, sk = self
+        return sk(first(x, valid), valid)

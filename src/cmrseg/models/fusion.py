@@ -8,7 +8,11 @@ axis), pass through transformers that attend
 
 Pre-norm multi-head attention + MLP with residuals, and **no positional encoding**: any
 number of slices works and the block is permutation-equivariant over slices. Several stacks
-of different lengths can share one batch: they are padded to the longest and masked.
+of different lengths can share one batch: they are padded to the longest and masked. A
+fixed-shape training batch gives each slice's stack as a tensor (``stack_ids``, -1 for padding)
+instead: then every position's sequence is the whole batch, with a block-diagonal mask that
+lets a slice see only its own stack (one shape, no Python loop over stacks; the attention is
+the same, and it is cheap at the bottleneck).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 class TransformerLayer(nn.Module):
     """Pre-norm transformer layer: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
 
-    ``[B, L, C] -> [B, L, C]``; ``key_mask`` ``[B, L]`` (True = real token) hides padding.
+    ``[B, L, C] -> [B, L, C]``; ``mask``: boolean, broadcastable to ``[B, heads, L, L]``
+    (True = may attend), e.g. ``key_mask[:, None, None, :]`` to hide padding tokens.
     """
 
     def __init__(self, dim: int, heads: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0):
@@ -37,10 +42,9 @@ class TransformerLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, n, c))
@@ -64,6 +68,14 @@ def _pack(tokens: torch.Tensor, stack_sizes: list[int]) -> tuple[torch.Tensor, t
     return packed, mask
 
 
+def same_stack_mask(stack_ids: torch.Tensor) -> torch.Tensor:
+    """``[N]`` stack of each slice (-1: padding) -> ``[N, N]`` bool: slice i may attend to slice j
+    when both are in one stack. A padding slice attends to itself only (a row with no key would
+    make the attention NaN, and NaN reaches the gradients even when the loss ignores it)."""
+    same = (stack_ids[:, None] == stack_ids[None, :]) & (stack_ids[None, :] >= 0)
+    return same | torch.eye(len(stack_ids), dtype=torch.bool, device=stack_ids.device)
+
+
 def _unpack(packed: torch.Tensor, stack_sizes: list[int], mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return packed.reshape(-1, *packed.shape[2:])
@@ -74,7 +86,8 @@ class AllSliceFusion(nn.Module):
     """``depth`` pairs of (inter-slice, intra-slice) transformer layers.
 
     Shapes: ``x`` ``[N, C, h, w]`` with ``N = sum(stack_sizes)`` -> ``[N, C, h, w]``.
-    ``stack_sizes=None`` means one stack of all N slices.
+    ``stack_sizes=None`` means one stack of all N slices; ``stack_ids`` (``[N]``, -1 for padding;
+    see the module docstring) replaces ``stack_sizes``.
     """
 
     def __init__(self, dim: int, heads: int = 8, depth: int = 1, mlp_ratio: float = 2.0, dropout: float = 0.0):
@@ -83,8 +96,11 @@ class AllSliceFusion(nn.Module):
         self.intra = nn.ModuleList([TransformerLayer(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None,
+                stack_ids: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
+        if stack_ids is not None:
+            return self._forward_ids(x, stack_ids)
         sizes = [n] if stack_sizes is None else list(stack_sizes)
         if sum(sizes) != n:
             raise ValueError(f"stack sizes {sizes} do not add up to {n} slices")
@@ -94,8 +110,20 @@ class AllSliceFusion(nn.Module):
             b, s, l, _ = packed.shape
             seq = packed.transpose(1, 2).reshape(b * l, s, c)  # one sequence of S slices per position
             key_mask = None if mask is None else mask[:, None, :].expand(b, l, s).reshape(b * l, s)
-            seq = inter(seq, key_mask)
+            seq = inter(seq, None if key_mask is None else key_mask[:, None, None, :])
             t = _unpack(seq.view(b, l, s, c).transpose(1, 2), sizes, mask)
             t = intra(t)  # [N, L, C]: attention within each slice
+        t = self.norm(t)
+        return t.transpose(1, 2).reshape(n, c, h, w)
+
+    def _forward_ids(self, x: torch.Tensor, stack_ids: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if stack_ids.shape != (n,):
+            raise ValueError(f"stack_ids has shape {tuple(stack_ids.shape)}, expected ({n},)")
+        mask = same_stack_mask(stack_ids)  # [N, N], broadcast over positions and heads
+        t = x.flatten(2).transpose(1, 2)  # [N, L, C]
+        for inter, intra in zip(self.inter, self.intra):
+            t = inter(t.transpose(0, 1), mask).transpose(0, 1)  # per position: a sequence of all N slices
+            t = intra(t)
         t = self.norm(t)
         return t.transpose(1, 2).reshape(n, c, h, w)

@@ -18,7 +18,7 @@ from cmrseg.models.unet import SegmentationNet
 class TwoStageNet(nn.Module):
     """``seg`` (image -> 4-class logits) followed by ``ref`` (4 probability maps -> logits).
 
-    ``forward(x, stack_sizes=None)``: ``x`` ``[N, 1, H, W]`` -> :class:`SegOutput` with the
+    ``forward(x, stack_sizes=None, stack_ids=None)`` (see :class:`SegmentationNet`): ``x`` ``[N, 1, H, W]`` -> :class:`SegOutput` with the
     Ref stage's (gated, in eval) logits and class logits, and ``stage1_logits`` from Seg.
     """
 
@@ -31,7 +31,8 @@ class TwoStageNet(nn.Module):
     def all_slice(self) -> bool:
         return self.seg.all_slice or self.ref.all_slice
 
-    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> SegOutput:
-        s = self.seg(x, stack_sizes)
-        r = self.ref(s.logits.float().softmax(dim=1).to(x.dtype), stack_sizes)
+    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None,
+                stack_ids: torch.Tensor | None = None) -> SegOutput:
+        s = self.seg(x, stack_sizes, stack_ids)
+        r = self.ref(s.logits.float().softmax(dim=1).to(x.dtype), stack_sizes, stack_ids)
         return SegOutput(r.logits, r.class_logits, stage1_logits=s.logits, ungated_logits=r.ungated_logits)

@@ -36,10 +36,13 @@ class Encoder(nn.Module):
             self.stages.append(block if i == 0 else nn.Sequential(nn.MaxPool2d(2), block))
             prev = w
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> list[torch.Tensor]:
         feats = []
-        for stage in self.stages:
-            x = stage(x)
+        for i, stage in enumerate(self.stages):
+            if i:
+                pool, stage = stage
+                x = pool(x)
+            x = stage(x, valid)
             feats.append(x)
         return feats
 
@@ -57,10 +60,11 @@ class Decoder(nn.Module):
             self.blocks.append(SKBlock(2 * widths[i - 1], widths[i - 1], norm, sk_groups))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
-    def forward(self, feats: list[torch.Tensor], bottleneck: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor], bottleneck: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         x = bottleneck
         for up, block, skip in zip(self.ups, self.blocks, reversed(feats[:-1])):
-            x = block(torch.cat([up(x), skip], dim=1))
+            x = block(torch.cat([up(x), skip], dim=1), valid)
         return self.head(x)
 
 
@@ -92,9 +96,12 @@ class SegmentationNet(nn.Module):
             so an untrained Ref stage reproduces the Seg stage and training only has to
             learn where to change it (our addition to the paper's Ref stage).
 
-    ``forward(x, stack_sizes=None)``: ``x`` ``[N, in_channels, H, W]`` (any H, W: padded
-    internally to a multiple of ``2**(len(widths)-1)``), ``stack_sizes`` the slices of each
-    stack in ``x`` (``None``: one stack). Returns :class:`SegOutput`.
+    ``forward(x, stack_sizes=None, stack_ids=None)``: ``x`` ``[N, in_channels, H, W]`` (any H,
+    W: padded internally to a multiple of ``2**(len(widths)-1)``), ``stack_sizes`` the slices of
+    each stack in ``x`` (``None``: one stack). Instead of ``stack_sizes``, fixed-shape training
+    batches give ``stack_ids`` ``[N]`` int64: each slice's stack, -1 for a padding slice, which
+    no real slice sees (not in batch statistics, not in attention); its outputs are meaningless
+    and the loss leaves them out. Returns :class:`SegOutput`.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4, widths: tuple[int, ...] = (16, 32, 64, 128, 256),
@@ -116,17 +123,19 @@ class SegmentationNet(nn.Module):
     def all_slice(self) -> bool:
         return self.fusion is not None
 
-    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None) -> SegOutput:
+    def forward(self, x: torch.Tensor, stack_sizes: list[int] | None = None,
+                stack_ids: torch.Tensor | None = None) -> SegOutput:
         inp = x
+        valid = None if stack_ids is None else stack_ids >= 0
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.divisor, (-w) % self.divisor
         if ph or pw:
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        feats = self.encoder(x)
+        feats = self.encoder(x, valid)
         bottleneck = feats[-1]
         if self.fusion is not None:
-            bottleneck = self.fusion(bottleneck, stack_sizes)
-        logits = self.decoder(feats, bottleneck)
+            bottleneck = self.fusion(bottleneck, stack_sizes, stack_ids)
+        logits = self.decoder(feats, bottleneck, valid)
         if ph or pw:
             logits = logits[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
         if self.residual_input:

@@ -1,5 +1,12 @@
 """Training batches: shuffled stacks or slices served from tensors already on the device, each
-rank of a DistributedDataParallel run taking its own share of one shared permutation."""
+rank of a DistributedDataParallel run taking its own share of one shared permutation.
+
+Fixed-shape batches (``fixed_slices``; ``TrainConfig.fixed_shape``) have the same number of
+slices at every step, so cuDNN tunes one shape and ``torch.compile`` / CUDA graphs capture one
+step: whole stacks are packed into ``fixed_slices`` slices (in the shuffled order; when the next
+stack does not fit, the first later one that does) and the rest is padding, marked ``-1`` in
+the batch's ``stack_ids`` for the network and the loss to leave out.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,29 @@ from typing import Iterator
 import torch
 
 from cmrseg.data.dataset import StackDataset
+from cmrseg.device import to_device
+
+LOOK_AHEAD = 16  # later stacks tried for the room left in a fixed-shape batch
+
+
+def pack_stacks(order: list[int], sizes: list[int], budget: int) -> list[list[int]]:
+    """Items of ``order`` (with ``sizes[item]`` slices each) in batches of at most ``budget``
+    slices: each batch takes the first waiting item, then the waiting items, among the next
+    ``LOOK_AHEAD``, that still fit, in order."""
+    waiting = list(order)
+    batches = []
+    while waiting:
+        batch = [waiting.pop(0)]
+        room = budget - sizes[batch[0]]
+        k = 0
+        while k < min(LOOK_AHEAD, len(waiting)) and room > 0:
+            if sizes[waiting[k]] <= room:
+                room -= sizes[waiting[k]]
+                batch.append(waiting.pop(k))
+            else:
+                k += 1
+        batches.append(batch)
+    return batches
 
 
 class StackBatcher:
@@ -20,12 +50,23 @@ class StackBatcher:
         rank, world_size: for DistributedDataParallel; each rank takes every
             ``world_size``-th item of one shared permutation (same number per rank).
         seed: shuffling seed (the epoch is added, so every epoch differs reproducibly).
+        fixed_slices: fixed-shape batches (module docstring): stack mode packs whole stacks into
+            this many slices (at least the longest stack) and ignores ``batch_size``; slice mode
+            serves ``batch_size`` slices and drops the epoch's short last batch. Every rank gets
+            the same number of batches.
     """
 
     def __init__(self, dataset: StackDataset, batch_size: int, device: torch.device | str = "cpu",
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool = False):
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool = False,
+                 fixed_slices: int | None = None):
         self.dataset = dataset
         self.batch_size = batch_size
+        self.packed = fixed_slices is not None and dataset.mode == "stack"
+        if fixed_slices is not None and not self.packed:
+            drop_last = True
+        self.sizes = [r.image.shape[0] if s is None else 1 for r, s in
+                      ((dataset.records[rec_i], s) for rec_i, s in dataset.index)]
+        self.fixed_slices = max([fixed_slices or 0, *self.sizes]) if self.packed else None
         self.device = torch.device(device)
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
@@ -34,7 +75,7 @@ class StackBatcher:
         self.images = [torch.from_numpy(r.image).to(self.device) for r in dataset.records]
         self.labels = [torch.from_numpy(r.label).to(self.device) for r in dataset.records]
 
-    def _order(self, epoch: int) -> list[int]:
+    def _order(self, epoch: int, rank: int | None = None) -> list[int]:
         n = len(self.dataset)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + epoch)
@@ -42,19 +83,24 @@ class StackBatcher:
         else:
             order = list(range(n))
         per_rank = n // self.world_size if self.world_size > 1 else n
-        return order[self.rank::self.world_size][:per_rank]
+        return order[self.rank if rank is None else rank::self.world_size][:per_rank]
+
+    def _chunks(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (dataset items)."""
+        if self.packed:  # every rank packs every rank's share, so all stop at the same count
+            packs = [pack_stacks(self._order(epoch, r), self.sizes, self.fixed_slices) for r in range(self.world_size)]
+            return packs[self.rank][:min(map(len, packs))]
+        order = self._order(epoch)
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [c for c in chunks if len(c) == self.batch_size] if self.drop_last else chunks
 
     def num_batches(self) -> int:
-        n = len(self._order(0))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Batches per epoch (packed batches: epoch 0's count; later epochs differ by a few)."""
+        return len(self._chunks(0))
 
     def epoch(self, epoch: int) -> Iterator[dict]:
-        order = self._order(epoch)
         index = self.dataset.index
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                break
+        for chunk in self._chunks(epoch):
             imgs, labs, sizes, names = [], [], [], []
             for i in chunk:
                 rec_i, s = index[i]
@@ -63,11 +109,21 @@ class StackBatcher:
                 labs.append(self.labels[rec_i][sl])
                 sizes.append(int(imgs[-1].shape[0]))
                 names.append(self.dataset.records[rec_i].name)
+            centers = torch.from_numpy(self.dataset.heart_centers[chunk])
+            batch = {"real_slices": sum(sizes), "names": names, "indices": chunk}
+            if self.packed and sum(sizes) < self.fixed_slices:  # the padding: one more "stack", id -1
+                pad = self.fixed_slices - sum(sizes)
+                imgs.append(imgs[0].new_zeros(pad, *imgs[0].shape[1:]))
+                labs.append(labs[0].new_zeros(pad, *labs[0].shape[1:]))
+                centers = torch.cat([centers, centers.new_full((1, 2), float("nan"))])
+                sizes = sizes + [pad]
+            if self.packed:  # made on the host, sent without a sync
+                ids = [i if i < len(chunk) else -1 for i, s in enumerate(sizes) for _ in range(s)]
+                batch["stack_ids"] = to_device(torch.tensor(ids, dtype=torch.long), self.device)
             yield {
                 "image": torch.cat(imgs).float().div_(255.0)[:, None],
                 "label": torch.cat(labs).long(),
                 "stack_sizes": sizes,
-                "names": names,
-                "indices": chunk,
-                "heart_centers": torch.from_numpy(self.dataset.heart_centers[chunk]),
+                "heart_centers": centers,
+                **batch,
             }

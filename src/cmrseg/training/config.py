@@ -22,6 +22,8 @@ from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.errors import CmrsegError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: ``TrainConfig.compile``: off, on (torch's default mode), or a torch.compile mode
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -50,9 +52,21 @@ class TrainConfig:
             the rest are centred anywhere on the canvas.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         channels_last: NHWC activations on CUDA (measure with ``benchmarks/bench_training.py``).
-        cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for single-slice models,
-            whose batches have one shape (all-slice batches vary with the stacks' sizes,
-            and every new shape is tuned anew).
+        cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for batches of one shape
+            (single-slice models, or ``fixed_shape``: all-slice batches otherwise vary with
+            the stacks' sizes, and every new shape is tuned anew).
+        fixed_shape: every training step has one shape: all-slice models get whole stacks
+            packed into ``batch_slices`` slices (at least the longest stack) with the rest
+            padded, the padding left out of batch statistics, attention and loss
+            (``cmrseg.training.batching``; ``batch_stacks`` is then unused); single-slice
+            models drop each epoch's short last batch. For cuDNN autotuning, ``compile`` and
+            CUDA graphs; reported slices/s count real slices only.
+        compile: ``torch.compile`` the trained network: ``false``, ``true`` (torch's default
+            mode) or a torch.compile mode (``reduce-overhead``: CUDA graphs, which need
+            ``fixed_shape``; ``max-autotune``, ``max-autotune-no-cudagraphs``). With
+            ``fixed_shape`` the network is compiled once for its one shape, else for dynamic
+            shapes. On a CPU it needs a C++ compiler; measure first (``benchmarks/bench_training.py
+            --compile default``): compiling takes a minute or more.
         centred_inference: validate, compute the Ref stage's inputs and (through
             ``model.json``'s ``inference_crop``) segment heart-centred, on a crop of the
             training crop's size (``cmrseg.inference.centred``); off = on the whole canvas.
@@ -86,8 +100,9 @@ class TrainConfig:
     heart_crop_prob: float = 0.7
     amp: str = "auto"
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | str = False
     cudnn_benchmark: bool | None = None
+    fixed_shape: bool = False
     centred_inference: bool = True
     time_budget_s: float | None = None
     seed: int = 0
@@ -120,6 +135,9 @@ class TrainConfig:
         need(self.schedule in ("cosine", "constant"), "schedule", "'cosine' or 'constant'")
         need(self.ref_inputs in ("snapshots", "online", "final"), "ref_inputs", "'snapshots', 'online' or 'final'")
         need(self.amp in ("auto", "bf16", "off"), "amp", "'auto', 'bf16' or 'off'")
+        need(self.compile in COMPILE_MODES, "compile", f"one of {COMPILE_MODES}")
+        need(not (self.compile in ("reduce-overhead", "max-autotune") and not self.fixed_shape), "compile",
+             "a mode without CUDA graphs unless fixed_shape is true (CUDA graphs replay one shape)")
         need(0.0 <= self.heart_crop_prob <= 1.0, "heart_crop_prob", "between 0 and 1")
         need(all(0.0 < f < 1.0 for f in self.snapshot_fractions), "snapshot_fractions", "fractions between 0 and 1")
         need(self.time_budget_s is None or (isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0),

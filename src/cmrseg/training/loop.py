@@ -103,17 +103,19 @@ def fit(stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, ctx: Tr
 
 
 def _wrap(module: nn.Module, mode: str, cfg: TrainConfig, ctx: TrainContext) -> nn.Module:
-    """``module`` as the step runs it: DDP under torchrun, torch.compile where asked (CUDA)."""
+    """``module`` as the step runs it: DDP under torchrun, torch.compile where asked."""
     wrapped = module
     if ctx.dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if ctx.device.type == "cuda":
-        # cuDNN autotuning pays only for fixed shapes: slice batches are, stack batches vary
-        torch.backends.cudnn.benchmark = mode == "slice" if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
-    if cfg.compile and ctx.device.type == "cuda":
-        wrapped = torch.compile(wrapped, dynamic=True)
+        # cuDNN autotuning pays only for fixed shapes: slice batches are, stack batches vary unless packed
+        one_shape = mode == "slice" or cfg.fixed_shape
+        torch.backends.cudnn.benchmark = one_shape if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
+    if cfg.compile:  # CUDA graphs (reduce-overhead) only on CUDA; on a CPU inductor compiles C++ kernels
+        compile_mode = "default" if cfg.compile is True else cfg.compile
+        wrapped = torch.compile(wrapped, mode=compile_mode, dynamic=not cfg.fixed_shape)
     return wrapped
 
 
@@ -121,7 +123,7 @@ def _start(stage: Stage, cfg: TrainConfig, out: Path, ctx: TrainContext, name: s
     """Optimizer, schedule and batches for ``stage``, resumed from ``out/last`` if there."""
     batch = cfg.batch_stacks if stage.mode == "stack" else cfg.batch_slices
     batcher = StackBatcher(stage.train_ds, batch, ctx.device, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-                           seed=cfg.seed)
+                           seed=cfg.seed, fixed_slices=cfg.batch_slices if cfg.fixed_shape else None)
     params = [p for p in stage.module.parameters() if p.requires_grad]
     # fused Adam: one kernel for all parameters instead of several per tensor (CUDA only)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda")
@@ -159,7 +161,7 @@ def _train_epoch(stage: Stage, opt: _Optimisation, cfg: TrainConfig, ctx: TrainC
         losses.append(loss.detach())  # no host sync inside the step
         for k, v in extra.items():
             parts.setdefault(k, []).append(v)
-        slices += int(b["image"].shape[0])
+        slices += b["real_slices"]  # a Python int: no padding, no sync
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

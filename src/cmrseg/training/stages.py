@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.data.dataset import StackDataset
+from cmrseg.errors import CmrsegError
 from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
@@ -77,12 +78,20 @@ class _Base:
         use_heart = (torch.rand(len(heart), generator=gen) < self.cfg.heart_crop_prob) & ~heart.isnan().any(1)
         return torch.where(use_heart[:, None], heart.nan_to_num(h / 2.0), rand)
 
-    def _segmentation_loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The gated loss for networks with a classifier, else cross-entropy (+ Dice)."""
+    @staticmethod
+    def stacks(batch: dict) -> dict:
+        """How the network learns which slices form a stack: ``stack_ids`` in a fixed-shape
+        batch (a tensor: one shape whatever the stacks), else the Python ``stack_sizes``."""
+        return {"stack_ids": batch["stack_ids"]} if "stack_ids" in batch else {"stack_sizes": batch["stack_sizes"]}
+
+    def _segmentation_loss(self, out, y: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The gated loss for networks with a classifier, else cross-entropy (+ Dice); the
+        padding slices of a fixed-shape batch left out."""
+        valid = batch["stack_ids"] >= 0 if "stack_ids" in batch else None
         if out.class_logits is not None:
-            loss = self.loss_fn(out.logits, out.class_logits, y)
+            loss = self.loss_fn(out.logits, out.class_logits, y, valid)
             return loss, dict(self.loss_fn.last)
-        return self.loss_fn(out.logits, y), {}
+        return self.loss_fn(out.logits, y, valid), {}
 
     @torch.no_grad()
     def _predict_images(self, net: nn.Module, ds: StackDataset) -> list[np.ndarray]:
@@ -118,8 +127,8 @@ class ImageStage(_Base):
         centers = self.crop_centers(batch, gen)
         x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
         with self.ctx.autocast():
-            out = train_module(self.ctx.memory_format(x), sizes)
-        return self._segmentation_loss(out, y)
+            out = train_module(self.ctx.memory_format(x), **self.stacks(batch))
+        return self._segmentation_loss(out, y, batch)
 
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
         return self._predict_images(self.net, ds)
@@ -132,6 +141,8 @@ class DetSegStage(_Base):
 
     def __init__(self, net: DetSegNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
+        if cfg.fixed_shape:
+            raise CmrsegError("config key 'fixed_shape' is not supported for det_seg (its crops follow each stack)")
         self.net = net
         self.inference_crop = None  # Det+Seg crops around its own detection
         self.train_ds = train_ds.with_mode(self.mode)
@@ -216,12 +227,16 @@ class RefineStage(_Base):
             source = self.train_probs[int(torch.randint(len(self.train_probs), (1,), generator=gen))]
             p = source[rec_i]
             probs.append(p if s is None else p[s:s + 1])
+        if len(sizes) > len(batch["indices"]):  # a fixed-shape batch's padding: pure background
+            pad = probs[0].new_zeros(sizes[-1], *probs[0].shape[1:])
+            pad[:, 0] = 1.0
+            probs.append(pad)
         probs = torch.cat(probs).float()
         centers = self.crop_centers(batch, gen)
         _, y, p = self.augmenter(None, batch["label"], sizes, extra=probs, generator=dev_gen, centers=centers)
         with self.ctx.autocast():
-            out = train_module(self.ctx.memory_format(p), sizes)
-        return self._segmentation_loss(out, y)
+            out = train_module(self.ctx.memory_format(p), **self.stacks(batch))
+        return self._segmentation_loss(out, y, batch)
 
     def _loss_online(self, batch, train_module, gen, dev_gen):
         sizes = batch["stack_sizes"]
@@ -232,10 +247,10 @@ class RefineStage(_Base):
         centers = self.crop_centers(batch, gen)
         x, y, _ = self.augmenter(batch["image"], batch["label"], sizes, generator=dev_gen, centers=centers)
         with torch.no_grad(), self.ctx.autocast():
-            p = self.source_net(self.ctx.memory_format(x), sizes).logits.float().softmax(1)
+            p = self.source_net(self.ctx.memory_format(x), **self.stacks(batch)).logits.float().softmax(1)
         with self.ctx.autocast():
-            out = train_module(self.ctx.memory_format(p), sizes)
-        return self._segmentation_loss(out, y)
+            out = train_module(self.ctx.memory_format(p), **self.stacks(batch))
+        return self._segmentation_loss(out, y, batch)
 
     @torch.no_grad()
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
