@@ -91,6 +91,13 @@ def test_fusion_handles_several_stacks_of_different_length_like_separate_calls()
         both = fusion(torch.cat([a, b]), [3, 5])
         torch.testing.assert_close(both[:3], fusion(a), atol=1e-5, rtol=0)
         torch.testing.assert_close(both[3:], fusion(b), atol=1e-5, rtol=0)
+        # a fixed-shape batch: stacks given by id, interleaved, with padding (-1) between them
+        pad = torch.randn(2, 16, 4, 4) * 100
+        ids = torch.tensor([1] * 5 + [-1] * 2 + [0] * 3)
+        mixed = fusion(torch.cat([b, pad, a]), stack_ids=ids)
+        assert torch.isfinite(mixed).all()
+        torch.testing.assert_close(mixed[:5], fusion(b), atol=1e-5, rtol=0)
+        torch.testing.assert_close(mixed[7:], fusion(a), atol=1e-5, rtol=0)
 
 
 def test_gating_removes_a_class_the_classifier_calls_absent():
@@ -129,3 +136,19 @@ def test_det_seg_crops_at_given_centres_and_pastes_back():
     assert out.extras["crop_logits"].shape == (3, 4, 32, 32)
     bg = out.logits.argmax(1) == 0
     assert bg[:, :, :20].all() and bg[:, 20:, :].all() and bg[:, :2, :].all()  # outside rows 2..18, cols 22..38
+
+
+def test_sk_convolution_is_the_softmax_weighted_sum_of_its_branches():
+    """SKNet's selection, written out: z = squeeze(mean_hw(U1 + U2)), a = softmax over the
+    branches of select(z), output a1 * U1 + a2 * U2 (the block computes it without stacking)."""
+    from cmrseg.models.blocks import SKConv
+
+    torch.manual_seed(0)
+    sk = SKConv(3, 8).eval()
+    x = torch.randn(2, 3, 12, 12)
+    u = [b(x) for b in sk.branches]
+    z = sk.squeeze((u[0] + u[1]).mean(dim=(2, 3)))
+    a = sk.select(z).view(2, 2, 8).softmax(dim=1)
+    expected = a[:, 0, :, None, None] * u[0] + a[:, 1, :, None, None] * u[1]
+    assert torch.allclose(sk(x), expected, atol=1e-6)
+    assert not torch.allclose(sk(x), 0.5 * (u[0] + u[1]), atol=1e-3)  # the weights are not uniform

@@ -98,10 +98,18 @@ class SKConv(nn.Module):
         self.out_ch = out_ch
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        feats = torch.stack([b(x, valid) for b in self.branches], dim=1)  # [N, M, C, H, W]
-        z = self.squeeze(feats.sum(dim=1).mean(dim=(2, 3)))  # [N, hidden]
-        attn = self.select(z).view(x.shape[0], len(self.branches), self.out_ch).softmax(dim=1)
-        return (feats * attn[..., None, None]).sum(dim=1)
+        # the branches stay separate tensors: stacking them into [N, M, C, H, W] copied every
+        # feature map once more forward and backward (same sums, same order, same result)
+        feats = [b(x, valid) for b in self.branches]
+        total = feats[0]
+        for f in feats[1:]:
+            total = total + f
+        z = self.squeeze(total.mean(dim=(2, 3)))  # [N, hidden]
+        attn = self.select(z).view(x.shape[0], len(feats), self.out_ch).softmax(dim=1)[..., None, None]
+        out = feats[0] * attn[:, 0]
+        for m in range(1, len(feats)):
+            out = out + feats[m] * attn[:, m]
+        return out
 
 
 class SKBlock(nn.Sequential):
