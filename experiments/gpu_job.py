@@ -177,8 +177,9 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     ok = rc == 0 and is_complete_run(run)
     compiled = [s for s in settings if s.startswith("compile=") and s != "compile=false"]
     if not ok and rc != "timeout" and compiled:  # compiling failed (torch, driver): the run resumes eager
-        log(f"{name}: failed ({rc}) with {compiled[0]}; again without it")
-        return train(name, extra, args, runs, budget, timeout - (time.perf_counter() - t0),
+        spent = time.perf_counter() - t0
+        log(f"{name}: failed ({rc}) with {compiled[0]} after {spent:.0f} s; again without it")
+        return train(name, extra, args, runs, max(10.0, budget - spent), timeout - spent,
                      [s for s in settings if not s.startswith("compile=")])
     meta = json.loads((run / "model.json").read_text()) if ok else {}
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"

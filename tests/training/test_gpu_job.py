@@ -69,6 +69,36 @@ def test_a_compiled_setting_must_pay_for_its_compile_time_within_the_stage(load_
     assert load_config(protocol="paper", overrides=job.setting_overrides(eager, "paper")).compile is False
 
 
+def test_a_run_that_fails_compiled_is_run_again_uncompiled(load_script, tmp_path, monkeypatch):
+    """A compile that breaks on the GPU's torch or driver must not cost the call's model."""
+    import argparse
+
+    job = load_script("experiments/gpu_job.py")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        compiled = "compile=reduce-overhead" in cmd
+        if not compiled:  # the uncompiled run finishes
+            run = Path(cmd[cmd.index("--out") + 1])
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "model.json").write_text(json.dumps({"complete": True, "trained_epochs": 3, "val_score": 0.5}))
+        return subprocess.CompletedProcess(cmd, 1 if compiled else 0)
+
+    monkeypatch.setattr(job.subprocess, "run", fake_run)
+    monkeypatch.setattr(job, "is_complete_run", lambda run: (Path(run) / "model.json").is_file())
+    args = argparse.Namespace(device="cuda", protocol="paper", data=tmp_path / "data", work=tmp_path, set=[])
+    settings = ["channels_last=true", "fixed_shape=true", "compile=reduce-overhead"]
+    assert job.train("seg_as", [], args, tmp_path / "runs", 100.0, 300.0, settings)
+    assert len(calls) == 2 and "compile=reduce-overhead" in calls[0]
+    assert not any(c.startswith("compile=") for c in calls[1]) and "fixed_shape=true" in calls[1]
+    # a failure without compile is not retried
+    calls.clear()
+    monkeypatch.setattr(job.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 1))
+    assert not job.train("seg_ss", [], args, tmp_path / "runs2", 100.0, 300.0, ["compile=false"])
+    assert len(calls) == 1
+
+
 def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
     run = tmp_path / "budget"
     res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_ss", "--protocol", "smoke",
