@@ -15,7 +15,8 @@ channels_last on/off x cuDNN autotuning on/off (bf16 autocast and fused Adam on 
 throughout); for ``seg_as`` then fixed-shape batches (``fixed_shape``: stacks packed into
 ``batch_slices`` slices, the rest masked padding; slices/s counts real slices) with the
 fastest, and with ``--compile MODE`` also ``torch.compile`` in that mode on fixed shapes (its
-compile time is ``tune_seconds``); then twice the protocol's batch with the fastest. ``best``
+compile time is ``tune_seconds``); then twice the protocol's batch with the fastest (unless
+that is compiled). ``best``
 in the JSON names the fastest setting per model at the protocol's batch, counting a setting's
 ``tune_seconds`` against a stage of ``--stage-seconds`` (a compile that takes a minute pays
 only if it trains faster for the rest of the stage), and the batch factor to train with (2
@@ -259,9 +260,11 @@ def settings_grid(cfg, device: str, steps: int, seconds: float, on_row=None, com
                     add(time_setting(name, cfg, device, steps, b["channels_last"], True, n_shapes=3,
                                      fixed_shape=True, compile_mode=mode))
             b = best(name)
-        if b and time.perf_counter() < t_end:  # the protocol's batch doubled, with the best setting
+        # the protocol's batch doubled, with the best setting (not compiled: a second compile for the
+        # new shape would cost the check another minute)
+        if b and not b["compile"] and time.perf_counter() < t_end:
             add(time_setting(name, cfg, device, steps, b["channels_last"], b["cudnn_benchmark"], batch_factor=2,
-                             n_shapes=3, fixed_shape=b["fixed_shape"], compile_mode=b["compile"] or None))
+                             n_shapes=3, fixed_shape=b["fixed_shape"]))
     return rows, best_settings(rows, stage_seconds)
 
 

@@ -69,6 +69,40 @@ def test_a_compiled_setting_must_pay_for_its_compile_time_within_the_stage(load_
     assert load_config(protocol="paper", overrides=job.setting_overrides(eager, "paper")).compile is False
 
 
+@pytest.mark.parametrize("compiled_rate", [3000.0, 500.0])
+def test_the_settings_grid_measures_fixed_shapes_compiled_and_a_doubled_batch(load_script, monkeypatch,
+                                                                               compiled_rate):
+    """The order of the throughput check on a GPU (a stand-in times each setting): four
+    channels-last / autotuning settings, fixed shapes, fixed shapes compiled, then the doubled
+    batch with the best, skipped when the best is compiled (a second compile)."""
+    bench = load_script("benchmarks/bench_training.py")
+    seen = []
+
+    def fake(name, cfg, device, steps, channels_last=False, cudnn_benchmark=False, batch_factor=1, n_shapes=3,
+             fixed_shape=False, compile_mode=None, amp="auto"):
+        seen.append((name, channels_last, cudnn_benchmark, fixed_shape, compile_mode, batch_factor))
+        rate = compiled_rate if compile_mode else 1200.0 if fixed_shape else 1000.0
+        return {"model": name, "channels_last": channels_last, "cudnn_benchmark": cudnn_benchmark,
+                "fixed_shape": fixed_shape, "compile": compile_mode or False, "batch_factor": batch_factor,
+                "slices_per_s": rate * batch_factor, "tune_seconds": 30.0 if compile_mode else 1.0}
+
+    monkeypatch.setattr(bench, "time_setting", fake)
+    rows, best = bench.settings_grid(load_config(protocol="paper"), "cuda", 8, 1e9, compile_mode="reduce-overhead",
+                                     stage_seconds=300)
+    as_rows = [r for r in seen if r[0] == "seg_as"]
+    assert [r[3:5] for r in as_rows[:6]] == [(False, None)] * 4 + [(True, None), (True, "reduce-overhead")]
+    if compiled_rate > 1200:
+        assert best["seg_as"]["compile"] == "reduce-overhead" and len(as_rows) == 6  # no doubled batch
+    else:
+        assert best["seg_as"]["fixed_shape"] and not best["seg_as"]["compile"]
+        assert as_rows[6][3:] == (True, None, 2) and best["seg_as"]["batch_factor"] == 2
+    assert [r for r in seen if r[0] == "seg_ss" and (r[3] or r[4])] == []  # single-slice: one shape already
+    # on a CPU the grid compiles nothing
+    seen.clear()
+    bench.settings_grid(load_config(protocol="paper"), "cpu", 8, 1e9, compile_mode="reduce-overhead")
+    assert not any(r[4] for r in seen)
+
+
 def test_a_run_that_fails_compiled_is_run_again_uncompiled(load_script, tmp_path, monkeypatch):
     """A compile that breaks on the GPU's torch or driver must not cost the call's model."""
     import argparse
