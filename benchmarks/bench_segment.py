@@ -1,7 +1,9 @@
 """End-to-end ``cmrseg segment`` speed and peak memory: read, preprocess, both stages,
-resample back, write the mask, per 10-slice stack, with a shipped model or a run folder.
+resample back, write the mask, per 10-slice stack, with the model ``cmrseg segment`` would use:
+the default (the shipped ensemble), a shipped name, a run or ensemble folder, or several
+(``--model A B``: their ensemble).
 
-    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN] [--device cpu] [--threads 2] [--n 10]
+    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN ...] [--device cpu] [--threads 2] [--n 10]
 
 DATA_DIR holds h5 or NIfTI volumes (for example ../shared/data/acdc/val). Each volume's time
 (reading to written mask) is scaled to 10 slices; the median is reported with the peak
@@ -21,13 +23,13 @@ import torch
 
 from cmrseg.data.io import read_volumes, write_mask
 from cmrseg.data.io.common import is_h5, is_nifti
-from cmrseg.inference import Predictor
+from cmrseg.inference.ensemble import load_predictor
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
-    ap.add_argument("--model")
+    ap.add_argument("--model", nargs="+", help="as cmrseg segment --model (default: the default model)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
@@ -35,7 +37,7 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.model, device=args.device, backend=args.backend)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
     files = sorted(p for p in Path(args.data).iterdir() if (is_h5(p) or is_nifti(p)) and "_gt" not in p.name)[: args.n]
     per10 = []
     with tempfile.TemporaryDirectory() as tmp:
