@@ -3,7 +3,7 @@ resample back, write the mask, per 10-slice stack, with the model ``cmrseg segme
 the default (the shipped ensemble), a shipped name, a run or ensemble folder, or several
 (``--model A B``: their ensemble).
 
-    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN ...] [--device cpu] [--threads 2] [--n 10]
+    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN ...] [--tta on|off|fast] [--device cpu] [--threads 2] [--n 10]
 
 DATA_DIR holds h5 or NIfTI volumes (for example ../shared/data/acdc/val). Each volume's time
 (reading to written mask) is scaled to 10 slices; the median is reported with the peak
@@ -34,10 +34,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"), help="as cmrseg segment --tta")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
+    if args.tta != "auto":
+        predictor.tta, predictor.locate_once = args.tta in ("on", "fast"), args.tta == "fast"
     files = sorted(p for p in Path(args.data).iterdir() if (is_h5(p) or is_nifti(p)) and "_gt" not in p.name)[: args.n]
     per10 = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,6 +53,7 @@ def main():
             per10.append((time.perf_counter() - t0) * 10 / vol.num_slices)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess,
+           "tta": "fast" if predictor.tta and predictor.locate_once else predictor.tta,
            "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
            "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),

@@ -40,6 +40,8 @@ def test_probabilities_are_the_members_mean(volume):
     assert not np.array_equal(expected, postprocess(pa.argmax(1).to(torch.uint8).numpy(), "clean"))
     ens.gate, ens.tta = "off", False
     assert a.gate == b.gate == "off" and not a.tta and ens.gate == "off"
+    ens.locate_once = True  # --tta fast reaches every member
+    assert a.locate_once and b.locate_once and ens.locate_once
     assert ens.name == "ensemble of 2 (seg_as+ref_as_mt, seg_ss)" and ens.postprocess == "clean"
 
 

@@ -62,6 +62,39 @@ def test_flips_average_an_equivariant_models_outputs_to_its_own(smoke_model):
     torch.testing.assert_close(flipped, averaged.flip(-1), atol=2e-3, rtol=1e-3)
 
 
+def test_fast_flips_locate_the_heart_once_and_mirror_the_crop(smoke_model):
+    """``--tta fast``: the locator (the Seg stage on the whole canvas) runs once per stack instead
+    of once per flip, and each flip sees the same crop of the stack, mirrored."""
+    from cmrseg.inference import Predictor
+    from cmrseg.inference.centred import _locate, heart_centred_flips
+    from cmrseg.inference.gating import FLIPS
+
+    p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
+    p.tta = True
+    assert p.inference_crop
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 64, 64)
+    canvas_calls = []
+    hook = p.model.seg.register_forward_pre_hook(lambda m, a: canvas_calls.append(a[0].shape[-1] == 64))
+    try:
+        for once, locator_runs in ((False, 4), (True, 1)):
+            canvas_calls.clear()
+            p.locate_once = once
+            p.predict_canvas(x)
+            assert sum(canvas_calls) == locator_runs, (once, canvas_calls)
+    finally:
+        hook.remove()
+    c = p.inference_crop
+    with torch.no_grad():
+        (y0, x0), _ = _locate(p.model, x, c)
+        piece = x[..., y0:y0 + c, x0:x0 + c]
+        for dims, out in heart_centred_flips(p.model, x, c, FLIPS, locate_once=True):
+            wy, wx = out.extras["window"]  # the window in the flipped stack: the same piece, mirrored
+            assert (wy, wx) == (64 - c - y0 if -2 in dims else y0, 64 - c - x0 if -1 in dims else x0)
+            expected = p.model(piece.flip(dims) if dims else piece).logits.float()
+            torch.testing.assert_close(out.logits[..., wy:wy + c, wx:wx + c], expected)
+
+
 def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
     from cmrseg.data.io import load_labelled_dataset
     from cmrseg.inference import Predictor

@@ -85,10 +85,11 @@ def test_no_spacing_says_so_instead_of_inventing_ml(phantom_dir, smoke_model, tm
     src.mkdir()
     shutil.copy(phantom_dir / "h5" / "val" / "patient004_frame01.h5", src / "case_frame01.h5")
     shutil.copy(phantom_dir / "h5" / "val" / "patient004_frame02.h5", src / "case_frame02.h5")
-    res = _segment("-i", src, "-o", tmp_path / "out", "--model", smoke_model)
+    res = _segment("-i", src, "-o", tmp_path / "out", "--model", smoke_model, "--tta", "fast")
     assert res.returncode == 0, res.stderr
     row = next(csv.DictReader(open(tmp_path / "out" / "measures.csv")))
     assert row["LVEDV (mL)"] == "" and "no voxel spacing" in row["note"] and "no_spacing" in row["flags"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["tta"] == "fast"  # recorded
 
 
 def test_a_corrupt_file_fails_alone_and_leaves_nothing(phantom_dir, smoke_model, tmp_path):

@@ -106,6 +106,15 @@ class EnsemblePredictor:
         for m in self.members:
             m.tta = on
 
+    @property
+    def locate_once(self) -> bool:
+        return all(m.locate_once for m in self.members)
+
+    @locate_once.setter
+    def locate_once(self, on: bool) -> None:
+        for m in self.members:
+            m.locate_once = on
+
     def predict_probabilities(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean of the members' probabilities ``[S, 4, H, W]`` (input grid) and presence ``[S, 3]``."""
         total, presence = None, []

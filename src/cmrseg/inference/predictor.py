@@ -21,7 +21,7 @@ from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preproc
 from cmrseg.data.volume import Volume
 from cmrseg.device import resolve_device
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference.centred import heart_centred_forward
+from cmrseg.inference.centred import heart_centred_flips
 from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
@@ -107,7 +107,9 @@ class Predictor:
 
     Attributes read from ``model.json`` and settable (for ablations):
         ``gate``: how a multitask model's classifier acts (:mod:`.gating`: ``hard``, the paper's,
-        by default; ``soft``, ``seg``, ``off``). ``tta``: average over in-plane flips.
+        by default; ``soft``, ``seg``, ``off``). ``tta``: average over in-plane flips;
+        ``locate_once``: with flips, locate the heart once instead of per flip (faster, not
+        the shipped choice: :func:`.centred.heart_centred_flips`).
         ``inference_crop``: the heart-centred crop (pixels) of :mod:`.centred` (models trained
         since it exists record their training crop); ``None`` runs the model on the whole
         canvas, as models trained before it were selected.
@@ -133,6 +135,7 @@ class Predictor:
         if self.gate not in GATE_MODES:
             raise InputError(meta.get("path"), f"model.json: unknown gate {self.gate!r}")
         self.tta: bool = bool(meta.get("tta", False))
+        self.locate_once = False
         self.inference_crop: int | None = meta.get("inference_crop")
 
     @classmethod
@@ -192,9 +195,14 @@ class Predictor:
         x = x.to(self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
         probs, presence, seg = [], [], []
-        for dims in FLIPS if self.tta else ((),):
-            with ctx:
-                out = heart_centred_forward(self.model, x.flip(dims) if dims else x, self.inference_crop)
+        passes = heart_centred_flips(self.model, x, self.inference_crop, FLIPS if self.tta else ((),),
+                                     self.locate_once)
+        while True:
+            with ctx:  # the networks run in autocast (inside next()); probabilities are taken in float32
+                step = next(passes, None)
+            if step is None:
+                break
+            dims, out = step
             logits = out.ungated_logits if out.ungated_logits is not None else out.logits
 
             def back(t):

@@ -357,7 +357,8 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
             precision: str = "auto", gate: str = "auto", tta: str = "auto") -> int:
     """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``model``: a
     shipped name or folder, or several (an ensemble, :mod:`.ensemble`). ``gate`` and ``tta``
-    (``on``/``off``) override the model's own choices in ``model.json``."""
+    (``on``/``off``, or ``fast``: flips with the heart located once) override the model's own
+    choices in ``model.json``."""
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
@@ -370,7 +371,8 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
     if gate != "auto":
         predictor.gate = gate
     if tta != "auto":
-        predictor.tta = tta == "on"
+        predictor.tta = tta in ("on", "fast")
+        predictor.locate_once = tta == "fast"
     ensure_writable(out)  # only once the inputs and the model are known good
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
@@ -402,7 +404,8 @@ def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: l
             "model_source": predictor.meta.get("source"), "model_members": predictor.meta.get("members"),
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
-            "postprocess": predictor.postprocess, "gate": predictor.gate, "tta": predictor.tta,
+            "postprocess": predictor.postprocess, "gate": predictor.gate,
+            "tta": "fast" if predictor.tta and predictor.locate_once else predictor.tta,
             "precision": "bf16" if predictor.amp is not None else "fp32",
             "shard": shard, "inputs": [str(i) for i in inputs],
             "skipped": [{"path": str(k.path), "reason": k.reason} for k in skipped],
