@@ -318,7 +318,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['crop']} | {r['channels_last']} | {r['cudnn_benchmark']} | {r['fixed_shape']} | "
-              f"{r['compile']} | {r['batch_slices_mean']:.0f} ({r['padded_slices_mean']:.0f}) | {r['tune_seconds']:.1f} | "
+              f"{r['compile']} | {r['batch_slices_mean']:.0f} ({r['padded_slices_mean']:.0f}) | "
+              f"{r['tune_seconds']:.1f} | "
               f"{r['slices_per_s']:.1f} |")
     save(rows, best)
     if args.profile:

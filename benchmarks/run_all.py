@@ -25,8 +25,8 @@ def main():
     run(str(HERE / "bench_models.py"), "--device", "cpu", "--out", str(out / "models_cpu.json"))
     run(str(HERE / "bench_training.py"), "--device", "cpu", "--protocol", "fast", "--out", str(out / "training_cpu_fast.json"))
     # as the CPU trains (amp=bf16), with fixed shapes compiled (needs a C++ compiler: about a minute per model)
-    run(str(HERE / "bench_training.py"), "--device", "cpu", "--protocol", "fast", "--amp", "bf16", "--compile", "default",
-        "--out", str(out / "training_cpu_fast_bf16.json"))
+    run(str(HERE / "bench_training.py"), "--device", "cpu", "--protocol", "fast", "--amp", "bf16",
+        "--compile", "default", "--out", str(out / "training_cpu_fast_bf16.json"))
     if Path(args.data).is_dir():
         run(str(HERE / "bench_segment.py"), args.data, "--out", str(out / "segment_cpu.json"))
     import torch

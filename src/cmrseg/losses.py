@@ -61,7 +61,8 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weights: torch.Ten
 
 
 class SegLoss(nn.Module):
-    """Cross-entropy (+ ``dice_weight`` x soft Dice). ``forward(logits [N,4,H,W], labels [N,H,W], valid=None)``."""
+    """Cross-entropy (+ ``dice_weight`` x soft Dice).
+    ``forward(logits [N,4,H,W], labels [N,H,W], valid=None)``."""
 
     def __init__(self, dice_weight: float = 1.0):
         super().__init__()

@@ -193,3 +193,21 @@ def test_a_fixed_shape_network_compiles_to_one_graph_whatever_the_packing():
         loss_fn(out.logits, out.class_logits, torch.randint(0, 4, (16, 32, 32)), ids >= 0).backward()
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_det_seg_keeps_whole_stacks_and_only_fixed_shapes_capture_cuda_graphs(monkeypatch, capsys):
+    """One config for every model (the GPU job's): Det+Seg, whose crops follow each stack,
+    trains on stacks as they are, with a note; a compile mode that records CUDA graphs falls
+    back to one without them when the batches are not of one shape."""
+    from cmrseg.training import loop
+    from cmrseg.training.stages import stage_for
+
+    cfg = load_config(protocol="smoke", model="det_seg", overrides=["fixed_shape=true", "compile=reduce-overhead"])
+    ctx = setup_context(cfg)
+    stage = stage_for(create_model("det_seg", **cfg.model_kwargs), _data(cfg), cfg, ctx)
+    assert stage.fixed_shape is False and "det_seg trains on whole stacks" in capsys.readouterr().err
+    calls = []
+    monkeypatch.setattr(loop.torch, "compile", lambda m, **kw: calls.append(kw) or m)
+    loop._wrap(stage.module, "stack", stage.fixed_shape, cfg, ctx)
+    loop._wrap(stage.module, "stack", True, cfg, ctx)
+    assert calls == [{"mode": "default", "dynamic": True}, {"mode": "reduce-overhead", "dynamic": False}]

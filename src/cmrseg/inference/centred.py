@@ -114,7 +114,7 @@ def heart_centred_flips(model, x: torch.Tensor, crop: int | None, flips: tuple[t
     augmentation); yields ``(dims, output)``, the output in the flipped frame. By default the
     heart is located in every flipped stack (the locator runs on the whole canvas once per flip,
     the costliest pass); ``locate_once`` locates it once, on ``x`` as it is, and gives every flip
-    the same crop of the stack, mirrored: 40-50 % less CPU time, masks a pixel apart where a
+    the same crop of the stack, mirrored: about a third less CPU time, masks a pixel apart where a
     located crop moved by a pixel (docs/RESULTS.md, rule 12)."""
     window, first = _locate(model, x, crop) if locate_once else (None, None)
     size = tuple(x.shape[-2:])

@@ -18,8 +18,9 @@ from cmrseg.models.unet import SegmentationNet
 class TwoStageNet(nn.Module):
     """``seg`` (image -> 4-class logits) followed by ``ref`` (4 probability maps -> logits).
 
-    ``forward(x, stack_sizes=None, stack_ids=None)`` (see :class:`SegmentationNet`): ``x`` ``[N, 1, H, W]`` -> :class:`SegOutput` with the
-    Ref stage's (gated, in eval) logits and class logits, and ``stage1_logits`` from Seg.
+    ``forward(x, stack_sizes=None, stack_ids=None)`` (see :class:`SegmentationNet`): ``x``
+    ``[N, 1, H, W]`` -> :class:`SegOutput` with the Ref stage's (gated, in eval) logits and class
+    logits, and ``stage1_logits`` from Seg.
     """
 
     def __init__(self, seg: SegmentationNet, ref: SegmentationNet):

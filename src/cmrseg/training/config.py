@@ -59,8 +59,9 @@ class TrainConfig:
             packed into ``batch_slices`` slices (at least the longest stack) with the rest
             padded, the padding left out of batch statistics, attention and loss
             (``cmrseg.training.batching``; ``batch_stacks`` is then unused); single-slice
-            models drop each epoch's short last batch. For cuDNN autotuning, ``compile`` and
-            CUDA graphs; reported slices/s count real slices only.
+            models drop each epoch's short last batch; Det+Seg, whose crops follow each stack,
+            ignores it. For cuDNN autotuning, ``compile`` and CUDA graphs; reported slices/s
+            count real slices only.
         compile: ``torch.compile`` the trained network: ``false``, ``true`` (torch's default
             mode) or a torch.compile mode (``reduce-overhead``: CUDA graphs, which need
             ``fixed_shape``; ``max-autotune``, ``max-autotune-no-cudagraphs``). With

@@ -102,7 +102,7 @@ def fit(stage: Stage, val_ds: StackDataset, cfg: TrainConfig, out: Path, ctx: Tr
     return opt.state
 
 
-def _wrap(module: nn.Module, mode: str, cfg: TrainConfig, ctx: TrainContext) -> nn.Module:
+def _wrap(module: nn.Module, mode: str, fixed_shape: bool, cfg: TrainConfig, ctx: TrainContext) -> nn.Module:
     """``module`` as the step runs it: DDP under torchrun, torch.compile where asked."""
     wrapped = module
     if ctx.dist.enabled:
@@ -111,11 +111,13 @@ def _wrap(module: nn.Module, mode: str, cfg: TrainConfig, ctx: TrainContext) -> 
         wrapped = DDP(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if ctx.device.type == "cuda":
         # cuDNN autotuning pays only for fixed shapes: slice batches are, stack batches vary unless packed
-        one_shape = mode == "slice" or cfg.fixed_shape
+        one_shape = mode == "slice" or fixed_shape
         torch.backends.cudnn.benchmark = one_shape if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
     if cfg.compile:  # CUDA graphs (reduce-overhead) only on CUDA; on a CPU inductor compiles C++ kernels
         compile_mode = "default" if cfg.compile is True else cfg.compile
-        wrapped = torch.compile(wrapped, mode=compile_mode, dynamic=not cfg.fixed_shape)
+        if not fixed_shape and compile_mode in ("reduce-overhead", "max-autotune"):
+            compile_mode = "max-autotune-no-cudagraphs" if compile_mode == "max-autotune" else "default"
+        wrapped = torch.compile(wrapped, mode=compile_mode, dynamic=not fixed_shape)
     return wrapped
 
 
@@ -123,7 +125,7 @@ def _start(stage: Stage, cfg: TrainConfig, out: Path, ctx: TrainContext, name: s
     """Optimizer, schedule and batches for ``stage``, resumed from ``out/last`` if there."""
     batch = cfg.batch_stacks if stage.mode == "stack" else cfg.batch_slices
     batcher = StackBatcher(stage.train_ds, batch, ctx.device, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-                           seed=cfg.seed, fixed_slices=cfg.batch_slices if cfg.fixed_shape else None)
+                           seed=cfg.seed, fixed_slices=cfg.batch_slices if stage.fixed_shape else None)
     params = [p for p in stage.module.parameters() if p.requires_grad]
     # fused Adam: one kernel for all parameters instead of several per tensor (CUDA only)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda")
@@ -137,8 +139,9 @@ def _start(stage: Stage, cfg: TrainConfig, out: Path, ctx: TrainContext, name: s
     state.setdefault("epoch_seconds", [])
     plan["epochs"] = min(cfg.epochs, int(state.get("planned_epochs", cfg.epochs)))
     budgeted = cfg.time_budget_s is not None and ckpt is None and cfg.epochs > PLAN_AFTER_EPOCHS
-    return _Optimisation(_wrap(stage.module, stage.mode, cfg, ctx), params, optimizer, scheduler, batcher, plan,
-                         state, budgeted, dev_gen=torch.Generator(device=ctx.device))
+    train_module = _wrap(stage.module, stage.mode, stage.fixed_shape, cfg, ctx)
+    return _Optimisation(train_module, params, optimizer, scheduler, batcher, plan, state, budgeted,
+                         dev_gen=torch.Generator(device=ctx.device))
 
 
 def _train_epoch(stage: Stage, opt: _Optimisation, cfg: TrainConfig, ctx: TrainContext) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.data.dataset import StackDataset
-from cmrseg.errors import CmrsegError
 from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
@@ -45,6 +45,7 @@ class Stage(Protocol):
 
     mode: str  # "stack" or "slice": what one training item is
     train_ds: StackDataset  # served in ``mode``
+    fixed_shape: bool  # trains on fixed-shape batches (``TrainConfig.fixed_shape``, where the stage can)
 
     @property
     def module(self) -> nn.Module:
@@ -67,6 +68,7 @@ class _Base:
         self.device = ctx.device
         self.augmenter = StackAugmenter(cfg.augment)
         self.inference_crop = cfg.inference_crop
+        self.fixed_shape = cfg.fixed_shape
 
     def crop_centers(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
         """Per item: the heart's centre (prob ``heart_crop_prob``) or a random canvas point."""
@@ -141,8 +143,10 @@ class DetSegStage(_Base):
 
     def __init__(self, net: DetSegNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
-        if cfg.fixed_shape:
-            raise CmrsegError("config key 'fixed_shape' is not supported for det_seg (its crops follow each stack)")
+        if cfg.fixed_shape:  # its crops follow each stack: one config for every model (the GPU job) still trains it
+            print("cmrseg: note: det_seg trains on whole stacks as they are (fixed_shape applies to the other models)",
+                  file=sys.stderr)
+        self.fixed_shape = False
         self.net = net
         self.inference_crop = None  # Det+Seg crops around its own detection
         self.train_ds = train_ds.with_mode(self.mode)
