@@ -9,7 +9,7 @@
 # Each stage trains for as many epochs as its budget allows (time_budget_s, at most the cap
 # given with --epochs), learning-rate schedule fitted to them; SS_MIN=0 skips seg_ss. EXTRA_SETS:
 # further config overrides for every run, after the defaults here (e.g. "dice_weight=0.5 lr=3e-4";
-# "fixed_shape=true compile=true" trained seg_as 18 % faster here after a compile of about a
+# "fixed_shape=true compile=true" trained seg_as 10-18 % faster here after a compile of about a
 # minute, docs/RESULTS.md "Training throughput"; the runs documented so far trained without).
 # INIT: the proposed model to continue, a model or run folder (default: the shipped one).
 set -euo pipefail
