@@ -24,6 +24,7 @@ import torch
 from cmrseg.data.io import read_volumes, write_mask
 from cmrseg.data.io.common import is_h5, is_nifti
 from cmrseg.inference.ensemble import load_predictor
+from cmrseg.inference.predictor import TTA_MODES, set_tta, tta_name
 
 
 def main():
@@ -34,13 +35,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"), help="as cmrseg segment --tta")
+    ap.add_argument("--tta", default="auto", choices=TTA_MODES, help="as cmrseg segment --tta")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     predictor = load_predictor(args.model, device=args.device, backend=args.backend)
-    if args.tta != "auto":
-        predictor.tta, predictor.locate_once = args.tta in ("on", "fast"), args.tta == "fast"
+    set_tta(predictor, args.tta)
     files = sorted(p for p in Path(args.data).iterdir() if (is_h5(p) or is_nifti(p)) and "_gt" not in p.name)[: args.n]
     per10 = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +53,7 @@ def main():
             per10.append((time.perf_counter() - t0) * 10 / vol.num_slices)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess,
-           "tta": "fast" if predictor.tta and predictor.locate_once else predictor.tta,
+           "tta": tta_name(predictor),
            "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
            "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),

@@ -39,7 +39,7 @@ from cmrseg.atomic import write_json, write_text
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.losses import GatedRefinementLoss, SegLoss
 from cmrseg.models import create_model
-from cmrseg.training.batching import pack_stacks
+from cmrseg.training.batching import pack_stacks, stack_ids
 from cmrseg.training.config import load_config
 
 FAMILIES = {"seg_ss": "SK-UNet (single slice)", "seg_as": "all-slice (fusion)", "seg_as_mt": "all-slice + classifier"}
@@ -99,8 +99,9 @@ def _setup(name: str, cfg, device: str, channels_last: bool, cudnn_benchmark: bo
         n = real + pad
         ids = None
         if fixed_shape and model.all_slice:
-            ids = torch.tensor([i for i, s in enumerate(sizes) for _ in range(s)] + [-1] * pad, device=device)
+            stacks = len(sizes)
             sizes = sizes + [pad] if pad else sizes
+            ids = stack_ids(sizes, stacks).to(device)
         batches.append((torch.rand(n, 1, canvas, canvas, device=device),
                         torch.randint(0, 4, (n, canvas, canvas), device=device), sizes, ids, real))
 

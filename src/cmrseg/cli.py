@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(label agreement with float32 in docs/RESULTS.md)")
     p.add_argument("--gate", default="auto", choices=("auto", "hard", "soft", "seg", "off"),
                    help="how the classifier acts on the mask (auto: the model's choice in model.json)")
-    p.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"),
+    p.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"),  # predictor.TTA_MODES
                    help="average over in-plane flips (auto: the model's choice in model.json); fast: flips "
                         "with the heart located once, about half the CPU time (docs/RESULTS.md, rule 12)")
     p.set_defaults(func=cmd_segment)

@@ -30,6 +30,21 @@ from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 PRECISIONS = ("auto", "fp32", "bf16")
+#: ``--tta``: the model's own choice, flips on or off, or flips with the heart located once
+TTA_MODES = ("auto", "on", "off", "fast")
+
+
+def set_tta(predictor, mode: str) -> None:
+    """Apply ``--tta`` ``mode`` (:data:`TTA_MODES`) to a :class:`Predictor` or an ensemble."""
+    if mode not in TTA_MODES:
+        raise CmrsegError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
+    if mode != "auto":
+        predictor.tta, predictor.locate_once = mode in ("on", "fast"), mode == "fast"
+
+
+def tta_name(predictor) -> bool | str:
+    """What a run records of its flips: ``True``, ``False`` or ``"fast"``."""
+    return "fast" if predictor.tta and predictor.locate_once else predictor.tta
 #: what ``cmrseg segment`` runs without ``--model``: the shipped proposed models averaged
 #: (an ensemble, chosen on val by a rule written before scoring: docs/RESULTS.md, rule 10)
 DEFAULT_MODEL = "proposed_ensemble"

@@ -41,7 +41,7 @@ from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
                                             ensure_writable, owned_files, shard_records)
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
-from cmrseg.inference.predictor import Predictor
+from cmrseg.inference.predictor import Predictor, set_tta, tta_name
 from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
 from cmrseg.inference.report import montage, volume_curve, write_html
 from cmrseg.labels import label_map_json
@@ -370,9 +370,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
     predictor = load_predictor(model, device=device, postprocess=postprocess, backend=backend, precision=precision)
     if gate != "auto":
         predictor.gate = gate
-    if tta != "auto":
-        predictor.tta = tta in ("on", "fast")
-        predictor.locate_once = tta == "fast"
+    set_tta(predictor, tta)
     ensure_writable(out)  # only once the inputs and the model are known good
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
@@ -405,7 +403,7 @@ def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: l
             "model_protocol": predictor.meta.get("protocol"), "device": str(predictor.device),
             "backend": predictor.meta.get("backend"),
             "postprocess": predictor.postprocess, "gate": predictor.gate,
-            "tta": "fast" if predictor.tta and predictor.locate_once else predictor.tta,
+            "tta": tta_name(predictor),
             "precision": "bf16" if predictor.amp is not None else "fp32",
             "shard": shard, "inputs": [str(i) for i in inputs],
             "skipped": [{"path": str(k.path), "reason": k.reason} for k in skipped],

@@ -20,6 +20,12 @@ from cmrseg.device import to_device
 LOOK_AHEAD = 16  # later stacks tried for the room left in a fixed-shape batch
 
 
+def stack_ids(sizes: list[int], real: int) -> torch.Tensor:
+    """``[sum(sizes)]`` int64 on the host: each slice's stack, ``-1`` for the slices of the
+    stacks from index ``real`` on (the padding of a fixed-shape batch)."""
+    return torch.tensor([i if i < real else -1 for i, s in enumerate(sizes) for _ in range(s)], dtype=torch.long)
+
+
 def pack_stacks(order: list[int], sizes: list[int], budget: int) -> list[list[int]]:
     """Items of ``order`` (with ``sizes[item]`` slices each) in batches of at most ``budget``
     slices: each batch takes the first waiting item, then the waiting items, among the next
@@ -64,8 +70,7 @@ class StackBatcher:
         self.packed = fixed_slices is not None and dataset.mode == "stack"
         if fixed_slices is not None and not self.packed:
             drop_last = True
-        self.sizes = [r.image.shape[0] if s is None else 1 for r, s in
-                      ((dataset.records[rec_i], s) for rec_i, s in dataset.index)]
+        self.sizes = [dataset.records[rec_i].image.shape[0] if s is None else 1 for rec_i, s in dataset.index]
         self.fixed_slices = max([fixed_slices or 0, *self.sizes]) if self.packed else None
         self.device = torch.device(device)
         self.shuffle = shuffle
@@ -118,8 +123,7 @@ class StackBatcher:
                 centers = torch.cat([centers, centers.new_full((1, 2), float("nan"))])
                 sizes = sizes + [pad]
             if self.packed:  # made on the host, sent without a sync
-                ids = [i if i < len(chunk) else -1 for i, s in enumerate(sizes) for _ in range(s)]
-                batch["stack_ids"] = to_device(torch.tensor(ids, dtype=torch.long), self.device)
+                batch["stack_ids"] = to_device(stack_ids(sizes, len(chunk)), self.device)
             yield {
                 "image": torch.cat(imgs).float().div_(255.0)[:, None],
                 "label": torch.cat(labs).long(),
