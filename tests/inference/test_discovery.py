@@ -2,11 +2,13 @@
 .dcm, ED/ES files, a lost image, 2D and long-axis inputs, and base/apex from the anatomy."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.dicom import write_dicom_series
 from cmrseg.data.io.nifti import write_nifti_image
+from cmrseg.data.orientation import reverse_affine
 from cmrseg.errors import InputError
 from cmrseg.inference.discovery import discover_all, load_study
 
@@ -88,6 +91,93 @@ def test_a_single_dcm_file_stands_for_its_series(phantom_dir):
     assert len(a) == len(b) and np.array_equal(a[0].image, b[0].image)
 
 
+def test_an_enhanced_multiframe_cine_is_one_study_beside_classic_series(phantom_dir, smoke_model, tmp_path):
+    """One Enhanced MR file (every frame of the cine) in a folder with a classic localiser: found
+    as one short-axis study of 4 frames, given alone or as its folder, and segmented."""
+    classic = read_volumes(phantom_dir / "dicom" / "patient003")
+    folder = tmp_path / "exam"
+    write_dicom_series(np.stack([f.image for f in classic]), classic[0].geometry.affine, folder, layout="enhanced")
+    _series(folder, np.random.default_rng(0).random((1, 1, 64, 64)).astype(np.float32), _plane(np.eye(3)[0]),
+            "loc", None, "localiser")
+    enhanced = folder / "IM_ENHANCED.dcm"
+    for given in (folder, enhanced):
+        sources, skipped = discover_all([given])
+        assert [(s.kind, s.paths) for s in sources] == [("dicom", [enhanced])]
+        assert len(load_study(sources[0]).frames) == len(classic)
+    assert [k.reason for k in skipped] == [] and len(discover_all([folder])[1]) == 1
+    out = tmp_path / "out"
+    res = _segment("-i", folder, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-2000:]
+    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    assert case["frames"] == len(classic) and case["status"] == "ok"
+    geometry = classic[0].geometry  # the mask is written in the file's slice order and geometry
+    on_disk = reverse_affine(geometry.affine, classic[0].num_slices) if geometry.slices_reversed else geometry.affine
+    mask = nib.load(str(out / case["outputs"][0]))
+    assert mask.shape[:3] == classic[0].image.shape[::-1] and mask.shape[3] == len(classic)
+    np.testing.assert_allclose(mask.affine, on_disk, atol=1e-4)
+
+
+def _slice_series_tree(phantom_dir, root: Path, subfolders: bool) -> list:
+    """The phantom's cine stored one slice position per series (one breath-hold each), in one
+    folder or one subfolder per series; returns the phantom's frames read from its own series."""
+    classic = read_volumes(phantom_dir / "dicom" / "patient003")
+    write_dicom_series(np.stack([f.image for f in classic]), classic[0].geometry.affine, root, "sa cine",
+                       layout="series_per_slice")
+    if subfolders:
+        for f in sorted(root.glob("IM_*.dcm")):
+            (root / f"series_{f.name[3:6]}").mkdir(exist_ok=True)
+            f.rename(root / f"series_{f.name[3:6]}" / f.name)
+    return classic
+
+
+@pytest.mark.parametrize("subfolders", [False, True])
+def test_a_stack_stored_one_slice_per_series_is_one_study(phantom_dir, tmp_path, subfolders):
+    classic = _slice_series_tree(phantom_dir, tmp_path / "exam", subfolders)
+    sources, skipped = discover_all([tmp_path / "exam"])
+    assert skipped == [] and [(s.name, s.kind) for s in sources] == [("exam_sa_cine", "dicom_slices")]
+    study = load_study(sources[0])
+    assert len(study.frames) == len(classic)
+    rng = float(classic[0].image.max() - classic[0].image.min())
+    for a, b in zip(study.frames, classic):
+        np.testing.assert_allclose(a.geometry.affine, b.geometry.affine, atol=1e-4)
+        np.testing.assert_allclose(a.image, b.image, atol=rng / 2000)
+        assert a.meta["missing_slices"] == [] and a.name == "sa_cine"
+
+
+def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_model, tmp_path):
+    root = tmp_path / "exam"
+    classic = _slice_series_tree(phantom_dir, root, subfolders=True)
+    uid = pydicom.uid.generate_uid()
+    (root / "series_002_again").mkdir()
+    for f in sorted((root / "series_002").iterdir()):  # slice 3 acquired again, as series 99
+        ds = pydicom.dcmread(str(f))
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, 99, "sa cine 3 repeat"
+        ds.PixelData = (ds.pixel_array // 2).astype(np.uint16).tobytes()
+        ds.save_as(str(root / "series_002_again" / f.name))
+    sources, skipped = discover_all([root])
+    assert [k.path.name for k in skipped] == ["series_002"]
+    assert re.fullmatch(r"slice position -?[\d.]+ mm acquired again in series 99, which is used", skipped[0].reason)
+    study = load_study(sources[0])
+    k = 2 if not classic[0].geometry.slices_reversed else classic[0].num_slices - 3
+    np.testing.assert_allclose(study.frames[1].image[k], classic[1].image[k] / 2, atol=0.05 * classic[1].image[k].max())
+    out = tmp_path / "out"
+    res = _segment("-i", root, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == 1 and len(summary["skipped"]) == 1
+    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    assert case["frames"] == len(classic) and case["kind"] == "cine"
+
+
+def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):
+    lax_normal = np.cross([-1.0, 1.0, -1.0], [1.0, 1.0, 0.0])  # a plane that contains the long axis
+    frames = np.random.default_rng(0).random((6, 3, 64, 64)).astype(np.float32)
+    write_dicom_series(frames, _plane(lax_normal), tmp_path / "lax", "lax cine", layout="series_per_slice")
+    sources, skipped = discover_all([tmp_path / "lax"])
+    assert sources == [] and len(skipped) == 3
+    assert all(k.reason.startswith("one slice position: a 2D cine of 6 frames") for k in skipped)
+
+
 def test_ed_and_es_files_pair_into_one_study_with_ef(phantom_dir, smoke_model, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -135,8 +225,6 @@ def test_2d_inputs_are_refused_with_one_line(tmp_path):
 def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, tmp_path, reverse):
     """An axis-aligned stack (no geometry to go by) written base->apex or apex->base: the
     written mask keeps the file's order, and the record names the basal slice's k."""
-    import nibabel as nib
-
     pdir = phantom_dir / "acdc" / "patient001"  # the phantom's files run base -> apex
     img = nib.load(str(pdir / "patient001_frame01.nii.gz"))
     label = np.asanyarray(nib.load(str(pdir / "patient001_frame01_gt.nii.gz")).dataobj)
@@ -163,8 +251,6 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
 
 
 def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_dir, smoke_model, tmp_path):
-    import nibabel as nib
-
     out = tmp_path / "out"
     assert _segment("-i", phantom_dir / "dicom" / "patient003", "-o", out, "--model", smoke_model).returncode == 0
     case = json.loads(next((out / "cases").glob("*.json")).read_text())

@@ -5,6 +5,8 @@
   short-axis series (a cine, or one phase of several slices) is a study, every other series
   (localisers, long-axis and other 2D cines) is listed as skipped with the reason
   (:func:`~cmrseg.data.io.dicom.classify_series`); a single ``.dcm`` file stands for its series;
+  2D cines of one study with the same slice orientation at three or more positions across the
+  long axis, in any folders, are one short-axis stack (stored one slice per series);
 * a 4D NIfTI file: one study, every frame;
 * files named ``<case>_frameNN`` (NIfTI or h5) beside each other: one study per case;
   ``<case>_ED`` and ``<case>_ES`` (any case, ``_`` or ``-``): one study with its ED and ES;
@@ -14,13 +16,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrseg.data.io.acdc import ed_es, is_acdc_patient_folder, phase_of_frame, read_acdc_patient, read_info_cfg
 from cmrseg.data.io.common import parse_frame_name, strip_suffix
-from cmrseg.data.io.dicom import classify_series, read_dicom_series, scan_series, series_name, series_of_file
+from cmrseg.data.io.dicom import (MIN_SLICE_SERIES, classify_series, common_description, read_dicom_series,
+                                  scan_series, series_files, series_name, series_of_file, slice_cine_key,
+                                  stack_slice_series)
 from cmrseg.data.io.formats import described, format_of
 from cmrseg.data.io.readers import read_volumes
 from cmrseg.data.volume import Study
@@ -32,7 +38,8 @@ _PHASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
 
 @dataclass
 class StudySource:
-    """Where a study comes from: ``kind`` is ``acdc``, ``dicom``, ``frames`` or ``file``;
+    """Where a study comes from: ``kind`` is ``acdc``, ``dicom`` (one series), ``dicom_slices``
+    (a stack stored one slice position per series), ``frames`` or ``file``;
     ``phases``: ``ED``/``ES`` of each path when its name says so."""
 
     name: str
@@ -86,17 +93,39 @@ class _Walk:
             self.dicom_files.setdefault(path.parent, []).append(path)
 
     def dicom_series(self) -> None:
+        slice_cines: dict[tuple, list[tuple[Path, list]]] = defaultdict(list)  # key -> [(label, headers)]
         for folder, files in sorted(self.dicom_files.items()):
             series = scan_series(files)
             for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0][0])):
                 desc = str(headers[0][1].get("SeriesDescription", "")) or None
                 label = folder if len(series) == 1 else Path(f"{folder}: series {desc or uid}")
                 reason = classify_series(headers)
-                if reason is not None:
+                if reason is not None and (key := slice_cine_key(headers)) is not None:
+                    slice_cines[key].append((label, headers))  # maybe one slice of a stack
+                elif reason is not None:
                     self.skipped.append(Skipped(label, reason))
-                    continue
-                name = folder.name if len(series) == 1 else f"{folder.name}_{series_name(folder, desc)}"
-                self.sources.append(StudySource(name, "dicom", sorted(p for p, _ in headers)))
+                else:
+                    name = folder.name if len(series) == 1 else f"{folder.name}_{series_name(folder, desc)}"
+                    self.sources.append(StudySource(name, "dicom", sorted(series_files(headers))))
+        for members in slice_cines.values():
+            self.slice_stack(members)
+
+    def slice_stack(self, members: list[tuple[Path, list]]) -> None:
+        """2D cines of one study that share a slice orientation: a short-axis stack stored one
+        slice position per series when they are at least ``MIN_SLICE_SERIES`` positions across
+        the heart's long axis; else each is skipped for its own reason."""
+        kept, left = stack_slice_series([headers for _, headers in members])
+        stack = [image for headers in kept for image in headers]
+        if len(kept) < MIN_SLICE_SERIES or classify_series(stack) is not None:
+            self.skipped += [Skipped(label, classify_series(headers)) for label, headers in members]
+            return
+        label_of = {id(headers): label for label, headers in members}
+        self.skipped += [Skipped(label_of[id(headers)], why) for headers, why in left]
+        files = sorted(series_files(stack))
+        folder = Path(os.path.commonpath([f.parent for f in files]))
+        desc = common_description(stack)
+        name = f"{folder.name}_{series_name(folder, desc)}" if desc else folder.name
+        self.sources.append(StudySource(name, "dicom_slices", files))
 
     def frame_studies(self) -> None:
         for (_, case), paths in self.frame_groups.items():
@@ -151,9 +180,11 @@ def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Stu
     """Read every frame of a study (raises :class:`InputError` naming the bad file)."""
     if src.kind == "acdc":
         return _check_stack(read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order))
-    if src.kind == "dicom":
-        frames = read_dicom_series(src.paths[0].parent, slice_order, spacing, files=src.paths)
-        return _check_stack(Study(src.name, frames, src.paths[0].parent, "cine" if len(frames) > 1 else "single"))
+    if src.kind in ("dicom", "dicom_slices"):
+        folder = Path(os.path.commonpath([p.parent for p in src.paths]))
+        frames = read_dicom_series(folder, slice_order, spacing, files=src.paths,
+                                   slice_series=src.kind == "dicom_slices")
+        return _check_stack(Study(src.name, frames, folder, "cine" if len(frames) > 1 else "single"))
     if src.kind == "file":
         frames = read_volumes(src.paths[0], spacing=spacing, slice_order=slice_order)
         return _check_stack(Study(src.name, frames, src.paths[0], "cine" if len(frames) > 1 else "single"))

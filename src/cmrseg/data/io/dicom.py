@@ -5,6 +5,10 @@ ImagePositionPatient, frames within each slice position by TriggerTime (Instance
 absent). The affine is built from ImagePositionPatient / ImageOrientationPatient /
 PixelSpacing in DICOM's LPS and converted to RAS+ like NIfTI, so both formats share one
 geometry convention.
+
+Enhanced (multi-frame) MR files, as Philips and newer Siemens scanners can export them, are split
+into one header per frame (:class:`FrameHeader`) with the same attributes, so both kinds of
+series are placed and ordered by the same code.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from cmrseg.data.volume import Geometry, Volume
 from cmrseg.errors import InputError
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+PLACEMENT = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")  # what places an image
 LONG_AXIS_COS = 0.3  # |cos| of the slice normal to the apex axis below this: slices along the long axis
 
 
@@ -55,7 +60,12 @@ def series_of_file(path: Path) -> list[Path]:
     if uid is None:
         raise InputError(path, "DICOM file without image data")
     siblings = scan_series([f for f in sorted(path.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
-    return [p for p, _ in siblings[uid]]
+    return series_files(siblings[uid])
+
+
+def series_files(headers: list[tuple[Path, Any]]) -> list[Path]:
+    """The files of a series' headers, each once (a multi-frame file has a header per frame)."""
+    return list(dict.fromkeys(p for p, _ in headers))
 
 
 def read_dicom(path: Path, slice_order: str = "auto", spacing: tuple[float, float, float] | None = None) -> list[Volume]:
@@ -87,9 +97,10 @@ def quiet_pydicom():
 
 
 def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple[Path, Any]]]:
-    """DICOM image files grouped by SeriesInstanceUID: ``{uid: [(path, dataset), ...]}``
-    (headers only unless ``pixels``). Files without image data (reports, DICOMDIR) are skipped;
-    a file that cannot be parsed raises :class:`InputError` naming it."""
+    """DICOM images grouped by SeriesInstanceUID: ``{uid: [(path, dataset), ...]}`` (headers only
+    unless ``pixels``), one entry per image: a multi-frame file gives one :class:`FrameHeader`
+    per frame. Files without image data (reports, DICOMDIR) are skipped; a file that cannot be
+    parsed raises :class:`InputError` naming it."""
     import pydicom
 
     series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
@@ -103,15 +114,97 @@ def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple
                 raise InputError(f, f"cannot read DICOM header ({type(exc).__name__}: {exc})") from None
             if "PixelData" not in ds and not hasattr(ds, "Rows"):
                 continue
-            series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+            images = frame_headers(ds, f) if is_multiframe(ds) else [ds]
+            series[str(ds.get("SeriesInstanceUID", ""))].extend((f, image) for image in images)
     return dict(series)
+
+
+def is_multiframe(ds) -> bool:
+    """An enhanced (multi-frame) image file: per-frame geometry in functional groups."""
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+# Where an enhanced MR file keeps, per frame or shared by all frames, what a classic MR image
+# has at its top level: keyword -> (functional group sequence, keyword inside it).
+_FUNCTIONAL_GROUPS = {
+    "ImagePositionPatient": ("PlanePositionSequence", "ImagePositionPatient"),
+    "ImageOrientationPatient": ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    "PixelSpacing": ("PixelMeasuresSequence", "PixelSpacing"),
+    "SliceThickness": ("PixelMeasuresSequence", "SliceThickness"),
+    "SpacingBetweenSlices": ("PixelMeasuresSequence", "SpacingBetweenSlices"),
+    "TriggerTime": ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
+    "RescaleSlope": ("PixelValueTransformationSequence", "RescaleSlope"),
+    "RescaleIntercept": ("PixelValueTransformationSequence", "RescaleIntercept"),
+}
+
+
+class FrameHeader:
+    """One frame of an enhanced (multi-frame) DICOM file, read like a classic image's header:
+    ``get``, ``in`` and attribute access find a keyword of :data:`_FUNCTIONAL_GROUPS` in the
+    frame's own functional groups, then in the shared ones, then at the file's top level;
+    other keywords (series, patient, Rows, Columns) come from the file. ``InstanceNumber`` is
+    the frame's number in the file (1-based), ``pixel_array`` decodes this frame only.
+
+    Written here because the libraries that read enhanced files do something else: pydicom
+    gives the functional groups as nested sequences, and nibabel's ``MultiframeWrapper``
+    orders frames by their DimensionIndexValues, whose dimensions are the vendor's choice; as
+    frame headers they go through the classic path's ordering by position and trigger time."""
+
+    def __init__(self, ds, index: int):
+        self._ds = ds
+        self._index = index
+        self._groups = [ds.PerFrameFunctionalGroupsSequence[index]]
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            self._groups.append(shared[0])
+
+    def _lookup(self, keyword: str):
+        if keyword == "InstanceNumber":
+            return self._index + 1
+        if keyword in _FUNCTIONAL_GROUPS:
+            sequence, inner = _FUNCTIONAL_GROUPS[keyword]
+            for group in self._groups:
+                items = group.get(sequence)
+                if items and inner in items[0]:
+                    return items[0].get(inner)
+        return self._ds.get(keyword)
+
+    def get(self, keyword: str, default=None):
+        value = self._lookup(keyword)
+        return default if value is None else value
+
+    def __contains__(self, keyword: str) -> bool:
+        return self._lookup(keyword) is not None
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self._lookup(keyword)
+        if value is None:
+            raise AttributeError(f"frame {self._index + 1} has no {keyword}")
+        return value
+
+    @property
+    def pixel_array(self) -> np.ndarray:
+        from pydicom.pixels import pixel_array
+
+        return pixel_array(self._ds, index=self._index)
+
+
+def frame_headers(ds, path: Path) -> list[FrameHeader]:
+    """One :class:`FrameHeader` per frame of an enhanced (multi-frame) file."""
+    count = int(ds.get("NumberOfFrames", 0) or 0)
+    if count < 1 or len(ds.PerFrameFunctionalGroupsSequence) != count:
+        raise InputError(path, f"multi-frame DICOM with {count} frames but "
+                               f"{len(ds.PerFrameFunctionalGroupsSequence)} per-frame descriptions")
+    return [FrameHeader(ds, i) for i in range(count)]
 
 
 def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     """``None`` for a short-axis stack (a cine, or one phase of several slices); else why the
     series is not one (a localiser, a 2D or long-axis cine, ...), for the list of skipped series."""
     first = headers[0][1]
-    if any(k not in first for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")):
+    if any(k not in first for k in PLACEMENT):
         return "no ImageOrientationPatient / ImagePositionPatient / PixelSpacing: cannot be placed"
     orientations = {tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 2)) for _, ds in headers}
     if len(orientations) > 1:
@@ -131,18 +224,80 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     return None
 
 
+MIN_SLICE_SERIES = 3  # series of one slice position each that make a short-axis stack
+
+
+def _normal_position(ds) -> tuple[np.ndarray, float]:
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    return normal, float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
+
+
+def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
+    """What the series of a stack stored one slice position per series share (a short-axis cine
+    acquired one breath-hold per slice, as many clinical protocols and UK Biobank store it):
+    study, frame of reference, slice orientation, matrix and pixel size. ``None`` unless
+    ``headers`` are a 2D cine (one slice position, several frames) that can be placed."""
+    first = headers[0][1]
+    if len(headers) < 2 or any(k not in first for k in PLACEMENT):
+        return None
+    if len({round(_normal_position(ds)[1], 1) for _, ds in headers}) > 1:
+        return None
+    return (str(first.get("StudyInstanceUID", "")), str(first.get("FrameOfReferenceUID", "")),
+            tuple(np.round([float(v) for v in first.ImageOrientationPatient], 2)), int(first.Rows), int(first.Columns),
+            tuple(round(float(v), 3) for v in first.PixelSpacing))
+
+
+def stack_slice_series(series: list[list[tuple[Path, Any]]]) -> tuple[list[list], list[tuple[list, str]]]:
+    """Series of one slice position each that share :func:`slice_cine_key` -> (the series that
+    make the stack, one per position, in slice order; [(a series left out, why)]). A position
+    acquired twice keeps the series with the highest SeriesNumber (a repeat usually replaces a
+    failed breath-hold).
+
+    Written here because the DICOM readers at hand (pydicom, SimpleITK's series reader) read one
+    series at a time; stacking single-slice series is what ukbb_cardiac's conversion and
+    dcm2niix's merge option do outside Python."""
+    def number(headers) -> int:
+        return int(headers[0][1].get("SeriesNumber", 0) or 0)
+
+    by_position: dict[float, list] = defaultdict(list)
+    for headers in series:
+        by_position[round(_normal_position(headers[0][1])[1], 1)].append(headers)
+    kept, left = [], []
+    for position in sorted(by_position):
+        repeats = sorted(by_position[position], key=number)
+        kept.append(repeats[-1])
+        left += [(h, f"slice position {position:g} mm acquired again in series {number(repeats[-1])}, which is used")
+                 for h in repeats[:-1]]
+    return kept, left
+
+
+def common_description(headers: list[tuple[Path, Any]]) -> str | None:
+    """The series descriptions' common beginning, without trailing numbers or separators
+    (``sa_cine 1``, ``sa_cine 2`` -> ``sa_cine``); ``None`` when they share none."""
+    names = sorted({str(ds.get("SeriesDescription", "")) for _, ds in headers})
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix.rstrip("0123456789 _-.#") or None
+
+
 def read_dicom_series(
     folder: str | Path,
     slice_order: str = "auto",
     spacing_override: tuple[float, float, float] | None = None,
     files: list[Path] | None = None,
+    slice_series: bool = False,
 ) -> list[Volume]:
     """Read one short-axis (cine) series: one :class:`Volume` per frame. ``files``: the
     series' files (from discovery); default every DICOM file in ``folder``, which must then
-    hold one series. A slice position or image the series lacks keeps its place: filled from
-    its neighbours and listed in the frame's ``meta["missing_slices"]``."""
+    hold one series. ``slice_series``: ``files`` are a stack stored one slice position per
+    series (:func:`stack_slice_series` chose them), read as one series. A slice position or
+    image the series lacks keeps its place: filled from its neighbours and listed in the
+    frame's ``meta["missing_slices"]``."""
     folder = Path(folder)
-    headers = _one_series(folder, files)
+    headers = _one_series(folder, files, slice_series)
     layout = _SeriesLayout.of(headers, folder)
     if spacing_override is None:
         check_spacing(layout.spacing, headers[0][0], "DICOM header")
@@ -156,7 +311,8 @@ def read_dicom_series(
     reverse = should_reverse(layout.affine, slice_order)
     geometry = Geometry(spacing=spacing, affine=reverse_affine(layout.affine, num_slices) if reverse else layout.affine,
                         spacing_source=source, slices_reversed=reverse, header=None)
-    name = series_name(folder, str(first.get("SeriesDescription", "")) or None)
+    name = series_name(folder, common_description(headers) if slice_series else
+                       str(first.get("SeriesDescription", "")) or None)
     reference = next(frames for frames in layout.ordered if len(frames) == layout.num_frames)
     times = [_trigger(ds) for _, ds in reference]
     interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
@@ -172,8 +328,9 @@ def read_dicom_series(
     return volumes
 
 
-def _one_series(folder: Path, files: list[Path] | None) -> list[tuple[Path, Any]]:
-    """(file, header with pixels) of the one series in ``files`` (default: ``folder``'s)."""
+def _one_series(folder: Path, files: list[Path] | None, slice_series: bool = False) -> list[tuple[Path, Any]]:
+    """(file, header with pixels) of the one series in ``files`` (default: ``folder``'s), or
+    of all of them with ``slice_series``."""
     if files is None:
         if not folder.is_dir():
             raise InputError(folder, "DICOM series folder not found")
@@ -181,11 +338,11 @@ def _one_series(folder: Path, files: list[Path] | None) -> list[tuple[Path, Any]
     series = scan_series(files, pixels=True)
     if not series:
         raise InputError(folder, "no DICOM image files in folder")
-    if len(series) > 1:
+    if len(series) > 1 and not slice_series:
         raise InputError(folder, f"folder holds {len(series)} DICOM series; give one series per folder "
                                  "(cmrseg segment picks the short-axis ones from a folder of several)")
-    headers = next(iter(series.values()))
-    for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+    headers = [image for images in series.values() for image in images]
+    for key in PLACEMENT:
         if key not in headers[0][1]:
             raise InputError(headers[0][0], f"DICOM lacks {key}: cannot place the slices")
     return headers
@@ -320,15 +477,26 @@ def fill_missing(pixels: np.ndarray, present: np.ndarray) -> None:
                 pixels[t, k] = pixels[t, (below.max() if below.size else above.min())]
 
 
+DICOM_LAYOUTS = ("classic", "enhanced", "series_per_slice")
+
+
 def write_dicom_series(
     frames: np.ndarray,
     affine_ras: np.ndarray,
     folder: str | Path,
     description: str = "SAX cine",
     trigger_step_ms: float = 40.0,
+    layout: str = "classic",
 ) -> Path:
     """Write ``frames`` ([T, S, H, W] or [S, H, W]) as an MR DICOM series whose geometry is
-    ``affine_ras`` (voxel (i, j, k) -> RAS+ mm). For the phantom and the tests."""
+    ``affine_ras`` (voxel (i, j, k) -> RAS+ mm). ``layout``: ``classic``, one MR image file
+    per image; ``enhanced``, one Enhanced MR file holding every image as a frame, time-major
+    (all slices of the first time point, then the next: not the classic files' order);
+    ``series_per_slice``, classic files with each slice position its own series (as a stack
+    acquired one breath-hold per slice is stored), numbered 1, 2, ... from the first slice.
+    For the phantom and the tests."""
+    if layout not in DICOM_LAYOUTS:
+        raise ValueError(f"layout must be one of {DICOM_LAYOUTS}, got {layout!r}")
     from pydicom.uid import generate_uid
 
     frames = np.asarray(frames)
@@ -341,40 +509,108 @@ def write_dicom_series(
     row_mm = float(np.linalg.norm(lps[:3, 1]))
     lo, hi = float(frames.min()), float(frames.max())
     scale = 4095.0 / (hi - lo) if hi > lo else 1.0
+    orientation = np.concatenate([lps[:3, 0] / col_mm, lps[:3, 1] / row_mm])
+    geometry = {"ImageOrientationPatient": [f"{v:.8f}" for v in orientation],
+                "PixelSpacing": [f"{row_mm:.6f}", f"{col_mm:.6f}"],
+                "SliceThickness": f"{np.linalg.norm(lps[:3, 2]):.6f}"}
+    rescale = {"RescaleSlope": f"{1.0 / scale:.10g}", "RescaleIntercept": f"{lo:.10g}"}
     series = {"PatientID": "PHANTOM", "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
-              "SeriesDescription": description,
-              "ImageOrientationPatient": [f"{v:.8f}" for v in np.concatenate([lps[:3, 0] / col_mm, lps[:3, 1] / row_mm])],
-              "PixelSpacing": [f"{row_mm:.6f}", f"{col_mm:.6f}"], "SliceThickness": f"{np.linalg.norm(lps[:3, 2]):.6f}",
-              "RescaleSlope": f"{1.0 / scale:.10g}", "RescaleIntercept": f"{lo:.10g}"}
-    num_frames, num_slices = frames.shape[:2]
-    for k in range(num_slices):
-        position = lps[:3, 3] + lps[:3, 2] * k
-        for t in range(num_frames):
-            _write_mr_image(folder / f"IM_{k:03d}_{t:03d}.dcm", np.round((frames[t, k] - lo) * scale).astype(np.uint16),
-                            {**series, "InstanceNumber": k * num_frames + t + 1,
-                             "TriggerTime": f"{t * trigger_step_ms:.1f}",
-                             "ImagePositionPatient": [f"{v:.6f}" for v in position]})
+              "SeriesDescription": description}
+    images = _images(np.round((frames - lo) * scale).astype(np.uint16), lps, trigger_step_ms,
+                     description if layout == "series_per_slice" else None)
+    if layout == "enhanced":
+        _write_enhanced_mr(folder / "IM_ENHANCED.dcm", images, series, geometry, rescale)
+        return folder
+    for name, pixels, own in images:
+        _write_mr_image(folder / name, pixels, {**series, **geometry, **rescale, **own})
     return folder
+
+
+def _images(stored: np.ndarray, lps: np.ndarray, trigger_step_ms: float, slice_series: str | None) -> list:
+    """[(file name, pixels, the image's own attributes)] of stored pixels ``[T, S, H, W]``,
+    time-major; with ``slice_series`` (a description) each slice position is its own series."""
+    from pydicom.uid import generate_uid
+
+    num_frames, num_slices = stored.shape[:2]
+    slice_uids = [generate_uid() for _ in range(num_slices)]
+    images = []
+    for t in range(num_frames):
+        for k in range(num_slices):
+            own = {"InstanceNumber": k * num_frames + t + 1, "TriggerTime": f"{t * trigger_step_ms:.1f}",
+                   "ImagePositionPatient": [f"{v:.6f}" for v in lps[:3, 3] + lps[:3, 2] * k]}
+            if slice_series is not None:
+                own |= {"SeriesInstanceUID": slice_uids[k], "SeriesNumber": k + 1,
+                        "SeriesDescription": f"{slice_series} {k + 1}"}
+            images.append((f"IM_{k:03d}_{t:03d}.dcm", stored[t, k], own))
+    return images
+
+
+def _new_file(path: Path, sop_class: str):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    return ds
+
+
+def _set_pixels(ds, pixels: np.ndarray) -> None:
+    """12-bit unsigned monochrome pixels ``[H, W]`` or frames ``[N, H, W]``."""
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
 
 
 def _write_mr_image(path: Path, pixels: np.ndarray, attributes: dict[str, Any]) -> None:
     """One 12-bit MR image file with ``attributes`` (its position, series, rescale)."""
     import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
+    ds = _new_file(path, MRImageStorage)
     for key, value in attributes.items():
         setattr(ds, key, value)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
+    _set_pixels(ds, pixels)
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+def _write_enhanced_mr(path: Path, images: list, series: dict[str, Any], geometry: dict[str, Any],
+                       rescale: dict[str, Any]) -> None:
+    """One Enhanced MR file: ``images`` [(name, pixels, attributes)] as frames; orientation,
+    pixel size and rescale in the shared functional groups, position and trigger time per frame."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage
+
+    def item(**attributes) -> Sequence:
+        ds = Dataset()
+        for key, value in attributes.items():
+            setattr(ds, key, value)
+        return Sequence([ds])
+
+    ds = _new_file(path, EnhancedMRImageStorage)
+    for key, value in series.items():
+        setattr(ds, key, value)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = item(ImageOrientationPatient=geometry["ImageOrientationPatient"])
+    shared.PixelMeasuresSequence = item(PixelSpacing=geometry["PixelSpacing"],
+                                        SliceThickness=geometry["SliceThickness"])
+    shared.PixelValueTransformationSequence = item(**rescale, RescaleType="US")
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for _, _, own in images:
+        frame = Dataset()
+        frame.PlanePositionSequence = item(ImagePositionPatient=own["ImagePositionPatient"])
+        frame.CardiacSynchronizationSequence = item(NominalCardiacTriggerDelayTime=float(own["TriggerTime"]))
+        per_frame.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(images)
+    _set_pixels(ds, np.stack([pixels for _, pixels, _ in images]))
     pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
