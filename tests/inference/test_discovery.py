@@ -169,6 +169,18 @@ def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_
     assert case["frames"] == len(classic) and case["kind"] == "cine"
 
 
+def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path):
+    frames = np.random.default_rng(0).random((6, 4, 64, 64)).astype(np.float32)
+    write_dicom_series(frames, _plane(np.array([-1.0, 1.0, -1.0])), tmp_path / "exam", "cine", layout="series_per_slice")
+    for f in (tmp_path / "exam").glob("IM_003_*.dcm"):  # the fourth position: a T1 map's series
+        ds = pydicom.dcmread(str(f))
+        ds.SequenceName, ds.SeriesDescription = "MOLLI", "T1 map"
+        ds.save_as(str(f))
+    sources, skipped = discover_all([tmp_path / "exam"])
+    assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 3 * 6)]
+    assert [str(k.path).endswith("series T1 map") and k.reason.startswith("one slice position") for k in skipped] == [True]
+
+
 def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):
     lax_normal = np.cross([-1.0, 1.0, -1.0], [1.0, 1.0, 0.0])  # a plane that contains the long axis
     frames = np.random.default_rng(0).random((6, 3, 64, 64)).astype(np.float32)

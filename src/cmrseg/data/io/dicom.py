@@ -236,8 +236,10 @@ def _normal_position(ds) -> tuple[np.ndarray, float]:
 def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
     """What the series of a stack stored one slice position per series share (a short-axis cine
     acquired one breath-hold per slice, as many clinical protocols and UK Biobank store it):
-    study, frame of reference, slice orientation, matrix and pixel size. ``None`` unless
-    ``headers`` are a 2D cine (one slice position, several frames) that can be placed."""
+    study, frame of reference, slice orientation, matrix, pixel size, and, so that another
+    sequence's 2D series of the same plane (a T1 map's, say) is not taken for a slice of the
+    cine, the sequence name and the number of frames. ``None`` unless ``headers`` are a 2D
+    cine (one slice position, several frames) that can be placed."""
     first = headers[0][1]
     if len(headers) < 2 or any(k not in first for k in PLACEMENT):
         return None
@@ -245,7 +247,7 @@ def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
         return None
     return (str(first.get("StudyInstanceUID", "")), str(first.get("FrameOfReferenceUID", "")),
             tuple(np.round([float(v) for v in first.ImageOrientationPatient], 2)), int(first.Rows), int(first.Columns),
-            tuple(round(float(v), 3) for v in first.PixelSpacing))
+            tuple(round(float(v), 3) for v in first.PixelSpacing), str(first.get("SequenceName", "")), len(headers))
 
 
 def stack_slice_series(series: list[list[tuple[Path, Any]]]) -> tuple[list[list], list[tuple[list, str]]]:
