@@ -24,6 +24,9 @@ The shifts use MONAI's MR transforms (images only, labels unchanged unless the g
   0.2-0.4, fixed seed), the same field on every slice of a stack.
 * ``noise``: Rician noise, std 0.02 of the [0, 1] range (``RandRicianNoise``, fixed seed); the
   LV blood pool's median intensity in the val volumes is 0.21-0.56 (median 0.44), so SNR 10-28.
+* ``transpose`` / ``rotate_90``: the in-plane orientation of another convention: rows and
+  columns swapped (a reflection across the diagonal), or the image turned by a quarter; image
+  and truth alike (numpy; the written h5 has no affine, so nothing undoes it).
 
 Two further rows probe quality control rather than a scanner (named with ``--shifts``): images
 the model cannot read, whose masks QC should not pass as ``ok``: ``inverted`` (1 - intensity,
@@ -93,6 +96,10 @@ SHIFTS = {
     "gamma_1.5": _image_only(AdjustContrast(gamma=1.5)),
     "shading": _shading,
     "noise": _image_only(RandRicianNoise(prob=1.0, std=0.02, relative=False, sample_std=False)),
+    # in-plane orientation: the same plane stored with rows and columns swapped, or turned by a
+    # quarter (another phase-encoding direction or planning convention); labels move with it
+    "transpose": lambda image, label, rng: (image.transpose(0, 2, 1), label.transpose(0, 2, 1), 1.0),
+    "rotate_90": lambda image, label, rng: (np.rot90(image, 1, (1, 2)), np.rot90(label, 1, (1, 2)), 1.0),
     # probes of quality control, not scanners: images the model was never meant to read
     "inverted": lambda image, label, rng: (1.0 - image, label, 1.0),
     "heavy_noise": _image_only(RandRicianNoise(prob=1.0, std=0.25, relative=False, sample_std=False)),
