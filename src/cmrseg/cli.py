@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the classifier acts on the mask (auto: the model's choice in model.json)")
     p.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"),  # predictor.TTA_MODES
                    help="average over in-plane flips (auto: the model's choice in model.json); fast: flips "
-                        "with the heart located once, about half the CPU time (docs/RESULTS.md, rule 12)")
+                        "with the heart located once, about a third less CPU time (docs/RESULTS.md, rule 12)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")
