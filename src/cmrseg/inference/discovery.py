@@ -213,5 +213,6 @@ def _check_stack(study: Study) -> Study:
     or single-slice cine), whose volumes would mean nothing."""
     if study.frames and study.frames[0].num_slices < 2:
         raise InputError(study.frames[0].path, f"one slice per frame ({len(study.frames)} frames): a 2D or long-axis "
-                                               "image, not a short-axis stack")
+                                               "image, not a short-axis stack (one slice of a stack stored a series "
+                                               "per slice? give the DICOM folder of all its series)")
     return study
