@@ -169,16 +169,33 @@ def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_
     assert case["frames"] == len(classic) and case["kind"] == "cine"
 
 
-def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path):
+@pytest.mark.parametrize("sequence_names", [True, False])
+def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path, sequence_names):
+    """The fourth position's series is a T1 map's, not the cine's: told apart by the sequence
+    name where the scanner writes one (then a cine slice with a frame less, as prospective
+    triggering gives, still belongs), else by the number of frames."""
     frames = np.random.default_rng(0).random((6, 4, 64, 64)).astype(np.float32)
     write_dicom_series(frames, _plane(np.array([-1.0, 1.0, -1.0])), tmp_path / "exam", "cine", layout="series_per_slice")
-    for f in (tmp_path / "exam").glob("IM_003_*.dcm"):  # the fourth position: a T1 map's series
+    for f in sorted((tmp_path / "exam").iterdir()):
         ds = pydicom.dcmread(str(f))
-        ds.SequenceName, ds.SeriesDescription = "MOLLI", "T1 map"
+        if f.name.startswith("IM_003_"):
+            ds.SeriesDescription = "T1 map"
+            if sequence_names:
+                ds.SequenceName = "tfl2d1"
+            elif f.name.endswith("_005.dcm"):
+                f.unlink()  # the map has 5 images, the cine's slices 6
+                continue
+        elif sequence_names:
+            ds.SequenceName = "tfi2d1_12"
+            if f.name == "IM_001_005.dcm":
+                f.unlink()
+                continue
         ds.save_as(str(f))
     sources, skipped = discover_all([tmp_path / "exam"])
-    assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 3 * 6)]
+    assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 3 * 6 - sequence_names)]
     assert [str(k.path).endswith("series T1 map") and k.reason.startswith("one slice position") for k in skipped] == [True]
+    if sequence_names:
+        assert load_study(sources[0]).frames[-1].meta["missing_slices"]  # slice 2's lost last frame
 
 
 def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):

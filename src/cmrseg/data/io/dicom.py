@@ -238,8 +238,9 @@ def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
     acquired one breath-hold per slice, as many clinical protocols and UK Biobank store it):
     study, frame of reference, slice orientation, matrix, pixel size, and, so that another
     sequence's 2D series of the same plane (a T1 map's, say) is not taken for a slice of the
-    cine, the sequence name and the number of frames. ``None`` unless ``headers`` are a 2D
-    cine (one slice position, several frames) that can be placed."""
+    cine, the sequence name, or where a scanner leaves it empty the number of frames (which a
+    prospectively triggered cine may vary from slice to slice). ``None`` unless ``headers``
+    are a 2D cine (one slice position, several frames) that can be placed."""
     first = headers[0][1]
     if len(headers) < 2 or any(k not in first for k in PLACEMENT):
         return None
@@ -247,7 +248,8 @@ def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
         return None
     return (str(first.get("StudyInstanceUID", "")), str(first.get("FrameOfReferenceUID", "")),
             tuple(np.round([float(v) for v in first.ImageOrientationPatient], 2)), int(first.Rows), int(first.Columns),
-            tuple(round(float(v), 3) for v in first.PixelSpacing), str(first.get("SequenceName", "")), len(headers))
+            tuple(round(float(v), 3) for v in first.PixelSpacing),
+            str(first.get("SequenceName", "")).strip() or f"{len(headers)} frames")
 
 
 def stack_slice_series(series: list[list[tuple[Path, Any]]]) -> tuple[list[list], list[tuple[list, str]]]:
