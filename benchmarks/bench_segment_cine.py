@@ -1,12 +1,13 @@
 """``cmrseg segment`` on one synthetic cine as a user runs it: wall time end to end, where the
 time goes, and the peak memory of the whole command (issue 12 speed, issue 13 memory).
 
-    python benchmarks/bench_segment_cine.py [--format dicom|nifti] [--frames 20] [--slices 12]
-        [--size 208] [--model NAME|RUN] [--workers 2] [--out FILE.json]
+    python benchmarks/bench_segment_cine.py [--format dicom|dicom_enhanced|dicom_slices|nifti]
+        [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--workers 2] [--out FILE.json]
 
 The cine is the phantom's anatomy (cmrseg.data.phantom) rendered at ``--size`` pixels,
-``--frames`` frames and ``--slices`` slices, written as a DICOM series (one file per image,
-as scanners export it) or a 4D NIfTI. Reported: the command's wall time and peak resident
+``--frames`` frames and ``--slices`` slices, written as a DICOM series (``dicom``: one file per
+image, as most scanners export it; ``dicom_enhanced``: one Enhanced MR multi-frame file;
+``dicom_slices``: one series per slice position) or a 4D NIfTI. Reported: the command's wall time and peak resident
 memory (the largest of the command and its reader processes, ru_maxrss of the children), and
 the same steps timed in this process (discovery, reading, model, writing masks and pictures).
 """
@@ -35,18 +36,19 @@ def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed:
     p.heart_slices = slices - 2
     affine = oblique_affine(p, rng)
     cine = np.stack([render_volume(p, 0.5 - 0.5 * np.cos(2 * np.pi * t / frames), rng, ss=1)[0] for t in range(frames)])
-    if fmt == "dicom":
-        return write_dicom_series(cine, affine, folder / "sax_cine", description="SAX cine")
+    if fmt.startswith("dicom"):
+        layout = {"dicom": "classic", "dicom_enhanced": "enhanced", "dicom_slices": "series_per_slice"}[fmt]
+        return write_dicom_series(cine, affine, folder / "sax_cine", description="SAX cine", layout=layout)
     return write_nifti_image(cine, affine, folder / "sax_cine_4d.nii.gz")
 
 
 def in_process_steps(src: Path, model: str | None, out: Path) -> dict[str, float]:
     """The steps of one study, timed in this process (one thread per reader is not modelled)."""
     from cmrseg.inference.discovery import discover_all, load_study
-    from cmrseg.inference.predictor import Predictor
+    from cmrseg.inference.ensemble import load_predictor
     from cmrseg.inference.segment import process_study
 
-    predictor = Predictor.load(model, device="cpu")
+    predictor = load_predictor(model, device="cpu")  # as cmrseg segment loads it
     t0 = time.perf_counter()
     sources, _ = discover_all([src])
     t1 = time.perf_counter()
@@ -61,7 +63,7 @@ def in_process_steps(src: Path, model: str | None, out: Path) -> dict[str, float
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--format", choices=("dicom", "nifti"), default="dicom")
+    ap.add_argument("--format", choices=("dicom", "dicom_enhanced", "dicom_slices", "nifti"), default="dicom")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--slices", type=int, default=12)
     ap.add_argument("--size", type=int, default=208)

@@ -111,9 +111,10 @@ class _Walk:
             self.slice_stack(members)
 
     def slice_stack(self, members: list[tuple[Path, list]]) -> None:
-        """2D cines of one study that share a slice orientation: a short-axis stack stored one
-        slice position per series when they are at least ``MIN_SLICE_SERIES`` positions across
-        the heart's long axis; else each is skipped for its own reason."""
+        """2D cines that share a :func:`~cmrseg.data.io.dicom.slice_cine_key` (study, sequence,
+        slice orientation, matrix): a short-axis stack stored one slice position per series when
+        they are at least ``MIN_SLICE_SERIES`` positions across the heart's long axis; else each
+        is skipped for its own reason."""
         kept, left = stack_slice_series([headers for _, headers in members])
         stack = [image for headers in kept for image in headers]
         if len(kept) < MIN_SLICE_SERIES or classify_series(stack) is not None:

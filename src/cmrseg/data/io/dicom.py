@@ -259,8 +259,8 @@ def stack_slice_series(series: list[list[tuple[Path, Any]]]) -> tuple[list[list]
     failed breath-hold).
 
     Written here because the DICOM readers at hand (pydicom, SimpleITK's series reader) read one
-    series at a time; stacking single-slice series is what ukbb_cardiac's conversion and
-    dcm2niix's merge option do outside Python."""
+    series at a time; ukbb_cardiac's conversion stacks UK Biobank's ``CINE_segmented_SAX_b*``
+    series the same way, by their names."""
     def number(headers) -> int:
         return int(headers[0][1].get("SeriesNumber", 0) or 0)
 
