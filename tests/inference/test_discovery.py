@@ -171,14 +171,14 @@ def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_
 
 @pytest.mark.parametrize("sequence_names", [True, False])
 def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path, sequence_names):
-    """The fourth position's series is a T1 map's, not the cine's: told apart by the sequence
+    """The sixth position's series is a T1 map's, not the cine's: told apart by the sequence
     name where the scanner writes one (then a cine slice with a frame less, as prospective
     triggering gives, still belongs), else by the number of frames."""
-    frames = np.random.default_rng(0).random((6, 4, 64, 64)).astype(np.float32)
+    frames = np.random.default_rng(0).random((6, 6, 64, 64)).astype(np.float32)
     write_dicom_series(frames, _plane(np.array([-1.0, 1.0, -1.0])), tmp_path / "exam", "cine", layout="series_per_slice")
     for f in sorted((tmp_path / "exam").iterdir()):
         ds = pydicom.dcmread(str(f))
-        if f.name.startswith("IM_003_"):
+        if f.name.startswith("IM_005_"):
             ds.SeriesDescription = "T1 map"
             if sequence_names:
                 ds.SequenceName = "tfl2d1"
@@ -192,18 +192,27 @@ def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path, s
                 continue
         ds.save_as(str(f))
     sources, skipped = discover_all([tmp_path / "exam"])
-    assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 3 * 6 - sequence_names)]
+    assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 5 * 6 - sequence_names)]
     assert [str(k.path).endswith("series T1 map") and k.reason.startswith("one slice position") for k in skipped] == [True]
     if sequence_names:
         assert load_study(sources[0]).frames[-1].meta["missing_slices"]  # slice 2's lost last frame
 
 
+def test_a_mapping_set_of_three_short_axis_slices_is_not_made_a_stack(tmp_path):
+    """T1 mapping as often acquired: base, mid and apex, one series each, a few images each."""
+    images = np.random.default_rng(0).random((8, 3, 64, 64)).astype(np.float32)
+    write_dicom_series(images, _plane(np.array([-1.0, 1.0, -1.0]), (1.5, 1.5, 20.0)), tmp_path / "t1", "MOLLI",
+                       layout="series_per_slice")
+    sources, skipped = discover_all([tmp_path / "t1"])
+    assert sources == [] and [k.reason.startswith("one slice position") for k in skipped] == [True] * 3
+
+
 def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):
     lax_normal = np.cross([-1.0, 1.0, -1.0], [1.0, 1.0, 0.0])  # a plane that contains the long axis
-    frames = np.random.default_rng(0).random((6, 3, 64, 64)).astype(np.float32)
+    frames = np.random.default_rng(0).random((6, 5, 64, 64)).astype(np.float32)
     write_dicom_series(frames, _plane(lax_normal), tmp_path / "lax", "lax cine", layout="series_per_slice")
     sources, skipped = discover_all([tmp_path / "lax"])
-    assert sources == [] and len(skipped) == 3
+    assert sources == [] and len(skipped) == 5
     assert all(k.reason.startswith("one slice position: a 2D cine of 6 frames") for k in skipped)
 
 

@@ -5,7 +5,7 @@
   short-axis series (a cine, or one phase of several slices) is a study, every other series
   (localisers, long-axis and other 2D cines) is listed as skipped with the reason
   (:func:`~cmrseg.data.io.dicom.classify_series`); a single ``.dcm`` file stands for its series;
-  2D cines of one study, sequence and slice orientation at three or more positions across the
+  2D cines of one study, sequence and slice orientation at five or more positions across the
   long axis, in any folders, are one short-axis stack (stored one slice per series);
 * a 4D NIfTI file: one study, every frame;
 * files named ``<case>_frameNN`` (NIfTI or h5) beside each other: one study per case;

@@ -224,7 +224,10 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     return None
 
 
-MIN_SLICE_SERIES = 3  # series of one slice position each that make a short-axis stack
+# Series of one slice position each that make a short-axis stack: a cine covers the ventricles
+# in 8-14 slices, while a T1 or T2 mapping set (base, mid, apex: 3 series of a few images each)
+# must not be taken for one.
+MIN_SLICE_SERIES = 5
 
 
 def _normal_position(ds) -> tuple[np.ndarray, float]:
