@@ -200,18 +200,25 @@ def frame_headers(ds, path: Path) -> list[FrameHeader]:
     return [FrameHeader(ds, i) for i in range(count)]
 
 
+def _normal_position(ds) -> tuple[np.ndarray, float]:
+    """An image's slice normal (LPS) and its position along it (mm)."""
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    return normal, float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
+
+
 def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     """``None`` for a short-axis stack (a cine, or one phase of several slices); else why the
-    series is not one (a localiser, a 2D or long-axis cine, ...), for the list of skipped series."""
+    series is not one (a localiser, a 2D or long-axis cine, a mapping or late-enhancement
+    series, ...), for the list of skipped series."""
     first = headers[0][1]
     if any(k not in first for k in PLACEMENT):
         return "no ImageOrientationPatient / ImagePositionPatient / PixelSpacing: cannot be placed"
     orientations = {tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 2)) for _, ds in headers}
     if len(orientations) > 1:
         return f"{len(orientations)} slice orientations: a localiser or multi-plane series"
-    iop = np.array([float(v) for v in first.ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    positions = {round(float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), 1) for _, ds in headers}
+    normal = _normal_position(first)[0]
+    positions = {round(_normal_position(ds)[1], 1) for _, ds in headers}
     frames = len(headers) / len(positions)
     if len(positions) == 1:
         kind = f"a 2D cine of {len(headers)} frames" if len(headers) > 1 else "a single image"
@@ -221,6 +228,27 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
         return "slices parallel to the heart's long axis: a long-axis stack, not short-axis"
     if frames < 1.5 and len(positions) < 3:
         return f"{len(headers)} images: too few for a short-axis stack"
+    return _not_a_cine(headers, frames)
+
+
+def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
+    """Why a short-axis series is another sequence's rather than a cine's, or ``None``: several
+    images per slice position all at one trigger time (T1/T2 mapping, perfusion, multi-echo),
+    or one image per position with an inversion time (late enhancement). A series without
+    trigger or inversion times is taken for what it looks like, a cine or a single phase."""
+    if frames >= 1.5:
+        by_position: dict[float, list[float]] = defaultdict(list)
+        for _, ds in headers:
+            if (t := _trigger(ds)) is not None:
+                by_position[round(_normal_position(ds)[1], 1)].append(t)
+        spans = [max(times) - min(times) for times in by_position.values() if len(times) > 1]
+        if spans and max(spans) < 1.0:
+            return (f"{round(frames)} images per slice position at one trigger time: not a cine "
+                    "(a mapping, perfusion or multi-echo series)")
+        return None
+    inversion = headers[0][1].get("InversionTime")
+    if inversion not in (None, "") and float(inversion) > 0:
+        return f"one image per slice position, inversion time {float(inversion):g} ms: late enhancement, not a cine"
     return None
 
 
@@ -228,12 +256,6 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
 # in 8-14 slices, while a T1 or T2 mapping set (base, mid, apex: 3 series of a few images each)
 # must not be taken for one.
 MIN_SLICE_SERIES = 5
-
-
-def _normal_position(ds) -> tuple[np.ndarray, float]:
-    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    return normal, float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
 
 
 def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
