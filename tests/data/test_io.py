@@ -168,6 +168,25 @@ def test_a_compressed_dicom_stack_reads_as_the_uncompressed_one(tmp_path, compre
     np.testing.assert_array_equal(stacks[1], stacks[0])
 
 
+def test_float_noise_in_a_slice_position_does_not_split_the_slice(tmp_path):
+    """Frames of one slice whose positions differ by 0.002 mm across a rounding boundary
+    (10.004 and 10.006 mm) stay one slice."""
+    import pydicom
+
+    affine = np.diag([1.5, 1.5, 8.0, 1.0])
+    affine[:3, 3] = [0.0, 0.0, 10.004]
+    cine = np.random.default_rng(0).random((4, 6, 64, 64)).astype(np.float32)
+    write_dicom_series(cine, affine, tmp_path)
+    for f in sorted(tmp_path.iterdir()):
+        if int(f.stem[-3:]) % 2:  # odd frames
+            ds = pydicom.dcmread(str(f))
+            ds.ImagePositionPatient[2] = f"{float(ds.ImagePositionPatient[2]) + 0.002:.6f}"
+            ds.save_as(str(f))
+    frames = read_volumes(tmp_path)
+    assert len(frames) == 4 and frames[0].image.shape == (6, 64, 64)
+    assert all(f.meta["missing_slices"] == [] for f in frames)
+
+
 def test_dicom_mask_is_written_as_nifti_in_the_series_geometry(phantom_dir, tmp_path):
     frames = read_volumes(phantom_dir / "dicom" / "patient003")
     masks = np.stack([(f.image > np.median(f.image)).astype(np.uint8) for f in frames])

@@ -31,6 +31,7 @@ from cmrseg.errors import InputError
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PLACEMENT = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")  # what places an image
+POSITION_TOLERANCE_MM = 0.1  # images whose positions along the normal differ less: one slice
 LONG_AXIS_COS = 0.3  # |cos| of the slice normal to the apex axis below this: slices along the long axis
 
 
@@ -207,6 +208,24 @@ def _normal_position(ds) -> tuple[np.ndarray, float]:
     return normal, float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
 
 
+def slice_positions(values: list[float], tolerance: float = POSITION_TOLERANCE_MM) -> list[float]:
+    """The slice position of each image, from its position along the slice normal (mm): values
+    within ``tolerance`` of the next are one position (the images of one slice may differ by
+    float noise, which rounding would split where it crosses a rounding boundary), named by
+    the smallest. Written here: grouping sorted numbers by their gaps is a few lines, and
+    scipy's hierarchical clustering would hide the same rule."""
+    rep, last, out = 0.0, None, [0.0] * len(values)
+    for i in np.argsort(values, kind="stable"):
+        if last is None or values[i] - last > tolerance:
+            rep = values[i]
+        out[i], last = rep, values[i]
+    return out
+
+
+def _positions(headers: list[tuple[Path, Any]]) -> list[float]:
+    return slice_positions([_normal_position(ds)[1] for _, ds in headers])
+
+
 def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     """``None`` for a short-axis stack (a cine, or one phase of several slices); else why the
     series is not one (a localiser, a 2D or long-axis cine, a mapping or late-enhancement
@@ -218,7 +237,7 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     if len(orientations) > 1:
         return f"{len(orientations)} slice orientations: a localiser or multi-plane series"
     normal = _normal_position(first)[0]
-    positions = {round(_normal_position(ds)[1], 1) for _, ds in headers}
+    positions = set(_positions(headers))
     frames = len(headers) / len(positions)
     if len(positions) == 1:
         kind = f"a 2D cine of {len(headers)} frames" if len(headers) > 1 else "a single image"
@@ -238,9 +257,9 @@ def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
     trigger or inversion times is taken for what it looks like, a cine or a single phase."""
     if frames >= 1.5:
         by_position: dict[float, list[float]] = defaultdict(list)
-        for _, ds in headers:
+        for (_, ds), position in zip(headers, _positions(headers)):
             if (t := _trigger(ds)) is not None:
-                by_position[round(_normal_position(ds)[1], 1)].append(t)
+                by_position[position].append(t)
         spans = [max(times) - min(times) for times in by_position.values() if len(times) > 1]
         if spans and max(spans) < 1.0:
             return (f"{round(frames)} images per slice position at one trigger time: not a cine "
@@ -269,7 +288,7 @@ def slice_cine_key(headers: list[tuple[Path, Any]]) -> tuple | None:
     first = headers[0][1]
     if len(headers) < 2 or any(k not in first for k in PLACEMENT):
         return None
-    if len({round(_normal_position(ds)[1], 1) for _, ds in headers}) > 1:
+    if len(set(_positions(headers))) > 1:
         return None
     return (str(first.get("StudyInstanceUID", "")), str(first.get("FrameOfReferenceUID", "")),
             tuple(np.round([float(v) for v in first.ImageOrientationPatient], 2)), int(first.Rows), int(first.Columns),
@@ -290,13 +309,13 @@ def stack_slice_series(series: list[list[tuple[Path, Any]]]) -> tuple[list[list]
         return int(headers[0][1].get("SeriesNumber", 0) or 0)
 
     by_position: dict[float, list] = defaultdict(list)
-    for headers in series:
-        by_position[round(_normal_position(headers[0][1])[1], 1)].append(headers)
+    for headers, position in zip(series, _positions([headers[0] for headers in series])):
+        by_position[position].append(headers)
     kept, left = [], []
     for position in sorted(by_position):
         repeats = sorted(by_position[position], key=number)
         kept.append(repeats[-1])
-        left += [(h, f"slice position {position:g} mm acquired again in series {number(repeats[-1])}, which is used")
+        left += [(h, f"slice position {position:.1f} mm acquired again in series {number(repeats[-1])}, which is used")
                  for h in repeats[:-1]]
     return kept, left
 
@@ -397,10 +416,12 @@ class _SeriesLayout:
         row_cos, col_cos = iop[:3], iop[3:]
         normal = np.cross(row_cos, col_cos)
         by_position: dict[float, list] = defaultdict(list)
-        for f, ds in headers:
+        along = slice_positions([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
+                                 for _, ds in headers])
+        for (f, ds), position in zip(headers, along):
             if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
                 raise InputError(f, "slice orientation differs from the rest of the series")
-            by_position[round(float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), 2)].append((f, ds))
+            by_position[position].append((f, ds))
         positions = sorted(by_position)
         num_frames = max(len(v) for v in by_position.values())
         ordered = [sorted(by_position[p], key=_frame_key) for p in positions]
