@@ -13,6 +13,9 @@ from pathlib import Path
 from cmrseg import __version__
 from cmrseg.errors import CmrsegError
 
+LABELS_HELP = ("the data's label value of each structure, e.g. LV=1,MYO=2,RV=3 for M&Ms (default RV=1,MYO=2,LV=3, "
+               "ACDC's; other values are background)")
+
 
 def _spacing(values):
     from cmrseg.data.io.common import spacing_from_option
@@ -32,7 +35,7 @@ def cmd_phantom(args) -> int:
 def cmd_evaluate(args) -> int:
     from cmrseg.evaluation.evaluate import evaluate_folders, markdown_table
 
-    summary = evaluate_folders(args.pred, args.gt, args.out, spacing=_spacing(args.spacing))
+    summary = evaluate_folders(args.pred, args.gt, args.out, spacing=_spacing(args.spacing), labels=args.labels)
     print(markdown_table([("prediction", summary)]), end="")
     print(f"fragment rate {100 * summary['fragment_rate']:.2f} %, hole rate {100 * summary['hole_rate']:.2f} %")
     print(f"report written to {args.out}")
@@ -44,7 +47,7 @@ def cmd_cache(args) -> int:
     from cmrseg.data.preprocessing import PreprocessConfig
 
     cfg = PreprocessConfig(target_spacing=args.target_spacing, canvas=args.canvas)
-    ds = StackDataset.from_folder(args.data, cfg)
+    ds = StackDataset.from_folder(args.data, cfg, labels=args.labels)
     ds.save_cache(args.out, compression=args.compression)
     size = Path(args.out).stat().st_size / 2 ** 20
     print(f"{len(ds)} stacks, {ds.num_slices} slices -> {args.out} ({size:.1f} MiB)")
@@ -60,6 +63,8 @@ def cmd_train(args) -> int:
         overrides.append(f"device={args.device}")
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
+    if args.labels:
+        overrides.append(f"labels={args.labels}")
     cfg = load_config(args.config, protocol=args.protocol, model=args.model, overrides=overrides)
     run = train(cfg, args.data, args.out, val=args.val)
     print(f"run folder: {run}")
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="report folder")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="SX SY [SZ] in mm when the files carry none")
+    p.add_argument("--labels", help="the truth's " + LABELS_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz (or .npz.xz)")
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canvas", type=int, default=256)
     p.add_argument("--compression", choices=("deflate", "lzma", "xz"), default="deflate",
                    help="xz: smallest (delta + LZMA2 over the whole file, for a .npz.xz name), slowest to write")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model (any registered name); resumes an unfinished run")
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--epochs", type=int, help="override the protocol's epochs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="train and evaluate the paper's models; tables + figure")

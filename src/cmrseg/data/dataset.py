@@ -108,15 +108,17 @@ class StackDataset(Dataset):
 
     @classmethod
     def from_folder(cls, root: str | Path, preprocess: PreprocessConfig, mode: str = "stack",
-                    progress: bool = True) -> "StackDataset":
-        """Load a labelled folder, or a ``.npz`` / ``.npz.xz`` cache written by :meth:`save_cache`."""
+                    progress: bool = True, labels: str | None = None) -> "StackDataset":
+        """Load a labelled folder (``labels``: its label values, see
+        :func:`cmrseg.data.io.load_labelled_dataset`), or a ``.npz`` / ``.npz.xz`` cache written
+        by :meth:`save_cache` (its labels are this project's already)."""
         root = Path(root)
         if is_cache(root):
             ds = cls.from_cache(root, mode)
             if ds.preprocess != preprocess:
                 raise InputError(root, f"cache was made with {ds.preprocess}, not {preprocess}")
             return ds
-        return cls.from_volumes(load_labelled_dataset(root), preprocess, mode, progress)
+        return cls.from_volumes(load_labelled_dataset(root, labels=labels), preprocess, mode, progress)
 
     def save_cache(self, path: str | Path, compression: str = "deflate") -> None:
         """Write every stack into one compressed npz (uint8 arrays + JSON index).

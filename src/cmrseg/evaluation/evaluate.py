@@ -26,7 +26,7 @@ from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
-from cmrseg.labels import CLASS_NAMES, label_map_json
+from cmrseg.labels import CLASS_NAMES, check_convention, label_map_json, label_table, relabel
 
 
 @dataclass
@@ -331,13 +331,14 @@ def label_files(root: Path) -> dict[str, Path]:
 
 
 def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
-                 spacing: tuple[float, float, float] | None = None) -> list[EvalCase]:
+                 spacing: tuple[float, float, float] | None = None, labels: str | None = None) -> list[EvalCase]:
     """Every truth file of ``gt_dir`` with the same-named prediction of ``pred_dir``, read.
 
     Both hold h5 files (dataset ``label``) or NIfTI files (truth may be named ``*_gt``);
     an ACDC release tree of patient folders works as ``gt_dir``. The voxel size is the truth's
-    unless ``spacing`` is given. A missing folder, truth, prediction or a shape mismatch is one
-    :class:`InputError` naming the path.
+    unless ``spacing`` is given. ``labels``: the truth's label values (``--labels``, e.g.
+    ``LV=1,MYO=2,RV=3``; predictions are cmrseg's). A missing folder, truth, prediction, a shape
+    mismatch or truth whose RV and LV look swapped is one :class:`InputError` naming the path.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
@@ -350,6 +351,7 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
     if missing:
         raise InputError(pred_dir, f"no prediction for {len(missing)} of {len(gts)} truth files: "
                                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    lut = label_table(labels, gt_dir) if labels is not None else None
     cases = []
     for key in sorted(gts):
         g = read_label_volume(gts[key])
@@ -357,14 +359,16 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
         if p.label.shape != g.label.shape:
             raise InputError(preds[key], f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
         sp = spacing if spacing is not None else g.geometry.spacing
-        cases.append(EvalCase(key, p.label, g.label, sp, g.meta))
+        cases.append(EvalCase(key, p.label, relabel(g.label, lut) if lut is not None else g.label, sp, g.meta))
+    check_convention([c.gt for c in cases], gt_dir, labels)
     return cases
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
-                     spacing: tuple[float, float, float] | None = None, progress: bool = True) -> dict:
+                     spacing: tuple[float, float, float] | None = None, progress: bool = True,
+                     labels: str | None = None) -> dict:
     """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``
     (:func:`paired_cases`); writes the report into ``out_dir`` and returns the summary."""
-    results, summary = evaluate_cases(paired_cases(pred_dir, gt_dir, spacing), progress=progress)
+    results, summary = evaluate_cases(paired_cases(pred_dir, gt_dir, spacing, labels), progress=progress)
     write_report(out_dir, results, summary)
     return summary

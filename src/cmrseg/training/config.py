@@ -20,6 +20,7 @@ from cmrseg.atomic import write_text
 from cmrseg.data.augmentation import AugmentConfig
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.errors import CmrsegError
+from cmrseg.labels import ACDC_LABELS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: ``TrainConfig.compile``: off, on (torch's default mode), or a torch.compile mode
@@ -79,6 +80,8 @@ class TrainConfig:
             file of the same model and widths) instead of a random initialisation. For a
             two-stage model they initialise both stages; with ``stage1_run`` its Seg stage
             is that run's instead. A resumed run continues from its checkpoint instead.
+        labels: the data's label value of each structure (``cmrseg train --labels``), e.g.
+            ``LV=1,MYO=2,RV=3`` for M&Ms; default this project's (ACDC's) ``RV=1,MYO=2,LV=3``.
     """
 
     model: str = "seg_as+ref_as_mt"
@@ -111,6 +114,7 @@ class TrainConfig:
     num_threads: int | None = None
     stage1_run: str | None = None
     init_weights: str | None = None
+    labels: str = ACDC_LABELS
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -53,8 +53,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, val: str | Path |
             return out
         train_src, val_src = resolve_splits(data, val)
         progress = cfg.progress and ctx.is_main
-        train_ds = StackDataset.from_folder(train_src, cfg.preprocess, progress=progress)
-        val_ds = StackDataset.from_folder(val_src, cfg.preprocess, progress=progress)
+        train_ds = StackDataset.from_folder(train_src, cfg.preprocess, progress=progress, labels=cfg.labels)
+        val_ds = StackDataset.from_folder(val_src, cfg.preprocess, progress=progress, labels=cfg.labels)
         if ctx.is_main:  # the run folder appears only once the data is known good
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")

@@ -16,6 +16,7 @@ from cmrseg.data.io.h5 import read_h5
 from cmrseg.data.io.nifti import read_nifti, read_nifti_label
 from cmrseg.data.volume import Volume
 from cmrseg.errors import InputError
+from cmrseg.labels import check_convention, label_table, relabel
 
 
 def read_volumes(
@@ -59,11 +60,13 @@ def write_mask(masks: np.ndarray | Sequence[np.ndarray], like: Volume, out_dir: 
     return format_named(like.fmt).write_mask(arr, like, mask_output_path(like, out_dir))
 
 
-def load_labelled_dataset(root: str | Path, slice_order: str = "auto") -> list[Volume]:
+def load_labelled_dataset(root: str | Path, slice_order: str = "auto", labels: str | None = None) -> list[Volume]:
     """Every labelled volume under ``root``, sorted by name.
 
     ``root`` may be a folder of SSL4MIS h5 files (with ``label``), a folder of ACDC release
     patient folders, or a folder of NIfTI images each with a ``<name>_gt.nii.gz`` beside it.
+    ``labels``: the data's label values (``--labels``, e.g. ``LV=1,MYO=2,RV=3``), turned into
+    this project's; a set whose RV and LV look swapped is refused (:func:`cmrseg.labels.check_convention`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -93,6 +96,11 @@ def load_labelled_dataset(root: str | Path, slice_order: str = "auto") -> list[V
             volumes.append(vol)
     if not volumes:
         raise InputError(root, "no labelled volumes found (h5 files, ACDC patient folders or *_gt.nii.gz)")
+    if labels is not None:
+        lut = label_table(labels, root)
+        for vol in volumes:
+            vol.label = relabel(vol.label, lut)
+    check_convention([vol.label for vol in volumes], root, labels)
     return volumes
 
 
