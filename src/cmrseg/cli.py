@@ -76,7 +76,7 @@ def cmd_reproduce(args) -> int:
 
     summaries = reproduce(args.data, args.protocol, args.out, ablations=args.ablations,
                           ref_input_ablation=args.ref_input_ablation, jobs=args.jobs, device=args.device,
-                          overrides=args.set, deadline_min=args.deadline_min, models=args.models)
+                          overrides=args.set, deadline_min=args.deadline_min, models=args.models, labels=args.labels)
     return 0 if summaries else 1
 
 
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--deadline-min", type=float, help="start no new training after this many minutes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("segment", help="segment studies: masks, measures, quality flags, pictures, report")

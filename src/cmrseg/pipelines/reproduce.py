@@ -35,14 +35,16 @@ from cmrseg.visualization import comparison_grid
 
 def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool = False, ref_input_ablation: bool = False,
               jobs: int = 1, device: str = "auto", overrides: list[str] | None = None,
-              deadline_min: float | None = None, models: list[str] | None = None) -> dict:
-    """Train, evaluate and report. Returns ``{run name: summary}``."""
+              deadline_min: float | None = None, models: list[str] | None = None, labels: str | None = None) -> dict:
+    """Train, evaluate and report. Returns ``{run name: summary}``. ``labels``: the data's label
+    values (``--labels``), for training and for the evaluation on val."""
     out, data = Path(out), Path(data)
     out.mkdir(parents=True, exist_ok=True)
     _, val_src = resolve_splits(data)
     if is_cache(val_src):
         raise InputError(val_src, "reproduce evaluates on the original validation files; give a folder, not a cache")
-    overrides = list(overrides or []) + ([f"device={device}"] if device != "auto" else [])
+    overrides = (list(overrides or []) + ([f"device={device}"] if device != "auto" else [])
+                 + ([f"labels={labels}"] if labels else []))
     variants = {REF_INPUT_ABLATION: ("seg_as+ref_as_mt", ["ref_inputs=final"])} if ref_input_ablation else None
     job_list = plan(models or (TABLE2 + ["det_seg"] if ablations else TABLE1), out / "runs", variants)
     runner = InProcess(data) if jobs <= 1 else Subprocess(data, out / "logs")
@@ -50,7 +52,7 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
     run_jobs(job_list, runner, protocol, overrides, parallel=jobs,
              deadline_s=None if deadline_min is None else deadline_min * 60)
     train_wall = time.perf_counter() - t0
-    val_volumes = load_labelled_dataset(val_src)
+    val_volumes = load_labelled_dataset(val_src, labels=labels)
     dev_name = resolve_device(device).type
     summaries, masks, speed = evaluate_runs(job_list, val_volumes, device=dev_name)
     text = write_report(out, job_list, summaries, speed, protocol, dev_name)
