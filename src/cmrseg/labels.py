@@ -20,6 +20,7 @@ LABEL_MAP: dict[int, str] = {BACKGROUND: "background", RV: "RV", MYO: "MYO", LV:
 CLASS_NAMES: tuple[str, ...] = ("RV", "MYO", "LV")
 NUM_CLASSES = 4  # including background
 
+
 def label_map_json() -> dict[str, str]:
     """The label map as written into every summary (JSON keys must be strings)."""
     return {str(k): v for k, v in LABEL_MAP.items()}

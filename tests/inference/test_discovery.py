@@ -207,27 +207,33 @@ def test_a_mapping_set_of_three_short_axis_slices_is_not_made_a_stack(tmp_path):
     assert sources == [] and [k.reason.startswith("one slice position") for k in skipped] == [True] * 3
 
 
-@pytest.mark.parametrize("kind", ["mapping", "late_enhancement", "cine_without_times", "single_phase"])
+@pytest.mark.parametrize("kind", ["t1_mapping", "t2_mapping", "late_enhancement", "cine_without_times",
+                                  "real_time_cine", "single_phase"])
 def test_an_exam_folder_keeps_the_cine_and_skips_other_short_axis_sequences(tmp_path, kind):
-    """A whole exam holds short-axis series of other sequences: several images per position at
-    one trigger time (T1 mapping, perfusion) or one image per position with an inversion time
-    (late enhancement) are skipped with the reason; a cine whose files carry no trigger times,
-    and a single phase without an inversion time, are still segmented."""
-    frames = 8 if kind in ("mapping", "cine_without_times") else 1
+    """A whole exam holds short-axis series of other sequences: images of one position at one
+    trigger time that differ in inversion or echo time (T1, T2 mapping), or one image per
+    position with an inversion time (late enhancement), are skipped with the reason; a cine
+    whose files carry no trigger times, an ungated real-time cine (every trigger time 0), and a
+    single phase without an inversion time are still segmented."""
+    frames = 1 if kind in ("late_enhancement", "single_phase") else 8
     images = np.random.default_rng(0).random((frames, 6, 64, 64)).astype(np.float32)
     write_dicom_series(images, _plane(np.array([-1.0, 1.0, -1.0])), tmp_path / "series", kind)
     for f in sorted((tmp_path / "series").iterdir()):
         ds = pydicom.dcmread(str(f))
-        if kind == "mapping":
+        if kind == "t1_mapping":
             ds.TriggerTime, ds.InversionTime = "410.0", str(100 + 80 * int(f.stem[-3:]))
+        elif kind == "t2_mapping":
+            ds.TriggerTime, ds.EchoTime = "410.0", str(10 + 15 * int(f.stem[-3:]))
+        elif kind == "real_time_cine":
+            ds.TriggerTime = "0"
         elif kind == "late_enhancement":
             ds.InversionTime = "300"
         elif kind == "cine_without_times":
             del ds.TriggerTime
         ds.save_as(str(f))
     sources, skipped = discover_all([tmp_path / "series"])
-    reasons = {"mapping": "8 images per slice position at one trigger time: not a cine (a mapping, perfusion or "
-                          "multi-echo series)",
+    mapping = "8 images per slice position at one trigger time, differing in {} time: a mapping series, not a cine"
+    reasons = {"t1_mapping": mapping.format("inversion"), "t2_mapping": mapping.format("echo"),
                "late_enhancement": "one image per slice position, inversion time 300 ms: late enhancement, not a cine"}
     assert [k.reason for k in skipped] == ([reasons[kind]] if kind in reasons else [])
     assert len(sources) == (0 if kind in reasons else 1)

@@ -3,7 +3,7 @@
 * an ACDC patient folder (with ``Info.cfg``): one study, its frame files (or its 4D cine);
 * DICOM files, in folders at any depth: grouped by series (``SeriesInstanceUID``); each
   short-axis series (a cine, or one phase of several slices) is a study, every other series
-  (localisers, long-axis and other 2D cines, mapping, perfusion and late-enhancement series) is
+  (localisers, long-axis and other 2D cines, mapping and late-enhancement series) is
   listed as skipped with the reason
   (:func:`~cmrseg.data.io.dicom.classify_series`); a single ``.dcm`` file stands for its series;
   2D cines of one study, sequence and slice orientation at five or more positions across the

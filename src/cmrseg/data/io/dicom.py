@@ -251,23 +251,42 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
 
 
 def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
-    """Why a short-axis series is another sequence's rather than a cine's, or ``None``: several
-    images per slice position all at one trigger time (T1/T2 mapping, perfusion, multi-echo),
-    or one image per position with an inversion time (late enhancement). A series without
-    trigger or inversion times is taken for what it looks like, a cine or a single phase."""
+    """Why a short-axis series is another sequence's rather than a cine's, or ``None``: the
+    images of each slice position differ in inversion or echo time at one trigger time (T1 or
+    T2/T2* mapping), or there is one image per position with an inversion time (late
+    enhancement). Only such evidence counts: a real-time cine has no trigger times, and a
+    series that carries none of these times is taken for what it looks like, a cine or one
+    phase."""
     if frames >= 1.5:
-        by_position: dict[float, list[float]] = defaultdict(list)
+        by_position: dict[float, list] = defaultdict(list)
         for (_, ds), position in zip(headers, _positions(headers)):
-            if (t := _trigger(ds)) is not None:
-                by_position[position].append(t)
-        spans = [max(times) - min(times) for times in by_position.values() if len(times) > 1]
-        if spans and max(spans) < 1.0:
-            return (f"{round(frames)} images per slice position at one trigger time: not a cine "
-                    "(a mapping, perfusion or multi-echo series)")
+            by_position[position].append(ds)
+        kinds = [_mapping_kind(images) for images in by_position.values() if len(images) > 1]
+        if kinds and all(kinds):
+            return (f"{round(frames)} images per slice position at one trigger time, differing in "
+                    f"{kinds[0]} time: a mapping series, not a cine")
         return None
-    inversion = headers[0][1].get("InversionTime")
-    if inversion not in (None, "") and float(inversion) > 0:
-        return f"one image per slice position, inversion time {float(inversion):g} ms: late enhancement, not a cine"
+    inversion = _ms(headers[0][1], "InversionTime")
+    if inversion:
+        return f"one image per slice position, inversion time {inversion:g} ms: late enhancement, not a cine"
+    return None
+
+
+def _ms(ds, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    return float(value) if value not in (None, "") else None
+
+
+def _mapping_kind(images: list) -> str | None:
+    """``inversion`` or ``echo`` when the images of one slice position share a trigger time and
+    differ in that time (a mapping acquisition), else ``None``."""
+    triggers = [t for t in (_trigger(ds) for ds in images) if t is not None]
+    if triggers and max(triggers) - min(triggers) >= 1.0:
+        return None
+    for kind, keyword in (("inversion", "InversionTime"), ("echo", "EchoTime")):
+        times = {_ms(ds, keyword) for ds in images} - {None}
+        if len(times) > 1:
+            return kind
     return None
 
 
