@@ -241,6 +241,27 @@ def test_an_exam_folder_keeps_the_cine_and_skips_other_short_axis_sequences(tmp_
     assert len(sources) == (0 if kind in reasons else 1)
 
 
+def test_an_enhanced_mapping_file_is_skipped_by_its_per_frame_inversion_times(tmp_path):
+    """Enhanced MR keeps inversion times per frame (MRModifierSequence): a T1 mapping file of
+    6 slices x 8 inversions at one trigger delay is skipped, not segmented as a cine."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    images = np.random.default_rng(0).random((8, 6, 64, 64)).astype(np.float32)
+    write_dicom_series(images, _plane(np.array([-1.0, 1.0, -1.0])), tmp_path / "t1", "MOLLI", layout="enhanced")
+    path = tmp_path / "t1" / "IM_ENHANCED.dcm"
+    ds = pydicom.dcmread(str(path))
+    for i, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):  # time-major: frame i is inversion i // 6
+        frame.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime = 410.0
+        modifier = Dataset()
+        modifier.InversionTimes = [100.0 + 80.0 * (i // 6)]
+        frame.MRModifierSequence = Sequence([modifier])
+    ds.save_as(str(path))
+    sources, skipped = discover_all([tmp_path / "t1"])
+    assert sources == [] and [k.reason for k in skipped] == [
+        "8 images per slice position at one trigger time, differing in inversion time: a mapping series, not a cine"]
+
+
 def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):
     lax_normal = np.cross([-1.0, 1.0, -1.0], [1.0, 1.0, 0.0])  # a plane that contains the long axis
     frames = np.random.default_rng(0).random((6, 5, 64, 64)).astype(np.float32)

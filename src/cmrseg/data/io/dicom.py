@@ -18,6 +18,7 @@ import logging
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ _FUNCTIONAL_GROUPS = {
     "TriggerTime": ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     "RescaleSlope": ("PixelValueTransformationSequence", "RescaleSlope"),
     "RescaleIntercept": ("PixelValueTransformationSequence", "RescaleIntercept"),
+    "EchoTime": ("MREchoSequence", "EffectiveEchoTime"),
+    "InversionTime": ("MRModifierSequence", "InversionTimes"),
 }
 
 
@@ -273,7 +276,10 @@ def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
 
 
 def _ms(ds, keyword: str) -> float | None:
+    """A time in ms (the first of several, as an enhanced file's InversionTimes holds)."""
     value = ds.get(keyword)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        value = value[0] if len(value) else None
     return float(value) if value not in (None, "") else None
 
 
