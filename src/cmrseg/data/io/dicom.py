@@ -257,9 +257,9 @@ def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
     """Why a short-axis series is another sequence's rather than a cine's, or ``None``: the
     images of each slice position differ in inversion or echo time at one trigger time (T1 or
     T2/T2* mapping), or there is one image per position with an inversion time (late
-    enhancement). Only such evidence counts: a real-time cine has no trigger times, and a
-    series that carries none of these times is taken for what it looks like, a cine or one
-    phase."""
+    enhancement). Only such evidence counts: an ungated real-time cine has no trigger times (or
+    all 0), and a series that carries none of these times is taken for what it looks like, a
+    cine or one phase."""
     if frames >= 1.5:
         by_position: dict[float, list] = defaultdict(list)
         for (_, ds), position in zip(headers, _positions(headers)):
