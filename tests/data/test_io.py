@@ -111,7 +111,7 @@ def test_dicom_series_loads_with_the_geometry_of_the_same_nifti(phantom_dir, tmp
 
 
 def test_an_enhanced_multiframe_series_loads_like_the_same_classic_series(phantom_dir, tmp_path):
-    """Philips and newer Siemens scanners export a cine as one Enhanced MR file (geometry in
+    """Philips and newer Siemens scanners can export a cine as one Enhanced MR file (geometry in
     functional groups, frames time-major); it must give the same frames, geometry and times."""
     classic = read_volumes(phantom_dir / "dicom" / "patient003")
     cine = np.stack([f.image for f in classic])[:, ::-1]  # on disk in the other slice direction
