@@ -204,11 +204,10 @@ def frame_headers(ds, path: Path) -> list[FrameHeader]:
     return [FrameHeader(ds, i) for i in range(count)]
 
 
-def _normal_position(ds) -> tuple[np.ndarray, float]:
-    """An image's slice normal (LPS) and its position along it (mm)."""
+def _normal(ds) -> np.ndarray:
+    """An image's slice normal (LPS): row cosine x column cosine."""
     iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    return normal, float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
+    return np.cross(iop[:3], iop[3:])
 
 
 def slice_positions(values: list[float], tolerance: float = POSITION_TOLERANCE_MM) -> list[float]:
@@ -226,7 +225,9 @@ def slice_positions(values: list[float], tolerance: float = POSITION_TOLERANCE_M
 
 
 def _positions(headers: list[tuple[Path, Any]]) -> list[float]:
-    return slice_positions([_normal_position(ds)[1] for _, ds in headers])
+    """Each image's slice position (:func:`slice_positions`) along the first image's normal."""
+    normal = _normal(headers[0][1])
+    return slice_positions([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in headers])
 
 
 def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
@@ -239,21 +240,20 @@ def classify_series(headers: list[tuple[Path, Any]]) -> str | None:
     orientations = {tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 2)) for _, ds in headers}
     if len(orientations) > 1:
         return f"{len(orientations)} slice orientations: a localiser or multi-plane series"
-    normal = _normal_position(first)[0]
-    positions = set(_positions(headers))
-    frames = len(headers) / len(positions)
-    if len(positions) == 1:
+    positions = _positions(headers)
+    frames = len(headers) / len(set(positions))
+    if len(set(positions)) == 1:
         kind = f"a 2D cine of {len(headers)} frames" if len(headers) > 1 else "a single image"
         return f"one slice position: {kind} (long-axis or single slice), not a short-axis stack"
-    normal_ras = _LPS_TO_RAS[:3, :3] @ normal
+    normal_ras = _LPS_TO_RAS[:3, :3] @ _normal(first)
     if abs(float(normal_ras @ APEX_DIRECTION_RAS)) < LONG_AXIS_COS:
         return "slices parallel to the heart's long axis: a long-axis stack, not short-axis"
-    if frames < 1.5 and len(positions) < 3:
+    if frames < 1.5 and len(set(positions)) < 3:
         return f"{len(headers)} images: too few for a short-axis stack"
-    return _not_a_cine(headers, frames)
+    return _not_a_cine(headers, positions, frames)
 
 
-def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
+def _not_a_cine(headers: list[tuple[Path, Any]], positions: list[float], frames: float) -> str | None:
     """Why a short-axis series is another sequence's rather than a cine's, or ``None``: the
     images of each slice position differ in inversion or echo time at one trigger time (T1 or
     T2/T2* mapping), or there is one image per position with an inversion time (late
@@ -262,7 +262,7 @@ def _not_a_cine(headers: list[tuple[Path, Any]], frames: float) -> str | None:
     cine or one phase."""
     if frames >= 1.5:
         by_position: dict[float, list] = defaultdict(list)
-        for (_, ds), position in zip(headers, _positions(headers)):
+        for (_, ds), position in zip(headers, positions):
             by_position[position].append(ds)
         kinds = [_mapping_kind(images) for images in by_position.values() if len(images) > 1]
         if kinds and all(kinds):
@@ -441,9 +441,7 @@ class _SeriesLayout:
         row_cos, col_cos = iop[:3], iop[3:]
         normal = np.cross(row_cos, col_cos)
         by_position: dict[float, list] = defaultdict(list)
-        along = slice_positions([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
-                                 for _, ds in headers])
-        for (f, ds), position in zip(headers, along):
+        for (f, ds), position in zip(headers, _positions(headers)):
             if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
                 raise InputError(f, "slice orientation differs from the rest of the series")
             by_position[position].append((f, ds))
