@@ -152,3 +152,35 @@ def test_sk_convolution_is_the_softmax_weighted_sum_of_its_branches():
     expected = a[:, 0, :, None, None] * u[0] + a[:, 1, :, None, None] * u[1]
     assert torch.allclose(sk(x), expected, atol=1e-6)
     assert not torch.allclose(sk(x), 0.5 * (u[0] + u[1]), atol=1e-3)  # the weights are not uniform
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(12, 12), (13, 11)])
+def test_inference_max_pooling_equals_max_pool2d_and_training_keeps_its_gradient(dtype, size):
+    """``MaxPool2`` without gradients takes the maximum of four sub-grids: the same values as
+    ``max_pool2d`` (odd sizes drop their last row / column), ties included; with gradients it
+    is ``max_pool2d`` itself (a tie's gradient goes to one input, not half to each)."""
+    from cmrseg.models.blocks import MaxPool2
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, *size).to(dtype)
+    x[..., :4, :4] = 1.0  # tied maxima in whole windows
+    with torch.no_grad():
+        fast = MaxPool2()(x)
+    assert fast.dtype == dtype and torch.equal(fast, torch.nn.functional.max_pool2d(x, 2))
+
+    leaf = torch.ones(1, 1, 2, 2, requires_grad=True)
+    MaxPool2()(leaf).sum().backward()
+    assert sorted(leaf.grad.flatten().tolist()) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_class_argmax_is_argmax_over_the_classes_with_the_first_of_tied_maxima():
+    from cmrseg.models.outputs import class_argmax
+
+    torch.manual_seed(0)
+    p = torch.randn(4, 4, 9, 7).softmax(dim=1)
+    p[:, :, :3] = 0.25  # four-way ties: class 0
+    p[:, 2, 5], p[:, 3, 5] = 2.0, 2.0  # two-way ties: class 2
+    labels = class_argmax(p)
+    assert torch.equal(labels, p.argmax(dim=1))
+    assert (labels[:, :3] == 0).all() and (labels[:, 5] == 2).all()

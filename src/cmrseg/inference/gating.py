@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from cmrseg.models.outputs import class_argmax
+
 GATE_MODES = ("hard", "soft", "seg", "off")
 SEG_MIN_PIXELS = 20  # canvas pixels of a class the Seg stage must have to veto the gate
 FLIPS = ((), (-1,), (-2,), (-2, -1))
@@ -37,7 +39,8 @@ def apply_gate(probs: torch.Tensor, presence: torch.Tensor | None, mode: str,
     else:
         keep = presence > 0.5  # [S, 3]
         if mode == "seg" and seg_probs is not None:
-            seg_pixels = torch.stack([(seg_probs.argmax(1) == c).flatten(1).sum(1) for c in (1, 2, 3)], dim=1)
+            seg_labels = class_argmax(seg_probs)
+            seg_pixels = torch.stack([(seg_labels == c).flatten(1).sum(1) for c in (1, 2, 3)], dim=1)
             keep = keep | (seg_pixels >= SEG_MIN_PIXELS)
         scale = torch.cat([torch.ones_like(presence[:, :1]), keep.to(probs.dtype)], dim=1)[:, :, None, None]
     gated = probs * scale

@@ -26,6 +26,7 @@ from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
+from cmrseg.models.outputs import class_argmax
 from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -103,7 +104,7 @@ class Prediction:
     def from_probabilities(cls, probs: torch.Tensor, presence: torch.Tensor | None, method: str,
                            started: float) -> "Prediction":
         """Input-grid probabilities ``[S, 4, H, W]`` -> argmax mask cleaned up by ``method``."""
-        mask = postprocess(probs.argmax(dim=1).to(torch.uint8).cpu().numpy(), method)
+        mask = postprocess(class_argmax(probs).to(torch.uint8).cpu().numpy(), method)
         return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started)
 
 

@@ -10,6 +10,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MaxPool2(nn.Module):
+    """2x2 max pooling, stride 2: ``nn.MaxPool2d(2)``, faster at inference on the CPU.
+
+    PyTorch's CPU kernel for channels-first max pooling is slow (torch 2.13 on the 2-core
+    machine: 6.2 ms for ``[10, 16, 128, 128]`` in bf16, 11 % of a member's inference). Without
+    gradients, on the CPU and outside tracing, this takes the maximum of the four strided
+    sub-grids instead: the same values bit for bit (a maximum rounds nothing), about 7x faster.
+    With gradients it calls ``max_pool2d``, whose backward sends a tie's gradient to one input
+    where ``torch.maximum`` would split it, so training is unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad or x.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return F.max_pool2d(x, 2)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # max_pool2d drops an odd last row / column
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):

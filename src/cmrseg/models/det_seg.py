@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cmrseg.models.outputs import SegOutput
+from cmrseg.models.outputs import SegOutput, class_argmax
 from cmrseg.models.unet import SegmentationNet
 
 _BG_LOGIT = 20.0  # background score pasted outside the crop (foreground gets -20)
@@ -96,7 +96,7 @@ class DetSegNet(nn.Module):
         sizes = [x.shape[0]] if stack_sizes is None else list(stack_sizes)
         det = self.detect(x)
         if centers is None:
-            centers = centers_from_mask(det.argmax(dim=1) == 1, sizes)
+            centers = centers_from_mask(class_argmax(det) == 1, sizes)
         crop = self.crop(x, centers, sizes)
         zoomed = int(round(self.crop_size * self.zoom))
         crop = F.interpolate(crop, size=(zoomed, zoomed), mode="bilinear", align_corners=False)

@@ -28,6 +28,17 @@ class SegOutput:
     extras: dict = field(default_factory=dict)
 
 
+def class_argmax(t: torch.Tensor) -> torch.Tensor:
+    """The class index of ``t`` ``[S, K, H, W]`` (scores or probabilities): ``t.argmax(dim=1)``.
+
+    ``max(dim=1)`` returns the same indices (the first maximum on ties, for both) and on the
+    CPU is about ten times faster, where ``argmax`` reduces over a strided dimension (torch
+    2.13, 2 cores: 26 against 2.2 ms for ``[10, 4, 192, 192]``, 14 % of the default's
+    inference before).
+    """
+    return t.max(dim=1).indices
+
+
 def gate_logits(logits: torch.Tensor, class_logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Suppress, per slice, every foreground class whose presence probability is not above
     ``threshold`` (paper: p_i > 0.5); its pixels fall to the best remaining class.

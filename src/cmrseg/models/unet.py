@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cmrseg.models.blocks import SKBlock
+from cmrseg.models.blocks import MaxPool2, SKBlock
 from cmrseg.models.fusion import AllSliceFusion
 from cmrseg.models.outputs import SegOutput, gate_logits
 
@@ -33,7 +33,7 @@ class Encoder(nn.Module):
         prev = in_ch
         for i, w in enumerate(widths):
             block = SKBlock(prev, w, norm, sk_groups)
-            self.stages.append(block if i == 0 else nn.Sequential(nn.MaxPool2d(2), block))
+            self.stages.append(block if i == 0 else nn.Sequential(MaxPool2(), block))
             prev = w
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ from cmrseg.data.dataset import StackDataset
 from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
+from cmrseg.models.outputs import class_argmax
 from cmrseg.models.two_stage import TwoStageNet
 from cmrseg.models.unet import SegmentationNet
 from cmrseg.training.config import TrainConfig
@@ -105,7 +106,7 @@ class _Base:
             x = torch.from_numpy(rec.image).to(self.device).float().div_(255)[:, None]
             with self.ctx.autocast():
                 out = heart_centred_forward(net, self.ctx.memory_format(x), self.inference_crop)
-            preds.append(out.logits.argmax(1).to(torch.uint8).cpu().numpy())
+            preds.append(class_argmax(out.logits).to(torch.uint8).cpu().numpy())
         return preds
 
 
@@ -264,7 +265,7 @@ class RefineStage(_Base):
         preds = []
         for p in self.val_probs:
             with self.ctx.autocast():
-                preds.append(self.ref(self.ctx.memory_format(p.float())).logits.argmax(1).to(torch.uint8).cpu().numpy())
+                preds.append(class_argmax(self.ref(self.ctx.memory_format(p.float())).logits).to(torch.uint8).cpu().numpy())
         return preds
 
 
