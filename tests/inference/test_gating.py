@@ -109,3 +109,26 @@ def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
     assert same / total > 0.99
     with pytest.raises(Exception, match="unknown precision"):
         Predictor.from_path(smoke_model, device="cpu", precision="fp8")
+
+
+def test_cpu_inference_runs_channels_last_and_gives_the_channels_first_probabilities(smoke_model):
+    """On the CPU the networks run on NHWC tensors (faster there: docs/RESULTS.md, rule 13): in
+    float32 the probabilities are those of the channels-first networks to rounding."""
+    from cmrseg.inference import Predictor
+    from cmrseg.inference.predictor import inference_memory_format
+
+    p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
+    assert p.memory_format is torch.channels_last
+    conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 64, 64)
+    nhwc, presence = p.predict_canvas(x)
+    p.model, p.memory_format = p.model.to(memory_format=torch.contiguous_format), torch.contiguous_format
+    nchw, presence_nchw = p.predict_canvas(x)
+    assert conv.weight.is_contiguous()
+    torch.testing.assert_close(nhwc, nchw, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(presence, presence_nchw, atol=1e-5, rtol=1e-5)
+    assert inference_memory_format(torch.device("cpu"), "onnx") is torch.contiguous_format
+    assert inference_memory_format(torch.device("cuda"), "torch") is torch.contiguous_format
