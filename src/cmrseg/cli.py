@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth (slice levels, topology, clinical)")
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted masks (h5 'label' or NIfTI)")
-    p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks with the same names")
+    p.add_argument("--gt", required=True, type=Path,
+                   help="folder of ground-truth masks with the same names (may end in _gt); a 4D label "
+                        "cine is scored on the frames it labels")
     p.add_argument("-o", "--out", required=True, type=Path, help="report folder")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="SX SY [SZ] in mm when the files carry none")

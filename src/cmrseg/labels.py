@@ -67,6 +67,18 @@ def relabel(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[np.asarray(label, dtype=np.uint8)]
 
 
+def cine_phases(masks: list[np.ndarray]) -> list[str | None]:
+    """``ED`` / ``ES`` / ``None`` for each labelled frame of one cine (masks in this project's
+    values): the frame with the most LV cavity voxels is end-diastole and the one with the
+    fewest end-systole, as ``cmrseg segment`` picks them from its own masks. With fewer than
+    two frames, or all of one size, every frame is ``None``."""
+    lv = [int((np.asarray(m) == LV).sum()) for m in masks]
+    phases: list[str | None] = [None] * len(masks)
+    if len(masks) >= 2 and max(lv) > min(lv):
+        phases[int(np.argmax(lv))], phases[int(np.argmin(lv))] = "ED", "ES"
+    return phases
+
+
 def _myocardium_share(label: np.ndarray, value: int) -> float | None:
     """Share of the pixels bordering ``value`` in-plane that are myocardium; ``None`` without it."""
     region = label == value

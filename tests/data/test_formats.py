@@ -27,11 +27,11 @@ def _write(mask: np.ndarray, like: Volume, path: Path) -> Path:
     return path
 
 
-def _read_label(path: Path, slice_order: str) -> Volume:
+def _read_label(path: Path, slice_order: str) -> list[Volume]:
     with np.load(path) as z:
         label = z["label"]
-        return Volume(np.zeros((label.shape[0], 0, 0), np.float32), Geometry(spacing=tuple(z["spacing"])), path,
-                      path.name[:-4], "npz", label=label)
+        return [Volume(np.zeros((label.shape[0], 0, 0), np.float32), Geometry(spacing=tuple(z["spacing"])), path,
+                       path.name[:-4], "npz", label=label)]
 
 
 NPZ = Format("npz", ".npz", (".npz",), _read, _write, None, _read_label)

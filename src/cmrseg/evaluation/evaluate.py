@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 from cmrseg.atomic import write_json, write_text
 from cmrseg.data.io.common import strip_suffix
 from cmrseg.data.io.formats import described, label_formats
-from cmrseg.data.io.readers import read_label_volume
+from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
-from cmrseg.labels import CLASS_NAMES, check_convention, label_map_json, label_table, relabel
+from cmrseg.labels import CLASS_NAMES, check_convention, cine_phases, label_map_json, label_table, relabel
 
 
 @dataclass
@@ -352,15 +352,34 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
         raise InputError(pred_dir, f"no prediction for {len(missing)} of {len(gts)} truth files: "
                                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     lut = label_table(labels, gt_dir) if labels is not None else None
-    cases = []
-    for key in sorted(gts):
-        g = read_label_volume(gts[key])
-        p = read_label_volume(preds[key])
-        if p.label.shape != g.label.shape:
-            raise InputError(preds[key], f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
-        sp = spacing if spacing is not None else g.geometry.spacing
-        cases.append(EvalCase(key, p.label, relabel(g.label, lut) if lut is not None else g.label, sp, g.meta))
+    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, lut)]
     check_convention([c.gt for c in cases], gt_dir, labels)
+    return cases
+
+
+def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
+                lut: np.ndarray | None) -> list[EvalCase]:
+    """The cases of one truth file: one for a 3D map; for a 4D label cine one per frame the
+    truth labels (frames left all zero are not labelled, as in the M&Ms data), each against
+    the prediction's frame of the same index, named ``<key>_frameNN`` (1-based), with ED and
+    ES told by the true LV's size (:func:`cmrseg.labels.cine_phases`)."""
+    gts, preds = read_label_volumes(gt_path), read_label_volumes(pred_path)
+    if len(preds) != len(gts):
+        raise InputError(pred_path, f"prediction has {len(preds)} frame(s), its truth {len(gts)}")
+    cases = []
+    for t, (g, p) in enumerate(zip(gts, preds)):
+        if len(gts) > 1 and not g.label.any():
+            continue
+        if p.label.shape != g.label.shape:
+            raise InputError(pred_path, f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
+        sp = spacing if spacing is not None else g.geometry.spacing
+        gt = relabel(g.label, lut) if lut is not None else g.label
+        name, meta = (key, g.meta) if len(gts) == 1 else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1})
+        cases.append(EvalCase(name, p.label, gt, sp, meta))
+    if len(gts) > 1:
+        for case, phase in zip(cases, cine_phases([c.gt for c in cases])):
+            if phase and "phase" not in case.meta:
+                case.meta["phase"] = phase
     return cases
 
 

@@ -375,7 +375,8 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
     mine = sources[idx::n]
     todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
     info = _run_info(predictor, inputs, skipped, f"{idx + 1}/{n}")
-    print(f"cmrseg segment: {len(mine)} studies in this shard, {len(mine) - len(todo)} already done, "
+    print(f"cmrseg segment: {len(mine)} {'study' if len(mine) == 1 else 'studies'} in this shard, "
+          f"{len(mine) - len(todo)} already done, "
           f"model {predictor.name} ({predictor.meta.get('source')}: {predictor.meta.get('path')}) "
           f"on {predictor.device}", flush=True)
     for k in skipped:

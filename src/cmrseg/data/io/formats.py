@@ -15,8 +15,8 @@ import numpy as np
 
 from cmrseg.data.io.common import H5_SUFFIXES, NIFTI_SUFFIXES
 from cmrseg.data.io.dicom import is_dicom_folder, looks_like_dicom, read_dicom
-from cmrseg.data.io.h5 import read_h5_label_volume, read_h5_volumes, write_h5_mask
-from cmrseg.data.io.nifti import read_nifti, read_nifti_label_volume, write_nifti_mask
+from cmrseg.data.io.h5 import read_h5_label_volumes, read_h5_volumes, write_h5_mask
+from cmrseg.data.io.nifti import read_nifti, read_nifti_label_volumes, write_nifti_mask
 from cmrseg.data.volume import Volume
 
 Spacing = tuple[float, float, float] | None
@@ -28,8 +28,8 @@ class Format:
 
     ``read(path, slice_order, spacing)`` gives one :class:`Volume` per frame;
     ``write_mask(mask, like, path)`` writes a mask ``[S, H, W]`` (or ``[T, S, H, W]``) in
-    ``like``'s geometry; ``read_label(path, slice_order)`` reads a label map alone (None:
-    not a label format); ``series``: files are grouped into series by their headers
+    ``like``'s geometry; ``read_label(path, slice_order)`` reads a label map alone, one :class:`Volume` per
+    frame (None: not a label format); ``series``: files are grouped into series by their headers
     (DICOM), else one file is one study.
     """
 
@@ -39,7 +39,7 @@ class Format:
     read: Callable[[Path, str, Spacing], list[Volume]]
     write_mask: Callable[[np.ndarray, Volume, Path], Path]
     mask_suffix: str | None  # the mask file's ending; None: the input's own file name
-    read_label: Callable[[Path, str], Volume] | None = None
+    read_label: Callable[[Path, str], list[Volume]] | None = None
     series: bool = False
     content_check: Callable[[Path], bool] | None = None
     reads_folders: Callable[[Path], bool] | None = None
@@ -56,8 +56,8 @@ class Format:
 
 
 FORMATS: tuple[Format, ...] = (
-    Format("nifti", ".nii, .nii.gz", NIFTI_SUFFIXES, read_nifti, write_nifti_mask, None, read_nifti_label_volume),
-    Format("h5", ".h5, .hdf5", H5_SUFFIXES, read_h5_volumes, write_h5_mask, None, read_h5_label_volume),
+    Format("nifti", ".nii, .nii.gz", NIFTI_SUFFIXES, read_nifti, write_nifti_mask, None, read_nifti_label_volumes),
+    Format("h5", ".h5, .hdf5", H5_SUFFIXES, read_h5_volumes, write_h5_mask, None, read_h5_label_volumes),
     # DICOM in, NIfTI masks out (named after the series), in the series' geometry
     Format("dicom", "DICOM", (), read_dicom, write_nifti_mask, ".nii.gz", series=True, content_check=looks_like_dicom,
            reads_folders=is_dicom_folder),

@@ -73,6 +73,11 @@ def read_h5_label_volume(path: Path, slice_order: str = "auto") -> Volume:
                   path, name, "h5", label=np.ascontiguousarray(label), meta=meta)
 
 
+def read_h5_label_volumes(path: Path, slice_order: str = "auto") -> list[Volume]:
+    """:func:`read_h5_label_volume` as the format table's label reader (an h5 file holds one frame)."""
+    return [read_h5_label_volume(path, slice_order)]
+
+
 def h5_side_info(path: Path, spacing_override=None) -> tuple[dict, tuple | None, str]:
     """Case facts and spacing of an h5 volume from ``metadata.csv`` / ``manifest.json``
     beside it (or the override): ``(meta, spacing, spacing_source)``."""

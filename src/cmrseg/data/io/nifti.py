@@ -101,37 +101,58 @@ def read_nifti(
     return volumes
 
 
-def read_nifti_label(path: str | Path, like: Volume) -> np.ndarray:
-    """Read a ground-truth mask stored beside ``like``'s image, in ``like``'s slice order."""
+def _label_frames(path: Path, data: np.ndarray) -> list[np.ndarray]:
+    """``[S, H, W]`` label arrays of a 3D map (one) or a 4D label cine (one per frame)."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 3:
+        return [data.transpose(2, 1, 0)]
+    if data.ndim == 4:
+        return [data[..., t].transpose(2, 1, 0) for t in range(data.shape[3])]
+    raise InputError(path, f"expected a 3D label or a 4D label cine, got shape {tuple(data.shape)}")
+
+
+def read_nifti_labels(path: str | Path, like: list[Volume]) -> list[np.ndarray]:
+    """The ground-truth masks stored beside an image read as ``like`` (its frames), one per
+    frame in ``like``'s slice order: a 3D map for a 3D stack, a 4D label cine for a 4D cine
+    (frames the experts did not label, all zero, as in the M&Ms data, stay all zero)."""
     path = Path(path)
     _, data = _load(path)
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3D label, got shape {tuple(data.shape)}")
-    label = data.transpose(2, 1, 0)
-    label = check_label(label, like.shape, path)
-    if like.geometry.slices_reversed:
-        label = label[::-1]
-    return np.ascontiguousarray(label)
+    frames = _label_frames(path, data)
+    if len(frames) != len(like):
+        raise InputError(path, f"{len(frames)} label frame(s) for an image of {len(like)}")
+    out = []
+    for label, vol in zip(frames, like):
+        label = check_label(label, vol.shape, path)
+        out.append(np.ascontiguousarray(label[::-1] if vol.geometry.slices_reversed else label))
+    return out
 
 
-def read_nifti_label_volume(path: str | Path, slice_order: str = "auto") -> Volume:
-    """A NIfTI label map alone (prediction or truth) as a :class:`Volume` whose ``label`` is
-    the mask (base -> apex), ``image`` empty; spacing from the header."""
+def read_nifti_label(path: str | Path, like: Volume) -> np.ndarray:
+    """Read a ground-truth mask stored beside ``like``'s image (one 3D stack), in ``like``'s slice order."""
+    return read_nifti_labels(path, [like])[0]
+
+
+def read_nifti_label_volumes(path: str | Path, slice_order: str = "auto") -> list[Volume]:
+    """A NIfTI label map alone (prediction or truth) as :class:`Volume` s whose ``label`` is
+    the mask (base -> apex), ``image`` empty, spacing from the header: one for a 3D map, one
+    per frame of a 4D label cine (``meta``: ``frame_index``, ``num_frames``)."""
     path = Path(path)
     img, data = _load(path)
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3D label, got shape {tuple(data.shape)}")
-    label = check_label(data.transpose(2, 1, 0), data.shape[::-1], path)
+    frames = [check_label(f, f.shape, path) for f in _label_frames(path, data)]
     affine = np.asarray(img.affine, dtype=float)
     spacing, _ = nifti_spacing(path, img)
+    num_slices = frames[0].shape[0]
     reverse = should_reverse(affine, slice_order)
-    if reverse:
-        label = label[::-1]
-    geometry = Geometry(spacing=spacing, affine=reverse_affine(affine, label.shape[0]) if reverse else affine,
+    geometry = Geometry(spacing=spacing, affine=reverse_affine(affine, num_slices) if reverse else affine,
                         spacing_source="header", slices_reversed=reverse, header=img.header.copy())
     name = strip_suffix(path)
-    return Volume(np.zeros((label.shape[0], 0, 0), dtype=np.float32), geometry, path, name, "nifti",
-                  label=np.ascontiguousarray(label), meta={})
+    volumes = []
+    for t, label in enumerate(frames):
+        meta = {"frame_index": t, "num_frames": len(frames)} if len(frames) > 1 else {}
+        volumes.append(Volume(np.zeros((num_slices, 0, 0), dtype=np.float32), geometry, path, name, "nifti",
+                              label=np.ascontiguousarray(label[::-1] if reverse else label), meta=meta))
+    return volumes
 
 
 def write_nifti_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
