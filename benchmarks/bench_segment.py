@@ -3,7 +3,8 @@ resample back, write the mask, per 10-slice stack, with the model ``cmrseg segme
 the default (the shipped ensemble), a shipped name, a run or ensemble folder, or several
 (``--model A B``: their ensemble).
 
-    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN ...] [--tta on|off|fast] [--device cpu] [--threads 2] [--n 10]
+    python benchmarks/bench_segment.py DATA_DIR [--model NAME|RUN ...] [--tta on|off|fast] [--precision auto|fp32|bf16]
+        [--device cpu] [--threads 2] [--n 10]
 
 DATA_DIR holds h5 or NIfTI volumes (for example ../shared/data/acdc/val). Each volume's time
 (reading to written mask) is scaled to 10 slices; the median is reported with the peak
@@ -24,7 +25,7 @@ import torch
 from cmrseg.data.io import read_volumes, write_mask
 from cmrseg.data.io.common import is_h5, is_nifti
 from cmrseg.inference.ensemble import load_predictor
-from cmrseg.inference.predictor import TTA_MODES, set_tta, tta_name
+from cmrseg.inference.predictor import PRECISIONS, TTA_MODES, set_tta, tta_name
 
 
 def main():
@@ -36,10 +37,12 @@ def main():
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--tta", default="auto", choices=TTA_MODES, help="as cmrseg segment --tta")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="as cmrseg segment --precision (fp32: a CPU without native bf16, as most laptops)")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend, precision=args.precision)
     set_tta(predictor, args.tta)
     files = sorted(p for p in Path(args.data).iterdir() if (is_h5(p) or is_nifti(p)) and "_gt" not in p.name)[: args.n]
     per10 = []
@@ -53,7 +56,7 @@ def main():
             per10.append((time.perf_counter() - t0) * 10 / vol.num_slices)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess,
-           "tta": tta_name(predictor),
+           "tta": tta_name(predictor), "precision": args.precision,
            "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
            "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),
