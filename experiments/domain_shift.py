@@ -24,6 +24,9 @@ The shifts use MONAI's MR transforms (images only, labels unchanged unless the g
   0.2-0.4, fixed seed), the same field on every slice of a stack.
 * ``noise``: Rician noise, std 0.02 of the [0, 1] range (``RandRicianNoise``, fixed seed); the
   LV blood pool's median intensity in the val volumes is 0.21-0.56 (median 0.44), so SNR 10-28.
+* ``hot_spot``: a bright coil hot spot at the chest wall (a Gaussian blob at twice the stack's
+  99.5th intensity percentile, in the corner farthest from the heart): the intensity
+  normalisation's upper percentile then lies above the blood pool, which comes out darker.
 * ``transpose`` / ``rotate_90``: the in-plane orientation of another convention: rows and
   columns swapped (a reflection across the diagonal), or the image turned by a quarter; image
   and truth alike (numpy; the written h5 has no affine, so nothing undoes it).
@@ -87,6 +90,20 @@ def _shading(image, label, rng):
     return np.clip(image * gain[None], 0.0, 1.0), label, 1.0
 
 
+def _hot_spot(image, label, rng):
+    """A bright receive-coil hot spot at the chest wall: a Gaussian blob (sigma 6 % of the
+    matrix) at 2x the stack's 99.5th intensity percentile, added in the image corner farthest
+    from the heart (the truth's centre), the same on every slice."""
+    s, h, w = image.shape
+    rows, cols = np.nonzero(label.any(axis=0))
+    cy, cx = (rows.mean(), cols.mean()) if rows.size else (h / 2, w / 2)
+    by, bx = (0.0 if cy > h / 2 else h - 1.0), (0.0 if cx > w / 2 else w - 1.0)
+    sigma = 0.06 * max(h, w)
+    yy, xx = np.mgrid[:h, :w]
+    blob = np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * sigma**2)).astype(np.float32)
+    return image + 2.0 * float(np.percentile(image, 99.5)) * blob[None], label, 1.0
+
+
 SHIFTS = {
     "none": lambda image, label, rng: (image, label, 1.0),
     "finer_grid": _finer_grid,
@@ -96,6 +113,7 @@ SHIFTS = {
     "gamma_1.5": _image_only(AdjustContrast(gamma=1.5)),
     "shading": _shading,
     "noise": _image_only(RandRicianNoise(prob=1.0, std=0.02, relative=False, sample_std=False)),
+    "hot_spot": _hot_spot,
     # in-plane orientation: the same plane stored with rows and columns swapped, or turned by a
     # quarter (another phase-encoding direction or planning convention); labels move with it
     "transpose": lambda image, label, rng: (image.transpose(0, 2, 1), label.transpose(0, 2, 1), 1.0),
