@@ -18,7 +18,7 @@ def _volumes_ml(path: Path) -> np.ndarray:
 def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path, load_script):
     ds = load_script("experiments/domain_shift.py")
     src = phantom_dir / "h5" / "val"
-    for shift in ("finer_grid", "gibbs", "shading"):
+    for shift in ("finer_grid", "gibbs", "shading", "hot_spot"):
         ds.write_shifted(src, tmp_path / shift, shift)
         for f in sorted(src.glob("*.h5")):
             np.testing.assert_allclose(_volumes_ml(tmp_path / shift / f.name), _volumes_ml(f), rtol=1e-6)
