@@ -102,6 +102,20 @@ def test_imperfect_predictions_agree_with_independent_computation(acdc_val, tmp_
         assert summary["levels"][k]["avg"] == pytest.approx(np.mean(means), abs=1e-3)
         assert summary["levels"][k]["avg"] < 0.99
     assert summary["fragment_rate"] == pytest.approx(frag[0] / frag[1], abs=1e-3)
+    # Bland-Altman limits of agreement from the per-patient errors of clinical.csv, and the pictures
+    import csv
+
+    import matplotlib.image
+
+    rows = list(csv.DictReader((out / "clinical.csv").open()))
+    errors = np.array([float(r["error LVM (g)"]) for r in rows])
+    assert len(rows) == 10 and errors.std() > 0
+    lo, hi = summary["clinical"]["all"]["LVM (g) LoA"]
+    sd = errors.std(ddof=1)  # clinical.csv has three decimals
+    assert (lo, hi) == pytest.approx((errors.mean() - 1.96 * sd, errors.mean() + 1.96 * sd), abs=0.01)
+    assert f"{lo:+.2f} to {hi:+.2f}" in (out / "table.md").read_text()
+    for picture in ("bland_altman.png", "dice_by_level.png"):
+        assert matplotlib.image.imread(out / picture).shape[0] > 200
 
 
 def test_fast_selection_dice_equals_the_protocol_implementation(acdc_val):

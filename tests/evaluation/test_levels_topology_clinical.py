@@ -94,3 +94,11 @@ def test_volume_error_by_level_puts_each_error_on_its_level(tmp_path):
     write_report(tmp_path, results, summary)
     table = (tmp_path / "table.md").read_text()
     assert "Signed volume error by slice level" in table and "| ED | RV | +0.20 | +0.00 | +0.00 | +0.20 |" in table
+
+
+def test_limits_of_agreement_are_the_bias_and_1_96_sample_sds():
+    from cmrseg.evaluation.figures import limits_of_agreement
+
+    assert limits_of_agreement([1.0, 3.0, 5.0]) == pytest.approx((3.0, 3.0 - 1.96 * 2.0, 3.0 + 1.96 * 2.0))
+    bias, lo, hi = limits_of_agreement([2.0, float("nan")])
+    assert bias == 2.0 and np.isnan(lo) and np.isnan(hi)

@@ -23,6 +23,7 @@ from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
+from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
@@ -129,11 +130,13 @@ def _clinical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
 
     def errors(subset):
-        """Mean absolute error and signed bias (mean of prediction minus truth) per measure."""
+        """Mean absolute error, signed bias (mean of prediction minus truth) and Bland-Altman
+        limits of agreement (bias -+ 1.96 SD) per measure."""
         out = {}
         for m in ERROR_MEASURES:
             out[f"{m} MAE"] = _mean(abs(r[f"error {m}"]) for r in subset)
             out[f"{m} bias"] = _mean(r[f"error {m}"] for r in subset)
+            out[f"{m} LoA"] = list(limits_of_agreement([r[f"error {m}"] for r in subset])[1:])
         return out
 
     out: dict[str, Any] = {"patients": len(rows), "all": errors(rows), "by_group": {}}
@@ -283,8 +286,9 @@ def clinical_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
-    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md`` and
-    ``summary.json`` into ``out_dir`` (each atomically)."""
+    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md``,
+    ``summary.json`` and the pictures (:mod:`.figures`: ``dice_by_level.png``, with clinical
+    measures ``bland_altman.png``) into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "per_volume.csv", per_volume_csv(results))
@@ -309,8 +313,30 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
             md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
     md += volume_error_table(summary.get("volume_error_by_level") or {})
+    md += _figures(out, results, rows, summary)
     write_text(out / "table.md", "\n".join(md))
     write_json(out / "summary.json", summary)
+
+
+def loa_table(clin: dict) -> list[str]:
+    """Markdown lines: the Bland-Altman limits of agreement of every measure."""
+    cols = [c for c in ERROR_MEASURES if np.all(np.isfinite(clin.get(f"{c} LoA", [np.nan])))]
+    if not cols:
+        return []
+    return ["\nLimits of agreement (Bland-Altman: bias -+ 1.96 SD of the per-patient differences)\n",
+            "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|",
+            "| " + " | ".join("{:+.2f} to {:+.2f}".format(*clin[f"{c} LoA"]) for c in cols) + " |"]
+
+
+def _figures(out: Path, results: Sequence[CaseResult], rows: list[dict[str, Any]], summary: dict) -> list[str]:
+    """Draw ``dice_by_level.png`` and, with clinical rows, ``bland_altman.png``; the markdown
+    lines that show them (with the limits of agreement)."""
+    md = ["\n![Dice by slice level](dice_by_level.png)"]
+    dice_by_level(results, out / "dice_by_level.png")
+    if rows:
+        bland_altman(rows, out / "bland_altman.png")
+        md = loa_table(summary["clinical"]["all"]) + ["\n![Bland-Altman](bland_altman.png)"] + md
+    return md
 
 
 # ----------------------------------------------------------------------------- folders

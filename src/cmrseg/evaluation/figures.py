@@ -1,0 +1,111 @@
+"""The pictures of an evaluation report (``cmrseg evaluate``): Bland-Altman plots of the
+clinical measures against the truth's, and Dice by slice level.
+
+Bland-Altman (1986) is how cardiac MR method comparisons show agreement (ukbb_cardiac's
+evaluation, the ACDC challenge paper): per patient, the mean of the two measurements against
+their difference, with the bias and the 95 % limits of agreement (bias +- 1.96 SD of the
+differences) drawn. The limits are computed by :func:`limits_of_agreement` (a mean and a
+standard deviation: no library does the plot, so it is drawn here with matplotlib).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cmrseg.evaluation.clinical import ERROR_MEASURES
+from cmrseg.evaluation.levels import LEVELS
+from cmrseg.labels import CLASS_NAMES
+from cmrseg.visualization import COLORS, _matplotlib, save_figure
+
+LOA_Z = 1.96  # limits of agreement: bias +- 1.96 SD of the per-patient differences
+
+
+def limits_of_agreement(differences: Sequence[float]) -> tuple[float, float, float]:
+    """(bias, lower, upper): the mean difference and bias -+ 1.96 sample SDs (NaN limits with
+    fewer than two differences)."""
+    d = np.asarray([v for v in differences if np.isfinite(v)], dtype=float)
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    bias = float(d.mean())
+    if d.size < 2:
+        return bias, float("nan"), float("nan")
+    sd = float(d.std(ddof=1))
+    return bias, bias - LOA_Z * sd, bias + LOA_Z * sd
+
+
+def _group_colours(groups: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {g: cmap(i % 10) for i, g in enumerate(sorted(set(groups)))}
+
+
+def bland_altman(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One panel per clinical measure (``ERROR_MEASURES``): per patient of ``rows`` (from
+    :func:`cmrseg.evaluation.evaluate.clinical_rows`), the mean of the predicted and true
+    value against their difference (prediction - truth), the bias and the limits of
+    agreement; points coloured by pathology group where the rows have one."""
+    plt = _matplotlib()
+    measures = list(ERROR_MEASURES)
+    groups = [str(r.get("group") or "") for r in rows]
+    colours = _group_colours(groups) if any(groups) else {"": "tab:blue"}
+    ncol = 4
+    fig, axes = plt.subplots((len(measures) + ncol - 1) // ncol, ncol, figsize=(3.3 * ncol, 3.0 * 2), squeeze=False)
+    for ax, m in zip(axes.flat, measures):
+        pred = np.array([r[f"pred {m}"] for r in rows], dtype=float)
+        true = np.array([r[f"true {m}"] for r in rows], dtype=float)
+        diff = pred - true
+        for g in colours:
+            sel = np.array([x == g for x in groups])
+            ax.scatter(((pred + true) / 2)[sel], diff[sel], s=16, color=colours[g], label=g or None, zorder=3)
+        bias, lo, hi = limits_of_agreement(diff)
+        ax.axhline(0.0, color="0.75", lw=0.8)
+        ax.axhline(bias, color="k", lw=1.0, label=None)
+        for y in (lo, hi):
+            if np.isfinite(y):
+                ax.axhline(y, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{m}: bias {bias:+.2f}" + (f", LoA {lo:+.1f} to {hi:+.1f}" if np.isfinite(lo) else ""), fontsize=8)
+        ax.set_xlabel(f"mean of prediction and truth {m.split(' ')[-1]}", fontsize=7)
+        ax.set_ylabel("prediction - truth", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(measures):]:
+        ax.axis("off")
+    if any(groups):
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        list(axes.flat)[-1].legend(handles, labels, title="group", fontsize=8, loc="center")
+    fig.suptitle(f"Bland-Altman: {len(rows)} patients (solid: bias; dashed: bias +- {LOA_Z} SD)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def dice_by_level(results: Sequence[Any], path: str | Path) -> Path:
+    """Box plots of the per-volume Dice of RV, MYO and LV at each slice level (base, mid, apex)
+    and over the volume (``results``: :class:`cmrseg.evaluation.evaluate.CaseResult`), every
+    volume a dot; a class a volume lacks at a level is left out (NaN)."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(8.0, 3.4))
+    names = (*LEVELS, "volume")
+    width = 0.25
+    for k, cname in enumerate(CLASS_NAMES):
+        data, pos = [], []
+        for j, lv in enumerate(names):
+            vals = np.array([(r.volume_dice if lv == "volume" else r.level_dice[lv])[k] for r in results], dtype=float)
+            data.append(vals[np.isfinite(vals)])
+            pos.append(j + (k - 1) * width)
+        box = ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, widths=width * 0.85,
+                         patch_artist=True, showfliers=False, medianprops={"color": "k"})
+        for patch in box["boxes"]:
+            patch.set(facecolor=(*COLORS[k + 1], 0.35), edgecolor=COLORS[k + 1])
+        for p, d in zip(pos, data):
+            ax.scatter(np.full(d.size, p), d, s=6, color=COLORS[k + 1], zorder=3)
+        ax.plot([], [], color=COLORS[k + 1], lw=6, alpha=0.5, label=cname)
+    ax.set_xticks(range(len(names)), [n.capitalize() for n in names])
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Dice by slice level: {len(results)} volumes", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
