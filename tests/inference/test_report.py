@@ -27,17 +27,23 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
          "montage": "figures/a_montage.png", "curve": "figures/a_volumes.png", "outputs": ["a.nii.gz"], "seconds": 1.5,
          "flags": [{"flag": "lv_not_enclosed", "frame": "ED", "slice": 4, "detail": "LV touches <background>"}]},
         {"study": "<b>evil</b>", "status": "failed", "error": "x.nii.gz: unknown format"},
+        {"study": "b", "status": "ok", "qc": "ok", "frames": 3, "ed_frame": 1, "es_frame": 3, "outputs": ["b.nii.gz"],
+         "measures": measures | {"BSA (m2)": 1.8, "LVEDVi (mL/m2)": 0.5}, "seconds": 1.0, "flags": []},
     ]
     info = {"model": "seg_as+ref_as_mt", "device": "cpu", "skipped": [{"path": "loc/", "reason": "localiser"}]}
     path = write_html(tmp_path, cases, info, tmp_path / "report.html")
     text = path.read_text()
-    assert "1 studies segmented, 1 failed" in text
+    assert "2 studies segmented, 1 failed" in text
     assert "<b>evil</b>" not in text and "&lt;b&gt;evil&lt;/b&gt;" in text  # names are escaped
     assert "x.nii.gz: unknown format" in text and "localiser" in text
     header = re.search(r"<h2>Measures</h2><table><tr>(.*?)</tr>", text).group(1)
-    assert re.findall(r"<th>(.*?)</th>", header)[4:-1] == list(REPORT_MEASURES)
+    # the body-surface-area columns appear because one study has them
+    assert re.findall(r"<th>(.*?)</th>", header)[4:-1] == [*REPORT_MEASURES, "BSA (m2)", "LVEDVi (mL/m2)"]
     row = re.search(r"<tr><td class='l'><a href='#a'>a</a></td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
     assert cells[0] == "review" and cells[4:4 + len(REPORT_MEASURES)] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "–"]
+    assert cells[4 + len(REPORT_MEASURES):-1] == ["–", "–"]
+    row_b = re.findall(r"<td[^>]*>(.*?)</td>", re.search(r"<a href='#b'>b</a></td>(.*?)</tr>", text).group(1))
+    assert row_b[4 + len(REPORT_MEASURES):-1] == ["1.8", "0.5"]
     assert text.count("data:image/png;base64,") == 2  # pictures embedded: the file works alone
     assert "lv_not_enclosed" in text and "LV touches &lt;background&gt;" in text

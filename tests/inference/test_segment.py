@@ -80,6 +80,46 @@ def test_measures_of_phantom_masks_match_the_analytic_volumes(phantom_dir):
         assert m["measures"]["LVEF (%)"] == pytest.approx(lvef, abs=2.0)
 
 
+def test_measures_indexed_to_body_surface_area_and_the_cardiac_output(phantom_dir, tmp_path):
+    """Height and weight from Info.cfg or the DICOM header give BSA (Mosteller) and the indexed
+    measures; a heart rate (HeartRate, or 60000 / NominalInterval) gives the LV cardiac output;
+    a height given in the wrong unit is not used."""
+    import pydicom
+
+    from cmrseg.data.volume import Study
+    from cmrseg.inference.segment import study_measures
+
+    study = read_acdc_patient(phantom_dir / "acdc" / "patient001")
+    info = dict(line.split(": ") for line in (phantom_dir / "acdc" / "patient001" / "Info.cfg").read_text().splitlines())
+    m = study_measures(study, [f.label for f in study.frames])["measures"]
+    bsa = np.sqrt(float(info["Height"]) * float(info["Weight"]) / 3600)
+    assert m["BSA (m2)"] == pytest.approx(bsa)
+    assert m["LVEDVi (mL/m2)"] == pytest.approx(m["LVEDV (mL)"] / bsa) and m["LVMi (g/m2)"] == pytest.approx(m["LVM (g)"] / bsa)
+    assert "heart rate (bpm)" not in m and "LVCO (L/min)" not in m
+
+    src = tmp_path / "sax"
+    shutil.copytree(phantom_dir / "dicom" / "patient003", src)
+
+    def measures_with(**tags):
+        for f in src.glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            for tag, value in tags.items():
+                setattr(ds, tag, value)
+            ds.save_as(f)
+        frames = read_volumes(src)
+        masks = [np.zeros(v.shape, np.uint8) for v in frames]
+        for t, mask in enumerate(masks):
+            mask[2:5, 20:40, 20:40 - 2 * t] = 3  # the LV shrinks frame by frame
+        return study_measures(Study("s", frames, src, "cine"), masks)["measures"]
+
+    m = measures_with(PatientSize=1.80, PatientWeight=80, NominalInterval=1000)
+    assert m["BSA (m2)"] == pytest.approx(2.0) and m["RVEDVi (mL/m2)"] == pytest.approx(m["RVEDV (mL)"] / 2.0)
+    assert m["heart rate (bpm)"] == pytest.approx(60.0)
+    assert m["LVCO (L/min)"] == pytest.approx(m["LVSV (mL)"] * 60 / 1000) and m["LVSV (mL)"] > 0
+    m = measures_with(PatientSize=180, HeartRate=75)  # height in cm where metres belong: 18,000 cm
+    assert "BSA (m2)" not in m and m["heart rate (bpm)"] == pytest.approx(75.0)
+
+
 def test_no_spacing_says_so_instead_of_inventing_ml(phantom_dir, smoke_model, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -2,6 +2,8 @@
 
 EDV / ESV of LV and RV, SV = EDV - ESV, EF = SV / EDV x 100 %, LV mass = MYO volume at ED
 x 1.05 g/mL; a single frame (no ED/ES pair) gets its structure volumes and myocardial mass.
+Where the subject's height and weight are known, the volumes and mass indexed to body surface
+area (Mosteller); where the heart rate is known, the LV cardiac output.
 Voxel volume from the image header (mm^3 -> mL).
 
 This module owns the measures: their names and units (the CSV columns), their plausible and
@@ -36,6 +38,18 @@ PLAUSIBLE = {"LVEF (%)": (10.0, 85.0), "RVEF (%)": (10.0, 85.0), "LVM (g)": (30.
 NORMAL = {"LVEF (%)": (50.0, 80.0), "RVEF (%)": (45.0, 80.0), "LVM (g)": (50.0, 200.0),
           "LVEDV (mL)": (80.0, 240.0), "RVEDV (mL)": (80.0, 260.0)}
 
+#: measures indexed to body surface area (BSA), as CMR reference ranges give them, where the
+#: subject's height and weight are known: indexed column -> the measure it divides
+INDEXED = {"LVEDVi (mL/m2)": "LVEDV (mL)", "LVESVi (mL/m2)": "LVESV (mL)", "LVSVi (mL/m2)": "LVSV (mL)",
+           "LVMi (g/m2)": "LVM (g)", "RVEDVi (mL/m2)": "RVEDV (mL)", "RVESVi (mL/m2)": "RVESV (mL)",
+           "RVSVi (mL/m2)": "RVSV (mL)"}
+#: the subject's body and heart rate, and what they give (``body_measures``)
+BODY_COLUMNS = ("height (cm)", "weight (kg)", "BSA (m2)", *INDEXED, "heart rate (bpm)", "LVCO (L/min)")
+#: of those, what a study report shows beside ``REPORT_MEASURES`` when a study has them
+REPORT_BODY_MEASURES = ("BSA (m2)", "LVEDVi (mL/m2)", "LVMi (g/m2)", "RVEDVi (mL/m2)", "LVCO (L/min)")
+#: plausible body and heart-rate values of a header; others are treated as unknown
+BODY_LIMITS = {"height_cm": (50.0, 250.0), "weight_kg": (2.0, 400.0), "heart_rate_bpm": (20.0, 250.0)}
+
 #: measures whose errors the protocol reports, with the unit of the error
 ERROR_MEASURES = {"LVEF (%)": "pp", "RVEF (%)": "pp", "LVEDV (mL)": "mL", "LVESV (mL)": "mL",
                   "RVEDV (mL)": "mL", "RVESV (mL)": "mL", "LVM (g)": "g"}
@@ -67,6 +81,36 @@ def frame_measures(volumes: dict[str, float]) -> dict[str, float]:
     """A single frame's measures from its structure volumes (mL)."""
     return {"LV volume (mL)": volumes["LV"], "RV volume (mL)": volumes["RV"], "MYO volume (mL)": volumes["MYO"],
             "MYO mass (g)": volumes["MYO"] * MYOCARDIUM_DENSITY_G_PER_ML}
+
+
+def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
+    """Mosteller's body surface area, sqrt(height x weight / 3600) (cm, kg -> m^2)."""
+    return float(np.sqrt(height_cm * weight_kg / 3600.0))
+
+
+def body_measures(measures: dict[str, float], facts: dict) -> dict[str, float]:
+    """Height, weight, BSA and the BSA-indexed measures (:data:`INDEXED`) where ``facts``
+    (a volume's ``meta``: ``height_cm``, ``weight_kg``, ``heart_rate_bpm`` from ``Info.cfg``,
+    ``metadata.csv`` or the DICOM header) holds plausible values (:data:`BODY_LIMITS`); the
+    heart rate and the LV cardiac output (LVSV x heart rate) where the heart rate is known."""
+    known = {}
+    for key, (lo, hi) in BODY_LIMITS.items():
+        try:
+            v = float(facts.get(key))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(v) and lo <= v <= hi:
+            known[key] = v
+    out: dict[str, float] = {}
+    if "height_cm" in known and "weight_kg" in known:
+        bsa = body_surface_area_m2(known["height_cm"], known["weight_kg"])
+        out = {"height (cm)": known["height_cm"], "weight (kg)": known["weight_kg"], "BSA (m2)": bsa}
+        out.update({col: measures[src] / bsa for col, src in INDEXED.items() if src in measures})
+    if "heart_rate_bpm" in known:
+        out["heart rate (bpm)"] = known["heart_rate_bpm"]
+        if "LVSV (mL)" in measures:
+            out["LVCO (L/min)"] = measures["LVSV (mL)"] * known["heart_rate_bpm"] / 1000.0
+    return out
 
 
 def cardiac_measures(ed: dict[str, float], es: dict[str, float]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cmrseg.atomic import write_text
-from cmrseg.evaluation.clinical import REPORT_MEASURES
+from cmrseg.evaluation.clinical import REPORT_BODY_MEASURES, REPORT_MEASURES
 from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
 
 
@@ -96,7 +96,7 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cmrseg report</title><style>{_STYLE}</style>"
         "</head><body>",
-        f"<h1>cmrseg segmentation report</h1><p>{len(ok)} studies segmented, {len(failed)} failed. "
+        f"<h1>cmrseg segmentation report</h1><p>{len(ok)} {'study' if len(ok) == 1 else 'studies'} segmented, {len(failed)} failed. "
         f"Model <b>{esc(str(info.get('model', '')))}</b> on {esc(str(info.get('device', '')))}; "
         f"labels 1 RV (red), 2 MYO (green), 3 LV (blue); cmrseg {esc(str(info.get('cmrseg_version', '')))}.</p>",
     ]
@@ -118,12 +118,13 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
 
 def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
     esc = html.escape
+    columns = [*REPORT_MEASURES, *(k for k in REPORT_BODY_MEASURES if any(k in c.get("measures", {}) for c in ok))]
     parts = ["<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th><th>frames</th><th>ED</th><th>ES</th>"
-             + "".join(f"<th>{esc(c)}</th>" for c in REPORT_MEASURES) + "<th>flags</th></tr>"]
+             + "".join(f"<th>{esc(c)}</th>" for c in columns) + "<th>flags</th></tr>"]
     for c in ok:
         m = c.get("measures", {})
         cells = "".join(f"<td>{m[k]:.1f}</td>" if isinstance(m.get(k), (int, float)) and np.isfinite(m[k])
-                        else "<td>–</td>" for k in REPORT_MEASURES)
+                        else "<td>–</td>" for k in columns)
         qc = str(c.get("qc", ""))
         parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td>"
                      f"<td class='qc-{esc(qc)}'>{esc(qc)}</td><td>{c['frames']}</td>"

@@ -35,8 +35,8 @@ from cmrseg.data.io.readers import mask_output_path, write_mask
 from cmrseg.data.orientation import anatomy_reversed, reverse_affine
 from cmrseg.data.volume import Study
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.clinical import (FRAME_MEASURE_COLUMNS, MEASURE_COLUMNS, STRUCTURE_COLUMNS, cardiac_measures,
-                                        frame_measures, structure_volumes_ml)
+from cmrseg.evaluation.clinical import (BODY_COLUMNS, FRAME_MEASURE_COLUMNS, MEASURE_COLUMNS, STRUCTURE_COLUMNS,
+                                        body_measures, cardiac_measures, frame_measures, structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
                                             ensure_writable, owned_files, shard_records)
@@ -143,6 +143,7 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
         measures = frame_measures(volumes[0])
     else:
         measures = cardiac_measures(volumes[ed], volumes[es])
+    measures.update(body_measures(measures, {**study.info, **study.frames[0].meta}))
     return {"ed": ed, "es": es, "ed_es_source": source, "volumes": volumes, "measures": measures,
             "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
 
@@ -305,7 +306,7 @@ def _is_done(out: Path, name: str) -> bool:
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     cols = ["study", "qc", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS,
-            "note", "flags"]
+            *BODY_COLUMNS, "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
@@ -315,7 +316,8 @@ def _measures_csv(cases: list[dict[str, Any]]) -> str:
         m = c["measures"]
         flags = sorted({f["flag"] for f in c["flags"]})
         w.writerow([c["study"], c.get("qc", ""), c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
-                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS)],
+                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
+                      for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
                     c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
     return buf.getvalue()
 

@@ -393,12 +393,34 @@ def read_dicom_series(
     for t in range(layout.num_frames):
         missing = [int(k) for k in np.flatnonzero(~present[t])]
         meta = {"frame_index": t, "num_frames": layout.num_frames, "trigger_time_ms": times[t],
-                "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None,
+                "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None, **body_facts(first),
                 # in-memory (base -> apex) indices of slices with no image in the series at this frame
                 "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing}
         stack = pixels[t][::-1] if reverse else pixels[t]
         volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
     return volumes
+
+
+def body_facts(ds) -> dict[str, float]:
+    """The subject's height (cm), weight (kg) and heart rate (bpm) where the header gives them:
+    PatientSize (m), PatientWeight (kg), HeartRate, else 60000 / NominalInterval (the R-R
+    interval, ms). Zero or unreadable values are left out; clinical measures judge plausibility."""
+    out = {}
+    for key, tag, scale in (("height_cm", "PatientSize", 100.0), ("weight_kg", "PatientWeight", 1.0),
+                            ("heart_rate_bpm", "HeartRate", 1.0)):
+        try:
+            v = float(ds.get(tag) or 0.0) * scale
+        except (TypeError, ValueError):
+            continue
+        if v > 0:
+            out[key] = v
+    try:
+        rr = float(ds.get("NominalInterval") or 0.0)
+    except (TypeError, ValueError):
+        rr = 0.0
+    if "heart_rate_bpm" not in out and rr > 0:
+        out["heart_rate_bpm"] = 60000.0 / rr
+    return out
 
 
 def _one_series(folder: Path, files: list[Path] | None, slice_series: bool = False) -> list[tuple[Path, Any]]:
