@@ -35,7 +35,8 @@ def cmd_phantom(args) -> int:
 def cmd_evaluate(args) -> int:
     from cmrseg.evaluation.evaluate import evaluate_folders, markdown_table
 
-    summary = evaluate_folders(args.pred, args.gt, args.out, spacing=_spacing(args.spacing), labels=args.labels)
+    summary = evaluate_folders(args.pred, args.gt, args.out, spacing=_spacing(args.spacing), labels=args.labels,
+                               groups=args.groups, group_by=args.group_by)
     print(markdown_table([("prediction", summary)]), end="")
     print(f"fragment rate {100 * summary['fragment_rate']:.2f} %, hole rate {100 * summary['hole_rate']:.2f} %")
     print(f"report written to {args.out}")
@@ -128,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="SX SY [SZ] in mm when the files carry none")
     p.add_argument("--labels", help="the truth's " + LABELS_HELP)
+    p.add_argument("--groups", type=Path, metavar="CSV",
+                   help="a table of the subjects (one column naming them, e.g. the M&Ms information sheet): "
+                        "report by the column --group-by instead of ACDC's pathology groups")
+    p.add_argument("--group-by", default="group", metavar="COLUMN",
+                   help="the --groups column to group by, e.g. VendorName (default: group)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz (or .npz.xz)")

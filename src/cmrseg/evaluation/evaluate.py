@@ -24,6 +24,7 @@ from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
 from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement
+from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
@@ -298,7 +299,8 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
     md = [f"# Evaluation ({summary['n_volumes']} volumes)\n", "Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
           markdown_table([(model_name, summary)]), "\nTopology and surface distance\n", topology_table([(model_name, summary)])]
     if summary.get("volume_dice_by_group"):
-        md += ["\nVolume Dice by ACDC pathology group\n", "| group | RV | MYO | LV | avg |", "|---|---|---|---|---|"]
+        md += [f"\nVolume Dice by {summary.get('grouped_by', 'ACDC pathology group')}\n",
+               "| group | RV | MYO | LV | avg |", "|---|---|---|---|---|"]
         md += [f"| {g} | {_fmt(r['RV'])} | {_fmt(r['MYO'])} | {_fmt(r['LV'])} | {_fmt(r['avg'])} |"
                for g, r in summary["volume_dice_by_group"].items()]
     clin = clinical_table([(model_name, summary)])
@@ -308,7 +310,7 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
         groups = summary["clinical"].get("by_group", {})
         if groups:
             cols = list(ERROR_MEASURES)
-            md += ["\nClinical errors by pathology group: MAE (bias)\n",
+            md += [f"\nClinical errors by {summary.get('grouped_by', 'ACDC pathology group')}: MAE (bias)\n",
                    "| group | patients | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
             md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
@@ -411,9 +413,17 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
                      spacing: tuple[float, float, float] | None = None, progress: bool = True,
-                     labels: str | None = None) -> dict:
+                     labels: str | None = None, groups: str | Path | None = None, group_by: str = "group") -> dict:
     """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``
-    (:func:`paired_cases`); writes the report into ``out_dir`` and returns the summary."""
-    results, summary = evaluate_cases(paired_cases(pred_dir, gt_dir, spacing, labels), progress=progress)
+    (:func:`paired_cases`); writes the report into ``out_dir`` and returns the summary.
+    ``groups``: a CSV of the subjects whose column ``group_by`` gives each case's group
+    (:func:`cmrseg.evaluation.groups.read_groups`), in place of ACDC's pathology groups."""
+    cases = paired_cases(pred_dir, gt_dir, spacing, labels)
+    if groups is not None:
+        found = read_groups(groups, group_by, sorted({str(c.meta.get("patient") or c.name) for c in cases}))
+        for c in cases:
+            c.meta = {**c.meta, "group": found.get(str(c.meta.get("patient") or c.name), "")}
+    results, summary = evaluate_cases(cases, progress=progress)
+    summary["grouped_by"] = group_by if groups is not None else "ACDC pathology group"
     write_report(out_dir, results, summary)
     return summary
