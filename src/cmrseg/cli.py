@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a table of the subjects (one column naming them, e.g. the M&Ms information sheet): "
                         "report by the column --group-by instead of ACDC's pathology groups")
     p.add_argument("--group-by", default="group", metavar="COLUMN",
-                   help="the --groups column to group by, e.g. VendorName (default: group)")
+                   help="the --groups column to group by, e.g. the vendor's (default: group)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz (or .npz.xz)")

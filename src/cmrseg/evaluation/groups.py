@@ -1,7 +1,7 @@
 """Groups of an evaluation from a table of the subjects (``cmrseg evaluate --groups FILE.csv
 --group-by COLUMN``): the report's "by group" tables then compare vendors, centres, field
-strengths or pathologies, e.g. the M&Ms data's information sheet with ``--group-by
-VendorName``. Without it the groups are ACDC's pathology groups, where the data give them.
+strengths or pathologies, e.g. the M&Ms data's information sheet grouped by its vendor
+column. Without it the groups are ACDC's pathology groups, where the data give them.
 """
 
 from __future__ import annotations
