@@ -94,7 +94,7 @@ def cmd_segment(args) -> int:
     return segment(args.input, args.out, model=args.model, device=args.device, spacing=_spacing(args.spacing),
                    shard=args.shard, overwrite=args.overwrite, workers=args.workers, postprocess=args.postprocess,
                    slice_order=args.slice_order, backend=args.backend, precision=args.precision, gate=args.gate,
-                   tta=args.tta)
+                   tta=args.tta, dicom_seg=args.dicom_seg)
 
 
 def cmd_export_onnx(args) -> int:
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"),  # predictor.TTA_MODES
                    help="average over in-plane flips (auto: the model's choice in model.json); fast: flips "
                         "with the heart located once, about a third less CPU time (docs/RESULTS.md, rule 12)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM study's masks as a DICOM SEG (<mask>_seg.dcm) referencing its images, "
+                        "for PACS viewers, OHIF or 3D Slicer")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")

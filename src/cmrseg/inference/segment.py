@@ -31,10 +31,12 @@ from tqdm.auto import tqdm
 
 from cmrseg import __version__
 from cmrseg.atomic import write_json, write_text
+from cmrseg.data.io.common import strip_suffix
+from cmrseg.data.io.dicom_seg import new_series_uid, write_dicom_seg
 from cmrseg.data.io.readers import mask_output_path, write_mask
 from cmrseg.data.orientation import anatomy_reversed, reverse_affine
 from cmrseg.data.volume import Study
-from cmrseg.errors import CmrsegError
+from cmrseg.errors import CmrsegError, InputError
 from cmrseg.evaluation.clinical import (BODY_COLUMNS, FRAME_MEASURE_COLUMNS, MEASURE_COLUMNS, STRUCTURE_COLUMNS,
                                         body_measures, cardiac_measures, frame_measures, structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
@@ -180,8 +182,9 @@ def _orient(study: Study, preds: list, slice_order: str) -> str:
 
 
 def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: Path, taken: set[Path],
-                  owned: set[Path] | None = None, slice_order: str = "auto") -> dict[str, Any]:
-    """Segment, measure, check and draw one study; returns its JSON record.
+                  owned: set[Path] | None = None, slice_order: str = "auto", dicom_seg: bool = False) -> dict[str, Any]:
+    """Segment, measure, check and draw one study; returns its JSON record. ``dicom_seg``: a
+    DICOM study's masks also as a DICOM SEG (:mod:`cmrseg.data.io.dicom_seg`).
 
     Everything is computed before the first file is written, and a failure while writing
     removes what this study wrote, so a failed study leaves nothing behind. A file already in
@@ -201,6 +204,11 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     written: list[Path] = []
     try:
         outputs = _write_masks(study, masks, out, taken, owned, written)
+        if dicom_seg and study.frames[0].fmt == "dicom":
+            segs, seg_note = _write_dicom_segs(study, masks, outputs[0], (ed, es), _seg_algorithm(predictor), owned,
+                                               written)
+            outputs += segs
+            meas["note"] = "; ".join(n for n in (meas["note"], seg_note) if n)
         montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written)
     except BaseException:
         for p in written:
@@ -245,6 +253,35 @@ def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[lis
                    "detail": "no image for this slice and frame in the input: mask left empty, volumes interpolate it"}
                   for t, g in enumerate(gaps) for k in g]
     return flags, mid
+
+
+def _seg_algorithm(predictor: Predictor | EnsemblePredictor) -> str:
+    """The model's name as a DICOM SEG gives its algorithm (at most 64 characters): its shipped
+    or folder name, or ``ensemble of N``."""
+    paths = str(predictor.meta.get("path") or predictor.name).split("; ")
+    return (Path(paths[0]).name if len(paths) == 1 else f"ensemble of {len(paths)}")[:64]
+
+
+def _write_dicom_segs(study: Study, masks: list[np.ndarray], mask_file: Path, ed_es: tuple[int, int], algorithm: str,
+                      owned: set[Path], written: list[Path]) -> tuple[list[Path], str]:
+    """A DICOM study's ED and ES masks as DICOM SEG files beside its mask
+    (``<mask>_seg_ED.dcm``, ``<mask>_seg_ES.dcm``; one frame: ``<mask>_seg.dcm``). A series
+    that cannot carry a SEG keeps its other outputs: no SEG file, and a note that says why."""
+    phases = [("ED", ed_es[0]), ("ES", ed_es[1])] if len(masks) > 1 and ed_es[0] != ed_es[1] else [("", ed_es[0])]
+    series_uid = new_series_uid()
+    paths: list[Path] = []
+    try:
+        for i, (phase, t) in enumerate(phases):
+            seg = mask_file.with_name(strip_suffix(mask_file) + (f"_seg_{phase}.dcm" if phase else "_seg.dcm"))
+            check_target(seg, owned)
+            paths.append(write_dicom_seg(masks[t], study.frames[t], seg, algorithm, __version__, series_uid, i + 1, phase))
+            written.append(paths[-1])
+    except InputError as exc:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            written.remove(path)
+        return [], f"no DICOM SEG: {exc.problem}"
+    return paths, ""
 
 
 def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Path], owned: set[Path],
@@ -356,11 +393,11 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
 def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | None = None, device: str = "auto",
             spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
             postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto",
-            precision: str = "auto", gate: str = "auto", tta: str = "auto") -> int:
+            precision: str = "auto", gate: str = "auto", tta: str = "auto", dicom_seg: bool = False) -> int:
     """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``model``: a
     shipped name or folder, or several (an ensemble, :mod:`.ensemble`). ``gate`` and ``tta``
     (``on``/``off``, or ``fast``: flips with the heart located once) override the model's own
-    choices in ``model.json``."""
+    choices in ``model.json``. ``dicom_seg``: DICOM studies' masks also as DICOM SEG files."""
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
@@ -383,7 +420,7 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
           f"on {predictor.device}", flush=True)
     for k in skipped:
         print(f"  skipped {k.path}: {k.reason}", flush=True)
-    failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress)
+    failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress, dicom_seg)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
     rebuild_reports(out, info)
@@ -414,7 +451,7 @@ def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: l
 
 
 def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredictor, out: Path, spacing, slice_order: str, workers: int,
-                 shard: str, progress: bool) -> list[dict[str, Any]]:
+                 shard: str, progress: bool, dicom_seg: bool = False) -> list[dict[str, Any]]:
     """Read (in worker processes), segment and record every study; returns the failures.
     One study's failure never stops the batch."""
     owned = owned_files(out)
@@ -430,7 +467,7 @@ def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredict
         t0 = time.perf_counter()
         if error is None:
             try:
-                record = process_study(study, predictor, out, taken, owned, slice_order)
+                record = process_study(study, predictor, out, taken, owned, slice_order, dicom_seg)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch

@@ -388,6 +388,7 @@ def read_dicom_series(
                        str(first.get("SeriesDescription", "")) or None)
     reference = next(frames for frames in layout.ordered if len(frames) == layout.num_frames)
     times = [_trigger(ds) for _, ds in reference]
+    image_files = _image_files(layout, num_slices)
     interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
     volumes = []
     for t in range(layout.num_frames):
@@ -395,7 +396,9 @@ def read_dicom_series(
         meta = {"frame_index": t, "num_frames": layout.num_frames, "trigger_time_ms": times[t],
                 "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None, **body_facts(first),
                 # in-memory (base -> apex) indices of slices with no image in the series at this frame
-                "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing}
+                "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing,
+                # the file of each slice k (file order) of this frame, for a DICOM SEG of the masks
+                "dicom_files": image_files[t] if image_files is not None else None}
         stack = pixels[t][::-1] if reverse else pixels[t]
         volumes.append(Volume(np.ascontiguousarray(stack), geometry, folder, name, "dicom", meta=meta))
     return volumes
@@ -421,6 +424,18 @@ def body_facts(ds) -> dict[str, float]:
     if "heart_rate_bpm" not in out and rr > 0:
         out["heart_rate_bpm"] = 60000.0 / rr
     return out
+
+
+def _image_files(layout: "_SeriesLayout", num_slices: int) -> list[list[str | None]] | None:
+    """``[frame][slice k]``: the file of every image of a series of single-frame images (None
+    where an image is missing); None for an Enhanced MR file (its images are frames of one)."""
+    if any(isinstance(ds, FrameHeader) for frames in layout.ordered for _, ds in frames):
+        return None
+    files: list[list[str | None]] = [[None] * num_slices for _ in range(layout.num_frames)]
+    for k, frames, frame_of in zip(layout.grid, layout.ordered, layout.slots):
+        for (f, _), t in zip(frames, frame_of):
+            files[t][k] = str(f)
+    return files
 
 
 def _one_series(folder: Path, files: list[Path] | None, slice_series: bool = False) -> list[tuple[Path, Any]]:
@@ -609,8 +624,10 @@ def write_dicom_series(
                 "PixelSpacing": [f"{row_mm:.6f}", f"{col_mm:.6f}"],
                 "SliceThickness": f"{np.linalg.norm(lps[:3, 2]):.6f}"}
     rescale = {"RescaleSlope": f"{1.0 / scale:.10g}", "RescaleIntercept": f"{lo:.10g}"}
-    series = {"PatientID": "PHANTOM", "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
-              "SeriesDescription": description}
+    series = {"PatientID": "PHANTOM", "PatientName": "Phantom", "PatientBirthDate": "", "PatientSex": "O",
+              "StudyInstanceUID": generate_uid(), "StudyDate": "20261128", "StudyTime": "120000", "StudyID": "1",
+              "AccessionNumber": "", "ReferringPhysicianName": "", "SeriesInstanceUID": generate_uid(),
+              "FrameOfReferenceUID": generate_uid(), "SeriesDescription": description}
     images = _images(np.round((frames - lo) * scale).astype(np.uint16), lps, trigger_step_ms,
                      description if layout == "series_per_slice" else None)
     if layout == "enhanced":
