@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average over in-plane flips (auto: the model's choice in model.json); fast: flips "
                         "with the heart located once, about a third less CPU time (docs/RESULTS.md, rule 12)")
     p.add_argument("--dicom-seg", action="store_true",
-                   help="also write a DICOM study's masks as a DICOM SEG (<mask>_seg.dcm) referencing its images, "
-                        "for PACS viewers, OHIF or 3D Slicer")
+                   help="also write a DICOM study's ED and ES masks as DICOM SEG objects referencing its images "
+                        "(<mask>_seg_ED.dcm, <mask>_seg_ES.dcm), for PACS viewers, OHIF or 3D Slicer")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")

@@ -3,9 +3,10 @@
 A DICOM SEG is how a PACS, OHIF or 3D Slicer shows a segmentation on the images it was made
 from: one binary segment per structure (RV, MYO, LV, with SNOMED CT codes and cmrseg named as
 the algorithm), each frame referencing its image. A cine gets one SEG object for its ED and one
-for its ES frame (the frames its measures come from), two instances of one SEG series. Written with highdicom (the maintained library for DICOM SEG; nothing
-here encodes DICOM by hand), from series of single-frame MR images, the layout most scanners
-export; an Enhanced MR file (one file of frames) is not a source it writes for yet.
+for its ES frame (the frames its measures come from), two instances of one SEG series.
+Written with highdicom (the maintained library for DICOM SEG; nothing here encodes DICOM by
+hand), from series of single-frame MR images, the layout most scanners export; an Enhanced MR
+file (one file of frames) is not a source it writes for yet.
 """
 
 from __future__ import annotations
