@@ -206,7 +206,7 @@ _BLOCK = '''
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("nibabel", "pydicom", "monai", "onnxruntime"):
+        if name.split(".")[0] in ("nibabel", "pydicom", "monai", "onnxruntime", "highdicom"):
             raise ImportError("not on the GPU machine: " + name)
 sys.meta_path.insert(0, _Block())
 '''
@@ -214,7 +214,7 @@ sys.meta_path.insert(0, _Block())
 
 def test_the_training_path_imports_without_what_the_gpu_machine_lacks(tmp_path):
     """The GPU machine's python has torch, h5py, scipy, scikit-image and safetensors but not
-    nibabel, pydicom or MONAI (the job carries a MONAI wheel for evaluation only): the modules
+    nibabel, pydicom, highdicom or MONAI (the job carries a MONAI wheel for evaluation only): the modules
     the job trains with must import without them, whatever moves to module level."""
     (tmp_path / "sitecustomize.py").write_text(_BLOCK)
     env = {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}", "PATH": "/usr/bin:/bin"}
