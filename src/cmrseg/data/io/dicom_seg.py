@@ -5,8 +5,9 @@ from: one binary segment per structure (RV, MYO, LV, with SNOMED CT codes and cm
 the algorithm), each frame referencing its image. A cine gets one SEG object for its ED and one
 for its ES frame (the frames its measures come from), two instances of one SEG series.
 Written with highdicom (the maintained library for DICOM SEG; nothing here encodes DICOM by
-hand), from series of single-frame MR images, the layout most scanners export; an Enhanced MR
-file (one file of frames) is not a source it writes for yet.
+hand), from one series of single-frame MR images, the layout most scanners export; an
+Enhanced MR file (one file of frames) is not a source it writes for yet, and highdicom takes
+the sources of one SEG from one series, so a stack stored one series per slice gets none.
 """
 
 from __future__ import annotations
