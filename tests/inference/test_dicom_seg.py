@@ -27,8 +27,10 @@ def _seg_frames(path, frame) -> dict[int, np.ndarray]:
 
     seg = hd.seg.segread(path)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["RV", "MYO", "LV"]
-    k_of = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: k for k, f in enumerate(frame.meta["dicom_files"])}
-    pixels = seg.get_pixels_by_source_instance(list(k_of), segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True)
+    k_of = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: k
+            for k, f in enumerate(frame.meta["dicom_files"])}
+    pixels = seg.get_pixels_by_source_instance(list(k_of), segment_numbers=[1, 2, 3],
+                                               assert_missing_frames_are_empty=True)
     return {k: (pixels[i] > 0).astype(np.uint8) @ np.array([1, 2, 3], np.uint8) for i, k in enumerate(k_of.values())}
 
 

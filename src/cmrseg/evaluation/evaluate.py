@@ -402,7 +402,8 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
             raise InputError(pred_path, f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
         sp = spacing if spacing is not None else g.geometry.spacing
         gt = relabel(g.label, lut) if lut is not None else g.label
-        name, meta = (key, g.meta) if len(gts) == 1 else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1})
+        name, meta = ((key, g.meta) if len(gts) == 1
+                      else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1}))
         cases.append(EvalCase(name, p.label, gt, sp, meta))
     if len(gts) > 1:
         for case, phase in zip(cases, cine_phases([c.gt for c in cases])):

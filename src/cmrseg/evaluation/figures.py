@@ -67,7 +67,8 @@ def bland_altman(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         for y in (lo, hi):
             if np.isfinite(y):
                 ax.axhline(y, color="k", lw=0.8, ls="--")
-        ax.set_title(f"{m}: bias {bias:+.2f}" + (f", LoA {lo:+.1f} to {hi:+.1f}" if np.isfinite(lo) else ""), fontsize=8)
+        loa = f", LoA {lo:+.1f} to {hi:+.1f}" if np.isfinite(lo) else ""
+        ax.set_title(f"{m}: bias {bias:+.2f}{loa}", fontsize=8)
         ax.set_xlabel(f"mean of prediction and truth {m.split(' ')[-1]}", fontsize=7)
         ax.set_ylabel("prediction - truth", fontsize=7)
         ax.tick_params(labelsize=7)

@@ -96,7 +96,8 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cmrseg report</title><style>{_STYLE}</style>"
         "</head><body>",
-        f"<h1>cmrseg segmentation report</h1><p>{len(ok)} {'study' if len(ok) == 1 else 'studies'} segmented, {len(failed)} failed. "
+        f"<h1>cmrseg segmentation report</h1><p>{len(ok)} {'study' if len(ok) == 1 else 'studies'} segmented, "
+        f"{len(failed)} failed. "
         f"Model <b>{esc(str(info.get('model', '')))}</b> on {esc(str(info.get('device', '')))}; "
         f"labels 1 RV (red), 2 MYO (green), 3 LV (blue); cmrseg {esc(str(info.get('cmrseg_version', '')))}.</p>",
     ]

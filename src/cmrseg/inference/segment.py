@@ -274,7 +274,8 @@ def _write_dicom_segs(study: Study, masks: list[np.ndarray], mask_file: Path, ed
         for i, (phase, t) in enumerate(phases):
             seg = mask_file.with_name(strip_suffix(mask_file) + (f"_seg_{phase}.dcm" if phase else "_seg.dcm"))
             check_target(seg, owned)
-            paths.append(write_dicom_seg(masks[t], study.frames[t], seg, algorithm, __version__, series_uid, i + 1, phase))
+            paths.append(write_dicom_seg(masks[t], study.frames[t], seg, algorithm, __version__, series_uid, i + 1,
+                                         phase))
             written.append(paths[-1])
     except InputError as exc:
         for path in paths:

@@ -265,7 +265,8 @@ class RefineStage(_Base):
         preds = []
         for p in self.val_probs:
             with self.ctx.autocast():
-                preds.append(class_argmax(self.ref(self.ctx.memory_format(p.float())).logits).to(torch.uint8).cpu().numpy())
+                logits = self.ref(self.ctx.memory_format(p.float())).logits
+            preds.append(class_argmax(logits).to(torch.uint8).cpu().numpy())
         return preds
 
 
