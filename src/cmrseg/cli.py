@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="report folder")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="SX SY [SZ] in mm when the files carry none")
-    p.add_argument("--labels", help="the truth's " + LABELS_HELP)
+    p.add_argument("--labels", help=LABELS_HELP.replace("the data's", "the truth's", 1))
     p.add_argument("--groups", type=Path, metavar="CSV",
                    help="a table of the subjects (one column naming them, e.g. the M&Ms information sheet): "
                         "report by the column --group-by instead of ACDC's pathology groups")
