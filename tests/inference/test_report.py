@@ -47,3 +47,24 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
     assert row_b[4 + len(REPORT_MEASURES):-1] == ["1.8", "0.5"]
     assert text.count("data:image/png;base64,") == 2  # pictures embedded: the file works alone
     assert "lv_not_enclosed" in text and "LV touches &lt;background&gt;" in text
+
+
+def test_montage_frames_the_slices_quality_control_flagged(tmp_path):
+    import matplotlib.image
+
+    from cmrseg.inference.report import FLAG_COLOUR
+
+    img = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    mask = np.zeros((3, 32, 32), np.uint8)
+    mask[:, 10:20, 10:20] = 3
+    rows = [("ED", img, mask), ("ES", img, mask)]
+    orange = np.array([int(FLAG_COLOUR[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+
+    def orange_pixels(flagged):
+        path = montage(rows, tmp_path / f"m{len(flagged)}.png", flagged=flagged)
+        rgb = matplotlib.image.imread(path)[..., :3]
+        return int((np.abs(rgb - orange).max(axis=-1) < 0.05).sum())
+
+    assert orange_pixels(set()) == 0
+    one = orange_pixels({(1, 2)})
+    assert one > 100 and orange_pixels({(1, 2), (0, 0)}) > 1.5 * one

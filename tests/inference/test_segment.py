@@ -120,6 +120,18 @@ def test_measures_indexed_to_body_surface_area_and_the_cardiac_output(phantom_di
     assert "BSA (m2)" not in m and m["heart rate (bpm)"] == pytest.approx(75.0)
 
 
+def test_the_montage_frames_the_slices_of_its_frames_that_flags_name(phantom_dir):
+    from cmrseg.inference.segment import _frame_label, montage_flags
+
+    study = read_acdc_patient(phantom_dir / "acdc" / "patient001")
+    ed, es = study.ed, study.es
+    flags = [{"frame": _frame_label(study, es), "slice": 2, "flag": "hole"},
+             {"frame": "", "slice": 4, "flag": "missing_slice"},  # every frame
+             {"frame": _frame_label(study, ed), "slice": None, "flag": "no_heart"},  # no slice to frame
+             {"frame": "frame 99", "slice": 1, "flag": "hole"}]  # a frame the montage does not show
+    assert montage_flags(study, [ed, es], flags) == {(1, 2), (0, 4), (1, 4)}
+
+
 def test_no_spacing_says_so_instead_of_inventing_ml(phantom_dir, smoke_model, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -21,11 +21,15 @@ from cmrseg.evaluation.clinical import REPORT_BODY_MEASURES, REPORT_MEASURES
 from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
 
 
+FLAG_COLOUR = "#ff8c00"  # the frame of a slice quality control flagged
+
+
 def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "",
-            slice_numbers: Sequence[int] | None = None) -> Path:
+            slice_numbers: Sequence[int] | None = None, flagged: set[tuple[int, int]] | None = None) -> Path:
     """``rows``: (row label, image ``[S, H, W]``, mask ``[S, H, W]``, base -> apex) -> PNG with one
     column per slice, titled with ``slice_numbers`` (the voxel index k of each column in the
-    written mask; default the column index)."""
+    written mask; default the column index). ``flagged``: (row, column) of slices quality
+    control flagged, framed in orange so that a reader finds them at a glance."""
     plt = _matplotlib()
     n_slices = max(r[1].shape[0] for r in rows)
     box = heart_box([m[s] for _, _, m in rows for s in range(m.shape[0])], rows[0][1].shape[1:])
@@ -38,6 +42,9 @@ def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path
             ax.set_yticks([])
             if s < image.shape[0]:
                 ax.imshow(overlay(image[s][sl], mask[s][sl]), interpolation="nearest")
+            if flagged and (r, s) in flagged:
+                for spine in ax.spines.values():
+                    spine.set(edgecolor=FLAG_COLOUR, linewidth=2.5)
             if r == 0:
                 k = slice_numbers[s] if slice_numbers is not None else s
                 ax.set_title(f"k={k}" + (" (base)" if s == 0 else " (apex)" if s == n_slices - 1 else ""), fontsize=7)

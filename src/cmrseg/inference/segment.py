@@ -209,7 +209,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
                                                written)
             outputs += segs
             meas["note"] = "; ".join(n for n in (meas["note"], seg_note) if n)
-        montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written)
+        montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written, flags)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -304,18 +304,29 @@ def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Pa
     return outputs
 
 
+def montage_flags(study: Study, shown: list[int], flags: list[dict[str, Any]]) -> set[tuple[int, int]]:
+    """(row, column) of the montage cells that ``flags`` name: a slice (in-memory index) of the
+    row's frame (``shown``: the frame of each row), or of every frame (a flag without a frame,
+    e.g. a slice position missing from the whole series)."""
+    return {(row, f["slice"]) for row, t in enumerate(shown) for f in flags
+            if f.get("slice") is not None and f.get("frame") in (_frame_label(study, t), "")}
+
+
 def _write_figures(study: Study, masks: list[np.ndarray], meas: dict[str, Any], fig_dir: Path, owned: set[Path],
-                   written: list[Path]) -> tuple[Path, Path | None]:
-    """The ED/ES montage and (for a cine) the volume curve; returns their paths."""
+                   written: list[Path], flags: list[dict[str, Any]] = ()) -> tuple[Path, Path | None]:
+    """The ED/ES montage (the slices ``flags`` name framed) and (for a cine) the volume curve;
+    returns their paths."""
     ed, es, volumes = meas["ed"], meas["es"], meas["volumes"]
     shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
         else [(_frame_label(study, ed), ed)]
+    flagged = montage_flags(study, [t for _, t in shown], flags)
     for fig in (fig_dir / f"{study.name}_montage.png", fig_dir / f"{study.name}_volumes.png"):
         check_target(fig, owned)
     n = study.frames[0].num_slices
     numbers = [n - 1 - s for s in range(n)] if study.frames[0].geometry.slices_reversed else list(range(n))
     written.append(montage([(label, study.frames[t].image, masks[t]) for label, t in shown],
-                           fig_dir / f"{study.name}_montage.png", title=study.name, slice_numbers=numbers))
+                           fig_dir / f"{study.name}_montage.png", title=study.name, slice_numbers=numbers,
+                           flagged=flagged))
     if len(masks) <= 2:
         return written[-1], None
     trig = [f.meta.get("trigger_time_ms") for f in study.frames]
