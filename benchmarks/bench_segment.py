@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--tta", default="auto", choices=TTA_MODES, help="as cmrseg segment --tta")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
-                    help="as cmrseg segment --precision (fp32: a CPU without native bf16, as most laptops)")
+                    help="as cmrseg segment --precision (fp32: as on a CPU without native bf16)")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
