@@ -313,13 +313,13 @@ def montage_flags(study: Study, shown: list[int], flags: list[dict[str, Any]]) -
 
 
 def _write_figures(study: Study, masks: list[np.ndarray], meas: dict[str, Any], fig_dir: Path, owned: set[Path],
-                   written: list[Path], flags: list[dict[str, Any]] = ()) -> tuple[Path, Path | None]:
+                   written: list[Path], flags: list[dict[str, Any]] | None = None) -> tuple[Path, Path | None]:
     """The ED/ES montage (the slices ``flags`` name framed) and (for a cine) the volume curve;
     returns their paths."""
     ed, es, volumes = meas["ed"], meas["es"], meas["volumes"]
     shown = [(f"ED ({_frame_label(study, ed)})", ed), (f"ES ({_frame_label(study, es)})", es)] if ed != es \
         else [(_frame_label(study, ed), ed)]
-    flagged = montage_flags(study, [t for _, t in shown], flags)
+    flagged = montage_flags(study, [t for _, t in shown], flags or [])
     for fig in (fig_dir / f"{study.name}_montage.png", fig_dir / f"{study.name}_volumes.png"):
         check_target(fig, owned)
     n = study.frames[0].num_slices
