@@ -389,13 +389,13 @@ def read_dicom_series(
     reference = next(frames for frames in layout.ordered if len(frames) == layout.num_frames)
     times = [_trigger(ds) for _, ds in reference]
     image_files = _image_files(layout, num_slices)
+    body = body_facts(first)  # height, weight, heart rate: BSA-indexed measures and cardiac output
     interval = float(np.median(np.diff(times))) if len(times) > 1 and None not in times else None
     volumes = []
     for t in range(layout.num_frames):
         missing = [int(k) for k in np.flatnonzero(~present[t])]
         meta = {"frame_index": t, "num_frames": layout.num_frames, "trigger_time_ms": times[t],
-                "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None,
-                **body_facts(first),  # height, weight, heart rate: BSA-indexed measures and cardiac output
+                "frame_interval_ms": interval, "patient": str(first.get("PatientID", "")) or None, **body,
                 # in-memory (base -> apex) indices of slices with no image in the series at this frame
                 "missing_slices": sorted(num_slices - 1 - k for k in missing) if reverse else missing,
                 # the file of each slice k (file order) of this frame, for a DICOM SEG of the masks
