@@ -14,7 +14,7 @@ from cmrseg import __version__
 from cmrseg.errors import CmrsegError
 
 LABELS_HELP = ("the data's label value of each structure, e.g. LV=1,MYO=2,RV=3 for M&Ms (default RV=1,MYO=2,LV=3, "
-               "ACDC's; other values are background)")
+               "ACDC's; values 1-255; a value not named is refused)")
 
 
 def _spacing(values):

@@ -32,8 +32,8 @@ ACDC_LABELS = "RV=1,MYO=2,LV=3"
 
 def parse_labels(text: str) -> np.ndarray:
     """``"LV=1,MYO=2,RV=3"`` (the data's value of each structure) -> a lookup table ``[256]``
-    from the data's values to this project's; values not named become background. Raises
-    ``ValueError`` with the problem."""
+    from the data's values to this project's, values not named mapping to 0 (data holding such a
+    value is refused by :func:`to_project_labels`). Raises ``ValueError`` with the problem."""
     lut = np.zeros(256, dtype=np.uint8)
     seen: dict[str, int] = {}
     for part in text.split(","):
@@ -65,6 +65,24 @@ def label_table(text: str, where) -> np.ndarray:
 def relabel(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """A mask in the data's values -> this project's (:func:`parse_labels`)."""
     return lut[np.asarray(label, dtype=np.uint8)]
+
+
+def to_project_labels(label: np.ndarray, where, given: str | None = None) -> np.ndarray:
+    """A label map as read (uint8, :func:`cmrseg.data.validation.check_label`) in the values of
+    its convention ``given`` (``--labels``; ``None``: this project's) -> this project's values.
+    A value the convention does not name is refused with :class:`~cmrseg.errors.InputError`
+    naming ``where``, rather than read as background: a structure left out (a scar label, a
+    value mistyped) would otherwise vanish from training and scoring in silence."""
+    lut = label_table(given or ACDC_LABELS, where)
+    values = np.unique(label)
+    unnamed = values[(values != 0) & (lut[values] == 0)]
+    if unnamed.size:
+        if given is None:
+            raise InputError(where, f"label values {unnamed.tolist()} outside 0..3 (0 bg, 1 RV, 2 MYO, 3 LV); "
+                                    f"data labelled otherwise: give its values with --labels, e.g. --labels LV=1,MYO=2,RV=3")
+        raise InputError(where, f"label values {unnamed.tolist()} not named by --labels {given}: "
+                                f"each value must be one of its structures or 0")
+    return label if given is None else relabel(label, lut)
 
 
 def cine_phases(masks: list[np.ndarray]) -> list[str | None]:

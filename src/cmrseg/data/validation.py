@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.labels import NUM_CLASSES
 
 #: plausible voxel sizes (mm) of a cardiac short-axis stack; outside them a header is wrong
 #: (0 or 1 mm placeholders, metres for millimetres), and volumes would be wrong in silence
@@ -46,15 +45,20 @@ def check_image(image: np.ndarray, path: str | Path, allow_4d: bool = False, inp
 
 
 def check_label(label: np.ndarray, image_shape: tuple[int, ...], path: str | Path) -> np.ndarray:
-    """Validate a ground-truth mask against its image; return it as uint8."""
+    """Validate a label map against its image as a file: its shape, integer values 0..255;
+    return it as uint8. Which values it may hold depends on its label convention (``--labels``),
+    which the readers do not know: :func:`cmrseg.labels.to_project_labels` checks them."""
     if tuple(label.shape) != tuple(image_shape):
         raise InputError(path, f"label shape {tuple(label.shape)} does not match image shape {tuple(image_shape)}")
+    if not np.issubdtype(label.dtype, np.number) or np.issubdtype(label.dtype, np.complexfloating):
+        raise InputError(path, f"label has non-real dtype {label.dtype}")
     if np.issubdtype(label.dtype, np.floating):
         if not np.isfinite(label).all() or not np.all(label == np.round(label)):
             raise InputError(path, "label has non-integer values")
-    bad = np.setdiff1d(np.unique(label), np.arange(NUM_CLASSES))
+    bad = np.setdiff1d(np.unique(label), np.arange(256))
     if bad.size:
-        raise InputError(path, f"label values {bad.tolist()} outside 0..3 (0 bg, 1 RV, 2 MYO, 3 LV)")
+        shown = ", ".join(f"{v:g}" for v in bad[:5].tolist()) + (" ..." if bad.size > 5 else "")
+        raise InputError(path, f"label values [{shown}] outside 0..255: not a label map")
     return label.astype(np.uint8)
 
 

@@ -28,7 +28,7 @@ from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
-from cmrseg.labels import CLASS_NAMES, check_convention, cine_phases, label_map_json, label_table, relabel
+from cmrseg.labels import CLASS_NAMES, check_convention, cine_phases, label_map_json, label_table, to_project_labels
 
 
 @dataclass
@@ -379,14 +379,15 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
     if missing:
         raise InputError(pred_dir, f"no prediction for {len(missing)} of {len(gts)} truth files: "
                                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-    lut = label_table(labels, gt_dir) if labels is not None else None
-    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, lut)]
+    if labels is not None:
+        label_table(labels, gt_dir)  # a malformed --labels is refused once, naming the truth folder
+    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, labels)]
     check_convention([c.gt for c in cases], gt_dir, labels)
     return cases
 
 
 def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
-                lut: np.ndarray | None) -> list[EvalCase]:
+                labels: str | None) -> list[EvalCase]:
     """The cases of one truth file: one for a 3D map; for a 4D label cine one per frame the
     truth labels (frames left all zero are not labelled, as in the M&Ms data), each against
     the prediction's frame of the same index, named ``<key>_frameNN`` (1-based), with ED and
@@ -401,10 +402,10 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
         if p.label.shape != g.label.shape:
             raise InputError(pred_path, f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
         sp = spacing if spacing is not None else g.geometry.spacing
-        gt = relabel(g.label, lut) if lut is not None else g.label
+        gt = to_project_labels(g.label, gt_path, labels)
         name, meta = ((key, g.meta) if len(gts) == 1
                       else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1}))
-        cases.append(EvalCase(name, p.label, gt, sp, meta))
+        cases.append(EvalCase(name, to_project_labels(p.label, pred_path), gt, sp, meta))
     if len(gts) > 1:
         for case, phase in zip(cases, cine_phases([c.gt for c in cases])):
             if phase and "phase" not in case.meta:

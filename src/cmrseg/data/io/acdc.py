@@ -129,6 +129,11 @@ def case_facts(folder: Path, name: str) -> dict[str, Any]:
     return meta
 
 
+def acdc_label_path(frame_file: Path) -> Path:
+    """The expert mask beside an ACDC frame file: ``patientNNN_frameMM_gt.nii.gz``."""
+    return frame_file.with_name(strip_suffix(frame_file) + "_gt.nii.gz")
+
+
 def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order: str = "auto") -> Study:
     """An ACDC release patient folder as one study: its frame files (with ``_gt`` masks when
     present), or its 4D cine when no frame files exist, with ED/ES from ``Info.cfg``."""
@@ -143,7 +148,7 @@ def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order:
         (vol,) = read_nifti(p, slice_order)
         vol.meta.update(info)
         vol.meta.update(patient=case, frame=frame, phase=phase_of_frame(frame, info))
-        gt = p.with_name(strip_suffix(p) + "_gt.nii.gz")
+        gt = acdc_label_path(p)
         if with_labels and gt.is_file():
             vol.label = read_nifti_label(gt, vol)
         volumes.append(vol)

@@ -9,14 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
-from cmrseg.data.io.acdc import case_facts, is_acdc_patient_folder, read_acdc_patient
+from cmrseg.data.io.acdc import acdc_label_path, case_facts, is_acdc_patient_folder, read_acdc_patient
 from cmrseg.data.io.common import is_h5, is_nifti, parse_frame_name, strip_suffix
 from cmrseg.data.io.formats import described, format_named, format_of, label_formats
 from cmrseg.data.io.h5 import read_h5
 from cmrseg.data.io.nifti import read_nifti, read_nifti_labels
 from cmrseg.data.volume import Volume
 from cmrseg.errors import InputError
-from cmrseg.labels import check_convention, cine_phases, label_table, relabel
+from cmrseg.labels import check_convention, cine_phases, label_table, to_project_labels
 
 
 def read_volumes(
@@ -73,7 +73,7 @@ def load_labelled_dataset(root: str | Path, slice_order: str = "auto", labels: s
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "dataset folder not found")
-    volumes: list[Volume] = []
+    labelled: list[tuple[Volume, Path]] = []  # each volume with the file its label came from
     h5_files = sorted(p for p in root.iterdir() if is_h5(p))
     patients = sorted(p for p in root.iterdir() if is_acdc_patient_folder(p))
     if h5_files:
@@ -81,20 +81,21 @@ def load_labelled_dataset(root: str | Path, slice_order: str = "auto", labels: s
             vol = read_h5(p)
             if vol.label is None:
                 raise InputError(p, "no dataset 'label': a training/evaluation set needs labels")
-            volumes.append(vol)
+            labelled.append((vol, p))
     elif patients:
         for folder in patients:
             study = read_acdc_patient(folder, slice_order=slice_order)
-            volumes.extend(v for v in study.frames if v.label is not None)
+            labelled.extend((v, acdc_label_path(v.path)) for v in study.frames if v.label is not None)
     else:
         for gt in sorted(p for p in root.iterdir() if is_nifti(p) and strip_suffix(p).endswith("_gt")):
-            volumes.extend(_nifti_labelled_frames(gt, slice_order))
-    if not volumes:
+            labelled.extend((vol, gt) for vol in _nifti_labelled_frames(gt, slice_order))
+    if not labelled:
         raise InputError(root, "no labelled volumes found (h5 files, ACDC patient folders or *_gt.nii.gz)")
     if labels is not None:
-        lut = label_table(labels, root)
-        for vol in volumes:
-            vol.label = relabel(vol.label, lut)
+        label_table(labels, root)  # a malformed --labels is refused once, naming the dataset
+    for vol, label_file in labelled:
+        vol.label = to_project_labels(vol.label, label_file, labels)
+    volumes = [vol for vol, _ in labelled]
     check_convention([vol.label for vol in volumes], root, labels)
     _label_cine_phases(volumes)
     return volumes
