@@ -334,13 +334,17 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
 
     study = load_study(discover_all([src])[0][0])
     truth = np.ascontiguousarray(label.transpose(2, 1, 0))
-    preds = [Prediction(truth.copy(), None, 0.0)]
+    per_slice = (truth > 0).reshape(truth.shape[0], -1).sum(1).astype(float)  # anything tied to its slice
+    preds = [Prediction(truth.copy(), np.repeat(per_slice[:, None], 3, 1), 0.0, per_slice.copy())]
     said = _orient(study, preds, "auto")
     assert said.startswith("anatomy")
     assert study.frames[0].geometry.slices_reversed == reverse
     heart = np.flatnonzero(((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1))
     area = ((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1)
     assert area[heart[0]] >= area[heart[-1]]  # in memory the large (basal) end comes first
+    moved = (preds[0].mask > 0).reshape(truth.shape[0], -1).sum(1)  # per-slice facts turn with the mask
+    np.testing.assert_array_equal(preds[0].expected_errors, moved)
+    np.testing.assert_array_equal(preds[0].class_probs[:, 0], moved)
 
 
 def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_dir, smoke_model, tmp_path):

@@ -3,9 +3,13 @@ and the verdict a reader would give (issue 12)."""
 
 import numpy as np
 import pytest
+import torch
 
 from cmrseg.data.volume import Geometry, Study, Volume
-from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
+from cmrseg.inference.predictor import Prediction
+from cmrseg.inference.quality import (mid_slice_count, slice_flags, study_flags, study_uncertainty_flags,
+                                      uncertainty_flags, uncertainty_share, verdict)
+from cmrseg.labels import LV
 from cmrseg.inference.segment import _in_file_order
 
 PX = 1.5  # mm
@@ -105,3 +109,30 @@ def test_flag_slices_are_voxel_indices_of_the_written_mask():
     assert _in_file_order({"slice": None, "flag": "f"}, study)["slice"] is None
     geom.slices_reversed = False
     assert _in_file_order({"slice": 2, "flag": "f"}, study)["slice"] == 2
+
+
+def _uncertain_probs(slices_p):
+    """Probabilities ``[S, 4, 32, 32]``: background certain, except a 10x10 square per slice
+    whose class probabilities (bg, RV, MYO, LV) are ``slices_p[s]``."""
+    probs = torch.zeros(len(slices_p), 4, 32, 32)
+    probs[:, 0] = 1.0
+    for s, p in enumerate(slices_p):
+        probs[s, :, 5:15, 5:15] = torch.tensor(p).view(4, 1, 1)
+    return probs
+
+
+def test_the_model_expecting_half_a_slice_wrong_flags_it_and_a_study_from_a_fifth():
+    probs = _uncertain_probs([(0.4, 0.0, 0.0, 0.6), (0.25, 0.0, 0.35, 0.4), (0.0, 0.0, 0.0, 1.0)])
+    pred = Prediction.from_probabilities(probs, None, "none", 0.0)
+    assert (pred.mask[:, 5:15, 5:15] == LV).all() and pred.mask.sum() == 3 * 100 * LV
+    np.testing.assert_allclose(pred.expected_errors, [40.0, 60.0, 0.0], atol=1e-3)  # 100 px x (1 - top p)
+    flags = uncertainty_flags(pred.expected_errors, pred.mask, "frame 1")
+    assert [(f["slice"], f["flag"]) for f in flags] == [(1, "uncertain_slice")]  # 0.6 of the mask; 0.4 is not
+    assert "60 px wrong on a mask of 100 px" in flags[0]["detail"]
+    share = uncertainty_share(pred.expected_errors.sum(), (pred.mask > 0).sum())
+    assert share == pytest.approx(100 / 300, abs=1e-4)
+    assert [f["flag"] for f in study_uncertainty_flags(share)] == ["uncertain_study"]
+    assert verdict(study_uncertainty_flags(share)) == "review"
+    assert study_uncertainty_flags(0.19) == []
+    assert verdict(study_uncertainty_flags(0.5)) == "fail"
+    assert uncertainty_share(50.0, 0) == 1.0 and uncertainty_share(0.0, 0) == 0.0  # errors with no mask: all wrong

@@ -23,7 +23,7 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
     assert m.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and c.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     measures = {k: float(i + 1) for i, k in enumerate(REPORT_MEASURES)} | {"RVEF (%)": float("nan")}
     cases = [
-        {"study": "a", "status": "ok", "qc": "review", "frames": 3, "ed_frame": 1, "es_frame": 3, "measures": measures,
+        {"study": "a", "status": "ok", "qc": "review", "uncertainty": 0.123, "frames": 3, "ed_frame": 1, "es_frame": 3, "measures": measures,
          "montage": "figures/a_montage.png", "curve": "figures/a_volumes.png", "outputs": ["a.nii.gz"], "seconds": 1.5,
          "flags": [{"flag": "lv_not_enclosed", "frame": "ED", "slice": 4, "detail": "LV touches <background>"}]},
         {"study": "<b>evil</b>", "status": "failed", "error": "x.nii.gz: unknown format"},
@@ -41,10 +41,11 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
     assert re.findall(r"<th>(.*?)</th>", header)[4:-1] == [*REPORT_MEASURES, "BSA (m2)", "LVEDVi (mL/m2)"]
     row = re.search(r"<tr><td class='l'><a href='#a'>a</a></td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
-    assert cells[0] == "review" and cells[4:4 + len(REPORT_MEASURES)] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "–"]
-    assert cells[4 + len(REPORT_MEASURES):-1] == ["–", "–"]
+    assert cells[0] == "review" and cells[1] == "12 %"  # the share of its masks the model expects wrong
+    assert cells[5:5 + len(REPORT_MEASURES)] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "–"]
+    assert cells[5 + len(REPORT_MEASURES):-1] == ["–", "–"]
     row_b = re.findall(r"<td[^>]*>(.*?)</td>", re.search(r"<a href='#b'>b</a></td>(.*?)</tr>", text).group(1))
-    assert row_b[4 + len(REPORT_MEASURES):-1] == ["1.8", "0.5"]
+    assert row_b[1] == "–" and row_b[5 + len(REPORT_MEASURES):-1] == ["1.8", "0.5"]  # no uncertainty given
     assert text.count("data:image/png;base64,") == 2  # pictures embedded: the file works alone
     assert "lv_not_enclosed" in text and "LV touches &lt;background&gt;" in text
 

@@ -58,6 +58,9 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
     assert rows["patient001"]["ED/ES from"].startswith("header") and rows["patient001"]["LVEF (%)"] != ""
     assert rows["patient002_4d"]["ED/ES from"] == "largest / smallest LV volume"
     assert rows["stack"]["LV volume (mL)"] != "" and rows["stack"]["LVEF (%)"] == ""
+    for name, case in summary["cases"].items():  # the share of its masks the model expects wrong
+        assert 0.0 <= case["uncertainty"] <= 1.0 and float(rows[name]["uncertainty (%)"]) == pytest.approx(
+            100 * case["uncertainty"], abs=0.05)
     assert (out / "figures" / "patient002_4d_volumes.png").exists()
     assert (out / "figures" / "patient001_montage.png").exists()
     assert "data:image/png;base64" in (out / "report.html").read_text()

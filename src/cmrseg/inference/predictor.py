@@ -26,7 +26,6 @@ from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
-from cmrseg.models.outputs import class_argmax
 from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -105,18 +104,27 @@ class Prediction:
     mask: uint8 ``[S, H, W]`` in the input's grid (0 bg, 1 RV, 2 MYO, 3 LV).
     class_probs: ``[S, 3]`` presence probabilities of (RV, MYO, LV) for multitask models.
     seconds: model time (preprocessing, forward, resampling back).
+    expected_errors: ``[S]`` float, per slice the pixels the model itself expects to be wrong:
+        the sum over the slice of 1 - the top class probability (the probabilities averaged
+        over flips and ensemble members, in the input's grid). Quality control compares it
+        with the mask's area (:func:`cmrseg.inference.quality.uncertainty_share`).
     """
 
     mask: np.ndarray
     class_probs: np.ndarray | None
     seconds: float
+    expected_errors: np.ndarray | None = None
 
     @classmethod
     def from_probabilities(cls, probs: torch.Tensor, presence: torch.Tensor | None, method: str,
                            started: float) -> "Prediction":
-        """Input-grid probabilities ``[S, 4, H, W]`` -> argmax mask cleaned up by ``method``."""
-        mask = postprocess(class_argmax(probs).to(torch.uint8).cpu().numpy(), method)
-        return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started)
+        """Input-grid probabilities ``[S, 4, H, W]`` -> argmax mask cleaned up by ``method``,
+        and the expected errors per slice."""
+        top = probs.max(dim=1)  # .indices is class_argmax (its docstring says why not argmax)
+        mask = postprocess(top.indices.to(torch.uint8).cpu().numpy(), method)
+        expected = (1.0 - top.values.float()).sum(dim=(1, 2)).cpu().numpy().astype(np.float64)
+        return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started,
+                   expected)
 
 
 class Predictor:

@@ -13,6 +13,14 @@ Per study (``study_flags``): ED and ES adjacent frames of a cine, LV and RV stro
 disagree, measures outside loose physiological limits (``fail``) or outside adult normal ranges
 (``review``), no voxel size (no volumes at all).
 
+One more pair of checks asks the model itself (``uncertainty_flags``, from the probabilities
+:class:`~cmrseg.inference.predictor.Prediction` sums into ``expected_errors``): a slice whose
+expected errors reach half its mask (``uncertain_slice``), and a study whose expected errors
+reach a fifth (``uncertain_study``, review) or half (``unreliable_study``, fail) of its masks.
+A model confidently wrong passes them, so they add to the checks above and replace none; on
+ACDC val the share the default expects is 9.8 % of its masks against 10.9 % actually wrong
+(``docs/RESULTS.md``, "The model's own uncertainty").
+
 ``verdict``: ``fail`` when any flag is a failure (``FAIL_FLAGS``, or a per-slice anatomy flag on
 at least half of the mid-ventricular slices of a phase), ``review`` when any flag is raised,
 ``ok`` otherwise. Ranges flag results for review; they are not diagnostic limits.
@@ -36,12 +44,48 @@ SV_TOLERANCE = 0.35  # |LVSV - RVSV| / max(LVSV, RVSV) above this: review
 MIN_PIXELS = 5  # a "present" class with fewer mask pixels disagrees with its classifier
 #: flags that fail a study on their own; the per-slice anatomy flags fail it when they hit at
 #: least half of a phase's mid-ventricular slices
-FAIL_FLAGS = {"no_heart", "implausible_measure"}
+FAIL_FLAGS = {"no_heart", "implausible_measure", "unreliable_study"}
 ANATOMY_FLAGS = {"lv_not_enclosed", "wall_thickness", "rv_not_beside_lv"}
+#: share of a mask the model expects to be wrong (:func:`uncertainty_share`) from which a slice
+#: is flagged, and a study sent to review / failed (round values, not fitted: half of a slice's
+#: mask, and twice / five times the 10 % the default expects of a whole ACDC study)
+UNCERTAIN_SLICE = 0.5
+UNCERTAIN_STUDY = (0.2, 0.5)
 
 
 def _flag(frame: str, s: int | None, name: str, detail: str) -> dict[str, Any]:
     return {"frame": frame, "slice": s, "flag": name, "detail": detail}
+
+
+def uncertainty_share(expected_errors: float, mask_pixels: float) -> float:
+    """The share of a mask the model expects to be wrong: its expected errors (pixels,
+    :attr:`Prediction.expected_errors`) over the mask's pixels, 1 where they outnumber the mask
+    (the errors may lie outside it: pixels it missed), 0 without either."""
+    return float(expected_errors / max(mask_pixels, expected_errors)) if expected_errors > 0 else 0.0
+
+
+def uncertainty_flags(expected_errors: np.ndarray, mask: np.ndarray, frame: str = "") -> list[dict[str, Any]]:
+    """``uncertain_slice`` for each slice of ``mask`` (``[S, H, W]``) with a heart whose share
+    (:func:`uncertainty_share`) reaches ``UNCERTAIN_SLICE``."""
+    area = (mask > 0).reshape(mask.shape[0], -1).sum(1)
+    flags = []
+    for s in np.flatnonzero(area):
+        share = uncertainty_share(expected_errors[s], area[s])
+        if share >= UNCERTAIN_SLICE:
+            flags.append(_flag(frame, int(s), "uncertain_slice", f"the model expects {expected_errors[s]:.0f} px wrong "
+                                                                 f"on a mask of {area[s]} px"))
+    return flags
+
+
+def study_uncertainty_flags(share: float) -> list[dict[str, Any]]:
+    """The study's share (:func:`uncertainty_share` of its checked frames' sums) against
+    ``UNCERTAIN_STUDY``."""
+    review, fail = UNCERTAIN_STUDY
+    if share < review:
+        return []
+    name = "unreliable_study" if share >= fail else "uncertain_study"
+    return [_flag("", None, name, f"the model expects {100 * share:.0f} % of its masks wrong "
+                                  f"(review from {100 * review:.0f} %, fail from {100 * fail:.0f} %)")]
 
 
 def slice_flags(mask: np.ndarray, class_probs: np.ndarray | None = None, frame: str = "",

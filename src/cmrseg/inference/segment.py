@@ -44,7 +44,8 @@ from cmrseg.inference.output_folder import (case_records, check_location, check_
                                             ensure_writable, owned_files, shard_records)
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
 from cmrseg.inference.predictor import Predictor, set_tta, tta_name
-from cmrseg.inference.quality import mid_slice_count, slice_flags, study_flags, verdict
+from cmrseg.inference.quality import (mid_slice_count, slice_flags, study_flags, study_uncertainty_flags,
+                                      uncertainty_flags, uncertainty_share, verdict)
 from cmrseg.inference.report import montage, volume_curve, write_html
 from cmrseg.labels import label_map_json
 
@@ -166,6 +167,8 @@ def _reverse_in_memory(study: Study, preds: list) -> None:
         p.mask = np.ascontiguousarray(p.mask[::-1])
         if p.class_probs is not None:
             p.class_probs = np.ascontiguousarray(p.class_probs[::-1])
+        if p.expected_errors is not None:
+            p.expected_errors = np.ascontiguousarray(p.expected_errors[::-1])
 
 
 def _orient(study: Study, preds: list, slice_order: str) -> str:
@@ -196,10 +199,12 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     order_from = _orient(study, preds, slice_order)
     for v, p in zip(study.frames, preds):  # no image there in the input: nothing is labelled there
         p.mask[v.meta.get("missing_slices") or []] = 0
+        if p.expected_errors is not None:
+            p.expected_errors[v.meta.get("missing_slices") or []] = 0.0
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
     ed, es = meas["ed"], meas["es"]
-    flags, mid = _quality_flags(study, preds, meas)
+    flags, mid, uncertainty = _quality_flags(study, preds, meas)
     qc = verdict(flags, mid)
     written: list[Path] = []
     try:
@@ -222,7 +227,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
         "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
         "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
         "base_slice_k": study.frames[0].num_slices - 1 if geom.slices_reversed else 0, "base_apex_from": order_from,
-        "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": qc,
+        "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": qc, "uncertainty": uncertainty,
         "flags": [_in_file_order(f, study) for f in flags],
         "outputs": [str(p.relative_to(out)) for p in outputs],
         "montage": str(montage_path.relative_to(out)),
@@ -231,17 +236,24 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     }
 
 
-def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[list[dict], dict[str, int]]:
-    """QC flags of a segmented study (slices of ED and ES, the measures, the input's gaps)
-    and the mid-ventricular slice count per checked frame."""
+def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[list[dict], dict[str, int], float | None]:
+    """QC flags of a segmented study (slices of ED and ES, the measures, the input's gaps),
+    the mid-ventricular slice count per checked frame, and the share of the checked frames'
+    masks the model expects to be wrong (``None`` when the predictor gives no expected errors)."""
     ed, es, voxel_ml, n = meas["ed"], meas["es"], meas["voxel_ml"], len(preds)
-    flags, mid = [], {}
+    flags, mid, checked = [], {}, []
     spacing = study.frames[0].geometry.inplane_spacing
     pixel_mm = float(np.sqrt(spacing[0] * spacing[1])) if spacing is not None else None
     for t, pred in enumerate(preds):
         if t in (ed, es) or n <= 2:
             flags += slice_flags(pred.mask, pred.class_probs, _frame_label(study, t), pixel_mm)
             mid[_frame_label(study, t)] = mid_slice_count(pred.mask)
+            if pred.expected_errors is not None:
+                flags += uncertainty_flags(pred.expected_errors, pred.mask, _frame_label(study, t))
+                checked.append(pred)
+    share = (uncertainty_share(sum(float(p.expected_errors.sum()) for p in checked),
+                               sum(int((p.mask > 0).sum()) for p in checked)) if checked else None)
+    flags += study_uncertainty_flags(share) if share is not None else []
     if n > 1 or voxel_ml is None:
         flags += study_flags(meas["measures"], voxel_ml is not None, n, ed, es)
     gaps = [v.meta.get("missing_slices") or [] for v in study.frames]
@@ -252,7 +264,7 @@ def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[lis
         flags += [{"frame": _frame_label(study, t), "slice": k, "flag": "missing_image",
                    "detail": "no image for this slice and frame in the input: mask left empty, volumes interpolate it"}
                   for t, g in enumerate(gaps) for k in g]
-    return flags, mid
+    return flags, mid, share
 
 
 def _seg_algorithm(predictor: Predictor | EnsemblePredictor) -> str:
@@ -354,8 +366,8 @@ def _is_done(out: Path, name: str) -> bool:
 
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    cols = ["study", "qc", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS,
-            *BODY_COLUMNS, "note", "flags"]
+    cols = ["study", "qc", "uncertainty (%)", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS,
+            *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS, "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
@@ -364,7 +376,8 @@ def _measures_csv(cases: list[dict[str, Any]]) -> str:
             continue
         m = c["measures"]
         flags = sorted({f["flag"] for f in c["flags"]})
-        w.writerow([c["study"], c.get("qc", ""), c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
+        share = c.get("uncertainty")
+        w.writerow([c["study"], c.get("qc", ""), "" if share is None else f"{100 * share:.1f}", c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
                     *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
                       for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
                     c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
@@ -392,7 +405,7 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     write_text(out / "volumes.csv", _volumes_csv(cases))
     shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
     summary = {**info, "shards": shards, "label_map": label_map_json(),
-               "cases": {c["study"]: {k: c.get(k) for k in ("status", "qc", "seconds", "model_seconds", "outputs",
+               "cases": {c["study"]: {k: c.get(k) for k in ("status", "qc", "uncertainty", "seconds", "model_seconds", "outputs",
                                                               "error", "measures", "note", "ed_frame", "es_frame",
                                                               "flags")}
                          for c in cases},
