@@ -20,7 +20,10 @@ Per shift, over the patients (ED and ES masks as written):
   the mask have such a Dice (the flags' recall);
 * the study flags' verdicts (``uncertain_study``, ``unreliable_study``).
 
-Writes ``OUT/uncertainty_qc.md`` and ``.json``.
+Writes ``OUT/uncertainty_qc.md`` and ``.json``. (``cmrseg evaluate`` now reports the flags'
+precision on any ``cmrseg segment`` output, counting slices with a heart in the mask or the
+truth: :mod:`cmrseg.evaluation.quality_check`; this script adds the maxima, the rank
+correlation and the rows by shift.)
 """
 
 from __future__ import annotations
@@ -34,17 +37,10 @@ from scipy.stats import spearmanr
 
 from cmrseg.data.io.common import parse_frame_name, strip_suffix
 from cmrseg.data.io.readers import read_label_volume
+from cmrseg.evaluation.quality_check import BAD_SLICE_DICE, slice_dice
 from cmrseg.inference.quality import uncertainty_share
-from cmrseg.labels import CLASS_NAMES
 
-BAD_DICE = 0.7
-
-
-def slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over the classes in either slice (1.0 when both are empty)."""
-    scores = [2.0 * float(((pred == k) & (truth == k)).sum()) / float((pred == k).sum() + (truth == k).sum())
-              for k in range(1, len(CLASS_NAMES) + 1) if (pred == k).any() or (truth == k).any()]
-    return float(np.mean(scores)) if scores else 1.0
+BAD_DICE = BAD_SLICE_DICE
 
 
 def study_rows(pred_dir: Path, data_dir: Path, name: str, case: dict) -> dict:

@@ -47,6 +47,10 @@ def test_domain_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_
         summary = json.loads((tmp_path / "eval" / r["shift"] / "summary.json").read_text())
         assert r["vol"] == summary["levels"]["volume"]["avg"]
         assert r["LVM (g) bias"] == summary["clinical"]["all"]["LVM (g) bias"]
+        # cmrseg evaluate found cmrseg segment's records and checked its QC against the truth
+        qc = summary["quality_control"]
+        assert qc["uncertainty"]["studies"] == 1 and sum(v["studies"] for v in qc["verdicts"].values()) == 1
+        assert 0 <= qc["bad_slices_flagged"] <= qc["bad_slices"] <= qc["slices"]
     _check_uncertainty_table(tmp_path, load_script)
 
 

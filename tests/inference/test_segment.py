@@ -58,6 +58,13 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
     assert rows["patient001"]["ED/ES from"].startswith("header") and rows["patient001"]["LVEF (%)"] != ""
     assert rows["patient002_4d"]["ED/ES from"] == "largest / smallest LV volume"
     assert rows["stack"]["LV volume (mL)"] != "" and rows["stack"]["LVEF (%)"] == ""
+    for name, case in summary["cases"].items():  # which frames each mask file holds, which QC checked
+        assert sorted(case["output_frames"]) == sorted(case["outputs"])
+        assert set(case["qc_frames"]) <= {label for labels in case["output_frames"].values() for label in labels}
+    frames_4d = summary["cases"]["patient002_4d"]["output_frames"]["patient002_4d.nii.gz"]
+    assert frames_4d == [f"frame {t + 1}" for t in range(len(read_volumes(acdc / "patient002" / "patient002_4d.nii.gz")))]
+    cine = summary["cases"]["patient002_4d"]  # QC checks the cine's ED and ES frames
+    assert cine["qc_frames"] == sorted({f"frame {cine['ed_frame']}", f"frame {cine['es_frame']}"})
     for name, case in summary["cases"].items():  # the share of its masks the model expects wrong
         assert 0.0 <= case["uncertainty"] <= 1.0 and float(rows[name]["uncertainty (%)"]) == pytest.approx(
             100 * case["uncertainty"], abs=0.05)

@@ -27,6 +27,7 @@ from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agr
 from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
+from cmrseg.evaluation.quality_check import check_quality, quality_table
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
 from cmrseg.labels import CLASS_NAMES, check_convention, cine_phases, label_map_json, label_table, to_project_labels
 
@@ -40,6 +41,10 @@ class EvalCase:
     gt: np.ndarray
     spacing: tuple[float, float, float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: where the prediction came from: (file relative to the prediction folder, frame index in
+    #: it, whether its slices were reversed to run base -> apex), for matching the QC records
+    #: of ``cmrseg segment`` (:mod:`cmrseg.evaluation.quality_check`)
+    source: tuple[str, int, bool] | None = None
 
 
 @dataclass
@@ -315,6 +320,7 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
             md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
     md += volume_error_table(summary.get("volume_error_by_level") or {})
+    md += quality_table(summary["quality_control"]) if summary.get("quality_control") else []
     md += _figures(out, results, rows, summary)
     write_text(out / "table.md", "\n".join(md))
     write_json(out / "summary.json", summary)
@@ -381,13 +387,13 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
                                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     if labels is not None:
         label_table(labels, gt_dir)  # a malformed --labels is refused once, naming the truth folder
-    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, labels)]
+    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, labels, pred_dir)]
     check_convention([c.gt for c in cases], gt_dir, labels)
     return cases
 
 
 def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
-                labels: str | None) -> list[EvalCase]:
+                labels: str | None, pred_dir: Path) -> list[EvalCase]:
     """The cases of one truth file: one for a 3D map; for a 4D label cine one per frame the
     truth labels (frames left all zero are not labelled, as in the M&Ms data), each against
     the prediction's frame of the same index, named ``<key>_frameNN`` (1-based), with ED and
@@ -405,7 +411,8 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
         gt = to_project_labels(g.label, gt_path, labels)
         name, meta = ((key, g.meta) if len(gts) == 1
                       else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1}))
-        cases.append(EvalCase(name, to_project_labels(p.label, pred_path), gt, sp, meta))
+        source = (pred_path.relative_to(pred_dir).as_posix(), t, bool(p.geometry.slices_reversed))
+        cases.append(EvalCase(name, to_project_labels(p.label, pred_path), gt, sp, meta, source))
     if len(gts) > 1:
         for case, phase in zip(cases, cine_phases([c.gt for c in cases])):
             if phase and "phase" not in case.meta:
@@ -427,5 +434,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
             c.meta = {**c.meta, "group": found.get(str(c.meta.get("patient") or c.name), "")}
     results, summary = evaluate_cases(cases, progress=progress)
     summary["grouped_by"] = group_by if groups is not None else "ACDC pathology group"
+    qc = check_quality(cases, results, Path(pred_dir))
+    if qc is not None:
+        summary["quality_control"] = qc
     write_report(out_dir, results, summary)
     return summary

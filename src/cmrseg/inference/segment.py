@@ -197,10 +197,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     t0 = time.perf_counter()
     preds = [predictor.predict_volume(v) for v in study.frames]
     order_from = _orient(study, preds, slice_order)
-    for v, p in zip(study.frames, preds):  # no image there in the input: nothing is labelled there
-        p.mask[v.meta.get("missing_slices") or []] = 0
-        if p.expected_errors is not None:
-            p.expected_errors[v.meta.get("missing_slices") or []] = 0.0
+    _blank_missing_slices(study, preds)
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
     ed, es = meas["ed"], meas["es"]
@@ -230,10 +227,28 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
         "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": qc, "uncertainty": uncertainty,
         "flags": [_in_file_order(f, study) for f in flags],
         "outputs": [str(p.relative_to(out)) for p in outputs],
+        "output_frames": _output_frames(study, outputs, out), "qc_frames": sorted(mid),
         "montage": str(montage_path.relative_to(out)),
         "curve": str(curve_path.relative_to(out)) if curve_path else None,
         "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0,
     }
+
+
+def _blank_missing_slices(study: Study, preds: list) -> None:
+    """No image there in the input: nothing is labelled there, and nothing expected wrong."""
+    for v, p in zip(study.frames, preds):
+        gaps = v.meta.get("missing_slices") or []
+        p.mask[gaps] = 0
+        if p.expected_errors is not None:
+            p.expected_errors[gaps] = 0.0
+
+
+def _output_frames(study: Study, outputs: list[Path], out: Path) -> dict[str, list[str]]:
+    """Each mask file (relative to ``out``) -> the labels of the frames it holds, in file order
+    (``cmrseg evaluate`` matches QC flags to the truth by them:
+    :mod:`cmrseg.evaluation.quality_check`)."""
+    return {str(p.relative_to(out)): [_frame_label(study, t) for t in idx]
+            for p, idx in zip(outputs, _frames_by_file(study))}
 
 
 def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[list[dict], dict[str, int], float | None]:
@@ -297,14 +312,21 @@ def _write_dicom_segs(study: Study, masks: list[np.ndarray], mask_file: Path, ed
     return paths, ""
 
 
-def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Path], owned: set[Path],
-                 written: list[Path]) -> list[Path]:
-    """The masks in the input's format and geometry (a 4D input gets one 4D mask)."""
+def _frames_by_file(study: Study) -> list[list[int]]:
+    """The frames (indices into ``study.frames``) of each input file, in file order: one mask
+    file is written per input file."""
     by_file: dict[Path, list[int]] = {}
     for t, v in enumerate(study.frames):
         by_file.setdefault(v.path, []).append(t)
+    return list(by_file.values())
+
+
+def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Path], owned: set[Path],
+                 written: list[Path]) -> list[Path]:
+    """The masks in the input's format and geometry (a 4D input gets one 4D mask), one file
+    per :func:`_frames_by_file` entry."""
     outputs = []
-    for idx in by_file.values():
+    for idx in _frames_by_file(study):
         like = study.frames[idx[0]]
         target = mask_output_path(like, out)
         if target in taken:  # two studies with the same input file name: keep both
@@ -405,9 +427,9 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     write_text(out / "volumes.csv", _volumes_csv(cases))
     shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
     summary = {**info, "shards": shards, "label_map": label_map_json(),
-               "cases": {c["study"]: {k: c.get(k) for k in ("status", "qc", "uncertainty", "seconds", "model_seconds", "outputs",
-                                                              "error", "measures", "note", "ed_frame", "es_frame",
-                                                              "flags")}
+               "cases": {c["study"]: {k: c.get(k) for k in ("status", "qc", "uncertainty", "seconds", "model_seconds",
+                                                              "outputs", "output_frames", "qc_frames", "error",
+                                                              "measures", "note", "ed_frame", "es_frame", "flags")}
                          for c in cases},
                "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
     write_json(out / "summary.json", summary)

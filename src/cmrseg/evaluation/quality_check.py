@@ -1,0 +1,157 @@
+"""Quality control against the truth: do ``cmrseg segment``'s flags point at real errors?
+
+When the predictions ``cmrseg evaluate`` scores are a ``cmrseg segment`` output folder, its
+``summary.json`` holds every study's QC flags (slice k of each mask file, frame label), verdict
+and uncertainty. Against the truth this tells a reader whether the flags deserve their time on
+*their* data (another scanner, another cohort):
+
+* per slice flag, how many slices it names and how many of those are bad (Dice below
+  ``BAD_SLICE_DICE``, the mean over the classes in the mask or the truth), and how many of the
+  bad slices any flag names;
+* per verdict (ok / review / fail), the studies' volume Dice;
+* the share of its masks the model expected to be wrong (``uncertainty``) against the share
+  that is (the pixels where mask and truth differ over the mask's pixels).
+
+Only the frames quality control checked (ED and ES of a cine) count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmrseg.labels import CLASS_NAMES
+
+BAD_SLICE_DICE = 0.7
+
+
+def slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Dice over the classes in either slice; NaN when both are empty."""
+    scores = [2.0 * float(((pred == k) & (truth == k)).sum()) / float((pred == k).sum() + (truth == k).sum())
+              for k in range(1, len(CLASS_NAMES) + 1) if (pred == k).any() or (truth == k).any()]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def error_share(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
+    """(pixels where ``pred`` and ``truth`` differ, pixels of the mask ``pred``)."""
+    return int((pred != truth).sum()), int((pred > 0).sum())
+
+
+def _share(wrong: int, area: int) -> float:
+    """``wrong`` over the mask's ``area``, 1 where they outnumber it: the ratio the model's own
+    ``uncertainty`` is (``cmrseg.inference.quality.uncertainty_share``, not imported: it would
+    bring torch into ``cmrseg evaluate``)."""
+    return wrong / max(area, wrong) if wrong else 0.0
+
+
+def segment_records(pred_dir: Path) -> dict[tuple[str, int], tuple[dict[str, Any], str]] | None:
+    """``(mask file relative to pred_dir, frame index in it)`` -> (that study's record from
+    ``cmrseg segment``'s ``summary.json``, the frame's label), for the frames QC checked;
+    ``None`` when ``pred_dir`` is not such a folder (or one written before the records named
+    their frames)."""
+    try:
+        cases = json.loads((Path(pred_dir) / "summary.json").read_text())["cases"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    out = {}
+    for study, rec in cases.items() if isinstance(cases, dict) else ():
+        if not isinstance(rec, dict) or rec.get("status") != "ok" or not rec.get("output_frames"):
+            continue
+        for file, labels in rec["output_frames"].items():
+            for t, label in enumerate(labels):
+                if label in rec.get("qc_frames", ()):
+                    out[(Path(file).as_posix(), t)] = ({**rec, "study": study}, label)
+    return out or None
+
+
+def _frame_flags(rec: dict[str, Any], label: str, num_slices: int, reversed_: bool) -> dict[int, set[str]]:
+    """In-memory slice index (base -> apex) -> the names of the flags on it in frame ``label``
+    (flags name the mask file's k)."""
+    out: dict[int, set[str]] = {}
+    for f in rec.get("flags") or []:
+        if f.get("slice") is not None and f.get("frame") in (label, ""):
+            s = num_slices - 1 - int(f["slice"]) if reversed_ else int(f["slice"])
+            out.setdefault(s, set()).add(str(f["flag"]))
+    return out
+
+
+def _tally_case(case, rec: dict[str, Any], label: str, tally: dict[str, Any]) -> None:
+    """Add one checked frame's slices, flags and error pixels to ``tally``."""
+    reversed_ = case.source[2]
+    flags = _frame_flags(rec, label, case.pred.shape[0], reversed_)
+    for s in range(case.pred.shape[0]):
+        if not (case.pred[s].any() or case.gt[s].any()):
+            continue
+        bad = slice_dice(case.pred[s], case.gt[s]) < BAD_SLICE_DICE
+        tally["slices"] += 1
+        tally["bad_slices"] += int(bad)
+        tally["bad_flagged"] += int(bad and s in flags)
+        for name in flags.get(s, ()):
+            counts = tally["flags"].setdefault(name, {"slices": 0, "bad": 0})
+            counts["slices"] += 1
+            counts["bad"] += int(bad)
+    wrong, area = error_share(case.pred, case.gt)
+    study = tally["studies"].setdefault(rec["study"], {"qc": rec.get("qc"), "expected": rec.get("uncertainty"),
+                                                       "wrong": 0, "area": 0, "volume_dice": []})
+    study["wrong"] += wrong
+    study["area"] += area
+
+
+def check_quality(cases: list, results: list, pred_dir: Path) -> dict[str, Any] | None:
+    """The QC flags, verdicts and uncertainty of ``cmrseg segment``'s ``summary.json`` in
+    ``pred_dir`` against the truth of ``cases`` (:class:`~cmrseg.evaluation.evaluate.EvalCase`
+    with ``source``; ``results`` their :class:`CaseResult` s); ``None`` when ``pred_dir`` holds
+    no such records or none of them matches a case."""
+    records = segment_records(pred_dir)
+    if records is None:
+        return None
+    tally: dict[str, Any] = {"slices": 0, "bad_slices": 0, "bad_flagged": 0, "flags": {}, "studies": {}}
+    for case, result in zip(cases, results):
+        found = records.get((case.source[0], case.source[1])) if case.source else None
+        if found is not None:
+            _tally_case(case, *found, tally)
+            tally["studies"][found[0]["study"]]["volume_dice"].append(float(np.nanmean(result.volume_dice)))
+    if not tally["studies"]:
+        return None
+    return _summary(tally)
+
+
+def _summary(tally: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready summary of :func:`check_quality`'s tally."""
+    verdicts: dict[str, Any] = {}
+    for st in tally["studies"].values():
+        v = verdicts.setdefault(str(st["qc"]), {"studies": 0, "dice": []})
+        v["studies"] += 1
+        v["dice"] += st["volume_dice"]
+    scored = [st for st in tally["studies"].values() if st["expected"] is not None]
+    return {
+        "bad_slice_dice": BAD_SLICE_DICE, "slices": tally["slices"], "bad_slices": tally["bad_slices"],
+        "bad_slices_flagged": tally["bad_flagged"], "flags": dict(sorted(tally["flags"].items())),
+        "verdicts": {k: {"studies": v["studies"], "mean_volume_dice": float(np.mean(v["dice"])),
+                         "lowest_volume_dice": float(np.min(v["dice"]))} for k, v in sorted(verdicts.items())},
+        "uncertainty": {"studies": len(scored),
+                        "expected": float(np.mean([st["expected"] for st in scored])) if scored else None,
+                        "actual": float(np.mean([_share(st["wrong"], st["area"]) for st in scored])) if scored else None},
+    }
+
+
+def quality_table(qc: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`check_quality`'s summary."""
+    bad = qc["bad_slice_dice"]
+    md = ["\nQuality control against the truth (`cmrseg segment`'s flags in the predictions' summary.json; "
+          f"a slice is bad when its Dice is below {bad:g}; frames QC checked)\n",
+          "| flag | slices flagged | of them bad |", "|---|---|---|"]
+    md += [f"| {name} | {c['slices']} | {c['bad']} |" for name, c in qc["flags"].items()]
+    md += [f"\nBad slices any flag names: {qc['bad_slices_flagged']} of {qc['bad_slices']} "
+           f"({qc['slices']} slices with a heart in the mask or the truth).\n",
+           "| verdict | studies | mean volume Dice | lowest volume Dice |", "|---|---|---|---|"]
+    md += [f"| {k} | {v['studies']} | {v['mean_volume_dice']:.3f} | {v['lowest_volume_dice']:.3f} |"
+           for k, v in qc["verdicts"].items()]
+    u = qc["uncertainty"]
+    if u["studies"]:
+        md.append(f"\nShare of the masks the model expected to be wrong: {100 * u['expected']:.1f} %; "
+                  f"wrong: {100 * u['actual']:.1f} % (mean over {u['studies']} studies).")
+    return md
