@@ -136,3 +136,12 @@ def test_the_model_expecting_half_a_slice_wrong_flags_it_and_a_study_from_a_fift
     assert study_uncertainty_flags(0.19) == []
     assert verdict(study_uncertainty_flags(0.5)) == "fail"
     assert uncertainty_share(50.0, 0) == 1.0 and uncertainty_share(0.0, 0) == 0.0  # errors with no mask: all wrong
+
+
+def test_the_console_line_counts_verdicts_and_names_the_failed_studies():
+    from cmrseg.inference.segment import qc_line
+
+    cases = {"a": {"status": "ok", "qc": "ok"}, "b": {"status": "ok", "qc": "fail"}, "c": {"status": "ok", "qc": "review"},
+             "d": {"status": "ok", "qc": "ok"}, "e": {"status": "failed"}}
+    assert qc_line(cases) == "quality control: 2 ok, 1 review, 1 fail; QC failed: b"
+    assert qc_line({"e": {"status": "failed"}}) == "quality control: no study segmented"

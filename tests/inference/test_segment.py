@@ -29,6 +29,7 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
     res = _segment("-i", acdc / "patient001", acdc / "patient002" / "patient002_4d.nii.gz", dicom / "patient003",
                    phantom_dir / "h5" / "val", single / "stack.nii.gz", "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "quality control: " in res.stdout
     pairs = [(acdc / "patient001" / "patient001_frame01.nii.gz", out / "patient001_frame01.nii.gz"),
              (acdc / "patient002" / "patient002_4d.nii.gz", out / "patient002_4d.nii.gz"),
              (dicom / "patient003", out / "patient003_SAX_cine.nii.gz"),

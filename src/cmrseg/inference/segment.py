@@ -470,16 +470,27 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
     failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress, dicom_seg)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
-    rebuild_reports(out, info)
+    summary = rebuild_reports(out, info)
     done = len(todo) - len(failures)
     print(f"{done} {'study' if done == 1 else 'studies'} segmented in this run, {len(mine) - len(todo)} already done; "
           f"measures in {out / 'measures.csv'}, report {out / 'report.html'}")
+    print(qc_line(summary["cases"]))
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)
         for f in failures:
             print(f"  {f['study']}: {f['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def qc_line(cases: dict[str, dict[str, Any]]) -> str:
+    """One console line: the quality-control verdicts of every study in the output folder, and
+    the studies that failed QC by name (the ones to look at first)."""
+    verdicts = [c.get("qc") for c in cases.values() if c.get("status") == "ok"]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("ok", "review", "fail") if v in verdicts)
+    failed = sorted(name for name, c in cases.items() if c.get("status") == "ok" and c.get("qc") == "fail")
+    return (f"quality control: {counts or 'no study segmented'}"
+            + (f"; QC failed: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}" if failed else ""))
 
 
 def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: list, shard: str) -> dict[str, Any]:
