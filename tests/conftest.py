@@ -59,3 +59,33 @@ def smoke_model(phantom_dir, tmp_path_factory) -> Path:
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return run
+
+
+class IntensityLabeller(torch.nn.Module):
+    """Stand-in for a network: background 0, MYO 0.5, LV cavity 1.0 in the normalised image
+    become class scores (RV never wins), soft at boundaries as a network's are, so the
+    probabilities keep sub-pixel positions when they are resampled back. Each boundary's
+    partial-volume pixels split at the midpoint of its two classes, as an unbiased network's
+    would."""
+
+    levels = torch.tensor([0.0, 10.0, 0.5, 1.0])
+
+    def forward(self, x, stack_sizes=None):
+        from cmrseg.models.outputs import SegOutput
+
+        d = x - self.levels.view(1, -1, 1, 1).to(x)
+        return SegOutput(-(d ** 2) * 20.0)
+
+
+@pytest.fixture
+def intensity_predictor():
+    """``intensity_predictor(crop=None, postprocess="clean")``: a :class:`Predictor` running
+    :class:`IntensityLabeller` (no training; the masks follow the image's intensities)."""
+    from cmrseg.inference.predictor import Predictor
+
+    def make(crop: int | None = None, postprocess: str = "clean") -> Predictor:
+        meta = {"model": "stand-in", "preprocess": {"target_spacing": 1.6, "canvas": 192, "percentiles": [0.5, 99.5]},
+                "inference_crop": crop}
+        return Predictor(IntensityLabeller(), meta, device="cpu", postprocess=postprocess)
+
+    return make

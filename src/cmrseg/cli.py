@@ -94,7 +94,7 @@ def cmd_segment(args) -> int:
     return segment(args.input, args.out, model=args.model, device=args.device, spacing=_spacing(args.spacing),
                    shard=args.shard, overwrite=args.overwrite, workers=args.workers, postprocess=args.postprocess,
                    slice_order=args.slice_order, backend=args.backend, precision=args.precision, gate=args.gate,
-                   tta=args.tta, dicom_seg=args.dicom_seg)
+                   tta=args.tta, dicom_seg=args.dicom_seg, save_probabilities=args.save_probabilities)
 
 
 def cmd_export_onnx(args) -> int:
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM study's ED and ES masks as DICOM SEG objects referencing its images "
                         "(<mask>_seg_ED.dcm, <mask>_seg_ES.dcm), for PACS viewers, OHIF or 3D Slicer")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write each mask's class probabilities as <mask>_probabilities.npz (float16 "
+                        "[frames, 4, slices, rows, columns], the mask file's slice order; README)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")

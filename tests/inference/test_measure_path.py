@@ -1,39 +1,21 @@
 """The whole measuring path on a disc-and-ring phantom with analytic volumes (issue 11, item 2):
-read -> preprocess -> predict (a stand-in network that labels by intensity) -> back to the
-input grid -> clean-up -> measures, within 2 % of the analytic LV volume and mass, at input
-pixel sizes finer and coarser than the networks' canvas."""
+read -> preprocess -> predict (a stand-in network that labels by intensity: conftest's
+``IntensityLabeller``) -> back to the input grid -> clean-up -> measures, within 2 % of the
+analytic LV volume and mass, at input pixel sizes finer and coarser than the networks' canvas."""
 
 import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.data.volume import Study
 from cmrseg.evaluation.clinical import MYOCARDIUM_DENSITY_G_PER_ML
-from cmrseg.inference.predictor import Predictor
 from cmrseg.inference.segment import study_measures
-from cmrseg.models.outputs import SegOutput
 
 R_CAVITY, R_WALL = 24.0, 32.0  # mm
 SLICES, SLICE_MM = 10, 8.0
-
-
-class IntensityLabeller(nn.Module):
-    """Stand-in for a network: background 0, MYO 0.5, LV cavity 1.0 in the normalised image
-    become class scores (RV never wins), soft at boundaries as a network's are, so the
-    probabilities keep sub-pixel positions when they are resampled back. Each boundary's
-    partial-volume pixels split at the midpoint of its two classes, as an unbiased network's
-    would."""
-
-    levels = torch.tensor([0.0, 10.0, 0.5, 1.0])
-
-    def forward(self, x, stack_sizes=None):
-        d = x - self.levels.view(1, -1, 1, 1).to(x)
-        return SegOutput(-(d ** 2) * 20.0)
 
 
 def _phantom(path, pixel_mm: float, size_mm: float = 260.0):
@@ -52,11 +34,9 @@ def _phantom(path, pixel_mm: float, size_mm: float = 260.0):
 
 @pytest.mark.parametrize("pixel_mm", [0.7, 1.37, 1.9])
 @pytest.mark.parametrize("crop", [None, 128])
-def test_disc_and_ring_come_back_with_their_analytic_volume_and_mass(tmp_path, pixel_mm, crop):
+def test_disc_and_ring_come_back_with_their_analytic_volume_and_mass(tmp_path, pixel_mm, crop, intensity_predictor):
     (vol,) = read_volumes(_phantom(tmp_path / "disc.nii.gz", pixel_mm))
-    meta = {"model": "stand-in", "preprocess": {"target_spacing": 1.6, "canvas": 192, "percentiles": [0.5, 99.5]},
-            "inference_crop": crop}
-    predictor = Predictor(IntensityLabeller(), meta, device="cpu", postprocess="clean")
+    predictor = intensity_predictor(crop=crop, postprocess="clean")
     mask = predictor.predict_volume(vol).mask
     out = study_measures(Study("disc", [vol], vol.path, "single"), [mask])["measures"]
     lv = math.pi * R_CAVITY ** 2 * SLICE_MM * SLICES / 1000.0

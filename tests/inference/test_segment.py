@@ -225,3 +225,39 @@ def test_report_renders_in_headless_chromium(phantom_dir, smoke_model, tmp_path)
                           f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", (out / "report.html").as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert "patient001" in dom and "LVEF" in dom
+
+
+def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom_dir, tmp_path, intensity_predictor):
+    """``--save-probabilities`` on a cine stored apex -> base in an oblique plane (the reader
+    turns it round): the argmax of the saved probabilities is the written mask, voxel for voxel
+    (a stand-in network that labels by intensity, so every slice's mask differs)."""
+    import nibabel as nib
+
+    from cmrseg.data.orientation import APEX_DIRECTION_RAS
+    from cmrseg.inference.discovery import discover_all, load_study
+    from cmrseg.inference.segment import process_study
+
+    img = nib.load(str(phantom_dir / "acdc" / "patient002" / "patient002_4d.nii.gz"))
+    z = -APEX_DIRECTION_RAS
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    affine = np.eye(4)
+    affine[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1) * np.asarray(img.header.get_zooms()[:3])
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    # the phantom's slices run base -> apex: stored the other way round, as the affine says
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asanyarray(img.dataobj)[:, :, ::-1]), affine),
+             str(src / "cine.nii.gz"))
+    record = process_study(load_study(discover_all([src])[0][0]), intensity_predictor(postprocess="none"), out, set(),
+                           extras=("probabilities",))
+    saved = np.load(out / "cine_probabilities.npz")
+    probs, mask = saved["probabilities"], np.asanyarray(nib.load(str(out / "cine.nii.gz")).dataobj)
+    assert record["base_slice_k"] == mask.shape[2] - 1  # the file's last slice is the base: turned round
+    assert len({int((mask[:, :, k, 0] > 0).sum()) for k in range(mask.shape[2])}) > 3  # the slices differ
+    assert probs.dtype == np.float16 and probs.shape == (mask.shape[3], 4, *mask.shape[2::-1])
+    assert list(saved["frames"]) == [f"frame {t + 1}" for t in range(mask.shape[3])]
+    np.testing.assert_allclose(probs.astype(np.float32).sum(axis=1), 1.0, atol=5e-3)
+    agree = (probs.argmax(axis=1) == mask.transpose(3, 2, 1, 0)).mean()
+    assert agree > 0.999, agree  # float16 rounding may break a near-tie
+    assert "cine_probabilities.npz" in record["outputs"]

@@ -125,10 +125,12 @@ class EnsemblePredictor:
                 presence.append(cls)
         return total / len(self.members), torch.stack(presence).mean(dim=0) if presence else None
 
-    def predict_volume(self, volume: Volume) -> Prediction:
-        """Segment one stack with every member; the mask is in the volume's own grid."""
+    def predict_volume(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
+        """Segment one stack with every member; the mask is in the volume's own grid (with the
+        averaged probabilities when ``keep_probabilities``)."""
         t0 = time.perf_counter()
-        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0)
+        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0,
+                                             keep_probabilities)
 
 
 def load_predictor(spec: str | Path | list | tuple | None = None, device: str = "auto", postprocess: str = "auto",

@@ -108,23 +108,27 @@ class Prediction:
         the sum over the slice of 1 - the top class probability (the probabilities averaged
         over flips and ensemble members, in the input's grid). Quality control compares it
         with the mask's area (:func:`cmrseg.inference.quality.uncertainty_share`).
+    probabilities: float16 ``[S, 4, H, W]``, the class probabilities the mask is the cleaned
+        argmax of, when asked for (``keep_probabilities``; ``cmrseg segment --save-probabilities``).
     """
 
     mask: np.ndarray
     class_probs: np.ndarray | None
     seconds: float
     expected_errors: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
 
     @classmethod
     def from_probabilities(cls, probs: torch.Tensor, presence: torch.Tensor | None, method: str,
-                           started: float) -> "Prediction":
+                           started: float, keep_probabilities: bool = False) -> "Prediction":
         """Input-grid probabilities ``[S, 4, H, W]`` -> argmax mask cleaned up by ``method``,
-        and the expected errors per slice."""
+        the expected errors per slice, and (``keep_probabilities``) the probabilities."""
         top = probs.max(dim=1)  # .indices is class_argmax (its docstring says why not argmax)
         mask = postprocess(top.indices.to(torch.uint8).cpu().numpy(), method)
         expected = (1.0 - top.values.float()).sum(dim=(1, 2)).cpu().numpy().astype(np.float64)
+        kept = probs.to(torch.float16).cpu().numpy() if keep_probabilities else None
         return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started,
-                   expected)
+                   expected, kept)
 
 
 class Predictor:
@@ -264,7 +268,9 @@ class Predictor:
         probs, cls = self.predict_canvas(x)
         return invert_to_input(probs, cmap), cls
 
-    def predict_volume(self, volume: Volume) -> Prediction:
-        """Segment one stack; the mask is in the volume's own grid."""
+    def predict_volume(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
+        """Segment one stack; the mask is in the volume's own grid (with its probabilities when
+        ``keep_probabilities``)."""
         t0 = time.perf_counter()
-        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0)
+        return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0,
+                                             keep_probabilities)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmrseg import __version__
-from cmrseg.atomic import write_json, write_text
+from cmrseg.atomic import atomic_path, write_json, write_text
 from cmrseg.data.io.common import strip_suffix
 from cmrseg.data.io.dicom_seg import new_series_uid, write_dicom_seg
 from cmrseg.data.io.readers import mask_output_path, write_mask
@@ -185,9 +185,11 @@ def _orient(study: Study, preds: list, slice_order: str) -> str:
 
 
 def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: Path, taken: set[Path],
-                  owned: set[Path] | None = None, slice_order: str = "auto", dicom_seg: bool = False) -> dict[str, Any]:
-    """Segment, measure, check and draw one study; returns its JSON record. ``dicom_seg``: a
-    DICOM study's masks also as a DICOM SEG (:mod:`cmrseg.data.io.dicom_seg`).
+                  owned: set[Path] | None = None, slice_order: str = "auto", extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Segment, measure, check and draw one study; returns its JSON record. ``extras``
+    (:data:`EXTRA_OUTPUTS`): ``dicom_seg``, a DICOM study's masks also as a DICOM SEG
+    (:mod:`cmrseg.data.io.dicom_seg`); ``probabilities``, each mask file's class probabilities
+    (:func:`_write_probabilities`).
 
     Everything is computed before the first file is written, and a failure while writing
     removes what this study wrote, so a failed study leaves nothing behind. A file already in
@@ -195,7 +197,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     """
     owned = owned if owned is not None else set()
     t0 = time.perf_counter()
-    preds = [predictor.predict_volume(v) for v in study.frames]
+    preds = [predictor.predict_volume(v, keep_probabilities="probabilities" in extras) for v in study.frames]
     order_from = _orient(study, preds, slice_order)
     _blank_missing_slices(study, preds)
     masks = [p.mask for p in preds]
@@ -205,12 +207,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     qc = verdict(flags, mid)
     written: list[Path] = []
     try:
-        outputs = _write_masks(study, masks, out, taken, owned, written)
-        if dicom_seg and study.frames[0].fmt == "dicom":
-            segs, seg_note = _write_dicom_segs(study, masks, outputs[0], (ed, es), _seg_algorithm(predictor), owned,
-                                               written)
-            outputs += segs
-            meas["note"] = "; ".join(n for n in (meas["note"], seg_note) if n)
+        outputs = _write_outputs(study, preds, meas, out, taken, owned, written, _seg_algorithm(predictor), extras)
         montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written, flags)
     except BaseException:
         for p in written:
@@ -234,6 +231,50 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     }
 
 
+#: optional outputs of ``cmrseg segment`` beyond masks, measures and pictures (``--dicom-seg``,
+#: ``--save-probabilities``)
+EXTRA_OUTPUTS = ("dicom_seg", "probabilities")
+
+
+def _write_outputs(study: Study, preds: list, meas: dict[str, Any], out: Path, taken: set[Path], owned: set[Path],
+                   written: list[Path], algorithm: str, extras: tuple[str, ...]) -> list[Path]:
+    """The mask files, then the ``extras`` asked for (a DICOM SEG's note joins ``meas["note"]``);
+    returns their paths, the masks first (:func:`_frames_by_file` order)."""
+    masks = [p.mask for p in preds]
+    outputs = _write_masks(study, masks, out, taken, owned, written)
+    if "probabilities" in extras:
+        outputs += _write_probabilities(study, preds, list(outputs), owned, written)
+    if "dicom_seg" in extras and study.frames[0].fmt == "dicom":
+        segs, seg_note = _write_dicom_segs(study, masks, outputs[0], (meas["ed"], meas["es"]), algorithm, owned,
+                                           written)
+        outputs += segs
+        meas["note"] = "; ".join(n for n in (meas["note"], seg_note) if n)
+    return outputs
+
+
+def _write_probabilities(study: Study, preds: list, mask_files: list[Path], owned: set[Path],
+                         written: list[Path]) -> list[Path]:
+    """Beside each mask file ``<mask>_probabilities.npz`` (compressed NumPy, as nnU-Net's
+    ``--save_probabilities``): ``probabilities`` float16 ``[frames, 4, slices, rows, columns]``
+    (background, RV, MYO, LV; after flips, gate and ensemble averaging, before the clean-up)
+    with ``probabilities[t, c, k, j, i]`` at the mask file's voxel ``(i, j, k)`` of frame t
+    (NIfTI; an h5 mask's ``label[k, j, i]``), and ``frames``, the frame labels."""
+    paths = []
+    for mask_file, idx in zip(mask_files, _frames_by_file(study)):
+        probs = np.stack([preds[t].probabilities for t in idx]).transpose(0, 2, 1, 3, 4)  # [T, 4, S, H, W]
+        if study.frames[idx[0]].geometry.slices_reversed:  # in memory base -> apex; the file's own order
+            probs = probs[:, :, ::-1]
+        target = mask_file.with_name(strip_suffix(mask_file) + "_probabilities.npz")
+        check_target(target, owned)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, probabilities=np.ascontiguousarray(probs),
+                                    frames=np.array([_frame_label(study, t) for t in idx]))
+        written.append(target)
+        paths.append(target)
+    return paths
+
+
 def _blank_missing_slices(study: Study, preds: list) -> None:
     """No image there in the input: nothing is labelled there, and nothing expected wrong."""
     for v, p in zip(study.frames, preds):
@@ -241,6 +282,8 @@ def _blank_missing_slices(study: Study, preds: list) -> None:
         p.mask[gaps] = 0
         if p.expected_errors is not None:
             p.expected_errors[gaps] = 0.0
+        if p.probabilities is not None:
+            p.probabilities[gaps] = np.array([1.0, 0.0, 0.0, 0.0], dtype=p.probabilities.dtype)[:, None, None]
 
 
 def _output_frames(study: Study, outputs: list[Path], out: Path) -> dict[str, list[str]]:
@@ -440,11 +483,13 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
 def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | None = None, device: str = "auto",
             spacing=None, shard: str | None = None, overwrite: bool = False, workers: int = 2,
             postprocess: str = "auto", slice_order: str = "auto", progress: bool = True, backend: str = "auto",
-            precision: str = "auto", gate: str = "auto", tta: str = "auto", dicom_seg: bool = False) -> int:
+            precision: str = "auto", gate: str = "auto", tta: str = "auto", dicom_seg: bool = False,
+            save_probabilities: bool = False) -> int:
     """Run a batch; returns the exit code (0 all good, 1 some studies failed). ``model``: a
     shipped name or folder, or several (an ensemble, :mod:`.ensemble`). ``gate`` and ``tta``
     (``on``/``off``, or ``fast``: flips with the heart located once) override the model's own
-    choices in ``model.json``. ``dicom_seg``: DICOM studies' masks also as DICOM SEG files."""
+    choices in ``model.json``. ``dicom_seg``: DICOM studies' masks also as DICOM SEG files;
+    ``save_probabilities``: each mask's class probabilities beside it (:func:`_write_probabilities`)."""
     out = Path(out)
     idx, n = parse_shard(shard)
     check_location(out, [Path(i) for i in inputs])
@@ -467,7 +512,8 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
           f"on {predictor.device}", flush=True)
     for k in skipped:
         print(f"  skipped {k.path}: {k.reason}", flush=True)
-    failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress, dicom_seg)
+    extras = tuple(name for name, on in zip(EXTRA_OUTPUTS, (dicom_seg, save_probabilities)) if on)
+    failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress, extras)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
     summary = rebuild_reports(out, info)
@@ -509,7 +555,7 @@ def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: l
 
 
 def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredictor, out: Path, spacing, slice_order: str, workers: int,
-                 shard: str, progress: bool, dicom_seg: bool = False) -> list[dict[str, Any]]:
+                 shard: str, progress: bool, extras: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Read (in worker processes), segment and record every study; returns the failures.
     One study's failure never stops the batch."""
     owned = owned_files(out)
@@ -525,7 +571,7 @@ def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredict
         t0 = time.perf_counter()
         if error is None:
             try:
-                record = process_study(study, predictor, out, taken, owned, slice_order, dicom_seg)
+                record = process_study(study, predictor, out, taken, owned, slice_order, extras)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch
