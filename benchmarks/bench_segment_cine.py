@@ -2,7 +2,8 @@
 time goes, and the peak memory of the whole command (issue 12 speed, issue 13 memory).
 
     python benchmarks/bench_segment_cine.py [--format dicom|dicom_enhanced|dicom_slices|nifti]
-        [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--workers 2] [--out FILE.json]
+        [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--workers 2] [--save-probabilities]
+        [--out FILE.json]
 
 The cine is the phantom's anatomy (cmrseg.data.phantom) rendered at ``--size`` pixels,
 ``--frames`` frames and ``--slices`` slices, written as a DICOM series (``dicom``: one file per
@@ -42,7 +43,7 @@ def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed:
     return write_nifti_image(cine, affine, folder / "sax_cine_4d.nii.gz")
 
 
-def in_process_steps(src: Path, model: str | None, out: Path) -> dict[str, float]:
+def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str, ...] = ()) -> dict[str, float]:
     """The steps of one study, timed in this process (one thread per reader is not modelled)."""
     from cmrseg.inference.discovery import discover_all, load_study
     from cmrseg.inference.ensemble import load_predictor
@@ -54,7 +55,7 @@ def in_process_steps(src: Path, model: str | None, out: Path) -> dict[str, float
     t1 = time.perf_counter()
     study = load_study(sources[0])
     t2 = time.perf_counter()
-    record = process_study(study, predictor, out, set())
+    record = process_study(study, predictor, out, set(), extras=extras)
     t3 = time.perf_counter()
     return {"discover_s": t1 - t0, "read_s": t2 - t1, "model_s": record["model_seconds"],
             "measure_write_draw_s": (t3 - t2) - record["model_seconds"], "frames": len(study.frames),
@@ -69,6 +70,7 @@ def main():
     ap.add_argument("--size", type=int, default=208)
     ap.add_argument("--model")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--save-probabilities", action="store_true", help="cmrseg segment --save-probabilities")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -77,16 +79,19 @@ def main():
         src = make_cine(tmp / "in", args.format, args.frames, args.slices, args.size)
         cmd = [sys.executable, "-m", "cmrseg", "segment", "-i", str(src), "-o", str(tmp / "out"),
                "--workers", str(args.workers)] + (["--model", args.model] if args.model else [])
+        cmd += ["--save-probabilities"] if args.save_probabilities else []
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if res.returncode != 0:
             raise SystemExit(res.stderr[-2000:])
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        steps = in_process_steps(src, args.model, tmp / "out2")
+        steps = in_process_steps(src, args.model, tmp / "out2", ("probabilities",) if args.save_probabilities else ())
+        saved_mb = sum(f.stat().st_size for f in (tmp / "out").glob("*_probabilities.npz")) / 2**20
         files = len(list(src.iterdir())) if src.is_dir() else 1
     result = {"format": args.format, "files": files, "command_wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb),
               **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in steps.items()},
+              "probabilities_saved_mb": round(saved_mb, 1) if args.save_probabilities else None,
               "model": args.model or "default", "workers": args.workers, "torch": torch.__version__,
               "machine": platform.platform(), "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=2))
