@@ -335,7 +335,8 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
     study = load_study(discover_all([src])[0][0])
     truth = np.ascontiguousarray(label.transpose(2, 1, 0))
     per_slice = (truth > 0).reshape(truth.shape[0], -1).sum(1).astype(float)  # anything tied to its slice
-    preds = [Prediction(truth.copy(), np.repeat(per_slice[:, None], 3, 1), 0.0, per_slice.copy())]
+    preds = [Prediction(truth.copy(), np.repeat(per_slice[:, None], 3, 1), 0.0, per_slice.copy(),
+                        np.repeat(per_slice[:, None], 4, 1))]
     said = _orient(study, preds, "auto")
     assert said.startswith("anatomy")
     assert study.frames[0].geometry.slices_reversed == reverse
@@ -345,6 +346,7 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
     moved = (preds[0].mask > 0).reshape(truth.shape[0], -1).sum(1)  # per-slice facts turn with the mask
     np.testing.assert_array_equal(preds[0].expected_errors, moved)
     np.testing.assert_array_equal(preds[0].class_probs[:, 0], moved)
+    np.testing.assert_array_equal(preds[0].probabilities[:, 0], moved)
 
 
 def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_dir, smoke_model, tmp_path):

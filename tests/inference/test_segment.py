@@ -227,10 +227,15 @@ def test_report_renders_in_headless_chromium(phantom_dir, smoke_model, tmp_path)
     assert "patient001" in dom and "LVEF" in dom
 
 
-def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom_dir, tmp_path, intensity_predictor):
-    """``--save-probabilities`` on a cine stored apex -> base in an oblique plane (the reader
-    turns it round): the argmax of the saved probabilities is the written mask, voxel for voxel
-    (a stand-in network that labels by intensity, so every slice's mask differs)."""
+@pytest.mark.parametrize("stored_apex_first", [True, False])
+def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom_dir, tmp_path, intensity_predictor,
+                                                                           stored_apex_first):
+    """``--save-probabilities`` on a cine in an oblique plane whose affine says its slices run
+    apex -> base (the reader turns it round; the stand-in's masks leave the anatomy rule
+    undecided or agreeing, whichever way the images are stored): the argmax of the saved
+    probabilities is the written mask, voxel for voxel (a stand-in network that labels by
+    intensity, so every slice's mask differs). The turn by the anatomy alone:
+    ``test_discovery.py``'s ``test_base_and_apex_come_from_the_anatomy_in_either_file_order``."""
     import nibabel as nib
 
     from cmrseg.data.orientation import APEX_DIRECTION_RAS
@@ -246,14 +251,14 @@ def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     out.mkdir()
-    # the phantom's slices run base -> apex: stored the other way round, as the affine says
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asanyarray(img.dataobj)[:, :, ::-1]), affine),
+    data = np.asanyarray(img.dataobj)  # the phantom's slices run base -> apex
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data[:, :, ::-1] if stored_apex_first else data), affine),
              str(src / "cine.nii.gz"))
     record = process_study(load_study(discover_all([src])[0][0]), intensity_predictor(postprocess="none"), out, set(),
                            extras=("probabilities",))
     saved = np.load(out / "cine_probabilities.npz")
     probs, mask = saved["probabilities"], np.asanyarray(nib.load(str(out / "cine.nii.gz")).dataobj)
-    assert record["base_slice_k"] == mask.shape[2] - 1  # the file's last slice is the base: turned round
+    assert record["base_slice_k"] == mask.shape[2] - 1  # held apex -> base in memory: the writers turn it round
     assert len({int((mask[:, :, k, 0] > 0).sum()) for k in range(mask.shape[2])}) > 3  # the slices differ
     assert probs.dtype == np.float16 and probs.shape == (mask.shape[3], 4, *mask.shape[2::-1])
     assert list(saved["frames"]) == [f"frame {t + 1}" for t in range(mask.shape[3])]

@@ -169,6 +169,8 @@ def _reverse_in_memory(study: Study, preds: list) -> None:
             p.class_probs = np.ascontiguousarray(p.class_probs[::-1])
         if p.expected_errors is not None:
             p.expected_errors = np.ascontiguousarray(p.expected_errors[::-1])
+        if p.probabilities is not None:
+            p.probabilities = np.ascontiguousarray(p.probabilities[::-1])
 
 
 def _orient(study: Study, preds: list, slice_order: str) -> str:
