@@ -55,7 +55,8 @@ def study_rows(pred_dir: Path, data_dir: Path, name: str, case: dict) -> dict:
         frame = f"frame {parse_frame_name(strip_suffix(Path(out)))[1]}"
         # the flags' k is the written file's voxel index; read_label_volume gives base -> apex,
         # which is the file's order for these h5 files (no geometry to reverse)
-        slices += [(slice_dice(pred[k], truth[k]), (frame, k) in flagged) for k in range(pred.shape[0]) if pred[k].any()]
+        slices += [(slice_dice(pred[k], truth[k]), (frame, k) in flagged)
+                   for k in range(pred.shape[0]) if pred[k].any()]
     return {"study": name, "expected": case["uncertainty"], "actual": uncertainty_share(errors, area),
             "slices": slices, "verdict_flags": sorted({f["flag"] for f in case["flags"]
                                                        if f["flag"] in ("uncertain_study", "unreliable_study")})}
@@ -68,12 +69,14 @@ def shift_row(out: Path, shift: str) -> dict:
     exp, act = np.array([s["expected"] for s in studies]), np.array([s["actual"] for s in studies])
     slices = [x for s in studies for x in s["slices"]]
     flagged = [d for d, f in slices if f]
-    return {"shift": shift, "patients": len(studies), "expected mean": float(exp.mean()), "actual mean": float(act.mean()),
+    return {"shift": shift, "patients": len(studies),
+            "expected mean": float(exp.mean()), "actual mean": float(act.mean()),
             "expected max": float(exp.max()), "actual max": float(act.max()),
             "spearman": float(spearmanr(exp, act)[0]) if len(studies) > 2 else float("nan"),
             "slice flags": len(flagged), "flagged bad": sum(d < BAD_DICE for d in flagged),
             "bad slices": sum(d < BAD_DICE for d, _ in slices), "slices": len(slices),
-            "study flags": {k: sum(k in s["verdict_flags"] for s in studies) for k in ("uncertain_study", "unreliable_study")}}
+            "study flags": {k: sum(k in s["verdict_flags"] for s in studies)
+                            for k in ("uncertain_study", "unreliable_study")}}
 
 
 def markdown(rows: list[dict]) -> str:

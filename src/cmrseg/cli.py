@@ -39,6 +39,11 @@ def cmd_evaluate(args) -> int:
                                groups=args.groups, group_by=args.group_by)
     print(markdown_table([("prediction", summary)]), end="")
     print(f"fragment rate {100 * summary['fragment_rate']:.2f} %, hole rate {100 * summary['hole_rate']:.2f} %")
+    qc = summary.get("quality_control")
+    if qc:  # the predictions are a cmrseg segment folder: its QC against the truth (table.md has more)
+        print(f"quality control: {qc['bad_slices_flagged']} of {qc['bad_slices']} bad slices (Dice < "
+              f"{qc['bad_slice_dice']:g}) flagged; " + ", ".join(f"{name} {c['bad']} of {c['slices']} on bad slices"
+                                                         for name, c in qc["flags"].items()))
     print(f"report written to {args.out}")
     return 0
 

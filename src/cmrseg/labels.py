@@ -78,8 +78,8 @@ def to_project_labels(label: np.ndarray, where, given: str | None = None) -> np.
     unnamed = values[(values != 0) & (lut[values] == 0)]
     if unnamed.size:
         if given is None:
-            raise InputError(where, f"label values {unnamed.tolist()} outside 0..3 (0 bg, 1 RV, 2 MYO, 3 LV); "
-                                    f"data labelled otherwise: give its values with --labels, e.g. --labels LV=1,MYO=2,RV=3")
+            raise InputError(where, f"label values {unnamed.tolist()} outside 0..3 (0 bg, 1 RV, 2 MYO, 3 LV); data "
+                                    "labelled otherwise: give its values with --labels, e.g. --labels LV=1,MYO=2,RV=3")
         raise InputError(where, f"label values {unnamed.tolist()} not named by --labels {given}: "
                                 f"each value must be one of its structures or 0")
     return label if given is None else relabel(label, lut)

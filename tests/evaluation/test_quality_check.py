@@ -3,6 +3,8 @@ lands on the slice it names (the mask file's k, also when the reader reverses th
 the counts, verdicts and uncertainty shares come out as built."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -52,13 +54,19 @@ def test_flags_are_checked_on_the_slice_they_name(tmp_path):
     assert case.source == ("case.nii.gz", 0, True)  # read apex -> base reversed: file k=1 is index 4
     assert slice_dice(case.pred[4], case.gt[4]) < 0.7 and slice_dice(case.pred[1], case.gt[1]) == 1.0
     qc = evaluate_folders(pred_dir, gt_dir, tmp_path / "report", progress=False)["quality_control"]
-    assert qc["flags"] == {"classifier_mask_disagree": {"slices": 1, "bad": 0}, "uncertain_slice": {"slices": 1, "bad": 1}}
+    assert qc["flags"] == {"classifier_mask_disagree": {"slices": 1, "bad": 0},
+                           "uncertain_slice": {"slices": 1, "bad": 1}}
     assert (qc["slices"], qc["bad_slices"], qc["bad_slices_flagged"]) == (5, 1, 1)
     assert list(qc["verdicts"]) == ["review"] and qc["verdicts"]["review"]["studies"] == 1
     wrong, area = int((pred != truth).sum()), int((pred > 0).sum())
     assert qc["uncertainty"] == {"studies": 1, "expected": 0.25, "actual": wrong / area}
     table = (tmp_path / "report" / "table.md").read_text()
     assert "| uncertain_slice | 1 | 1 |" in table and "Bad slices any flag names: 1 of 1" in table
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir),
+                          "-o", str(tmp_path / "report2")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ("quality control: 1 of 1 bad slices (Dice < 0.7) flagged; classifier_mask_disagree 0 of 1 on bad "
+            "slices, uncertain_slice 1 of 1 on bad slices") in res.stdout
 
 
 def test_a_folder_without_segment_records_has_no_quality_section(tmp_path):

@@ -141,7 +141,7 @@ def test_the_model_expecting_half_a_slice_wrong_flags_it_and_a_study_from_a_fift
 def test_the_console_line_counts_verdicts_and_names_the_failed_studies():
     from cmrseg.inference.segment import qc_line
 
-    cases = {"a": {"status": "ok", "qc": "ok"}, "b": {"status": "ok", "qc": "fail"}, "c": {"status": "ok", "qc": "review"},
-             "d": {"status": "ok", "qc": "ok"}, "e": {"status": "failed"}}
+    cases = {"a": {"status": "ok", "qc": "ok"}, "b": {"status": "ok", "qc": "fail"},
+             "c": {"status": "ok", "qc": "review"}, "d": {"status": "ok", "qc": "ok"}, "e": {"status": "failed"}}
     assert qc_line(cases) == "quality control: 2 ok, 1 review, 1 fail; QC failed: b"
     assert qc_line({"e": {"status": "failed"}}) == "quality control: no study segmented"

@@ -63,7 +63,8 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
         assert sorted(case["output_frames"]) == sorted(case["outputs"])
         assert set(case["qc_frames"]) <= {label for labels in case["output_frames"].values() for label in labels}
     frames_4d = summary["cases"]["patient002_4d"]["output_frames"]["patient002_4d.nii.gz"]
-    assert frames_4d == [f"frame {t + 1}" for t in range(len(read_volumes(acdc / "patient002" / "patient002_4d.nii.gz")))]
+    n_frames = len(read_volumes(acdc / "patient002" / "patient002_4d.nii.gz"))
+    assert frames_4d == [f"frame {t + 1}" for t in range(n_frames)]
     cine = summary["cases"]["patient002_4d"]  # QC checks the cine's ED and ES frames
     assert cine["qc_frames"] == sorted({f"frame {cine['ed_frame']}", f"frame {cine['es_frame']}"})
     for name, case in summary["cases"].items():  # the share of its masks the model expects wrong
@@ -258,7 +259,7 @@ def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom
                            extras=("probabilities",))
     saved = np.load(out / "cine_probabilities.npz")
     probs, mask = saved["probabilities"], np.asanyarray(nib.load(str(out / "cine.nii.gz")).dataobj)
-    assert record["base_slice_k"] == mask.shape[2] - 1  # held apex -> base in memory: the writers turn it round
+    assert record["base_slice_k"] == mask.shape[2] - 1  # held reversed (the base is the last k): writers turn it back
     assert len({int((mask[:, :, k, 0] > 0).sum()) for k in range(mask.shape[2])}) > 3  # the slices differ
     assert probs.dtype == np.float16 and probs.shape == (mask.shape[3], 4, *mask.shape[2::-1])
     assert list(saved["frames"]) == [f"frame {t + 1}" for t in range(mask.shape[3])]

@@ -134,7 +134,8 @@ def _summary(tally: dict[str, Any]) -> dict[str, Any]:
                          "lowest_volume_dice": float(np.min(v["dice"]))} for k, v in sorted(verdicts.items())},
         "uncertainty": {"studies": len(scored),
                         "expected": float(np.mean([st["expected"] for st in scored])) if scored else None,
-                        "actual": float(np.mean([_share(st["wrong"], st["area"]) for st in scored])) if scored else None},
+                        "actual": (float(np.mean([_share(st["wrong"], st["area"]) for st in scored]))
+                                   if scored else None)},
     }
 
 

@@ -128,7 +128,8 @@ def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
     esc = html.escape
     columns = [*REPORT_MEASURES, *(k for k in REPORT_BODY_MEASURES if any(k in c.get("measures", {}) for c in ok))]
     parts = ["<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th>"
-             "<th title='share of the masks the model expects to be wrong'>uncertainty</th><th>frames</th><th>ED</th><th>ES</th>"
+             "<th title='share of the masks the model expects to be wrong'>uncertainty</th>"
+             "<th>frames</th><th>ED</th><th>ES</th>"
              + "".join(f"<th>{esc(c)}</th>" for c in columns) + "<th>flags</th></tr>"]
     for c in ok:
         m = c.get("measures", {})
@@ -136,7 +137,8 @@ def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
                         else "<td>–</td>" for k in columns)
         qc, share = str(c.get("qc", "")), c.get("uncertainty")
         parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td>"
-                     f"<td class='qc-{esc(qc)}'>{esc(qc)}</td><td>{'–' if share is None else f'{100 * share:.0f} %'}</td>"
+                     f"<td class='qc-{esc(qc)}'>{esc(qc)}</td>"
+                     f"<td>{'–' if share is None else f'{100 * share:.0f} %'}</td>"
                      f"<td>{c['frames']}</td>"
                      f"<td>{c.get('ed_frame', '')}</td><td>{c.get('es_frame', '')}</td>{cells}"
                      f"<td>{len(c.get('flags', []))}</td></tr>")

@@ -187,7 +187,8 @@ def _orient(study: Study, preds: list, slice_order: str) -> str:
 
 
 def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: Path, taken: set[Path],
-                  owned: set[Path] | None = None, slice_order: str = "auto", extras: tuple[str, ...] = ()) -> dict[str, Any]:
+                  owned: set[Path] | None = None, slice_order: str = "auto",
+                  extras: tuple[str, ...] = ()) -> dict[str, Any]:
     """Segment, measure, check and draw one study; returns its JSON record. ``extras``
     (:data:`EXTRA_OUTPUTS`): ``dicom_seg``, a DICOM study's masks also as a DICOM SEG
     (:mod:`cmrseg.data.io.dicom_seg`); ``probabilities``, each mask file's class probabilities
@@ -444,7 +445,8 @@ def _measures_csv(cases: list[dict[str, Any]]) -> str:
         m = c["measures"]
         flags = sorted({f["flag"] for f in c["flags"]})
         share = c.get("uncertainty")
-        w.writerow([c["study"], c.get("qc", ""), "" if share is None else f"{100 * share:.1f}", c["frames"], c["ed_frame"], c["es_frame"], c["ed_es_source"],
+        w.writerow([c["study"], c.get("qc", ""), "" if share is None else f"{100 * share:.1f}", c["frames"],
+                    c["ed_frame"], c["es_frame"], c["ed_es_source"],
                     *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
                       for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
                     c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
