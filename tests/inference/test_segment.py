@@ -188,6 +188,11 @@ def test_shards_partition_and_finished_studies_are_skipped(phantom_dir, smoke_mo
     assert (out / "patient001_frame01.nii.gz").stat().st_mtime_ns == stamp
     _segment("-i", inputs[0], "-o", out, "--model", smoke_model, "--overwrite")
     assert (out / "patient001_frame01.nii.gz").stat().st_mtime_ns != stamp
+    # asking for an optional output the finished studies lack redoes them, and only once
+    r4 = _segment("-i", *inputs[:2], "-o", out, "--model", smoke_model, "--save-probabilities")
+    assert "0 already done" in r4.stdout and (out / "patient002_frame01_probabilities.npz").is_file()
+    r5 = _segment("-i", *inputs[:2], "-o", out, "--model", smoke_model, "--save-probabilities")
+    assert "2 already done" in r5.stdout
 
 
 def test_onnx_runtime_masks_match_pytorch(phantom_dir, smoke_model, tmp_path):

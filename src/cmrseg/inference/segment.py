@@ -227,7 +227,7 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
         "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": qc, "uncertainty": uncertainty,
         "flags": [_in_file_order(f, study) for f in flags],
         "outputs": [str(p.relative_to(out)) for p in outputs],
-        "output_frames": _output_frames(study, outputs, out), "qc_frames": sorted(mid),
+        "output_frames": _output_frames(study, outputs, out), "qc_frames": sorted(mid), "extras": list(extras),
         "montage": str(montage_path.relative_to(out)),
         "curve": str(curve_path.relative_to(out)) if curve_path else None,
         "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0,
@@ -424,12 +424,15 @@ def _case_file(out: Path, name: str) -> Path:
     return out / "cases" / f"{name}.json"
 
 
-def _is_done(out: Path, name: str) -> bool:
+def _is_done(out: Path, name: str, extras: tuple[str, ...] = ()) -> bool:
+    """A study finished by an earlier run, its outputs in place and made with every optional
+    output asked for now (a rerun with ``--save-probabilities`` redoes studies done without)."""
     try:
         rec = json.loads(_case_file(out, name).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(rec, dict) and rec.get("status") == "ok" and all((out / o).exists() for o in rec.get("outputs", []))
+    return (isinstance(rec, dict) and rec.get("status") == "ok" and set(extras) <= set(rec.get("extras", ()))
+            and all((out / o).exists() for o in rec.get("outputs", [])))
 
 
 def _measures_csv(cases: list[dict[str, Any]]) -> str:
@@ -508,7 +511,8 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
     set_tta(predictor, tta)
     ensure_writable(out)  # only once the inputs and the model are known good
     mine = sources[idx::n]
-    todo = [s for s in mine if overwrite or not _is_done(out, s.name)]
+    extras = tuple(name for name, on in zip(EXTRA_OUTPUTS, (dicom_seg, save_probabilities)) if on)
+    todo = [s for s in mine if overwrite or not _is_done(out, s.name, extras)]
     info = _run_info(predictor, inputs, skipped, f"{idx + 1}/{n}")
     print(f"cmrseg segment: {len(mine)} {'study' if len(mine) == 1 else 'studies'} in this shard, "
           f"{len(mine) - len(todo)} already done, "
@@ -516,7 +520,6 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
           f"on {predictor.device}", flush=True)
     for k in skipped:
         print(f"  skipped {k.path}: {k.reason}", flush=True)
-    extras = tuple(name for name, on in zip(EXTRA_OUTPUTS, (dicom_seg, save_probabilities)) if on)
     failures = _run_studies(todo, predictor, out, spacing, slice_order, workers, info["shard"], progress, extras)
     info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "shards" / f"{idx + 1}-of-{n}.json", {**info, "studies": [s.name for s in todo]})
