@@ -13,7 +13,7 @@ split unchanged and under vendor-like shifts, segmented by ``cmrseg segment``):
 Per shift, over the patients (ED and ES masks as written):
 
 * expected share: ``summary.json``'s ``uncertainty``; actual share: the pixels where the written
-  mask and the truth differ over the mask's pixels (the same ratio, :func:`uncertainty_share`);
+  mask and the truth differ over the mask's pixels (the same ratio, :func:`share_of_mask`);
   their means and the Spearman rank correlation across patients;
 * ``uncertain_slice`` flags: how many, and how many of them sit on a slice whose Dice (the mean
   over the classes in the mask or the truth) is below 0.7; and how many slices with a heart in
@@ -37,10 +37,8 @@ from scipy.stats import spearmanr
 
 from cmrseg.data.io.common import parse_frame_name, strip_suffix
 from cmrseg.data.io.readers import read_label_volume
-from cmrseg.evaluation.quality_check import BAD_SLICE_DICE, slice_dice
-from cmrseg.inference.quality import uncertainty_share
-
-BAD_DICE = BAD_SLICE_DICE
+from cmrseg.evaluation.metrics import share_of_mask
+from cmrseg.evaluation.quality_check import BAD_SLICE_DICE, error_pixels, slice_dice
 
 
 def study_rows(pred_dir: Path, data_dir: Path, name: str, case: dict) -> dict:
@@ -48,16 +46,16 @@ def study_rows(pred_dir: Path, data_dir: Path, name: str, case: dict) -> dict:
     flagged = {(f["frame"], f["slice"]) for f in case["flags"] if f["flag"] == "uncertain_slice"}
     errors = area = 0
     slices = []  # (dice, flagged) of every slice with a heart in the mask
-    for out in case["outputs"]:
+    for out in case["output_frames"]:  # the mask files (not a --save-probabilities file)
         pred, truth = read_label_volume(pred_dir / out).label, read_label_volume(data_dir / out).label
-        errors += int((pred != truth).sum())
-        area += int((pred > 0).sum())
+        wrong, mask = error_pixels(pred, truth)
+        errors, area = errors + wrong, area + mask
         frame = f"frame {parse_frame_name(strip_suffix(Path(out)))[1]}"
         # the flags' k is the written file's voxel index; read_label_volume gives base -> apex,
         # which is the file's order for these h5 files (no geometry to reverse)
         slices += [(slice_dice(pred[k], truth[k]), (frame, k) in flagged)
                    for k in range(pred.shape[0]) if pred[k].any()]
-    return {"study": name, "expected": case["uncertainty"], "actual": uncertainty_share(errors, area),
+    return {"study": name, "expected": case["uncertainty"], "actual": share_of_mask(errors, area),
             "slices": slices, "verdict_flags": sorted({f["flag"] for f in case["flags"]
                                                        if f["flag"] in ("uncertain_study", "unreliable_study")})}
 
@@ -73,15 +71,15 @@ def shift_row(out: Path, shift: str) -> dict:
             "expected mean": float(exp.mean()), "actual mean": float(act.mean()),
             "expected max": float(exp.max()), "actual max": float(act.max()),
             "spearman": float(spearmanr(exp, act)[0]) if len(studies) > 2 else float("nan"),
-            "slice flags": len(flagged), "flagged bad": sum(d < BAD_DICE for d in flagged),
-            "bad slices": sum(d < BAD_DICE for d, _ in slices), "slices": len(slices),
+            "slice flags": len(flagged), "flagged bad": sum(d < BAD_SLICE_DICE for d in flagged),
+            "bad slices": sum(d < BAD_SLICE_DICE for d, _ in slices), "slices": len(slices),
             "study flags": {k: sum(k in s["verdict_flags"] for s in studies)
                             for k in ("uncertain_study", "unreliable_study")}}
 
 
 def markdown(rows: list[dict]) -> str:
     head = ["shift", "expected share (mean / max)", "actual share (mean / max)", "Spearman (patients)",
-            f"`uncertain_slice` flags (Dice < {BAD_DICE})", f"slices with Dice < {BAD_DICE} flagged",
+            f"`uncertain_slice` flags (Dice < {BAD_SLICE_DICE})", f"slices with Dice < {BAD_SLICE_DICE} flagged",
             "`uncertain_study` / `unreliable_study`"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -24,6 +24,12 @@ def _as_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))[None, None]
 
 
+def share_of_mask(wrong: float, mask_pixels: float) -> float:
+    """``wrong`` pixels (expected or counted) over a mask's pixels, 1 where they outnumber it
+    (wrong pixels may lie outside the mask: pixels it missed), 0 without any wrong."""
+    return float(wrong / max(mask_pixels, wrong)) if wrong > 0 else 0.0
+
+
 def dice_per_class(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Dice of RV, MYO, LV over all voxels of ``pred``/``gt`` (any shape, same shape).
 

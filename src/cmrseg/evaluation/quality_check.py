@@ -23,28 +23,21 @@ from typing import Any
 
 import numpy as np
 
-from cmrseg.labels import CLASS_NAMES
+from cmrseg.evaluation.metrics import dice_per_class, share_of_mask
 
 BAD_SLICE_DICE = 0.7
 
 
 def slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over the classes in either slice; NaN when both are empty."""
-    scores = [2.0 * float(((pred == k) & (truth == k)).sum()) / float((pred == k).sum() + (truth == k).sum())
-              for k in range(1, len(CLASS_NAMES) + 1) if (pred == k).any() or (truth == k).any()]
-    return float(np.mean(scores)) if scores else float("nan")
+    """Mean Dice (:func:`dice_per_class`) over the classes in either slice; NaN when both are empty."""
+    scores = dice_per_class(pred, truth)
+    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 
-def error_share(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    """(pixels where ``pred`` and ``truth`` differ, pixels of the mask ``pred``)."""
+def error_pixels(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
+    """(pixels where ``pred`` and ``truth`` differ, pixels of the mask ``pred``): their ratio
+    (:func:`share_of_mask`) is the share the model's ``uncertainty`` estimates."""
     return int((pred != truth).sum()), int((pred > 0).sum())
-
-
-def _share(wrong: int, area: int) -> float:
-    """``wrong`` over the mask's ``area``, 1 where they outnumber it: the ratio the model's own
-    ``uncertainty`` is (``cmrseg.inference.quality.uncertainty_share``, not imported: it would
-    bring torch into ``cmrseg evaluate``)."""
-    return wrong / max(area, wrong) if wrong else 0.0
 
 
 def segment_records(pred_dir: Path) -> dict[tuple[str, int], tuple[dict[str, Any], str]] | None:
@@ -93,7 +86,7 @@ def _tally_case(case, rec: dict[str, Any], label: str, tally: dict[str, Any]) ->
             counts = tally["flags"].setdefault(name, {"slices": 0, "bad": 0})
             counts["slices"] += 1
             counts["bad"] += int(bad)
-    wrong, area = error_share(case.pred, case.gt)
+    wrong, area = error_pixels(case.pred, case.gt)
     study = tally["studies"].setdefault(rec["study"], {"qc": rec.get("qc"), "expected": rec.get("uncertainty"),
                                                        "wrong": 0, "area": 0, "volume_dice": []})
     study["wrong"] += wrong
@@ -134,7 +127,7 @@ def _summary(tally: dict[str, Any]) -> dict[str, Any]:
                          "lowest_volume_dice": float(np.min(v["dice"]))} for k, v in sorted(verdicts.items())},
         "uncertainty": {"studies": len(scored),
                         "expected": float(np.mean([st["expected"] for st in scored])) if scored else None,
-                        "actual": (float(np.mean([_share(st["wrong"], st["area"]) for st in scored]))
+                        "actual": (float(np.mean([share_of_mask(st["wrong"], st["area"]) for st in scored]))
                                    if scored else None)},
     }
 

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmrseg.evaluation.clinical import NORMAL, PLAUSIBLE
+from cmrseg.evaluation.metrics import share_of_mask
 from cmrseg.evaluation.topology import slice_topology
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
 
@@ -61,7 +62,7 @@ def uncertainty_share(expected_errors: float, mask_pixels: float) -> float:
     """The share of a mask the model expects to be wrong: its expected errors (pixels,
     :attr:`Prediction.expected_errors`) over the mask's pixels, 1 where they outnumber the mask
     (the errors may lie outside it: pixels it missed), 0 without either."""
-    return float(expected_errors / max(mask_pixels, expected_errors)) if expected_errors > 0 else 0.0
+    return share_of_mask(expected_errors, mask_pixels)
 
 
 def uncertainty_flags(expected_errors: np.ndarray, mask: np.ndarray, frame: str = "") -> list[dict[str, Any]]:
