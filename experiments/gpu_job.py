@@ -1,6 +1,6 @@
 """The GPU job: turn one device call into the best models it can ship.
 
-    python experiments/gpu_job.py --data .gpu/acdc --out $OUT [--seconds 540] [--protocol paper]
+    python experiments/gpu_job.py --data .gpu/acdc --out $OUT [--seconds 540] [--protocol paper] [--plan continue]
 
 In this order, inside ``--seconds`` of wall time:
 
@@ -19,6 +19,15 @@ In this order, inside ``--seconds`` of wall time:
 4. ``--seeds`` further seeds of the proposed model (``seg_as@seed1``, ``seg_as+ref_as_mt@seed1``,
    ...), each stage with the time budget the proposed model's stages had: ensemble members;
 5. further Table 1 and Table 2 runs while time is left (``EXTRA_RUNS``).
+
+``--plan continue`` replaces 2-5: after the throughput check, each member of the shipped default
+(or each model of ``--continue-from``) is trained further in its own protocol (``fast``), its Seg
+stage from the model's Seg weights, then its Ref stage from the model on that run (as
+``experiments/train_cpu_2h.sh`` continues them on a CPU, which improved them twice: rules 9 and 11
+in docs/RESULTS.md), the call's time shared evenly by the stages; the continued models come back
+as ``models/seg_as-ref_as_mt_cont<k>/`` and are scored on the CPU machine as an ensemble, as
+the seeds are. The data bundle is made for the paper protocol; a ``fast`` run takes its
+canvases resampled to its coarser pixels (``StackDataset.on_canvas``).
 
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
@@ -53,7 +62,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cmrseg.checkpoint import half_precision, read_tensors, save_weights  # noqa: E402 (after the path)
+from cmrseg.checkpoint import half_precision, read_tensors, save_weights, stage_tensors  # noqa: E402 (after the path)
 from cmrseg.training.config import load_config  # noqa: E402
 from cmrseg.training.run_folder import is_complete_run  # noqa: E402
 
@@ -70,6 +79,40 @@ def seed_runs(seeds: int) -> list[tuple[str, list[str]]]:
     for k in range(1, seeds + 1):
         runs += [(f"seg_as@seed{k}", [f"seed={k}"]),
                  (f"seg_as+ref_as_mt@seed{k}", [f"seed={k}", f"stage1_run={{runs}}/seg_as@seed{k}"])]
+    return runs
+
+
+#: how a shipped model is continued: the settings of the CPU continuations that improved it
+#: (docs/RESULTS.md, rules 9 and 11: lr 3e-4, one warm-up epoch), at most the paper's 200 epochs
+CONTINUE_SETS = ["warmup_epochs=1", "epochs=200"]
+CONTINUE_LR = 3e-4
+SHIPPED = REPO / "src" / "cmrseg" / "weights"
+
+
+def shipped_members() -> list[Path]:
+    """The model folders of the shipped default (``proposed_ensemble/ensemble.json``)."""
+    folder = SHIPPED / "proposed_ensemble"
+    return [(folder / m).resolve() for m in json.loads((folder / "ensemble.json").read_text())["members"]]
+
+
+def continue_runs(members: list[Path], work: Path, batch_factor: int = 1) -> list[tuple[str, list[str], str]]:
+    """``(run, overrides, protocol)`` continuing each two-stage model folder of ``members`` in
+    its own protocol: its Seg stage from the model's Seg weights (``seg_as@cont<k>``, snapshots
+    for the Ref inputs early, as ``experiments/train_cpu_2h.sh`` does), then its Ref stage from
+    the whole model on that run (``<model>@cont<k>``); Adam's learning rate grows with the square
+    root of the batch factor, as :func:`batch_overrides` scales it."""
+    runs = []
+    lr = f"lr={CONTINUE_LR * math.sqrt(batch_factor):.6g}"
+    for k, member in enumerate(members, 1):
+        meta = json.loads((member / "model.json").read_text())
+        init_seg = work / "init" / f"{member.name}.seg.safetensors"
+        if not init_seg.is_file():
+            init_seg.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(stage_tensors(read_tensors(member / "weights.safetensors"), "seg"), init_seg)
+        seg, ref = f"seg_as@cont{k}", f"{meta['model']}@cont{k}"
+        runs += [(seg, [f"init_weights={init_seg}", "snapshot_fractions=[0.1, 0.3]", lr, *CONTINUE_SETS],
+                  meta["protocol"]),
+                 (ref, [f"init_weights={member}", f"stage1_run={{runs}}/{seg}", lr, *CONTINUE_SETS], meta["protocol"])]
     return runs
 
 
@@ -97,8 +140,8 @@ def env() -> dict:
 
 def throughput_check(out: Path, protocol: str, device: str, seconds: float, steps: int = 8,
                      profile_steps: int = 5, compile_mode: str | None = None,
-                     stage_seconds: float | None = None) -> list[str]:
-    """Run the settings benchmark; the overrides of the best setting for seg_as (the most
+                     stage_seconds: float | None = None) -> dict:
+    """Run the settings benchmark; the best setting for seg_as (the most
     slices in a stage of ``stage_seconds``). A benchmark that overruns ``seconds`` is stopped
     and the settings it measured so far still count. Then ``profile_steps`` steps of seg_as
     under ``torch.profiler`` (``throughput.profile.txt``: where the step's time goes, for the
@@ -116,20 +159,20 @@ def throughput_check(out: Path, protocol: str, device: str, seconds: float, step
         (out / "throughput.log").write_text(res.stdout + res.stderr)
         if res.returncode != 0 or not json_path.is_file():
             log(f"throughput check failed (exit {res.returncode}); default settings: {res.stderr.strip()[-300:]}")
-            return []
+            return {}
     except subprocess.TimeoutExpired:  # the benchmark rewrites its JSON after every setting it measures
         if not json_path.is_file():
             log(f"throughput check passed {seconds:.0f} s before a setting finished; default settings")
-            return []
+            return {}
         log(f"throughput check passed {seconds:.0f} s; the best setting measured by then")
     report = json.loads(json_path.read_text())
     best = (report.get("best") or {}).get("seg_as")
     if not best:
-        return []
+        return {}
     log(f"best setting for seg_as: {json.dumps(best)}")
     if report.get("profile"):
         log(f"profile of seg_as: {json.dumps(report['profile'])}")
-    return setting_overrides(best, protocol)
+    return best
 
 
 def setting_overrides(best: dict, protocol: str) -> list[str]:
@@ -153,8 +196,10 @@ def batch_overrides(protocol: str, factor: int) -> list[str]:
             f"lr={cfg.lr * math.sqrt(factor):.6g}"]
 
 
-def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout: float, settings: list[str]) -> bool:
-    """One ``cmrseg train`` process with a per-stage time budget; True if the run finished."""
+def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout: float, settings: list[str],
+          protocol: str | None = None) -> bool:
+    """One ``cmrseg train`` process with a per-stage time budget (``protocol``: ``args.protocol``
+    unless given); True if the run finished."""
     run = runs / name
     if is_complete_run(run):
         log(f"{name}: finished earlier, kept")
@@ -162,7 +207,8 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     model = name.split("@")[0]
     sets = ["progress=false", f"device={args.device}", f"time_budget_s={budget:.0f}", "checkpoint_every=10",
             *settings, *(e.format(runs=runs) for e in extra), *args.set]
-    cmd = [sys.executable, "-m", "cmrseg", "train", "--model", model, "--protocol", args.protocol,
+    protocol = protocol or args.protocol
+    cmd = [sys.executable, "-m", "cmrseg", "train", "--model", model, "--protocol", protocol,
            "--data", str(args.data), "--out", str(run)]
     for s in sets:
         cmd += ["--set", s]
@@ -180,7 +226,7 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
         spent = time.perf_counter() - t0
         log(f"{name}: failed ({rc}) with {compiled[0]} after {spent:.0f} s; again without it")
         return train(name, extra, args, runs, max(10.0, budget - spent), timeout - spent,
-                     [s for s in settings if not s.startswith("compile=")])
+                     [s for s in settings if not s.startswith("compile=")], protocol)
     meta = json.loads((run / "model.json").read_text()) if ok else {}
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
         + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
@@ -210,13 +256,116 @@ def pack(work: Path, out: Path, finished: list[str]) -> None:
     os.replace(tmp, out / "results.tar.gz")
 
 
-def main(argv: list[str] | None = None) -> int:
+class Runner:
+    """Trains runs one after another inside the job's clock, each stage with a time budget; keeps
+    the finished ones and brings each back to ``$OUT`` as soon as it exists."""
+
+    def __init__(self, args, clock: Clock, best: dict):
+        self.args, self.clock, self.best = args, clock, best
+        self.runs = args.work / "runs"
+        self.finished: list[str] = []
+        self.startup = args.startup  # a training process's seconds outside its stage: the most measured
+        self.seg_budget = 0.0  # the proposed Seg stage's budget: an ensemble member's stage gets no more
+
+    def run(self, name: str, extra: list[str], stages_left: int, until: float, protocol: str | None = None) -> bool:
+        """Train ``name`` with what is left until ``until`` (job seconds) shared by ``stages_left``."""
+        args, clock = self.args, self.clock
+        timeout = clock.left() - args.eval_reserve
+        span = min(until - clock.elapsed(), timeout)
+        # 5 % of the span kept back: a Ref stage's first minutes (its inputs from the Seg
+        # snapshots) are not in its budget, and a stage past the timeout is lost
+        budget = (0.95 * span - self.startup * stages_left) / stages_left
+        if name == PROPOSED[0][0]:
+            self.seg_budget = budget
+        if budget < 10 and not is_complete_run(self.runs / name):
+            log(f"{name}: skipped, {span:.0f} s left")
+            return False
+        t0 = clock.elapsed()
+        protocol = protocol or args.protocol
+        settings = setting_overrides(self.best, protocol) if self.best else []
+        ok = train(name, extra, args, self.runs, budget, timeout, settings, protocol)
+        if ok:
+            self.finished.append(name)
+            trained = json.loads((self.runs / name / "model.json").read_text()).get("train_seconds") or 0.0
+            # measured: the process's time beyond what its budget governed (start, data, Ref
+            # inputs); the largest so far, since a stage lost to the timeout costs more than seconds
+            self.startup = max(self.startup, clock.elapsed() - t0 - min(budget, trained))
+            pack(args.work, args.out, self.finished)
+        return ok
+
+    def ready(self, extra: list[str]) -> bool:
+        """Whether the Seg-stage run a Ref stage starts from (``stage1_run``) finished."""
+        needs = [e.split("=", 1)[1].format(runs=self.runs) for e in extra if e.startswith("stage1_run")]
+        return not needs or is_complete_run(Path(needs[0]))
+
+
+def paper_plan(runner: Runner) -> set[str]:
+    """Items 2-5 of the module docstring; the names of the ensemble members (scored on CPU)."""
+    args, clock = runner.args, runner.clock
+    window = max(0.0, clock.left() - args.eval_reserve)
+    proposed_end = clock.elapsed() + window * args.proposed_share
+    # the proposed model: two stages sharing its part of the window
+    if runner.run(*PROPOSED[0], stages_left=2, until=proposed_end):
+        runner.run(*PROPOSED[1], stages_left=1, until=proposed_end)
+    seeds = seed_runs(args.seeds)
+    members = {name for name, _ in seeds}
+    for name, extra in BASELINE + seeds + (EXTRA_RUNS if args.extra else []):
+        if not runner.ready(extra):
+            continue
+        if clock.left() - args.eval_reserve < 60 and not is_complete_run(runner.runs / name):
+            break
+        until = clock.seconds - args.eval_reserve
+        if name in members:  # an ensemble member: a stage gets what the proposed model's stage got, no more
+            until = min(until, clock.elapsed() + runner.seg_budget + runner.startup)
+        runner.run(name, extra, stages_left=1, until=until)
+    return members
+
+
+def continue_plan(runner: Runner) -> set[str]:
+    """``--plan continue``: each model of ``--continue-from`` (default: the shipped default's
+    members) continued, both stages, in its own protocol, the window shared evenly by the
+    stages; all of them are scored on CPU (module docstring), so their names are returned."""
+    args = runner.args
+    members = args.continue_from
+    factor = int(runner.best.get("batch_factor", 1)) if runner.best else 1
+    todo = continue_runs(members, args.work, factor)
+    for i, (name, extra, protocol) in enumerate(todo):
+        if runner.ready(extra):
+            runner.run(name, extra, stages_left=len(todo) - i, until=runner.clock.seconds - args.eval_reserve,
+                       protocol=protocol)
+    return {name for name, _, _ in todo}
+
+
+def evaluate(runner: Runner, members: set[str]) -> None:
+    """``cmrseg reproduce`` scores every finished run but the ensemble members on val."""
+    args, clock = runner.args, runner.clock
+    models = [n for n in runner.finished if n not in members]
+    if not models:
+        return
+    log(f"evaluating {', '.join(models)} on val")
+    cmd = [sys.executable, "-m", "cmrseg", "reproduce", "--data", str(args.data), "--protocol", args.protocol,
+           "--out", str(args.work), "--device", args.device, "--deadline-min", "0", "--models", *models]
+    try:
+        res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=max(30.0, clock.left() - 10))
+        (args.work / "evaluate_console.log").write_text(res.stdout + res.stderr)
+        log(f"evaluation exit {res.returncode}")
+        print(res.stdout[-3000:] if res.returncode == 0 else res.stderr[-3000:], flush=True)
+    except subprocess.TimeoutExpired:
+        log("evaluation ran out of time")
+
+
+def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, type=Path, help="train.npz.xz (or train.npz, train/) and val/ (experiments/make_gpu_bundle.py)")
     ap.add_argument("--out", required=True, type=Path, help="where weights, logs and evaluation go ($OUT)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_job"), help="run folders (kept for a second call)")
     ap.add_argument("--seconds", type=float, default=540.0, help="wall time of the whole job")
-    ap.add_argument("--protocol", default="paper")
+    ap.add_argument("--plan", choices=["paper", "continue"], default="paper",
+                    help="paper: the protocol's runs (module docstring); continue: train the shipped models further")
+    ap.add_argument("--continue-from", type=Path, nargs="+", metavar="MODEL",
+                    help="--plan continue: the two-stage model folders to continue (default: the shipped default's members)")
+    ap.add_argument("--protocol", help="the runs' protocol, and the throughput check's (default: paper; with "
+                    "--plan continue the continued models' own, which their runs always take)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--bench-seconds", type=float, default=45.0, help="throughput check, at most (0 = skip)")
     ap.add_argument("--bench-steps", type=int, default=8, help="timed training steps per setting")
@@ -224,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     "mode on fixed-shape batches (reduce-overhead: CUDA graphs); raise --bench-seconds for it")
     ap.add_argument("--proposed-share", type=float, default=0.75,
                     help="share of the training time for the proposed model's two stages")
-    ap.add_argument("--eval-reserve", type=float, default=80.0, help="seconds kept for evaluation and packing")
+    ap.add_argument("--eval-reserve", type=float,
+                    help="seconds kept for evaluation and packing (default 80; 20 with --plan continue)")
     ap.add_argument("--startup", type=float, default=25.0,
                     help="first guess of a training process's seconds outside its stages (loading data, probability maps)")
     ap.add_argument("--no-extra", dest="extra", action="store_false",
@@ -233,75 +383,35 @@ def main(argv: list[str] | None = None) -> int:
                     help="further seeds of the proposed model after seg_ss, for an ensemble (default 2)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = ap.parse_args(argv)
+    if args.eval_reserve is None:
+        args.eval_reserve = 20.0 if args.plan == "continue" else 80.0
+    if args.plan == "continue":
+        args.continue_from = args.continue_from or shipped_members()
+        args.protocol = args.protocol or json.loads((args.continue_from[0] / "model.json").read_text())["protocol"]
+    args.protocol = args.protocol or "paper"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     clock = Clock(args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = args.work / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    log(f"job: {args.seconds:.0f} s, protocol {args.protocol}, device {args.device}, data {args.data}")
-    # a stage of the proposed model gets about this long: what a setting's compile time is paid from
-    stage_guess = (args.seconds - args.bench_seconds - args.eval_reserve) * args.proposed_share / 2 - args.startup
-    settings = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
-                                 compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
-                if args.bench_seconds > 0 else [])
-
-    window = max(0.0, clock.left() - args.eval_reserve)
-    proposed_end = clock.elapsed() + window * args.proposed_share
-    finished: list[str] = []
-    startup = args.startup
-    seg_budget = 0.0  # the proposed Seg stage's budget: an ensemble member's stage gets no more
-
-    def run_one(name: str, extra: list[str], stages_left: int, until: float) -> bool:
-        nonlocal startup, seg_budget
-        timeout = clock.left() - args.eval_reserve
-        span = min(until - clock.elapsed(), timeout)
-        budget = (span - startup * stages_left) / stages_left
-        if name == PROPOSED[0][0]:
-            seg_budget = budget
-        if budget < 10 and not is_complete_run(runs / name):
-            log(f"{name}: skipped, {span:.0f} s left")
-            return False
-        t0 = clock.elapsed()
-        ok = train(name, extra, args, runs, budget, timeout, settings)
-        if ok:
-            finished.append(name)
-            trained = json.loads((runs / name / "model.json").read_text()).get("train_seconds") or 0.0
-            if clock.elapsed() - t0 > trained:  # measured: process time outside the stage
-                startup = max(5.0, clock.elapsed() - t0 - trained)
-            pack(args.work, args.out, finished)
-        return ok
-
-    # the proposed model: two stages sharing its part of the window
-    if run_one(*PROPOSED[0], stages_left=2, until=proposed_end):
-        run_one(*PROPOSED[1], stages_left=1, until=proposed_end)
-    seeds = seed_runs(args.seeds)
-    members = {name for name, _ in seeds}
-    for name, extra in BASELINE + seeds + (EXTRA_RUNS if args.extra else []):
-        needs = [e.split("=", 1)[1].format(runs=runs) for e in extra if e.startswith("stage1_run")]
-        if needs and not is_complete_run(Path(needs[0])):
-            continue
-        if clock.left() - args.eval_reserve < 60 and not is_complete_run(runs / name):
-            break
-        until = clock.seconds - args.eval_reserve
-        if name in members:  # an ensemble member: a stage gets what the proposed model's stage got, no more
-            until = min(until, clock.elapsed() + seg_budget + startup)
-        run_one(name, extra, stages_left=1, until=until)
-
-    if finished:
-        log(f"evaluating {', '.join(finished)} on val")
-        models = [n for n in finished if n not in members]  # the seeds: as an ensemble, on CPU (docstring)
-        cmd = [sys.executable, "-m", "cmrseg", "reproduce", "--data", str(args.data), "--protocol", args.protocol,
-               "--out", str(args.work), "--device", args.device, "--deadline-min", "0", "--models", *models]
-        try:
-            res = subprocess.run(cmd, env=env(), capture_output=True, text=True,
-                                 timeout=max(30.0, clock.left() - 10))
-            (args.work / "evaluate_console.log").write_text(res.stdout + res.stderr)
-            log(f"evaluation exit {res.returncode}")
-            print(res.stdout[-3000:] if res.returncode == 0 else res.stderr[-3000:], flush=True)
-        except subprocess.TimeoutExpired:
-            log("evaluation ran out of time")
-        pack(args.work, args.out, finished)
-    log(f"done after {clock.elapsed():.0f} s; finished runs: {', '.join(finished) or 'none'}")
-    return 0 if finished else 1
+    (args.work / "runs").mkdir(parents=True, exist_ok=True)
+    log(f"job: {args.seconds:.0f} s, plan {args.plan}, protocol {args.protocol}, device {args.device}, data {args.data}")
+    # a stage of the proposed model (of a continued model) gets about this long: what a setting's
+    # compile time is paid from
+    share = args.proposed_share / 2 if args.plan == "paper" else 1 / (2 * len(args.continue_from))
+    stage_guess = (args.seconds - args.bench_seconds - args.eval_reserve) * share - args.startup
+    best = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
+                             compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
+            if args.bench_seconds > 0 else {})
+    runner = Runner(args, clock, best)
+    members = continue_plan(runner) if args.plan == "continue" else paper_plan(runner)
+    if runner.finished:
+        evaluate(runner, members)
+        pack(args.work, args.out, runner.finished)
+    log(f"done after {clock.elapsed():.0f} s; finished runs: {', '.join(runner.finished) or 'none'}")
+    return 0 if runner.finished else 1
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ def half_precision(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() and "running_" not in k else v) for k, v in tensors.items()}
 
 
+def stage_tensors(tensors: dict[str, torch.Tensor], stage: str = "seg") -> dict[str, torch.Tensor]:
+    """One stage's tensors of a two-stage model's weights (keys ``<stage>.*``), without the
+    prefix and in float32: what a Seg-stage run starts from when it continues a two-stage model."""
+    prefix = stage + "."
+    return {k[len(prefix):]: v.float() if v.is_floating_point() else v
+            for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

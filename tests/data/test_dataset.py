@@ -51,3 +51,29 @@ def test_batcher_covers_every_item_once_per_epoch_and_shards_for_ddp(phantom_dir
     r0 = [i for batch in StackBatcher(ds, 7, rank=0, world_size=2, seed=1).epoch(3) for i in batch["indices"]]
     r1 = [i for batch in StackBatcher(ds, 7, rank=1, world_size=2, seed=1).epoch(3) for i in batch["indices"]]
     assert not set(r0) & set(r1) and len(r0) == len(r1) == len(ds) // 2
+
+
+def test_a_cache_serves_a_protocol_with_coarser_pixels_as_preprocessing_would(phantom_dir, tmp_path):
+    """The GPU bundle is made for the paper protocol (1.3 mm); a ``fast`` run (1.6 mm, a smaller
+    field of view) takes its canvases resampled: the same stacks as preprocessing the volumes
+    with the fast protocol, up to the second interpolation; finer pixels or a wider field of
+    view than the cache has are refused with the file named."""
+    import pytest
+
+    from cmrseg.errors import InputError
+
+    paper, fast = PreprocessConfig(1.3, 256), PreprocessConfig(1.6, 192)
+    StackDataset.from_folder(phantom_dir / "h5" / "train", paper, progress=False).save_cache(tmp_path / "c.npz")
+    derived = StackDataset.from_folder(tmp_path / "c.npz", fast)
+    direct = StackDataset.from_folder(phantom_dir / "h5" / "train", fast, progress=False)
+    assert derived.preprocess == fast and [r.name for r in derived.records] == [r.name for r in direct.records]
+    for a, b in zip(derived.records, direct.records):
+        assert a.image.shape == b.image.shape == (b.label.shape[0], 192, 192) and a.meta == b.meta
+        assert np.abs(a.image.astype(float) - b.image).mean() < 0.02 * 255
+        assert (a.label == b.label).mean() > 0.995
+        for c in (1, 2, 3):  # no class grows or shrinks by the detour
+            assert (a.label == c).sum() == pytest.approx((b.label == c).sum(), rel=0.03)
+    assert StackDataset.from_folder(tmp_path / "c.npz", paper).records[0].image is not None  # same canvas: as is
+    for wrong in (PreprocessConfig(1.0, 256), PreprocessConfig(1.6, 256)):  # finer pixels; 410 mm > 333 mm
+        with pytest.raises(InputError, match=r"c\.npz.*too coarse or its field of view too small"):
+            StackDataset.from_folder(tmp_path / "c.npz", wrong)

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from cmrseg.checkpoint import read_tensors
@@ -23,7 +24,9 @@ def test_budget_epochs_ignores_the_warm_up_epoch_and_stays_in_bounds():
     assert budget_epochs(cfg, 2, 11.0, [10.0, 1.0], 5.0) == 2 + int(89 / 2.0)
     assert budget_epochs(cfg, 2, 11.0, [10.0, 1.0], 0.0) == 2 + 89
     assert budget_epochs(cfg, 2, 11.0, [0.01, 0.01], 0.0) == cfg.epochs  # never above the protocol's epochs
-    assert budget_epochs(cfg, 30, 150.0, [1.0] * 30, 0.0) == 31  # over budget: one more epoch, then stop
+    assert budget_epochs(cfg, 30, 150.0, [1.0] * 30, 0.0, planned=40) == 31  # over budget: one more epoch, then stop
+    assert budget_epochs(cfg, 31, 151.0, [1.0] * 31, 0.0, planned=31) == 31  # ... not one more at every re-plan
+    assert budget_epochs(cfg, 31, 60.0, [1.0] * 31, 0.0, planned=31) == 31 + 40  # faster than planned: more
 
 
 def test_a_larger_batch_is_chosen_only_when_it_pays_and_then_scales_the_learning_rate(load_script):
@@ -137,7 +140,7 @@ def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
     run = tmp_path / "budget"
     res = subprocess.run([sys.executable, "-m", "cmrseg", "train", "--model", "seg_ss", "--protocol", "smoke",
                           "--data", str(phantom_dir / "h5"), "--out", str(run), "--epochs", "500",
-                          "--set", "progress=false", "--set", "time_budget_s=3", "--set", "val_every=2",
+                          "--set", "progress=false", "--set", "time_budget_s=3", "--set", "val_every=1",
                           "--set", "schedule=cosine", "--set", "warmup_epochs=0"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -200,6 +203,47 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
                             "--seconds", "120", "--protocol", "smoke", "--device", "cpu", "--bench-seconds", "0",
                             "--eval-reserve", "60", "--seeds", "1", "--no-extra"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 5, again.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_path):
+    """``--plan continue`` on CPU: a shipped two-stage model (``fast`` networks) trained further
+    from the paper protocol's bundle (its canvases resampled to 1.6 mm): the Seg stage starts
+    from the model's Seg weights, the Ref stage from the model on that Seg run, and the result
+    comes back as a model folder that loads for segmenting; nothing is evaluated on the device."""
+    from cmrseg.checkpoint import stage_tensors
+
+    member = REPO / "src" / "cmrseg" / "weights" / "seg_as+ref_as_mt"
+    out, work, bundle = tmp_path / "out", tmp_path / "work", tmp_path / "bundle"
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "make_gpu_bundle.py"), str(phantom_dir / "h5"),
+                          str(bundle), "paper"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
+                          "--out", str(out), "--work", str(work), "--seconds", "200", "--plan", "continue",
+                          "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "0", "--startup", "5",
+                          "--set", "epochs=2", "--set", "val_every=1"], capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    runs = work / "runs"
+    seg_cfg = yaml.safe_load((runs / "seg_as@cont1" / "config.yaml").read_text())
+    ref_cfg = yaml.safe_load((runs / "seg_as+ref_as_mt@cont1" / "config.yaml").read_text())
+    assert seg_cfg["protocol"] == ref_cfg["protocol"] == "fast" and seg_cfg["preprocess"]["target_spacing"] == 1.6
+    assert seg_cfg["lr"] == ref_cfg["lr"] == pytest.approx(3e-4)
+    start = read_tensors(seg_cfg["init_weights"])  # the shipped model's Seg stage, exactly
+    shipped = stage_tensors(read_tensors(member / "weights.safetensors"), "seg")
+    assert start.keys() == shipped.keys() and all(torch.equal(start[k], shipped[k]) for k in start)
+    assert ref_cfg["init_weights"] == str(member) and ref_cfg["stage1_run"] == str(runs / "seg_as@cont1")
+    # it started where the shipped model is: after one epoch already far above a new network
+    first = (runs / "seg_as@cont1" / "log.csv").read_text().splitlines()[1].split(",")
+    assert float(first[9]) > 0.4, first
+    folder = out / "models" / "seg_as-ref_as_mt_cont1"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["complete"] and meta["protocol"] == "fast" and meta["trained_epochs"] == 2
+    assert all(str(v.dtype) == "torch.float16" for v in read_tensors(folder / "weights.safetensors").values()
+               if v.ndim == 4)
+    assert load_predictor([folder], device="cpu").meta["protocol"] == "fast"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "runs/seg_as+ref_as_mt@cont1/log.csv" in tar.getnames()
+    assert not (work / "summary.json").exists()  # scored on the CPU machine, as an ensemble
 
 
 _BLOCK = '''

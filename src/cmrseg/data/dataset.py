@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from cmrseg.atomic import atomic_path
 from cmrseg.data.io import load_labelled_dataset
-from cmrseg.data.preprocessing import PreprocessConfig, preprocess_image, preprocess_label
+from cmrseg.data.preprocessing import (PreprocessConfig, derivable_canvas, preprocess_image, preprocess_label,
+                                       recanvas)
 from cmrseg.data.volume import Volume
 from cmrseg.errors import InputError
 
@@ -115,10 +116,24 @@ class StackDataset(Dataset):
         root = Path(root)
         if is_cache(root):
             ds = cls.from_cache(root, mode)
-            if ds.preprocess != preprocess:
-                raise InputError(root, f"cache was made with {ds.preprocess}, not {preprocess}")
-            return ds
+            if ds.preprocess != preprocess and not derivable_canvas(ds.preprocess, preprocess):
+                raise InputError(root, f"cache was made with {ds.preprocess}, not {preprocess}, and its pixels "
+                                       "are too coarse or its field of view too small to derive that from it")
+            return ds.on_canvas(preprocess)
         return cls.from_volumes(load_labelled_dataset(root, labels=labels), preprocess, mode, progress)
+
+    def on_canvas(self, preprocess: PreprocessConfig) -> "StackDataset":
+        """These stacks on another protocol's canvas (:func:`~cmrseg.data.preprocessing.recanvas`:
+        coarser pixels, a field of view no wider), e.g. the paper protocol's GPU bundle for a
+        ``fast``-protocol run; itself when the canvas is the same."""
+        if preprocess == self.preprocess:
+            return self
+        records = []
+        for r in self.records:
+            x, y = recanvas(torch.from_numpy(r.image).float()[:, None] / 255.0, r.label, self.preprocess, preprocess)
+            records.append(StackRecord(r.name, (x[:, 0] * 255.0).round().to(torch.uint8).numpy(),
+                                       y.to(torch.uint8).numpy(), r.meta))
+        return StackDataset(records, preprocess, self.mode)
 
     def save_cache(self, path: str | Path, compression: str = "deflate") -> None:
         """Write every stack into one compressed npz (uint8 arrays + JSON index).

@@ -138,6 +138,31 @@ def preprocess_label(label: np.ndarray, cmap: CanvasMap) -> torch.Tensor:
     return _to_canvas(y[:, None], cmap, 0)[:, 0]
 
 
+def derivable_canvas(src: PreprocessConfig, dst: PreprocessConfig) -> bool:
+    """Whether canvases preprocessed with ``src`` can stand in for ``dst``'s by resampling
+    (:func:`recanvas`): the same intensity percentiles, pixels at least as coarse (no detail
+    invented) and a field of view no wider (no image beyond the source canvas needed)."""
+    if src.target_spacing is None or dst.target_spacing is None or tuple(src.percentiles) != tuple(dst.percentiles):
+        return False
+    return (dst.target_spacing >= src.target_spacing
+            and dst.canvas * dst.target_spacing <= src.canvas * src.target_spacing + 1e-6)
+
+
+def recanvas(image: torch.Tensor, label: np.ndarray, src: PreprocessConfig,
+             dst: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stack already on ``src``'s canvas (image ``[S, 1, C, C]`` in [0, 1], label ``[S, C, C]``)
+    moved onto ``dst``'s (:func:`derivable_canvas`): the canvas is treated as an input of
+    ``src.target_spacing`` mm pixels and resampled and centre-cropped as any input is, the
+    intensities kept (they are normalised already). Both canvases are centred on the input's
+    centre, so the result matches preprocessing the original with ``dst`` up to the rounding
+    of the two centre crops (at most a pixel) and the second interpolation."""
+    if not derivable_canvas(src, dst):
+        raise ValueError(f"canvases made with {src} cannot be resampled to {dst}")
+    cmap = canvas_map(tuple(label.shape[-2:]), (src.target_spacing, src.target_spacing), dst)
+    x = _to_canvas(_resize(image, cmap.resampled_shape, "bilinear").clamp_(0.0, 1.0), cmap)
+    return x, preprocess_label(label, cmap)
+
+
 def invert_to_input(probs: torch.Tensor, cmap: CanvasMap) -> torch.Tensor:
     """Canvas probabilities ``[S, C, canvas, canvas]`` -> ``[S, C, H, W]`` on the input grid.
 

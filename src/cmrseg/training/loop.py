@@ -188,7 +188,7 @@ def _replan(stage: Stage, val_ds: StackDataset, opt: _Optimisation, cfg: TrainCo
     summary = validate(stage, val_ds)
     opt.val_seconds.append(time.perf_counter() - t_val)
     epochs = budget_epochs(cfg, opt.state["epoch"], time.perf_counter() - opt.started, opt.state["epoch_seconds"],
-                           float(np.median(opt.val_seconds[1:] or opt.val_seconds)))
+                           float(np.median(opt.val_seconds[1:] or opt.val_seconds)), opt.plan["epochs"])
     opt.plan["epochs"] = opt.state["planned_epochs"] = agree_on(epochs, ctx.device, ctx.dist)
     return summary
 

@@ -31,12 +31,15 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
 
 
 def budget_epochs(cfg: TrainConfig, done: int, elapsed: float, epoch_seconds: list[float],
-                  val_seconds: float) -> int:
-    """Epochs that fit ``cfg.time_budget_s`` (at most ``cfg.epochs``, at least one more than
-    ``done``), for what is left of the budget after ``elapsed`` seconds: the median time of
-    the epochs after the first (the first carries the device's warm-up: 10 s against 1.2 s
-    later on an H200) plus the validation time spread over ``val_every`` epochs."""
+                  val_seconds: float, planned: int | None = None) -> int:
+    """Epochs that fit ``cfg.time_budget_s`` (at most ``cfg.epochs``), for what is left of the
+    budget after ``elapsed`` seconds: the median time of the epochs after the first (the first
+    carries the device's warm-up: 10 s against 1.2 s later on an H200) plus the validation time
+    spread over ``val_every`` epochs. A spent budget plans one more epoch (so the learning rate
+    ends at its floor), then stops: with ``planned``, the plan in force, ending at ``done``, it
+    adds none, however often the stage is re-planned (``val_every: 1``)."""
     timed = epoch_seconds[1:] or epoch_seconds
     per_epoch = float(np.median(timed[-20:])) + val_seconds / max(1, cfg.val_every)
     fit = done + int(max(0.0, cfg.time_budget_s - elapsed) / max(per_epoch, 1e-9))
-    return int(min(cfg.epochs, max(done + 1, fit)))
+    least = done if planned is not None and planned <= done else done + 1
+    return int(min(cfg.epochs, max(least, fit)))
