@@ -23,7 +23,7 @@ In this order, inside ``--seconds`` of wall time:
 ``--plan continue`` replaces 2-5: after the throughput check, each member of the shipped default
 (or each model of ``--continue-from``) is trained further in its own protocol (``fast``), its Seg
 stage from the model's Seg weights, then its Ref stage from the model on that run (as
-``experiments/train_cpu_2h.sh`` continues them on a CPU, which improved them twice: rules 9 and 11
+``experiments/train_cpu_2h.sh`` continued them on a CPU, with shrinking gains: rules 5, 9 and 11
 in docs/RESULTS.md), the call's time shared evenly by the stages; the continued models come back
 as ``models/seg_as-ref_as_mt_cont<k>/`` and are scored on the CPU machine as an ensemble, as
 the seeds are. The data bundle is made for the paper protocol; a ``fast`` run takes its
@@ -82,8 +82,8 @@ def seed_runs(seeds: int) -> list[tuple[str, list[str]]]:
     return runs
 
 
-#: how a shipped model is continued: the settings of the CPU continuations that improved it
-#: (docs/RESULTS.md, rules 9 and 11: lr 3e-4, one warm-up epoch), at most the paper's 200 epochs
+#: how a shipped model is continued: the settings of the last two CPU continuations (docs/RESULTS.md,
+#: rules 9 and 11: lr 3e-4, one warm-up epoch), at most the paper's 200 epochs
 CONTINUE_SETS = ["warmup_epochs=1", "epochs=200"]
 CONTINUE_LR = 3e-4
 SHIPPED = REPO / "src" / "cmrseg" / "weights"

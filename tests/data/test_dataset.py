@@ -73,7 +73,8 @@ def test_a_cache_serves_a_protocol_with_coarser_pixels_as_preprocessing_would(ph
         assert (a.label == b.label).mean() > 0.995
         for c in (1, 2, 3):  # no class grows or shrinks by the detour
             assert (a.label == c).sum() == pytest.approx((b.label == c).sum(), rel=0.03)
-    assert StackDataset.from_folder(tmp_path / "c.npz", paper).records[0].image is not None  # same canvas: as is
+    same = StackDataset.from_folder(tmp_path / "c.npz", paper)  # its own canvas: as stored
+    assert same.preprocess == paper and same.records[0].image.shape[-2:] == (256, 256)
     for wrong in (PreprocessConfig(1.0, 256), PreprocessConfig(1.6, 256)):  # finer pixels; 410 mm > 333 mm
         with pytest.raises(InputError, match=r"c\.npz.*too coarse or its field of view too small"):
             StackDataset.from_folder(tmp_path / "c.npz", wrong)
