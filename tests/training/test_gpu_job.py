@@ -210,7 +210,8 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     """``--plan continue`` on CPU: a shipped two-stage model (``fast`` networks) trained further
     from the paper protocol's bundle (its canvases resampled to 1.6 mm): the Seg stage starts
     from the model's Seg weights, the Ref stage from the model on that Seg run, and the result
-    comes back as a model folder that loads for segmenting; nothing is evaluated on the device."""
+    comes back as a model folder that loads for segmenting; nothing is evaluated on the device.
+    Run on a Python without what the GPU machine lacks."""
     from cmrseg.checkpoint import stage_tensors
 
     member = REPO / "src" / "cmrseg" / "weights" / "seg_as+ref_as_mt"
@@ -218,11 +219,16 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "make_gpu_bundle.py"), str(phantom_dir / "h5"),
                           str(bundle), "paper"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    (tmp_path / "env").mkdir()
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
                           "--out", str(out), "--work", str(work), "--seconds", "200", "--plan", "continue",
-                          "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "0", "--startup", "5",
-                          "--set", "epochs=2", "--set", "val_every=1"], capture_output=True, text=True, timeout=400)
+                          "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "20", "--bench-steps",
+                          "2", "--startup", "5", "--set", "epochs=2", "--set", "val_every=1"],
+                         capture_output=True, text=True, timeout=400, env=gpu_machine_env(tmp_path / "env"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    # on the GPU machine's Python (no nibabel, MONAI ...), the throughput check measured the fast networks
+    bench = json.loads((out / "throughput.json").read_text())
+    assert bench["protocol"] == "fast" and bench["best"]["seg_as"]["slices_per_s"] > 0
     runs = work / "runs"
     seg_cfg = yaml.safe_load((runs / "seg_as@cont1" / "config.yaml").read_text())
     ref_cfg = yaml.safe_load((runs / "seg_as+ref_as_mt@cont1" / "config.yaml").read_text())
@@ -247,21 +253,40 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
 
 
 _BLOCK = '''
+import importlib.machinery
 import sys
+
+class _Absent:
+    def create_module(self, spec):
+        raise ModuleNotFoundError("not on the GPU machine: " + spec.name, name=spec.name)
+
+    def exec_module(self, module):
+        pass
+
 class _Block:
+    # a spec without origin: importing fails as for a missing module, while find_spec probes
+    # (torch._dynamo's list of third-party packages) pass over it as they would over nothing
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("nibabel", "pydicom", "monai", "onnxruntime", "highdicom"):
-            raise ImportError("not on the GPU machine: " + name)
+            return importlib.machinery.ModuleSpec(name, _Absent())
+        return None
+
 sys.meta_path.insert(0, _Block())
 '''
+
+
+def gpu_machine_env(folder: Path) -> dict:
+    """An environment whose Python, like the GPU machine's, has no nibabel, pydicom, highdicom,
+    MONAI or onnxruntime (a ``sitecustomize`` in ``folder`` hides them), with ``src`` on the path."""
+    (folder / "sitecustomize.py").write_text(_BLOCK)
+    return {"PYTHONPATH": f"{folder}:{REPO / 'src'}", "PATH": "/usr/bin:/bin"}
 
 
 def test_the_training_path_imports_without_what_the_gpu_machine_lacks(tmp_path):
     """The GPU machine's python has torch, h5py, scipy, scikit-image and safetensors but not
     nibabel, pydicom, highdicom or MONAI (the job carries a MONAI wheel for evaluation only): the modules
     the job trains with must import without them, whatever moves to module level."""
-    (tmp_path / "sitecustomize.py").write_text(_BLOCK)
-    env = {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}", "PATH": "/usr/bin:/bin"}
+    env = gpu_machine_env(tmp_path)
 
     def run(code: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
