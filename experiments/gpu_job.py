@@ -95,15 +95,35 @@ def shipped_members() -> list[Path]:
     return [(folder / m).resolve() for m in json.loads((folder / "ensemble.json").read_text())["members"]]
 
 
-def continue_runs(members: list[Path], work: Path, batch_factor: int = 1) -> list[tuple[str, list[str], str]]:
-    """``(run, overrides, protocol)`` continuing each two-stage model folder of ``members`` in
-    its own protocol: its Seg stage from the model's Seg weights (``seg_as@cont<k>``, snapshots
-    for the Ref inputs early, as ``experiments/train_cpu_2h.sh`` does), then its Ref stage from
-    the whole model on that run (``<model>@cont<k>``); Adam's learning rate grows with the square
-    root of the batch factor, as :func:`batch_overrides` scales it."""
+def members_that_fit(members: list[Path], rate: float | None, window: float, overhead: float, slices: int | None,
+                     min_epochs: int) -> list[Path]:
+    """Which of ``members`` to continue in ``window`` seconds: as many as give every stage (two
+    per member, ``overhead`` seconds each outside training) ``min_epochs`` epochs of ``slices``
+    training slices at ``rate`` slices/s (the throughput check's), the ones with the higher
+    ``val_score`` (their training's own selection score) first; at least one; all of them
+    when the rate or the split's size is not known. The order of ``members`` is kept."""
+    if not rate or not slices:
+        return list(members)
+    ranked = sorted(members, key=lambda m: -json.loads((m / "model.json").read_text()).get("val_score", 0.0))
+    n = len(ranked)
+    while n > 1 and rate * (window / (2 * n) - overhead) / slices < min_epochs:
+        n -= 1
+    return [m for m in members if m in ranked[:n]]
+
+
+def continue_runs(members: list[Path], work: Path, batch_factor: int = 1,
+                  keep: list[Path] | None = None) -> list[tuple[str, list[str], str]]:
+    """``(run, overrides, protocol)`` continuing each two-stage model folder of ``members`` (of
+    ``keep`` among them, when given) in its own protocol: its Seg stage from the model's Seg
+    weights (``seg_as@cont<k>``, k its place in ``members``; snapshots for the Ref inputs early,
+    as ``experiments/train_cpu_2h.sh`` does), then its Ref stage from the whole model on that
+    run (``<model>@cont<k>``); Adam's learning rate grows with the square root of the batch
+    factor, as :func:`batch_overrides` scales it."""
     runs = []
     lr = f"lr={CONTINUE_LR * math.sqrt(batch_factor):.6g}"
     for k, member in enumerate(members, 1):
+        if keep is not None and member not in keep:
+            continue
         meta = json.loads((member / "model.json").read_text())
         init_seg = work / "init" / f"{member.name}.seg.safetensors"
         if not init_seg.is_file():
@@ -321,14 +341,27 @@ def paper_plan(runner: Runner) -> set[str]:
     return members
 
 
+def training_slices(data: Path) -> int | None:
+    """The training split's slice count from the bundle's ``train.json`` (make_gpu_bundle.py), if any."""
+    side = data / "train.json"
+    return int(json.loads(side.read_text())["slices"]) if side.is_file() else None
+
+
 def continue_plan(runner: Runner) -> set[str]:
     """``--plan continue``: each model of ``--continue-from`` (default: the shipped default's
-    members) continued, both stages, in its own protocol, the window shared evenly by the
-    stages; all of them are scored on CPU (module docstring), so their names are returned."""
-    args = runner.args
-    members = args.continue_from
-    factor = int(runner.best.get("batch_factor", 1)) if runner.best else 1
-    todo = continue_runs(members, args.work, factor)
+    members; fewer when the throughput check says they would not get ``--min-epochs`` per stage,
+    :func:`members_that_fit`) continued, both stages, in its own protocol, the window shared
+    evenly by the stages; all of them are scored on CPU (module docstring), so their names are
+    returned."""
+    args, best = runner.args, runner.best
+    factor = int(best.get("batch_factor", 1)) if best else 1
+    window = runner.clock.left() - args.eval_reserve
+    keep = members_that_fit(args.continue_from, best.get("slices_per_s"), window, runner.startup,
+                            training_slices(args.data), args.min_epochs)
+    if len(keep) < len(args.continue_from):
+        log(f"continuing {', '.join(m.name for m in keep)} only: at {best['slices_per_s']:.0f} slices/s more members "
+            f"would get fewer than {args.min_epochs} epochs per stage")
+    todo = continue_runs(args.continue_from, args.work, factor, keep)
     for i, (name, extra, protocol) in enumerate(todo):
         if runner.ready(extra):
             runner.run(name, extra, stages_left=len(todo) - i, until=runner.clock.seconds - args.eval_reserve,
@@ -364,6 +397,9 @@ def parse_args(argv: list[str] | None):
                     help="paper: the protocol's runs (module docstring); continue: train the shipped models further")
     ap.add_argument("--continue-from", type=Path, nargs="+", metavar="MODEL",
                     help="--plan continue: the two-stage model folders to continue (default: the shipped default's members)")
+    ap.add_argument("--min-epochs", type=int, default=100,
+                    help="--plan continue: continue fewer members (the better ones by val score) when the throughput "
+                         "check says each stage would get fewer epochs than this (default 100)")
     ap.add_argument("--protocol", help="the runs' protocol, and the throughput check's (default: paper; with "
                     "--plan continue the continued models' own, which their runs always take)")
     ap.add_argument("--device", default="cuda")

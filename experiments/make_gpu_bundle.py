@@ -1,7 +1,8 @@
 """Build the compact data bundle that travels to a GPU machine (``.gpu/`` in the repo,
 git-ignored): the ACDC training split preprocessed for the paper protocol (uint8 canvases,
 ``train.npz.xz``: delta + LZMA2, 43.9 MB, about 2 minutes to write) and the validation split
-as uint8 h5 files with its ``metadata.csv`` / ``manifest.json`` (7.9 MB), so evaluation there
+as uint8 h5 files with its ``metadata.csv`` / ``manifest.json`` (7.9 MB), and ``train.json``
+(the training split's stack and slice counts, for the job's epoch planning), so evaluation there
 runs on the original validation geometry. The working tree travels too (11.2 MB with the
 shipped weights, 2026-11-28), and so does the MONAI wheel (1.7 MB): all together must stay
 under the device's 64 MiB (64.6 MB = 61.6 MiB then; with the plain LZMA npz of before,
@@ -10,6 +11,7 @@ under the device's 64 MiB (64.6 MB = 61.6 MiB then; with the plain LZMA npz of b
     python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc
 """
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +26,10 @@ from cmrseg.training.config import load_config
 def main(src: str, dst: str, protocol: str = "paper") -> None:
     src_p, dst_p = Path(src), Path(dst)
     cfg = load_config(protocol=protocol, model="seg_as")
-    StackDataset.from_folder(src_p / "train", cfg.preprocess).save_cache(dst_p / "train.npz.xz", compression="xz")
+    train = StackDataset.from_folder(src_p / "train", cfg.preprocess)
+    train.save_cache(dst_p / "train.npz.xz", compression="xz")
+    # what the GPU job plans epochs with, without decompressing the cache
+    (dst_p / "train.json").write_text(json.dumps({"stacks": len(train.records), "slices": train.num_slices}))
     bundle_val(src_p / "val", dst_p / "val")
     size = sum(p.stat().st_size for p in dst_p.rglob("*") if p.is_file()) / 2 ** 20
     print(f"bundle {dst_p}: {size:.1f} MiB")
