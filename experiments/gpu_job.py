@@ -260,13 +260,15 @@ def model_folder_name(run: str) -> str:
 
 def pack(work: Path, out: Path, finished: list[str]) -> None:
     """Per finished run a model folder ``$OUT/models/<run>/`` (``weights.safetensors`` in float16,
-    normalisation statistics float32, and ``model.json``: ``cmrseg segment --model`` takes it as it
-    is) + one tarball of the small files (logs, configs, tables)."""
+    normalisation statistics float32, ``model.json`` and ``config.yaml``: ``cmrseg segment
+    --model`` takes it as it is, ``experiments/ship_model.py`` ships it) + one tarball of the
+    small files (logs, configs, tables)."""
     for name in finished:
         run, dst = work / "runs" / name, out / "models" / model_folder_name(name)
         if (run / "weights.safetensors").is_file() and not (dst / "weights.safetensors").exists():
             dst.mkdir(parents=True, exist_ok=True)
-            (dst / "model.json").write_text((run / "model.json").read_text())
+            for side in ("model.json", "config.yaml"):  # config.yaml: experiments/ship_model.py reads it
+                (dst / side).write_text((run / side).read_text())
             save_weights(half_precision(read_tensors(run / "weights.safetensors")), dst / "weights.safetensors")
     tmp = out / ".results.tar.gz"
     with tarfile.open(tmp, "w:gz") as tar:

@@ -267,6 +267,7 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     folder = out / "models" / "seg_as-ref_as_mt_cont1"
     meta = json.loads((folder / "model.json").read_text())
     assert meta["complete"] and meta["protocol"] == "fast" and meta["trained_epochs"] == 2
+    assert yaml.safe_load((folder / "config.yaml").read_text())["stage1_run"] == str(runs / "seg_as@cont1")
     assert all(str(v.dtype) == "torch.float16" for v in read_tensors(folder / "weights.safetensors").values()
                if v.ndim == 4)
     assert load_predictor([folder], device="cpu").meta["protocol"] == "fast"
