@@ -6,6 +6,7 @@ per-class Dice and pixel counts, and how many stacks line up best unshifted.
 """
 
 import argparse
+from collections import Counter
 
 import numpy as np
 
@@ -34,9 +35,7 @@ def main() -> None:
     assert all(a.name == b.name for a, b in pairs), "cache and folder hold different stacks"
     mae = np.mean([np.abs(a.image.astype(float) - b.image).mean() / 255 for a, b in pairs])
     agree = np.mean([(a.label == b.label).mean() for a, b in pairs])
-    shifts: dict = {}
-    for a, b in pairs:
-        shifts[best_shift(a.image, b.image)] = shifts.get(best_shift(a.image, b.image), 0) + 1
+    shifts = dict(Counter(best_shift(a.image, b.image) for a, b in pairs))
     print(f"{len(pairs)} stacks; image mean absolute difference {100 * mae:.2f} % of the range; "
           f"labels agree on {100 * agree:.2f} % of the pixels; best shift (rows, cols): {shifts}")
     for c, name in enumerate(CLASS_NAMES, 1):
