@@ -26,8 +26,11 @@ stage from the model's Seg weights, then its Ref stage from the model on that ru
 ``experiments/train_cpu_2h.sh`` continued them on a CPU, with shrinking gains: rules 5, 9 and 11
 in docs/RESULTS.md), the call's time shared evenly by the stages; the continued models come back
 as ``models/seg_as-ref_as_mt_cont<k>/`` and are scored on the CPU machine as an ensemble, as
-the seeds are. The data bundle is made for the paper protocol; a ``fast`` run takes its
-canvases resampled to its coarser pixels (``StackDataset.on_canvas``).
+the seeds are. Time left once they reached their epoch cap (a fast GPU) goes to further
+continuations of the members, each with its own seed (``_cont3``, ``_cont4``, up to
+``--max-members``): members trained apart, for the ensemble (docs/RESULTS.md, rule 15). The
+data bundle is made for the paper protocol; a ``fast`` run takes its canvases resampled to its
+coarser pixels (``StackDataset.on_canvas``).
 
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
@@ -104,7 +107,7 @@ def members_that_fit(members: list[Path], rate: float | None, window: float, ove
     when the rate or the split's size is not known. The order of ``members`` is kept."""
     if not rate or not slices:
         return list(members)
-    ranked = sorted(members, key=lambda m: -json.loads((m / "model.json").read_text()).get("val_score", 0.0))
+    ranked = by_score(members)
     n = len(ranked)
     while n > 1 and rate * (window / (2 * n) - overhead) / slices < min_epochs:
         n -= 1
@@ -114,26 +117,38 @@ def members_that_fit(members: list[Path], rate: float | None, window: float, ove
 def continue_runs(members: list[Path], work: Path, batch_factor: int = 1,
                   keep: list[Path] | None = None) -> list[tuple[str, list[str], str]]:
     """``(run, overrides, protocol)`` continuing each two-stage model folder of ``members`` (of
-    ``keep`` among them, when given) in its own protocol: its Seg stage from the model's Seg
-    weights (``seg_as@cont<k>``, k its place in ``members``; snapshots for the Ref inputs early,
-    as ``experiments/train_cpu_2h.sh`` does), then its Ref stage from the whole model on that
-    run (``<model>@cont<k>``); Adam's learning rate grows with the square root of the batch
-    factor, as :func:`batch_overrides` scales it."""
+    ``keep`` among them, when given) in its own protocol (:func:`member_runs`, k its place in
+    ``members``)."""
     runs = []
-    lr = f"lr={CONTINUE_LR * math.sqrt(batch_factor):.6g}"
     for k, member in enumerate(members, 1):
-        if keep is not None and member not in keep:
-            continue
-        meta = json.loads((member / "model.json").read_text())
-        init_seg = work / "init" / f"{member.name}.seg.safetensors"
-        if not init_seg.is_file():
-            init_seg.parent.mkdir(parents=True, exist_ok=True)
-            save_weights(stage_tensors(read_tensors(member / "weights.safetensors"), "seg"), init_seg)
-        seg, ref = f"seg_as@cont{k}", f"{meta['model']}@cont{k}"
-        runs += [(seg, [f"init_weights={init_seg}", "snapshot_fractions=[0.1, 0.3]", lr, *CONTINUE_SETS],
-                  meta["protocol"]),
-                 (ref, [f"init_weights={member}", f"stage1_run={{runs}}/{seg}", lr, *CONTINUE_SETS], meta["protocol"])]
+        if keep is None or member in keep:
+            runs += member_runs(member, k, work, batch_factor)
     return runs
+
+
+def member_runs(member: Path, k: int, work: Path, batch_factor: int = 1,
+                seed: int | None = None) -> list[tuple[str, list[str], str]]:
+    """The two runs continuing the two-stage model folder ``member`` as the k-th continued
+    member: its Seg stage from the model's Seg weights (``seg_as@cont<k>``; snapshots for the
+    Ref inputs early, as ``experiments/train_cpu_2h.sh`` does), then its Ref stage from the whole
+    model on that run (``<model>@cont<k>``); Adam's learning rate grows with the square root of
+    the batch factor, as :func:`batch_overrides` scales it; ``seed``: the runs' seed (data order,
+    augmentation), else the protocol's."""
+    lr = f"lr={CONTINUE_LR * math.sqrt(batch_factor):.6g}"
+    sets = [lr, *CONTINUE_SETS, *([f"seed={seed}"] if seed is not None else [])]
+    meta = json.loads((member / "model.json").read_text())
+    init_seg = work / "init" / f"{member.name}.seg.safetensors"
+    if not init_seg.is_file():
+        init_seg.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(stage_tensors(read_tensors(member / "weights.safetensors"), "seg"), init_seg)
+    seg, ref = f"seg_as@cont{k}", f"{meta['model']}@cont{k}"
+    return [(seg, [f"init_weights={init_seg}", "snapshot_fractions=[0.1, 0.3]", *sets], meta["protocol"]),
+            (ref, [f"init_weights={member}", f"stage1_run={{runs}}/{seg}", *sets], meta["protocol"])]
+
+
+def by_score(members: list[Path]) -> list[Path]:
+    """``members``, the higher ``val_score`` (their training's own selection score) first."""
+    return sorted(members, key=lambda m: -json.loads((m / "model.json").read_text()).get("val_score", 0.0))
 
 
 class Clock:
@@ -288,6 +303,7 @@ class Runner:
         self.finished: list[str] = []
         self.startup = args.startup  # a training process's seconds outside its stage: the most measured
         self.seg_budget = 0.0  # the proposed Seg stage's budget: an ensemble member's stage gets no more
+        self.epoch_seconds: list[float] = []  # training seconds per epoch of each finished stage
 
     def run(self, name: str, extra: list[str], stages_left: int, until: float, protocol: str | None = None) -> bool:
         """Train ``name`` with what is left until ``until`` (job seconds) shared by ``stages_left``."""
@@ -308,12 +324,22 @@ class Runner:
         ok = train(name, extra, args, self.runs, budget, timeout, settings, protocol)
         if ok:
             self.finished.append(name)
-            trained = json.loads((self.runs / name / "model.json").read_text()).get("train_seconds") or 0.0
+            meta = json.loads((self.runs / name / "model.json").read_text())
+            trained = meta.get("train_seconds") or 0.0
+            if meta.get("trained_epochs"):
+                self.epoch_seconds.append(trained / meta["trained_epochs"])
             # measured: the process's time beyond what its budget governed (start, data, Ref
             # inputs); the largest so far, since a stage lost to the timeout costs more than seconds
             self.startup = max(self.startup, clock.elapsed() - t0 - min(budget, trained))
             pack(args.work, args.out, self.finished)
         return ok
+
+    def stage_seconds(self, epochs: int) -> float | None:
+        """What a stage of ``epochs`` epochs costs, from the stages finished so far (the slowest
+        epoch and the largest overhead measured); None before any finished."""
+        if not self.epoch_seconds:
+            return None
+        return self.startup + epochs * max(self.epoch_seconds)
 
     def ready(self, extra: list[str]) -> bool:
         """Whether the Seg-stage run a Ref stage starts from (``stage1_run``) finished."""
@@ -368,7 +394,32 @@ def continue_plan(runner: Runner) -> set[str]:
         if runner.ready(extra):
             runner.run(name, extra, stages_left=len(todo) - i, until=runner.clock.seconds - args.eval_reserve,
                        protocol=protocol)
-    return {name for name, _, _ in todo}
+    return {name for name, _, _ in todo} | spare_members(runner, factor)
+
+
+def spare_members(runner: Runner, factor: int) -> set[str]:
+    """Time left once the members reached their epoch cap: the members continued again, each
+    further one with its own seed (``seg_as@cont<k>``, k past the members; the better by
+    selection score first, then in turn), so they are trained apart for the ensemble, while both
+    stages of one more still get ``--min-epochs`` at the rate the finished stages trained, up to
+    ``--max-members`` in all. Their run names."""
+    args, clock = runner.args, runner.clock
+    names: set[str] = set()
+    ranked = by_score(args.continue_from)
+    for k in range(len(args.continue_from) + 1, args.max_members + 1):
+        need = runner.stage_seconds(args.min_epochs)
+        if need is None or clock.left() - args.eval_reserve < 2 * need / 0.95:
+            break
+        member = ranked[(k - len(args.continue_from) - 1) % len(ranked)]
+        log(f"{clock.left():.0f} s left, a stage of {args.min_epochs} epochs takes about {need:.0f} s: "
+            f"{member.name} continued again with seed {k} (cont{k})")
+        runs = member_runs(member, k, args.work, factor, seed=k)
+        for i, (name, extra, protocol) in enumerate(runs):
+            if runner.ready(extra):
+                runner.run(name, extra, stages_left=len(runs) - i, until=clock.seconds - args.eval_reserve,
+                           protocol=protocol)
+        names |= {name for name, _, _ in runs}
+    return names
 
 
 def evaluate(runner: Runner, members: set[str]) -> None:
@@ -402,6 +453,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--min-epochs", type=int, default=100,
                     help="--plan continue: continue fewer members (the better ones by val score) when the throughput "
                          "check says each stage would get fewer epochs than this (default 100)")
+    ap.add_argument("--max-members", type=int, default=4,
+                    help="--plan continue: with time left once the members reached their epoch cap, continue them "
+                         "again with other seeds (trained apart, for the ensemble) up to this many in all (default 4)")
     ap.add_argument("--protocol", help="the runs' protocol, and the throughput check's (default: paper; with "
                     "--plan continue the continued models' own, which their runs always take)")
     ap.add_argument("--device", default="cuda")

@@ -129,6 +129,66 @@ def test_the_continue_plan_keeps_the_members_that_get_enough_epochs(load_script,
     assert [r[0] for r in runs] == ["seg_as@cont2", "seg_as+ref_as_mt@cont2"]
 
 
+class _FakeClock:
+    """A job clock that moves only when a fake run spends time."""
+
+    def __init__(self, seconds: float, spent: float):
+        self.seconds, self.spent = seconds, spent
+
+    def elapsed(self) -> float:
+        return self.spent
+
+    def left(self) -> float:
+        return self.seconds - self.spent
+
+
+def test_spare_time_of_a_continue_call_trains_members_apart(load_script, tmp_path):
+    """Time left once the members reached their epoch cap goes to the members continued again,
+    the better one first, each with its own seed, while both stages of one more get
+    ``--min-epochs`` at the measured rate, up to ``--max-members``; nothing is added before a
+    stage has been measured or when the time is short."""
+    import argparse
+
+    job = load_script("experiments/gpu_job.py")
+    members = []
+    for name, score in (("a", 0.87), ("b", 0.89)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(json.dumps({"val_score": score, "model": "seg_as+ref_as_mt",
+                                                                "protocol": "fast"}))
+        (tmp_path / name / "weights.safetensors").symlink_to(REPO / "src" / "cmrseg" / "weights"
+                                                             / "seg_as+ref_as_mt_long" / "weights.safetensors")
+        members.append(tmp_path / name)
+
+    def spare(left: float, max_members: int, epoch_seconds: list[float]) -> list[tuple[str, list[str]]]:
+        args = argparse.Namespace(continue_from=members, max_members=max_members, min_epochs=100, eval_reserve=20.0,
+                                  work=tmp_path / "work", startup=10.0)
+        runner = job.Runner(args, _FakeClock(540.0, 540.0 - left), {})
+        runner.epoch_seconds = list(epoch_seconds)
+        calls = []
+
+        def fake_run(name, extra, stages_left, until, protocol=None):
+            calls.append((name, extra))
+            runner.clock.spent += 70.0  # a stage of 100 epochs at 0.5 s, 10 s overhead, and some
+            return True
+
+        runner.run, runner.ready = fake_run, lambda extra: True
+        names = job.spare_members(runner, 1)
+        assert names == {name for name, _ in calls}
+        return calls
+
+    # a stage of 100 epochs: 10 + 100 x 0.5 = 60 s, so a member needs 2 x 60 / 0.95 = 126 s besides the 20 kept
+    calls = spare(300.0, 4, [0.3, 0.5])
+    assert [name for name, _ in calls] == ["seg_as@cont3", "seg_as+ref_as_mt@cont3",
+                                           "seg_as@cont4", "seg_as+ref_as_mt@cont4"]
+    assert all("seed=3" in extra for _, extra in calls[:2]) and all("seed=4" in extra for _, extra in calls[2:])
+    assert f"init_weights={members[1]}" in calls[1][1] and f"init_weights={members[0]}" in calls[3][1]  # b first
+    assert "stage1_run={runs}/seg_as@cont3" in calls[1][1]
+    assert [name for name, _ in spare(300.0, 3, [0.5])] == ["seg_as@cont3", "seg_as+ref_as_mt@cont3"]
+    assert spare(140.0, 4, [0.5]) == []  # 120 s after the reserve: short of 126
+    assert spare(300.0, 4, []) == []  # no stage measured yet
+    assert spare(300.0, 2, [0.5]) == []  # the members are all there may be
+
+
 def test_a_run_that_fails_compiled_is_run_again_uncompiled(load_script, tmp_path, monkeypatch):
     """A compile that breaks on the GPU's torch or driver must not cost the call's model."""
     import argparse
@@ -233,7 +293,8 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     """``--plan continue`` on CPU: a shipped two-stage model (``fast`` networks) trained further
     from the paper protocol's bundle (its canvases resampled to 1.6 mm): the Seg stage starts
     from the model's Seg weights, the Ref stage from the model on that Seg run, and the result
-    comes back as a model folder that loads for segmenting; nothing is evaluated on the device.
+    comes back as a model folder that loads for segmenting; the time left (its epochs capped at
+    2) trains it again with another seed; nothing is evaluated on the device.
     Run on a Python without what the GPU machine lacks."""
     from cmrseg.checkpoint import stage_tensors
 
@@ -246,7 +307,8 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
                           "--out", str(out), "--work", str(work), "--seconds", "200", "--plan", "continue",
                           "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "20", "--bench-steps",
-                          "2", "--startup", "5", "--set", "epochs=2", "--set", "val_every=1"],
+                          "2", "--startup", "5", "--set", "epochs=2", "--set", "val_every=1", "--min-epochs", "2",
+                          "--max-members", "2"],
                          capture_output=True, text=True, timeout=400, env=gpu_machine_env(tmp_path / "env"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     # on the GPU machine's Python (no nibabel, MONAI ...), the throughput check measured the fast networks
@@ -274,6 +336,11 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     with tarfile.open(out / "results.tar.gz") as tar:
         assert "runs/seg_as+ref_as_mt@cont1/log.csv" in tar.getnames()
     assert not (work / "summary.json").exists()  # scored on the CPU machine, as an ensemble
+    # the time left went to the member continued again with its own seed: trained apart
+    again = yaml.safe_load((runs / "seg_as+ref_as_mt@cont2" / "config.yaml").read_text())
+    assert again["seed"] == 2 != ref_cfg["seed"] and again["init_weights"] == str(member)
+    assert again["stage1_run"] == str(runs / "seg_as@cont2")
+    assert (out / "models" / "seg_as-ref_as_mt_cont2" / "weights.safetensors").is_file()
 
 
 _BLOCK = '''
