@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The best models a 2-core CPU trains in about two hours (issue 11, item 4): the shipped proposed
-# model and seg_ss, continued with bf16 autocast (AMX) under wall-clock budgets, with
-# heart-centred validation and Ref-stage inputs (cmrseg.inference.centred).
+# model and seg_ss, continued with bf16 autocast where the CPU computes bf16 natively (AMX,
+# AVX512-BF16; float32 elsewhere, where emulated bf16 trains at half the speed: AMP=bf16|off
+# chooses) under wall-clock budgets, with heart-centred validation and Ref-stage inputs
+# (cmrseg.inference.centred).
 #
 #   [INIT=MODEL] [EXTRA_SETS="key=value ..."] bash experiments/train_cpu_2h.sh DATA OUT [SEG_MIN] [REF_MIN] [SS_MIN]
 #
@@ -21,7 +23,8 @@ INIT=${INIT:-$WEIGHTS/seg_as+ref_as_mt}
 mkdir -p "$OUT"
 # the Seg stage's weights alone, to start the seg_as run from
 $PY "$(dirname "$0")/seg_stage_weights.py" "$INIT/weights.safetensors" "$OUT/init_seg.safetensors"
-common=(--protocol fast --data "$DATA" --set progress=false --set amp=bf16 --set lr=5e-4 --set warmup_epochs=1)
+AMP=${AMP:-$($PY -c "from cmrseg.device import cpu_has_fast_bf16; print('bf16' if cpu_has_fast_bf16() else 'off')")}
+common=(--protocol fast --data "$DATA" --set progress=false --set amp="$AMP" --set lr=5e-4 --set warmup_epochs=1)
 for kv in ${EXTRA_SETS:-}; do common+=(--set "$kv"); done
 $CMRSEG train --model seg_as "${common[@]}" --out "$OUT/seg_as" --epochs 120 \
     --set "init_weights=$OUT/init_seg.safetensors" --set "snapshot_fractions=[0.1, 0.3]" \

@@ -177,6 +177,26 @@ def test_fixed_shape_config_rules():
     assert cfg.compile == "reduce-overhead" and cfg.fixed_shape
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_compiled_and_noted_otherwise(monkeypatch, capsys):
+    """On a CPU without AMX or AVX512-BF16, inductor's compiled kernels gave NaN gradients under
+    bf16 autocast from the first step (measured, torch 2.13): that combination is one clear
+    error; bf16 alone trains, with a note that it is emulated and slower there. Where the CPU
+    has native bf16, both run as asked. ``amp=off`` (YAML reads ``off`` as false) is ``off``."""
+    from cmrseg.training import context
+
+    assert load_config(protocol="smoke", overrides=["amp=off"]).amp == "off"
+    compiled = load_config(protocol="smoke", overrides=["amp=bf16", "compile=true", "device=cpu"])
+    plain = load_config(protocol="smoke", overrides=["amp=bf16", "device=cpu"])
+    monkeypatch.setattr(context, "cpu_has_fast_bf16", lambda: False)
+    with pytest.raises(CmrsegError, match="compile=false or amp=off"):
+        setup_context(compiled)
+    assert setup_context(plain).amp is torch.bfloat16 and "emulated" in capsys.readouterr().err
+    assert setup_context(load_config(protocol="smoke", overrides=["device=cpu"])).amp is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(context, "cpu_has_fast_bf16", lambda: True)
+    assert setup_context(compiled).amp is torch.bfloat16 and capsys.readouterr().err == ""
+
+
 def test_a_fixed_shape_network_compiles_to_one_graph_whatever_the_packing():
     """What makes ``compile`` and CUDA graphs pay: batches packed differently (other stacks,
     other padding) reuse one captured graph, with no graph break and no recompile. Traced with

@@ -19,7 +19,7 @@ import torch
 from cmrseg.checkpoint import load_weights
 from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
-from cmrseg.device import resolve_device
+from cmrseg.device import cpu_has_fast_bf16, resolve_device
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.inference.centred import heart_centred_flips
 from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
@@ -60,18 +60,6 @@ def shipped_models() -> list[str]:
         return []
     return sorted(p.name for p in WEIGHTS_DIR.iterdir()
                   if (p / "model.json").is_file() or (p / ENSEMBLE_FILE).is_file())
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): there bf16 autocast
-    is faster than float32 and labels 99.99 % of val voxels the same (docs/RESULTS.md); elsewhere
-    it is emulated and slower, so ``auto`` keeps float32. torch exposes the check only as
-    private helpers; their absence means no."""
-    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    try:
-        return any(bool(c()) for c in checks if c is not None)
-    except Exception:
-        return False
 
 
 def inference_memory_format(device: torch.device, backend: str | None) -> torch.memory_format:

@@ -172,6 +172,8 @@ class TrainConfig:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
         if "augment" in d:
             d["augment"] = AugmentConfig(**_as_floats(AugmentConfig, d["augment"]))
+        if d.get("amp") is False:  # YAML 1.1 reads the documented choice ``off`` as false
+            d["amp"] = "off"
         return cls(**_as_floats(cls, d))
 
     def save(self, path: str | Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from cmrseg.device import resolve_device
+from cmrseg.device import cpu_has_fast_bf16, resolve_device
+from cmrseg.errors import CmrsegError
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.distributed import DistInfo, init_distributed
 
@@ -45,4 +47,17 @@ def setup_context(cfg: TrainConfig) -> TrainContext:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     amp = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")) else None
+    if amp is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+        check_emulated_bf16(cfg)
     return TrainContext(device, info, amp, cfg.channels_last and device.type == "cuda")
+
+
+def check_emulated_bf16(cfg: TrainConfig) -> None:
+    """bf16 autocast on a CPU without native bf16 (AMX, AVX512-BF16): with ``compile`` refused
+    (inductor's kernels there gave NaN gradients from the first step of ``seg_as``, torch 2.13,
+    docs/RESULTS.md), without it a note that it is slower than float32 there."""
+    if cfg.compile:
+        raise CmrsegError("amp=bf16 with compile on a CPU without native bf16 (AMX, AVX512-BF16): compiled kernels "
+                          "give NaN gradients there; set compile=false or amp=off")
+    print("cmrseg: note: this CPU has no native bf16 (AMX, AVX512-BF16); amp=bf16 is emulated here and trains "
+          "about half as fast as amp=off", file=sys.stderr)
