@@ -106,25 +106,33 @@ def test_the_settings_grid_measures_fixed_shapes_compiled_and_a_doubled_batch(lo
     assert not any(r[4] for r in seen)
 
 
+def _two_members(folder: Path, with_weights: tuple[str, ...]) -> list[Path]:
+    """Model folders ``a`` and ``b`` (``b`` the better by selection score), those named in
+    ``with_weights`` with the shipped ``_long`` member's weights."""
+    members = []
+    for name, score in (("a", 0.87), ("b", 0.89)):
+        (folder / name).mkdir()
+        (folder / name / "model.json").write_text(json.dumps({"val_score": score, "model": "seg_as+ref_as_mt",
+                                                              "protocol": "fast"}))
+        if name in with_weights:
+            (folder / name / "weights.safetensors").symlink_to(REPO / "src" / "cmrseg" / "weights"
+                                                               / "seg_as+ref_as_mt_long" / "weights.safetensors")
+        members.append(folder / name)
+    return members
+
+
 def test_the_continue_plan_keeps_the_members_that_get_enough_epochs(load_script, tmp_path):
     """Two members share a call when each of their four stages still gets ``--min-epochs``
     epochs at the measured rate; otherwise the one with the better selection score goes alone
     (named by its place among the members, so the rule's folder names hold)."""
     job = load_script("experiments/gpu_job.py")
-    members = []
-    for name, score in (("a", 0.87), ("b", 0.89)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.json").write_text(json.dumps({"val_score": score, "model": "seg_as+ref_as_mt",
-                                                                "protocol": "fast"}))
-        members.append(tmp_path / name)
+    members = _two_members(tmp_path, with_weights=("b",))  # a has none: it is not read
     # 500 s, 25 s overhead per stage, 1,312 slices: four stages of 100 s train 1,000 x 100 / 1,312 = 76 epochs
     assert job.members_that_fit(members, 1000.0, 500.0, 25.0, 1312, 100) == [members[1]]
     assert job.members_that_fit(members, 1000.0, 500.0, 25.0, 1312, 70) == members
     assert job.members_that_fit(members, 3000.0, 500.0, 25.0, 1312, 100) == members
     assert job.members_that_fit(members, None, 500.0, 25.0, 1312, 100) == members  # no throughput check
     assert job.members_that_fit(members, 10.0, 500.0, 25.0, 1312, 100) == [members[1]]  # at least one
-    (tmp_path / "b" / "weights.safetensors").symlink_to(REPO / "src" / "cmrseg" / "weights" / "seg_as+ref_as_mt_long"
-                                                       / "weights.safetensors")  # a has none: it is not read
     runs = job.continue_runs(members, tmp_path / "work", keep=[members[1]])
     assert [r[0] for r in runs] == ["seg_as@cont2", "seg_as+ref_as_mt@cont2"]
 
@@ -150,14 +158,7 @@ def test_spare_time_of_a_continue_call_trains_members_apart(load_script, tmp_pat
     import argparse
 
     job = load_script("experiments/gpu_job.py")
-    members = []
-    for name, score in (("a", 0.87), ("b", 0.89)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.json").write_text(json.dumps({"val_score": score, "model": "seg_as+ref_as_mt",
-                                                                "protocol": "fast"}))
-        (tmp_path / name / "weights.safetensors").symlink_to(REPO / "src" / "cmrseg" / "weights"
-                                                             / "seg_as+ref_as_mt_long" / "weights.safetensors")
-        members.append(tmp_path / name)
+    members = _two_members(tmp_path, with_weights=("a", "b"))
 
     def spare(left: float, max_members: int, epoch_seconds: list[float]) -> list[tuple[str, list[str]]]:
         args = argparse.Namespace(continue_from=members, max_members=max_members, min_epochs=100, eval_reserve=20.0,
