@@ -38,3 +38,21 @@ def test_a_missing_slice_is_found_and_the_rest_is_exact(phantom_dir, tmp_path, l
     name.unlink()
     with pytest.raises(InputError, match="no prediction for 1 of"):
         script.slice_errors(pred_dir, gt_dir, "RV")
+
+
+def test_slice_pixels_reports_each_prediction_on_the_chosen_slice(phantom_dir, tmp_path, load_script):
+    """experiments/slice_pixels.py: truth and predicted pixels of a structure on a chosen slice."""
+    script = load_script("experiments/slice_pixels.py")
+    gt_dir = phantom_dir / "h5" / "val"
+    pred_dir = tmp_path / "pred"
+    shutil.copytree(gt_dir, pred_dir)
+    name = sorted(pred_dir.glob("*.h5"))[0]
+    truth = read_label_volume(gt_dir / name.name)
+    k = int(np.argmax((truth.label == RV).reshape(truth.label.shape[0], -1).sum(1)))
+    with h5py.File(name, "r+") as fh:  # the prediction drops the RV on slice k
+        label = fh["label"][()]
+        label[k][label[k] == RV] = 0
+        fh["label"][...] = label
+    counts = script.slice_pixels(gt_dir, pred_dir, {name.stem: k}, "RV")
+    assert counts == {f"{name.stem}:{k}": (int((truth.label[k] == RV).sum()), 0)} and counts[f"{name.stem}:{k}"][0] > 0
+    assert script.slice_pixels(gt_dir, gt_dir, {name.stem: k}, "RV")[f"{name.stem}:{k}"][1] > 0
