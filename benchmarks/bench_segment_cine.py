@@ -2,8 +2,8 @@
 time goes, and the peak memory of the whole command (issue 12 speed, issue 13 memory).
 
     python benchmarks/bench_segment_cine.py [--format dicom|dicom_enhanced|dicom_slices|nifti]
-        [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--workers 2] [--save-probabilities]
-        [--out FILE.json]
+        [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--tta auto|on|off|fast] [--workers 2]
+        [--save-probabilities] [--out FILE.json]
 
 The cine is the phantom's anatomy (cmrseg.data.phantom) rendered at ``--size`` pixels,
 ``--frames`` frames and ``--slices`` slices, written as a DICOM series (``dicom``: one file per
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmrseg.inference.predictor import TTA_MODES
+
 
 def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed: int = 0) -> Path:
     from cmrseg.data.io.dicom import write_dicom_series
@@ -43,13 +45,16 @@ def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed:
     return write_nifti_image(cine, affine, folder / "sax_cine_4d.nii.gz")
 
 
-def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str, ...] = ()) -> dict[str, float]:
+def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str, ...] = (),
+                     tta: str = "auto") -> dict[str, float]:
     """The steps of one study, timed in this process (one thread per reader is not modelled)."""
     from cmrseg.inference.discovery import discover_all, load_study
     from cmrseg.inference.ensemble import load_predictor
+    from cmrseg.inference.predictor import set_tta
     from cmrseg.inference.segment import process_study
 
     predictor = load_predictor(model, device="cpu")  # as cmrseg segment loads it
+    set_tta(predictor, tta)
     t0 = time.perf_counter()
     sources, _ = discover_all([src])
     t1 = time.perf_counter()
@@ -69,6 +74,7 @@ def main():
     ap.add_argument("--slices", type=int, default=12)
     ap.add_argument("--size", type=int, default=208)
     ap.add_argument("--model")
+    ap.add_argument("--tta", default="auto", choices=TTA_MODES, help="as cmrseg segment --tta")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--save-probabilities", action="store_true", help="cmrseg segment --save-probabilities")
     ap.add_argument("--out")
@@ -78,7 +84,7 @@ def main():
         tmp = Path(tmp)
         src = make_cine(tmp / "in", args.format, args.frames, args.slices, args.size)
         cmd = [sys.executable, "-m", "cmrseg", "segment", "-i", str(src), "-o", str(tmp / "out"),
-               "--workers", str(args.workers)] + (["--model", args.model] if args.model else [])
+               "--workers", str(args.workers), "--tta", args.tta] + (["--model", args.model] if args.model else [])
         cmd += ["--save-probabilities"] if args.save_probabilities else []
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -86,13 +92,14 @@ def main():
         if res.returncode != 0:
             raise SystemExit(res.stderr[-2000:])
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        steps = in_process_steps(src, args.model, tmp / "out2", ("probabilities",) if args.save_probabilities else ())
+        steps = in_process_steps(src, args.model, tmp / "out2", ("probabilities",) if args.save_probabilities else (),
+                                 args.tta)
         saved_mb = sum(f.stat().st_size for f in (tmp / "out").glob("*_probabilities.npz")) / 2**20
         files = len(list(src.iterdir())) if src.is_dir() else 1
     result = {"format": args.format, "files": files, "command_wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb),
               **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in steps.items()},
               "probabilities_saved_mb": round(saved_mb, 1) if args.save_probabilities else None,
-              "model": args.model or "default", "workers": args.workers, "torch": torch.__version__,
+              "model": args.model or "default", "tta": args.tta, "workers": args.workers, "torch": torch.__version__,
               "machine": platform.platform(), "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=2))
     if args.out:
