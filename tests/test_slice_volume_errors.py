@@ -56,3 +56,33 @@ def test_slice_pixels_reports_each_prediction_on_the_chosen_slice(phantom_dir, t
     counts = script.slice_pixels(gt_dir, pred_dir, {name.stem: k}, "RV")
     assert counts == {f"{name.stem}:{k}": (int((truth.label[k] == RV).sum()), 0)} and counts[f"{name.stem}:{k}"][0] > 0
     assert script.slice_pixels(gt_dir, gt_dir, {name.stem: k}, "RV")[f"{name.stem}:{k}"][1] > 0
+
+
+def test_basal_es_rv_counts_the_experts_and_the_masks_calls(tmp_path, load_script):
+    """experiments/basal_es_rv.py: the most basal ES slice with LV, RV there or not, counted only
+    where ED has RV on that slice; a prediction's call on the same slice counted beside it."""
+    from cmrseg.data.io.h5 import write_h5_volume
+
+    script = load_script("experiments/basal_es_rv.py")
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    image = np.zeros((3, 8, 8), dtype=np.float32)
+
+    def stack(*slices):  # per slice the classes present, as blocks of pixels
+        label = np.zeros((3, 8, 8), dtype=np.uint8)
+        for k, classes in enumerate(slices):
+            for c in classes:
+                label[k, 2 * c:2 * c + 2, :2] = c
+        return label
+
+    cases = {  # ED, ES truth, ES prediction: slice 0 has no heart at ES, so slice 1 is the basal one
+        "patient001": (stack({1}, {1, 3}, {3}), stack((), {1, 2, 3}, {3}), stack((), {2, 3}, {3})),  # drawn, missed
+        "patient002": (stack({1}, {1, 3}, {3}), stack((), {3}, {3}), stack((), {1, 3}, {3})),  # not drawn, added
+        "patient003": (stack({1}, {1, 3}, {3}), stack((), {3}, {3}), stack((), {3}, {3})),  # not drawn, agreed
+        "patient004": (stack({1}, {3}, {3}), stack((), {1, 3}, {3}), stack((), {3}, {3})),  # no RV at ED there: left out
+    }
+    for case, (ed, es, es_pred) in cases.items():
+        write_h5_volume(gt / f"{case}_frame01.h5", image, ed)
+        write_h5_volume(gt / f"{case}_frame02.h5", image, es)
+        write_h5_volume(pred / f"{case}_frame02.h5", image, es_pred)
+    assert script.count_calls(gt)["all"] == [1, 3, 0, 0]
+    assert script.count_calls(gt, pred)["all"] == [1, 3, 0, 1]
