@@ -58,6 +58,13 @@ def test_anatomy_failures_on_every_mid_slice_fail_the_study(kw, flag):
     assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "fail"
 
 
+def test_a_hypertrophic_heart_at_end_systole_is_not_a_failure():
+    """Walls as thick as the ACDC experts drew an HCM heart at ES (26.6 mm around a small cavity)
+    are disease, not a segmentation fault."""
+    mask = _stack(r_lv=6.0, wall=28.0)
+    assert "wall_thickness" not in _names(slice_flags(mask, None, "frame 1", PX))
+
+
 def test_one_odd_mid_slice_is_for_review_not_a_failure():
     mask = _stack()
     mask[4] = _slice(lv_ring=False)
@@ -87,6 +94,13 @@ def test_study_level_checks():
     assert "outside_normal_range" in _names(flags) and verdict(flags) == "review"
     flags = study_flags({**base, "LVM (g)": 420.0}, True, 25, 0, 10)
     assert "implausible_measure" in _names(flags) and verdict(flags) == "fail"
+    # ejection fractions the ACDC experts' own contours give (RVEF 1.9 %, 85.9 %): disease, for review
+    for ef in ({"RVEF (%)": 1.9}, {"RVEF (%)": 85.9}, {"LVEF (%)": 10.7}):
+        flags = study_flags({**base, **ef}, True, 25, 0, 10)
+        assert "implausible_measure" not in _names(flags) and verdict(flags) == "review", ef
+    # ... but no ejection, or no end-systolic cavity, cannot come from right masks
+    for ef in ({"RVEF (%)": -0.1}, {"LVEF (%)": 0.0}, {"LVEF (%)": 95.0}, {"RVEF (%)": 99.0}):
+        assert verdict(study_flags({**base, **ef}, True, 25, 0, 10)) == "fail", ef
     assert _names(study_flags(base, False)) == {"no_spacing"}
 
 
@@ -145,3 +159,32 @@ def test_the_console_line_counts_verdicts_and_names_the_failed_studies():
              "c": {"status": "ok", "qc": "review"}, "d": {"status": "ok", "qc": "ok"}, "e": {"status": "failed"}}
     assert qc_line(cases) == "quality control: 2 ok, 1 review, 1 fail; QC failed: b"
     assert qc_line({"e": {"status": "failed"}}) == "quality control: no study segmented"
+
+
+def test_qc_on_the_experts_masks_flags_disease_for_review_and_fails_none(tmp_path, load_script):
+    """experiments/qc_on_truth.py: expert masks of a heart whose RV barely ejects (RVEF about 4 %,
+    as two ACDC patients' contours give) go to review for the measure, not to fail."""
+    from cmrseg.data.io.h5 import write_h5_volume
+
+    script = load_script("experiments/qc_on_truth.py")
+    ed = _stack(r_lv=30.0, wall=9.0)
+    es = _stack(r_lv=22.0, wall=12.0)  # the LV ejects; the RV (a disc of 16 mm) loses 4 % of its pixels
+    for sl in es:
+        rows, cols = np.nonzero(sl == 1)
+        n = int(round(0.04 * rows.size))
+        sl[rows[:n], cols[:n]] = 0
+    image = np.zeros(ed.shape, np.float32)
+    write_h5_volume(tmp_path / "patient001_frame01.h5", image, ed)
+    write_h5_volume(tmp_path / "patient001_frame02.h5", image, es)
+    es_rv = es.copy()
+    es_rv[es_rv == 1] = 0
+    es_rv[:, 60:63, 2:7] = 1  # a sliver of RV left at ES: RVEF about 96 %, an impossible mask pair
+    write_h5_volume(tmp_path / "patient002_frame01.h5", image, ed)
+    write_h5_volume(tmp_path / "patient002_frame02.h5", image, es_rv)
+    (tmp_path / "metadata.csv").write_text("patient,group,frames,ed_frame,es_frame,pixel_mm,slice_spacing_mm\n"
+                                           f"patient001,RV,30,1,12,{PX},10\npatient002,RV,30,1,12,{PX},10\n")
+    verdict_, flags = script.truth_flags(tmp_path / "patient001_frame01.h5")
+    assert verdict_ == "review" and "implausible_measure" not in _names(flags)
+    assert any(f["flag"] == "outside_normal_range" and f["detail"].startswith("RVEF") for f in flags)
+    verdict_, flags = script.truth_flags(tmp_path / "patient002_frame01.h5")
+    assert verdict_ == "fail" and "implausible_measure" in _names(flags)
