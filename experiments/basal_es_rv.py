@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.data.io.h5 import read_h5_label, read_h5_label_volume
-
-RV, MYO, LV = 1, 2, 3
+from cmrseg.labels import LV, MYO, RV
 
 
 def basal_es_call(ed: np.ndarray, es: np.ndarray) -> bool | None:

@@ -7,7 +7,7 @@ verdict on an expert's contours is a check that cannot tell disease from a faile
 For every patient of an h5 split (``patientNNN_frame01.h5`` = ED, ``_frame02.h5`` = ES, spacing
 and frames from ``metadata.csv``): the slice checks of both frames (no classifier, no
 uncertainty: the truth has neither) and the study checks on the measures of the truth, then the
-verdict, as :func:`cmrseg.inference.segment` combines them. Prints the verdicts, the flags by
+verdict, as `cmrseg segment` combines them. Prints the verdicts, the flags by
 name, and every failing patient with its reasons. docs/RESULTS.md ("Quality control and the
 experts' own measures") reports it.
 """
@@ -30,6 +30,8 @@ def truth_flags(ed_path: Path) -> tuple[str, list[dict]]:
     ed = read_h5_label_volume(ed_path)
     es = read_h5_label_volume(ed_path.with_name(ed_path.name.replace("_frame01", "_frame02")))
     spacing = ed.geometry.spacing
+    if spacing is None:
+        raise SystemExit(f"{ed_path}: no voxel spacing (metadata.csv beside it gives pixel_mm and slice_spacing_mm)")
     pixel_mm = float(np.sqrt(spacing[1] * spacing[2]))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     flags, mid = [], {}

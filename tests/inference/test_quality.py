@@ -162,8 +162,8 @@ def test_the_console_line_counts_verdicts_and_names_the_failed_studies():
 
 
 def test_qc_on_the_experts_masks_flags_disease_for_review_and_fails_none(tmp_path, load_script):
-    """experiments/qc_on_truth.py: expert masks of a heart whose RV barely ejects (RVEF about 4 %,
-    as two ACDC patients' contours give) go to review for the measure, not to fail."""
+    """experiments/qc_on_truth.py: expert masks of a heart whose RV barely ejects (RVEF about 4 %;
+    four ACDC patients' contours give 1.9-9.2 %) go to review for the measure, not to fail."""
     from cmrseg.data.io.h5 import write_h5_volume
 
     script = load_script("experiments/qc_on_truth.py")
