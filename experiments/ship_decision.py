@@ -1,0 +1,95 @@
+"""Rules 14 and 15 of docs/RESULTS.md ("Rules fixed before the CPU runs of issue 11"), applied
+to `cmrseg evaluate` outputs, bar by bar, so that a GPU call's candidates are judged exactly as
+the rules were written before the call.
+
+    python experiments/ship_decision.py R                      # rule 14: candidate A
+    python experiments/ship_decision.py R --b R2 --seconds-b S --seconds-default D   # rule 15: B against A
+
+R, R2: folders written by ``cmrseg evaluate --pred P --gt ../shared/data/acdc/val -o R``
+(``summary.json``). Rule 15's time bar needs B's and the shipped default's seconds per 10-slice
+stack, measured interleaved on this machine (``python benchmarks/bench_segment.py
+../shared/data/acdc/val --n 20 [--model ...]``): at most 2.5 s where the CPU has native bf16,
+else at most 2.8 times the default's (the amendment of 2026-11-28). Dice values are compared at
+three decimals, as the rules' figures were written. Prints every bar with its value and whether
+it holds, then the decision; exits 0 either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# rule 14: the shipped default's val errors the candidate may exceed by at most 10 %
+DEFAULT_MAE = {"LVM (g)": 6.03, "LVEF (%)": 1.98, "RVEF (%)": 7.39}
+DEFAULT_VOLUME, DEFAULT_APEX = 0.917, 0.829
+MAX_LVM_BIAS, MAE_MARGIN, B_MAE_MARGIN = 2.0, 1.10, 1.05
+SECONDS_WITH_BF16, SECONDS_FACTOR = 2.5, 2.8
+
+
+def scores(folder: Path) -> dict[str, float]:
+    """The numbers the rules read from an evaluation folder's ``summary.json``."""
+    s = json.loads((folder / "summary.json").read_text())
+    clinical = s["clinical"]["all"]
+    # Dice at the three decimals the rules' figures were written in (and every table reports):
+    # the default itself, 0.9173 / 0.8288 here, is "0.917 / 0.829", which a candidate must beat / reach
+    out = {"volume": round(s["levels"]["volume"]["avg"], 3), "apex": round(s["levels"]["apex"]["avg"], 3),
+           "fragment": s["fragment_rate"], "hole": s["hole_rate"], "LVM (g) bias": clinical["LVM (g) bias"]}
+    out.update({f"{k} MAE": clinical[f"{k} MAE"] for k in DEFAULT_MAE})
+    return out
+
+
+def rule14_bars(c: dict[str, float]) -> list[tuple[str, float, bool]]:
+    """(bar, value, holds) for rule 14's candidate."""
+    bars = [(f"volume Dice > {DEFAULT_VOLUME}", c["volume"], c["volume"] > DEFAULT_VOLUME),
+            (f"apex Dice >= {DEFAULT_APEX}", c["apex"], c["apex"] >= DEFAULT_APEX),
+            (f"|LV mass bias| <= {MAX_LVM_BIAS} g", c["LVM (g) bias"], abs(c["LVM (g) bias"]) <= MAX_LVM_BIAS),
+            ("fragment rate 0", c["fragment"], c["fragment"] == 0), ("hole rate 0", c["hole"], c["hole"] == 0)]
+    bars += [(f"{k} MAE <= {MAE_MARGIN:g} x {v}", c[f"{k} MAE"], c[f"{k} MAE"] <= MAE_MARGIN * v)
+             for k, v in DEFAULT_MAE.items()]
+    return bars
+
+
+def rule15_bars(a: dict[str, float], b: dict[str, float], seconds_b: float, seconds_default: float,
+                native_bf16: bool) -> list[tuple[str, float, bool]]:
+    """(bar, value, holds) for rule 15's B against A (rule 14's bars on B come first)."""
+    limit = SECONDS_WITH_BF16 if native_bf16 else SECONDS_FACTOR * seconds_default
+    bars = rule14_bars(b)
+    bars += [(f"volume Dice above A's {a['volume']:.4f}", b["volume"], b["volume"] > a["volume"]),
+             (f"apex Dice at least A's {a['apex']:.4f}", b["apex"], b["apex"] >= a["apex"])]
+    bars += [(f"{k} MAE <= {B_MAE_MARGIN:g} x A's {a[f'{k} MAE']:.2f}", b[f"{k} MAE"],
+              b[f"{k} MAE"] <= B_MAE_MARGIN * a[f"{k} MAE"]) for k in DEFAULT_MAE]
+    bars.append((f"s per 10-slice stack <= {limit:.2f}", seconds_b, seconds_b <= limit))
+    return bars
+
+
+def report(title: str, bars: list[tuple[str, float, bool]]) -> bool:
+    print(title)
+    for name, value, holds in bars:
+        print(f"  {'yes' if holds else 'NO '}  {name}: {value:.4g}")
+    return all(holds for _, _, holds in bars)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", type=Path, help="rule 14's candidate: its cmrseg evaluate folder")
+    ap.add_argument("--b", type=Path, help="rule 15's B: its cmrseg evaluate folder")
+    ap.add_argument("--seconds-b", type=float, help="B's seconds per 10-slice stack (bench_segment.py)")
+    ap.add_argument("--seconds-default", type=float, help="the shipped default's, measured beside B's")
+    args = ap.parse_args()
+    a = scores(args.a)
+    a_ships = report(f"rule 14, candidate A ({args.a}):", rule14_bars(a))
+    if args.b is None:
+        print("decision: " + ("A ships" if a_ships else "A does not ship; the default stays"))
+        return
+    if args.seconds_b is None or args.seconds_default is None:
+        ap.error("--b needs --seconds-b and --seconds-default (bench_segment.py, interleaved)")
+    from cmrseg.device import cpu_has_fast_bf16
+
+    b_ships = report(f"rule 15, B ({args.b}) against A:", rule15_bars(a, scores(args.b), args.seconds_b,
+                                                                     args.seconds_default, cpu_has_fast_bf16()))
+    print("decision: " + ("B ships" if b_ships else "A ships" if a_ships else "neither ships; the default stays"))
+
+
+if __name__ == "__main__":
+    main()
