@@ -11,7 +11,8 @@ stack, measured interleaved on this machine (``python benchmarks/bench_segment.p
 ../shared/data/acdc/val --n 20 [--model ...]``): at most 2.5 s where the CPU has native bf16,
 else at most 2.8 times the default's (the amendment of 2026-11-28). Dice values are compared at
 three decimals, as the rules' figures were written. Prints every bar with its value and whether
-it holds, then the decision; exits 0 either way.
+it holds, then the decision; exits 0 either way. A paper-plan candidate of the same call is
+rule 7's to judge (not here); should one pass too, rule 14 says the higher volume Dice ships.
 """
 
 from __future__ import annotations
