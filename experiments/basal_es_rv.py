@@ -4,12 +4,12 @@ wrong there consistent in the labels themselves?
     PYTHONPATH=src python experiments/basal_es_rv.py ../shared/data/acdc/train [../shared/data/acdc/val ...] \
         [--pred PRED_DIR]
 
-For every patient of an h5 split (``patientNNN_frame01.h5`` = ED, ``_frame02.h5`` = ES, the
-ACDC README's layout; groups from ``metadata.csv``): the most basal ES slice with LV or MYO in
+For every patient of a labelled split (any layout ``cmrseg evaluate`` reads; ED, ES and the
+pathology group from its side files, for ACDC's h5 files ``metadata.csv``): the most basal ES slice with LV or MYO in
 the truth, and whether the experts drew RV there, counted over the patients whose ED frame has
 RV on that same slice (the slice holds ventricle at ED, so at ES the question is whether the
 descended base still shows RV or already atrium / outflow tract). Per pathology group and in
-all. With ``--pred`` (a ``cmrseg segment`` folder of the last split's h5 files), the same slice
+all. With ``--pred`` (a ``cmrseg segment`` folder of the last split's files), the same slice
 of the prediction: how often the mask has RV there where the experts drew it and where they
 did not. docs/RESULTS.md ("The RVEF error is a handful of whole-slice decisions") reports it.
 """
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrseg.data.io.h5 import read_h5_label, read_h5_label_volume
+from cmrseg.data.io import load_labelled_dataset
+from cmrseg.data.io.acdc import ed_es_pairs
+from cmrseg.data.io.readers import read_label_volume
 from cmrseg.labels import LV, MYO, RV
 
 
@@ -45,14 +47,12 @@ def count_calls(folder: Path, pred: Path | None = None) -> dict[str, list[int]]:
     """``{group: [patients with RV at ES there, patients counted]}``, with ``"all"``; with
     ``pred``, two more counts: the masks with RV there among the first, and among the rest."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for ed_path in sorted(folder.glob("*_frame01.h5")):
-        es_name = ed_path.name.replace("_frame01", "_frame02")
-        ed = read_h5_label_volume(ed_path)
-        es = read_h5_label_volume(ed_path.with_name(es_name))
+    for ed, es in ed_es_pairs(load_labelled_dataset(folder)).values():
         call = basal_es_call(ed.label, es.label)
         if call is None:
             continue
-        drawn = pred is not None and bool((read_h5_label(pred / es_name)[basal_es_slice(es.label)] == RV).any())
+        drawn = pred is not None and bool((read_label_volume(pred / es.path.name).label[basal_es_slice(es.label)]
+                                           == RV).any())
         for group in (ed.meta.get("group", "?"), "all"):
             counts[group][0] += int(call)
             counts[group][1] += 1

@@ -1,6 +1,7 @@
 """experiments/slice_volume_errors.py: the one slice that carries a volume error is found and
 its share is right."""
 
+import json
 import shutil
 
 import h5py
@@ -65,10 +66,10 @@ def test_basal_es_rv_counts_the_experts_and_the_masks_calls(tmp_path, load_scrip
 
     script = load_script("experiments/basal_es_rv.py")
     gt, pred = tmp_path / "gt", tmp_path / "pred"
-    image = np.zeros((3, 8, 8), dtype=np.float32)
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
 
     def stack(*slices):  # per slice the classes present, as blocks of pixels
-        label = np.zeros((3, 8, 8), dtype=np.uint8)
+        label = np.zeros((3, 32, 32), dtype=np.uint8)
         for k, classes in enumerate(slices):
             for c in classes:
                 label[k, 2 * c:2 * c + 2, :2] = c
@@ -80,6 +81,9 @@ def test_basal_es_rv_counts_the_experts_and_the_masks_calls(tmp_path, load_scrip
         "patient003": (stack({1}, {1, 3}, {3}), stack((), {3}, {3}), stack((), {3}, {3})),  # not drawn, agreed
         "patient004": (stack({1}, {3}, {3}), stack((), {1, 3}, {3}), stack((), {3}, {3})),  # no RV at ED there: left out
     }
+    gt.mkdir()
+    (gt / "manifest.json").write_text(json.dumps([{"volume": f"{case}_frame0{f}", "phase": phase}
+                                                 for case in cases for f, phase in ((1, "ED"), (2, "ES"))]))
     for case, (ed, es, es_pred) in cases.items():
         write_h5_volume(gt / f"{case}_frame01.h5", image, ed)
         write_h5_volume(gt / f"{case}_frame02.h5", image, es)

@@ -1,6 +1,8 @@
 """Model-independent quality control: every kind of failure, made synthetically, gets its flag
 and the verdict a reader would give (issue 12)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -173,7 +175,7 @@ def test_qc_on_the_experts_masks_flags_disease_for_review_and_fails_none(tmp_pat
         rows, cols = np.nonzero(sl == 1)
         n = int(round(0.04 * rows.size))
         sl[rows[:n], cols[:n]] = 0
-    image = np.zeros(ed.shape, np.float32)
+    image = np.random.default_rng(0).random(ed.shape).astype(np.float32)
     write_h5_volume(tmp_path / "patient001_frame01.h5", image, ed)
     write_h5_volume(tmp_path / "patient001_frame02.h5", image, es)
     es_rv = es.copy()
@@ -181,10 +183,16 @@ def test_qc_on_the_experts_masks_flags_disease_for_review_and_fails_none(tmp_pat
     es_rv[:, 60:63, 2:7] = 1  # a sliver of RV left at ES: RVEF about 96 %, an impossible mask pair
     write_h5_volume(tmp_path / "patient002_frame01.h5", image, ed)
     write_h5_volume(tmp_path / "patient002_frame02.h5", image, es_rv)
+    (tmp_path / "manifest.json").write_text(json.dumps([{"volume": f"patient00{i}_frame0{f}", "phase": phase}
+                                                        for i in (1, 2) for f, phase in ((1, "ED"), (2, "ES"))]))
     (tmp_path / "metadata.csv").write_text("patient,group,frames,ed_frame,es_frame,pixel_mm,slice_spacing_mm\n"
                                            f"patient001,RV,30,1,12,{PX},10\npatient002,RV,30,1,12,{PX},10\n")
-    verdict_, flags = script.truth_flags(tmp_path / "patient001_frame01.h5")
+    from cmrseg.data.io import load_labelled_dataset
+    from cmrseg.data.io.acdc import ed_es_pairs
+
+    pairs = ed_es_pairs(load_labelled_dataset(tmp_path))
+    verdict_, flags = script.truth_flags(*pairs["patient001"])
     assert verdict_ == "review" and "implausible_measure" not in _names(flags)
     assert any(f["flag"] == "outside_normal_range" and f["detail"].startswith("RVEF") for f in flags)
-    verdict_, flags = script.truth_flags(tmp_path / "patient002_frame01.h5")
+    verdict_, flags = script.truth_flags(*pairs["patient002"])
     assert verdict_ == "fail" and "implausible_measure" in _names(flags)

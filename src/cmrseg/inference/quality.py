@@ -124,6 +124,13 @@ def slice_flags(mask: np.ndarray, class_probs: np.ndarray | None = None, frame: 
     return flags
 
 
+def mean_wall_mm(sl: np.ndarray, pixel_mm: float) -> float:
+    """Mean myocardial thickness of a slice with LV and MYO: the radii of the circles of the
+    cavity's and the cavity-plus-wall's areas, apart."""
+    lv, lv_myo = int((sl == LV).sum()), int(np.isin(sl, (LV, MYO)).sum())
+    return float(np.sqrt(lv_myo / np.pi) - np.sqrt(lv / np.pi)) * pixel_mm
+
+
 def _anatomy_flags(sl: np.ndarray, frame: str, s: int, pixel_mm: float | None) -> list[dict[str, Any]]:
     """A mid-ventricular slice: LV cavity one blob ringed by myocardium, plausible wall
     thickness, RV beside the LV."""
@@ -137,9 +144,7 @@ def _anatomy_flags(sl: np.ndarray, frame: str, s: int, pixel_mm: float | None) -
             flags.append(_flag(frame, s, "lv_not_enclosed",
                                f"LV cavity in {n_blobs} pieces, {100 * ringed:.0f} % of its border myocardium"))
     if pixel_mm and lv.any() and myo.any():
-        r_out = np.sqrt((lv.sum() + myo.sum()) / np.pi)
-        r_in = np.sqrt(lv.sum() / np.pi)
-        wall = (r_out - r_in) * pixel_mm
+        wall = mean_wall_mm(sl, pixel_mm)
         if not WALL_MM[0] <= wall <= WALL_MM[1]:
             flags.append(_flag(frame, s, "wall_thickness",
                                f"mean myocardial thickness {wall:.1f} mm outside {WALL_MM[0]:g}-{WALL_MM[1]:g} mm"))
@@ -185,7 +190,13 @@ def verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = Non
     return "review" if flags else "ok"
 
 
+def mid_slices(mask: np.ndarray) -> np.ndarray:
+    """The slices ``slice_flags`` treats as mid-ventricular in ``mask``: the middle third of
+    those with a heart."""
+    heart = np.flatnonzero((mask > 0).reshape(mask.shape[0], -1).any(1))
+    return np.array_split(heart, 3)[1] if heart.size else heart
+
+
 def mid_slice_count(mask: np.ndarray) -> int:
     """How many slices ``slice_flags`` treats as mid-ventricular in ``mask``."""
-    heart = np.flatnonzero((mask > 0).reshape(mask.shape[0], -1).any(1))
-    return len(np.array_split(heart, 3)[1]) if heart.size else 0
+    return len(mid_slices(mask))

@@ -117,6 +117,19 @@ def ed_es(volumes: list[Volume]) -> tuple[int | None, int | None]:
     return ed, es
 
 
+def ed_es_pairs(volumes: list[Volume]) -> dict[str, tuple[Volume, Volume]]:
+    """``{patient: (ED volume, ES volume)}`` for every ``meta["patient"]`` with both phases."""
+    by_patient: dict[str, list[Volume]] = {}
+    for v in volumes:
+        by_patient.setdefault(v.meta.get("patient") or "", []).append(v)
+    pairs = {}
+    for patient, frames in sorted(by_patient.items()):
+        ed, es = ed_es(frames)
+        if patient and ed is not None and es is not None:
+            pairs[patient] = (frames[ed], frames[es])
+    return pairs
+
+
 def case_facts(folder: Path, name: str) -> dict[str, Any]:
     """``patient`` and ``frame`` from a ``<case>_frameNN`` name, with the ACDC ``Info.cfg``
     beside it (group, height, weight, ED/ES frames, this frame's phase) where there is one."""
