@@ -307,7 +307,7 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     (tmp_path / "env").mkdir()
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
                           "--out", str(out), "--work", str(work), "--seconds", "200", "--plan", "continue",
-                          "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "20", "--bench-steps",
+                          "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "14", "--bench-steps",
                           "2", "--startup", "5", "--set", "epochs=2", "--set", "val_every=1", "--min-epochs", "2",
                           "--max-members", "2"],
                          capture_output=True, text=True, timeout=400, env=gpu_machine_env(tmp_path / "env"))

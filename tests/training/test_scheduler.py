@@ -85,3 +85,11 @@ def test_parallel_slots_are_honoured_and_a_bad_override_fails_one_job(tmp_path):
     assert runner.most == 2
     assert jobs[0].status == "failed" and jobs[0].error
     assert [j.status for j in jobs[1:]] == ["done", "done"]
+
+
+def test_a_job_that_trains_inside_its_start_is_timed_from_its_start(tmp_path):
+    """An in-process runner returns from ``start`` only when the run has ended: that time is
+    the job's (summary.json's ``seconds``), not the zero after it."""
+    jobs = plan(["seg_ss"], tmp_path)
+    run_jobs(jobs, _Runner(sleep=0.2), "smoke", [], poll_s=0.0)
+    assert jobs[0].status == "done" and jobs[0].seconds >= 0.2

@@ -199,3 +199,35 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"seg_as", "seg_as+ref_as_mt"}
     assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 20
+    # both runs read the splits preprocessed once
+    assert (out / "cache" / "train.npz").is_file() and (out / "cache" / "val.npz").is_file()
+
+
+def test_reproduce_preprocesses_the_splits_once_and_rebuilds_them_when_the_data_change(phantom_dir, tmp_path):
+    import shutil
+
+    from cmrseg.data.dataset import StackDataset
+    from cmrseg.pipelines.reproduce import split_caches
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir / "h5", data)
+    smoke = load_config(protocol="smoke").preprocess
+    text = json.dumps(smoke.to_dict(), sort_keys=True)
+    folder = split_caches(data, tmp_path / "cache", {text})
+    assert folder == tmp_path / "cache"
+    for split in ("train", "val"):  # the same stacks the runs would preprocess themselves
+        a = StackDataset.from_folder(folder / f"{split}.npz", smoke)
+        b = StackDataset.from_folder(data / split, smoke, progress=False)
+        assert [r.name for r in a.records] == [r.name for r in b.records]
+        assert all((x.image == y.image).all() and (x.label == y.label).all() for x, y in zip(a.records, b.records))
+    stamp = (folder / "train.npz").stat().st_mtime_ns
+    assert split_caches(data, tmp_path / "cache", {text}) == folder
+    assert (folder / "train.npz").stat().st_mtime_ns == stamp  # unchanged data: reused
+    one = next(f for f in (data / "val").iterdir() if f.is_file())
+    os.utime(one, ns=(one.stat().st_atime_ns, one.stat().st_mtime_ns + 10**9))
+    split_caches(data, tmp_path / "cache", {text})
+    assert (folder / "train.npz").stat().st_mtime_ns != stamp  # a source file changed: rebuilt
+    paper = json.dumps(load_config(protocol="paper").preprocess.to_dict(), sort_keys=True)
+    assert split_caches(data, tmp_path / "other", {text, paper}) == data  # runs that preprocess differently
+    assert not (tmp_path / "other").exists()
+    assert split_caches(folder.parent / "cache", tmp_path / "c2", {text}) == folder  # caches already

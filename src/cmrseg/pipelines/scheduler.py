@@ -152,7 +152,8 @@ def run_jobs(jobs: list[Job], runner: Runner, protocol: str, overrides: list[str
             elif (dep is None or dep.status == "done") and len(running) < parallel:
                 print(f"[reproduce] training {job.name}", flush=True)
                 job.status = "running"
-                running[job.name] = (_start(runner, job, protocol, overrides), time.perf_counter())
+                t0 = time.perf_counter()  # before the start: an in-process runner trains inside it
+                running[job.name] = (_start(runner, job, protocol, overrides), t0)
         if not running and all(j.status != "pending" for j in jobs):
             return
         if running and all(h.poll() is None for h, _ in running.values()):
