@@ -151,11 +151,14 @@ def _dilate(ell, mm):
     return (ell[0], ell[1], ell[2] + mm, ell[3] + mm)
 
 
-def _grid(p: HeartParams, ss: int):
-    """Heart-frame coordinates (mm) of each (sub)pixel centre, shape [H*ss, W*ss]."""
+def _grid(p: HeartParams, ss: int, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None):
+    """Heart-frame coordinates (mm) of each (sub)pixel centre, shape [H*ss, W*ss]; only those
+    of the pixels ``rows`` x ``cols`` (index ranges, end excluded) when given."""
     h, w = p.size
-    ys = (np.arange(h * ss) + 0.5) / ss - h / 2.0
-    xs = (np.arange(w * ss) + 0.5) / ss - w / 2.0
+    r0, r1 = rows or (0, h)
+    c0, c1 = cols or (0, w)
+    ys = (np.arange(r0 * ss, r1 * ss) + 0.5) / ss - h / 2.0
+    xs = (np.arange(c0 * ss, c1 * ss) + 0.5) / ss - w / 2.0
     yy, xx = np.meshgrid(ys * p.pixel_mm, xs * p.pixel_mm, indexing="ij")
     xx, yy = xx - p.center_mm[0], yy - p.center_mm[1]
     t = math.radians(p.pose_deg)
@@ -204,10 +207,28 @@ def render_volume(p: HeartParams, phase: float, rng: np.random.Generator, ss: in
     return image.astype(np.float32), np.stack(labels).astype(np.uint8)
 
 
+def _pixel_window(p: HeartParams, ell) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(rows, cols): the pixels that can hold a point of the heart-frame ellipse ``ell``
+    (its bounding box turned into the image, one pixel of margin), clipped to the image."""
+    cx, cy, a, b = ell
+    t = math.radians(p.pose_deg)
+    corners = [(cx + sx * a, cy + sy * b) for sx in (-1, 1) for sy in (-1, 1)]
+    # heart frame -> image frame (mm from the image centre), the inverse of _grid's turn
+    xs = [hx * math.cos(t) - hy * math.sin(t) + p.center_mm[0] for hx, hy in corners]
+    ys = [hx * math.sin(t) + hy * math.cos(t) + p.center_mm[1] for hx, hy in corners]
+    h, w = p.size
+
+    def span(vals, n):
+        lo, hi = min(vals) / p.pixel_mm + n / 2.0, max(vals) / p.pixel_mm + n / 2.0
+        return max(0, math.floor(lo) - 1), min(n, math.ceil(hi) + 1)
+
+    return span(ys, h), span(xs, w)
+
+
 def reference_volumes(p: HeartParams, phase: float, ss: int = 16) -> dict[str, float]:
-    """Continuous-shape volumes (mL): LV and MYO in closed form, RV by supersampling."""
+    """Continuous-shape volumes (mL): LV and MYO in closed form, RV by supersampling (the
+    RV's own pixels only: the rest of the image holds none of it)."""
     lv = myo = rv = 0.0
-    hx, hy, _, _ = _grid(p, ss)
     px_area = (p.pixel_mm / ss) ** 2
     for k in range(p.num_slices):
         s = _slice_shapes(p, k, phase)
@@ -217,6 +238,7 @@ def reference_volumes(p: HeartParams, phase: float, ss: int = 16) -> dict[str, f
         lv += math.pi * cav[2] * cav[3] * p.slice_mm
         myo += math.pi * (epi[2] * epi[3] - cav[2] * cav[3]) * p.slice_mm
         if s["rv"] is not None:
+            hx, hy, _, _ = _grid(p, ss, *_pixel_window(p, s["rv"]))
             m = _inside(hx, hy, s["rv"]) & ~_inside(hx, hy, _dilate(epi, 1.5))
             rv += m.sum() * px_area * p.slice_mm
     return {"LV": lv / 1000.0, "MYO": myo / 1000.0, "RV": rv / 1000.0}
