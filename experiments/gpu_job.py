@@ -30,7 +30,7 @@ the seeds are. Time left once they reached their epoch cap (a fast GPU) goes to 
 continuations of the members, each with its own seed (``_cont3``, ``_cont4``, up to
 ``--max-members``): members trained apart, for the ensemble (docs/RESULTS.md, rule 15). The
 data bundle is made for the paper protocol; a ``fast`` run takes its canvases resampled to its
-coarser pixels (``StackDataset.on_canvas``).
+coarser pixels (``StackDataset.on_canvas``), once per call for all runs (:func:`stage_data`).
 
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cmrseg.checkpoint import half_precision, read_tensors, save_weights, stage_tensors  # noqa: E402 (after the path)
 from cmrseg.training.config import load_config  # noqa: E402
-from cmrseg.training.run_folder import is_complete_run  # noqa: E402
+from cmrseg.training.run_folder import is_complete_run, split_caches  # noqa: E402
 
 PROPOSED = [("seg_as", []), ("seg_as+ref_as_mt", ["stage1_run={runs}/seg_as"])]
 BASELINE = [("seg_ss", [])]
@@ -243,8 +243,9 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     sets = ["progress=false", f"device={args.device}", f"time_budget_s={budget:.0f}", "checkpoint_every=10",
             *settings, *(e.format(runs=runs) for e in extra), *args.set]
     protocol = protocol or args.protocol
+    data = getattr(args, "stage_data", {}).get(protocol, args.data)
     cmd = [sys.executable, "-m", "cmrseg", "train", "--model", model, "--protocol", protocol,
-           "--data", str(args.data), "--out", str(run)]
+           "--data", str(data), "--out", str(run)]
     for s in sets:
         cmd += ["--set", s]
     log(f"{name}: training, {budget:.0f} s per stage, stopped after {timeout:.0f} s")
@@ -266,6 +267,22 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
         + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
     return ok
+
+
+def stage_data(args) -> dict[str, Path]:
+    """``{protocol: data}`` for the runs: the bundle's splits preprocessed once for the call's
+    protocol (``WORK/data/<protocol>``, uncompressed: a stage reads them in a fraction of a
+    second instead of decompressing the bundle, resampling it to a coarser canvas and
+    preprocessing val, 5-7 s per stage on the 2-core CPU); the bundle itself if that fails."""
+    t0 = time.perf_counter()
+    try:
+        preprocess = load_config(protocol=args.protocol, overrides=args.set).preprocess
+        data = split_caches(args.data, args.work / "data" / args.protocol, {preprocess}, progress=False)
+    except Exception as exc:  # the runs read the bundle themselves, as before
+        log(f"splits not preprocessed once ({type(exc).__name__}: {exc}); every run reads {args.data}")
+        return {}
+    log(f"splits preprocessed for every {args.protocol} run in {time.perf_counter() - t0:.0f} s: {data}")
+    return {args.protocol: data}
 
 
 def model_folder_name(run: str) -> str:
@@ -497,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     best = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
                              compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
             if args.bench_seconds > 0 else {})
+    args.stage_data = stage_data(args)
     runner = Runner(args, clock, best)
     members = continue_plan(runner) if args.plan == "continue" else paper_plan(runner)
     if runner.finished:

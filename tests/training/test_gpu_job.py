@@ -281,6 +281,8 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     assert set(summary["summaries"]) == {"seg_as", "seg_as+ref_as_mt", "seg_ss"}
     assert all(r["status"] == "done" for r in summary["runs"].values())
     assert json.loads((work / "runs" / "seg_as+ref_as_mt" / "model.json").read_text())["trained_epochs"] == 3
+    # the runs read the bundle preprocessed once for the call, not each on its own
+    assert (work / "data" / "smoke" / "train.npz").is_file() and "splits preprocessed for every smoke run" in res.stdout
     # a second call finds every run finished and retrains nothing
     again = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data",
                             str(phantom_dir / "h5"), "--out", str(tmp_path / "out2"), "--work", str(work),
@@ -320,6 +322,9 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     ref_cfg = yaml.safe_load((runs / "seg_as+ref_as_mt@cont1" / "config.yaml").read_text())
     assert seg_cfg["protocol"] == ref_cfg["protocol"] == "fast" and seg_cfg["preprocess"]["target_spacing"] == 1.6
     assert seg_cfg["lr"] == ref_cfg["lr"] == pytest.approx(3e-4)
+    # the paper-canvas bundle was resampled to the fast canvas once, for all four runs
+    source = json.loads((work / "data" / "fast" / "source.json").read_text())
+    assert source["preprocess"]["target_spacing"] == 1.6 and (work / "data" / "fast" / "train.npz").is_file()
     start = read_tensors(seg_cfg["init_weights"])  # the shipped model's Seg stage, exactly
     shipped = stage_tensors(read_tensors(member / "weights.safetensors"), "seg")
     assert start.keys() == shipped.keys() and all(torch.equal(start[k], shipped[k]) for k in start)

@@ -203,17 +203,16 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     assert (out / "cache" / "train.npz").is_file() and (out / "cache" / "val.npz").is_file()
 
 
-def test_reproduce_preprocesses_the_splits_once_and_rebuilds_them_when_the_data_change(phantom_dir, tmp_path):
+def test_splits_are_preprocessed_once_for_many_runs_and_rebuilt_when_the_data_change(phantom_dir, tmp_path):
     import shutil
 
     from cmrseg.data.dataset import StackDataset
-    from cmrseg.pipelines.reproduce import split_caches
+    from cmrseg.training.run_folder import split_caches
 
     data = tmp_path / "data"
     shutil.copytree(phantom_dir / "h5", data)
     smoke = load_config(protocol="smoke").preprocess
-    text = json.dumps(smoke.to_dict(), sort_keys=True)
-    folder = split_caches(data, tmp_path / "cache", {text})
+    folder = split_caches(data, tmp_path / "cache", {smoke})
     assert folder == tmp_path / "cache"
     for split in ("train", "val"):  # the same stacks the runs would preprocess themselves
         a = StackDataset.from_folder(folder / f"{split}.npz", smoke)
@@ -221,13 +220,22 @@ def test_reproduce_preprocesses_the_splits_once_and_rebuilds_them_when_the_data_
         assert [r.name for r in a.records] == [r.name for r in b.records]
         assert all((x.image == y.image).all() and (x.label == y.label).all() for x, y in zip(a.records, b.records))
     stamp = (folder / "train.npz").stat().st_mtime_ns
-    assert split_caches(data, tmp_path / "cache", {text}) == folder
+    assert split_caches(data, tmp_path / "cache", {smoke}) == folder
     assert (folder / "train.npz").stat().st_mtime_ns == stamp  # unchanged data: reused
     one = next(f for f in (data / "val").iterdir() if f.is_file())
     os.utime(one, ns=(one.stat().st_atime_ns, one.stat().st_mtime_ns + 10**9))
-    split_caches(data, tmp_path / "cache", {text})
+    split_caches(data, tmp_path / "cache", {smoke})
     assert (folder / "train.npz").stat().st_mtime_ns != stamp  # a source file changed: rebuilt
-    paper = json.dumps(load_config(protocol="paper").preprocess.to_dict(), sort_keys=True)
-    assert split_caches(data, tmp_path / "other", {text, paper}) == data  # runs that preprocess differently
+    paper = load_config(protocol="paper").preprocess
+    assert split_caches(data, tmp_path / "other", {smoke, paper, None}) == data  # runs that preprocess differently
     assert not (tmp_path / "other").exists()
-    assert split_caches(folder.parent / "cache", tmp_path / "c2", {text}) == folder  # caches already
+    # caches as the source (the GPU bundle's train.npz.xz made for a finer canvas): resampled once
+    paper_cache = tmp_path / "paper"
+    paper_cache.mkdir()
+    for split in ("train", "val"):
+        StackDataset.from_folder(data / split, paper, progress=False).save_cache(paper_cache / f"{split}.npz")
+    folder2 = split_caches(paper_cache, tmp_path / "c2", {smoke, None})
+    a = StackDataset.from_folder(folder2 / "train.npz", smoke)
+    b = StackDataset.from_folder(paper_cache / "train.npz", smoke)
+    assert folder2 == tmp_path / "c2" and a.preprocess == smoke
+    assert all((x.image == y.image).all() and (x.label == y.label).all() for x, y in zip(a.records, b.records))

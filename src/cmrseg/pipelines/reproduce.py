@@ -5,7 +5,7 @@ layout, a Fig. 4-style figure and the wall time of every run.
 Training runs are scheduled by :mod:`cmrseg.pipelines.scheduler`: in this process one after
 another (``jobs=1``) or as parallel worker processes sharing the device (``jobs>1``, useful on
 a large GPU where one small model does not fill it). The splits are preprocessed once for all
-runs (``OUT/cache``, :func:`split_caches`), not once per run. Evaluation is on the validation
+runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`), not once per run. Evaluation is on the validation
 volumes in their own geometry, with the protocol (``shared/docs/PROTOCOL.md``).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json, write_text
-from cmrseg.data.dataset import StackDataset, is_cache
+from cmrseg.data.dataset import is_cache
 from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.device import resolve_device
@@ -32,7 +32,7 @@ from cmrseg.evaluation.tables import (LABELS_T1, ORDER, REF_INPUT_ABLATION, TABL
 from cmrseg.inference import Predictor
 from cmrseg.pipelines.scheduler import InProcess, Job, Subprocess, plan, run_jobs
 from cmrseg.training.config import load_config
-from cmrseg.training.run_folder import resolve_splits
+from cmrseg.training.run_folder import is_complete_run, resolve_splits, split_caches
 from cmrseg.visualization import comparison_grid
 
 
@@ -50,7 +50,9 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
                  + ([f"labels={labels}"] if labels else []))
     variants = {REF_INPUT_ABLATION: ("seg_as+ref_as_mt", ["ref_inputs=final"])} if ref_input_ablation else None
     job_list = plan(models or (TABLE2 + ["det_seg"] if ablations else TABLE1), out / "runs", variants)
-    train_data = split_caches(data, out / "cache", {_preprocess(j, protocol, overrides) for j in job_list}, labels)
+    train_data = data
+    if any(not is_complete_run(j.run_dir) for j in job_list):  # something to train: preprocess once for all
+        train_data = split_caches(data, out / "cache", {_preprocess(j, protocol, overrides) for j in job_list}, labels)
     runner = InProcess(train_data) if jobs <= 1 else Subprocess(train_data, out / "logs")
     t0 = time.perf_counter()
     run_jobs(job_list, runner, protocol, overrides, parallel=jobs,
@@ -73,46 +75,13 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
     return summaries
 
 
-def _preprocess(job: Job, protocol: str, overrides: list[str]) -> str:
-    """The job's preprocessing as JSON text (hashable); "" when its config does not resolve
-    (the scheduler then records that job's error)."""
+def _preprocess(job: Job, protocol: str, overrides: list[str]) -> PreprocessConfig | None:
+    """The job's preprocessing; None when its config does not resolve (the scheduler then
+    records that job's error)."""
     try:
-        cfg = load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides)
+        return load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides).preprocess
     except Exception:
-        return ""
-    return json.dumps(cfg.preprocess.to_dict(), sort_keys=True)
-
-
-def split_caches(data: Path, folder: Path, preprocessings: set[str], labels: str | None = None) -> Path:
-    """Preprocess ``data``'s train and val splits once for every run: ``folder`` then holds
-    ``train.npz`` and ``val.npz`` (:meth:`StackDataset.save_cache`), which the runs read instead
-    of the volumes (the same uint8 stacks either way). Returns the data for the runs: ``folder``,
-    or ``data`` itself when its splits are caches already or the runs preprocess differently.
-    A cache whose source files (names, sizes, times), preprocessing and labels are unchanged is
-    reused; otherwise it is rebuilt."""
-    train_src, val_src = resolve_splits(data)
-    preprocessings.discard("")
-    if is_cache(train_src) or len(preprocessings) != 1:
-        return data
-    (text,) = preprocessings
-    source = {"train": _fingerprint(train_src), "val": _fingerprint(val_src), "preprocess": json.loads(text),
-              "labels": labels}
-    stamp = folder / "source.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == source:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)  # a cache being rebuilt is never taken for a finished one
-    preprocess = PreprocessConfig.from_dict(source["preprocess"])
-    for name, src in (("train", train_src), ("val", val_src)):
-        StackDataset.from_folder(src, preprocess, labels=labels).save_cache(folder / f"{name}.npz")
-    write_json(stamp, source)
-    return folder
-
-
-def _fingerprint(folder: Path) -> list:
-    """(relative path, size, modification time) of every file under ``folder``."""
-    return sorted([str(f.relative_to(folder)), st.st_size, st.st_mtime_ns]
-                  for f in folder.rglob("*") if f.is_file() and (st := f.stat()))
+        return None
 
 
 def evaluate_runs(jobs: list[Job], val_volumes, device: str = "auto", progress: bool = True):

@@ -13,7 +13,8 @@ import torch.nn as nn
 from cmrseg import __version__
 from cmrseg.atomic import write_json
 from cmrseg.checkpoint import save_weights
-from cmrseg.data.dataset import XZ_SUFFIX
+from cmrseg.data.dataset import XZ_SUFFIX, StackDataset
+from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.errors import InputError
 from cmrseg.labels import label_map_json
 from cmrseg.models import DetSegNet
@@ -38,6 +39,43 @@ def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Pat
         if (data / name).exists():
             return train, data / name
     raise InputError(data, "no 'val' split inside (needed to select the best epoch)")
+
+
+def split_caches(data: str | Path, folder: Path, preprocessings: set[PreprocessConfig | None],
+                 labels: str | None = None, progress: bool = True) -> Path:
+    """Preprocess ``data``'s train and val splits once for several runs: ``folder`` then holds
+    ``train.npz`` and ``val.npz`` (:meth:`StackDataset.save_cache`, uncompressed: read in a
+    fraction of a second), which the runs read instead of ``data`` (the same uint8 stacks they
+    would make themselves; a cache made for another canvas is resampled to this one, as a run
+    would). ``preprocessings``: the runs' preprocessing (None for a run whose config does not
+    resolve: it fails on its own).
+    Returns the data for the runs: ``folder``, or ``data`` itself when the runs preprocess
+    differently. A cache whose sources (names, sizes, times), preprocessing and labels are
+    unchanged is reused, else rebuilt."""
+    data = Path(data)
+    srcs = resolve_splits(data)
+    preprocessings = preprocessings - {None}
+    if len(preprocessings) != 1:
+        return data
+    (preprocess,) = preprocessings
+    source = {"train": _fingerprint(srcs[0]), "val": _fingerprint(srcs[1]), "preprocess": preprocess.to_dict(),
+              "labels": labels}
+    stamp = folder / "source.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(source)):  # tuples as lists
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)  # a cache being rebuilt is never taken for a finished one
+    for name, src in zip(("train", "val"), srcs):
+        StackDataset.from_folder(src, preprocess, progress=progress, labels=labels).save_cache(folder / f"{name}.npz", compression="none")
+    write_json(stamp, source)
+    return folder
+
+
+def _fingerprint(path: Path) -> list:
+    """(relative path, size, modification time) of ``path`` or of every file under it."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sorted([str(f.relative_to(path)) if f != path else f.name, st.st_size, st.st_mtime_ns]
+                  for f in files if (st := f.stat()))
 
 
 def run_metadata(model: nn.Module, cfg: TrainConfig, extra: dict | None = None) -> dict:
