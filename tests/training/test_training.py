@@ -190,7 +190,7 @@ def test_demo_chain_on_the_phantom_learns(tmp_path):
 def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_path):
     out = tmp_path / "repro"
     res = _cli("reproduce", "--data", str(acdc_val.parent), "--protocol", "smoke", "--out", str(out),
-               "--models", "seg_as+ref_as_mt", "--set", "progress=false")
+               "--models", "seg_as+ref_as_mt", "--set", "progress=false", "--set", "epochs=1")
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("table1.md", "table1.csv", "report.md", "fig4.png", "timings.csv", "summary.json"):
         assert (out / name).exists(), name
@@ -198,6 +198,7 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     assert "Proposed" in table and "Apex" in table
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"seg_as", "seg_as+ref_as_mt"}
+    assert all(r["status"] == "done" and r["seconds"] > 1 for r in summary["runs"].values())  # timed in-process
     assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 20
     # both runs read the splits preprocessed once
     assert (out / "cache" / "train.npz").is_file() and (out / "cache" / "val.npz").is_file()
