@@ -138,6 +138,22 @@ def test_det_seg_crops_at_given_centres_and_pastes_back():
     assert bg[:, :, :20].all() and bg[:, 20:, :].all() and bg[:, :2, :].all()  # outside rows 2..18, cols 22..38
 
 
+def test_det_seg_centres_its_crop_on_the_largest_detected_piece():
+    """The heart runs through the stack: the crop goes to the largest piece of the detections
+    with the slices stacked, not to the box of all of them, nor to a blob on one slice that
+    covers more of the image than the heart does on any slice; each stack of a batch has its own."""
+    from cmrseg.models.det_seg import centers_from_mask
+
+    mask = torch.zeros(6, 64, 64, dtype=torch.bool)
+    mask[0:3, 20:30, 10:20] = True  # stack 1: the heart on three slices (rows 20-29, columns 10-19) ...
+    mask[1, 30:32, 10:30] = True  # ... larger on one of them (rows 30-31, columns 10-29), touching it
+    mask[2, 50:62, 50:62] = True  # ... and a 144-pixel blob on its third slice: more area, fewer voxels
+    mask[4, 5:9, 40:44] = True  # stack 2: one small piece
+    centres = centers_from_mask(mask, [4, 2])
+    assert centres.dtype == torch.long and centres.tolist() == [[26, 20], [7, 42]]
+    assert centers_from_mask(torch.zeros(2, 64, 48, dtype=torch.bool), [2]).tolist() == [[32, 24]]
+
+
 def test_sk_convolution_is_the_softmax_weighted_sum_of_its_branches():
     """SKNet's selection, written out: z = squeeze(mean_hw(U1 + U2)), a = softmax over the
     branches of select(z), output a1 * U1 + a2 * U2 (the block computes it without stacking)."""
