@@ -1,7 +1,7 @@
 """Where Det+Seg puts its crop: the detector's heart mask turned into one crop centre per
 stack, by each rule, against the labelled heart.
 
-    PYTHONPATH=src python experiments/det_centres.py RUN ../shared/data/acdc/val [--rules union largest truth]
+    PYTHONPATH=src python experiments/det_centres.py RUN ../shared/data/acdc/val [--rules union largest3d]
 
 RUN: a ``det_seg`` run folder. On the run's canvas (its preprocessing), per rule: the stacks
 whose crop leaves labelled heart pixels out, the share of the heart's pixels left out, the
@@ -10,7 +10,7 @@ Dice (RV, MYO, LV, their mean; per stack, then averaged) of the model segmenting
 Rules: ``union`` (the bounding box of every pixel the detector marks on any slice, as
 ``det_seg`` did until the fourteenth session), ``largest`` (the bounding box of the largest
 connected piece of that union), ``largest3d`` (of the largest connected piece of the detections
-in the stack as a volume, slices stacked), ``truth`` (the labelled heart's own box: the best a
+in the stack as a volume, slices stacked: ``det_seg``'s rule since then), ``truth`` (the labelled heart's own box: the best a
 detector could do).
 """
 
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
-
 from cmrseg.data.dataset import StackDataset
 from cmrseg.evaluation.metrics import dice_per_class
 from cmrseg.inference import Predictor
+from cmrseg.models.det_seg import centers_from_mask, largest_piece
 from cmrseg.models.outputs import class_argmax
 
 
@@ -37,18 +36,12 @@ def box_centre(mask: np.ndarray) -> tuple[int, int] | None:
     return (rows[0] + rows[-1] + 1) // 2, (cols[0] + cols[-1] + 1) // 2
 
 
-def largest_piece(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return lab == 1 + int(np.argmax(ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))))
-
-
 def centre(rule: str, detected: np.ndarray, label: np.ndarray) -> tuple[int, int]:
+    """The crop centre of one stack (``detected``, ``label``: ``[S, H, W]``) by ``rule``."""
+    if rule == "largest3d":  # what det_seg does
+        return tuple(centers_from_mask(torch.from_numpy(detected), [detected.shape[0]])[0].tolist())
     union = detected.any(axis=0)
-    masks = {"union": lambda: union, "largest": lambda: largest_piece(union),
-             "largest3d": lambda: largest_piece(detected).any(axis=0), "truth": lambda: (label > 0).any(axis=0)}
-    mask = masks[rule]()
+    mask = {"union": union, "largest": largest_piece(union), "truth": (label > 0).any(axis=0)}[rule]
     c = box_centre(mask)
     return c if c is not None else (label.shape[-2] // 2, label.shape[-1] // 2)
 
@@ -66,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("data", type=Path, help="a labelled folder (e.g. ACDC val)")
-    ap.add_argument("--rules", nargs="+", default=["union", "largest", "truth"])
+    ap.add_argument("--rules", nargs="+", default=["union", "largest", "largest3d", "truth"])
     args = ap.parse_args()
     pred = Predictor.from_path(args.run, device="cpu", precision="fp32")
     model, mm = pred.model, pred.preprocess.target_spacing

@@ -22,6 +22,18 @@ from cmrseg.models.unet import SegmentationNet
 _BG_LOGIT = 20.0  # background score pasted outside the crop (foreground gets -20)
 
 
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest connected piece of the boolean ``mask`` (any dimensions; face neighbours, so
+    across a stack's slices only where their masks overlap); ``mask`` itself when it has at
+    most one piece."""
+    from scipy import ndimage
+
+    pieces, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    return pieces == 1 + int(np.argmax(ndimage.sum_labels(mask, pieces, index=np.arange(1, n + 1))))
+
+
 def centers_from_mask(mask: torch.Tensor, stack_sizes: list[int]) -> torch.Tensor:
     """One (row, col) centre per stack: the middle of the bounding box (over all the stack's
     slices) of the largest connected piece of ``mask`` ``[N, H, W]`` with the stack's slices
@@ -32,18 +44,13 @@ def centers_from_mask(mask: torch.Tensor, stack_sizes: list[int]) -> torch.Tenso
     the box of every detection by half its distance (a 10-epoch ``fast`` run on ACDC val: the
     crop 44 mm off the heart on average, part of the heart left out in 16 of 20 stacks; with
     this rule 4.6 mm and none; docs/RESULTS.md, ``experiments/det_centres.py``)."""
-    from scipy import ndimage
-
     h, w = mask.shape[-2:]
     out = []
     start = 0
     for s in stack_sizes:
         m = mask[start:start + s].cpu().numpy()
         start += s
-        pieces, n = ndimage.label(m)  # face neighbours: across slices only where the masks overlap
-        if n > 1:
-            m = pieces == 1 + int(np.argmax(ndimage.sum_labels(m, pieces, index=np.arange(1, n + 1))))
-        m = m.any(axis=0)
+        m = largest_piece(m).any(axis=0)
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         out.append([h // 2, w // 2] if rows.size == 0 else [(rows[0] + rows[-1] + 1) // 2, (cols[0] + cols[-1] + 1) // 2])
     return torch.tensor(out, dtype=torch.long)

@@ -5,8 +5,9 @@ layout, a Fig. 4-style figure and the wall time of every run.
 Training runs are scheduled by :mod:`cmrseg.pipelines.scheduler`: in this process one after
 another (``jobs=1``) or as parallel worker processes sharing the device (``jobs>1``, useful on
 a large GPU where one small model does not fill it). The splits are preprocessed once for all
-runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`), not once per run. Evaluation is on the validation
-volumes in their own geometry, with the protocol (``shared/docs/PROTOCOL.md``).
+runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`), not once per run.
+Evaluation is on the validation volumes in their own geometry, with the protocol
+(``shared/docs/PROTOCOL.md``).
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def split_caches(data: str | Path, folder: Path, preprocessings: set[PreprocessC
     folder.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)  # a cache being rebuilt is never taken for a finished one
     for name, src in zip(("train", "val"), srcs):
-        StackDataset.from_folder(src, preprocess, progress=progress, labels=labels).save_cache(folder / f"{name}.npz", compression="none")
+        ds = StackDataset.from_folder(src, preprocess, progress=progress, labels=labels)
+        ds.save_cache(folder / f"{name}.npz", compression="none")
     write_json(stamp, source)
     return folder
 
