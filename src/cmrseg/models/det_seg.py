@@ -41,7 +41,7 @@ def centers_from_mask(mask: torch.Tensor, stack_sizes: list[int]) -> torch.Tenso
     ``[len(stack_sizes), 2]``.
 
     The heart is the one piece that runs through the stack; a stray detection elsewhere moved
-    the box of every detection by half its distance (a 10-epoch ``fast`` run on ACDC val: the
+    the box of every detection by half its distance (a 12-epoch ``fast`` run on ACDC val: the
     crop 44 mm off the heart on average, part of the heart left out in 16 of 20 stacks; with
     this rule 4.6 mm and none; docs/RESULTS.md, ``experiments/det_centres.py``)."""
     h, w = mask.shape[-2:]
