@@ -297,7 +297,7 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     from the paper protocol's bundle (its canvases resampled to 1.6 mm): the Seg stage starts
     from the model's Seg weights, the Ref stage from the model on that Seg run, and the result
     comes back as a model folder that loads for segmenting; the time left (its epochs capped at
-    2) trains it again with another seed; nothing is evaluated on the device.
+    1) trains it again with another seed; nothing is evaluated on the device.
     Run on a Python without what the GPU machine lacks."""
     from cmrseg.checkpoint import stage_tensors
 
@@ -310,7 +310,7 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(bundle),
                           "--out", str(out), "--work", str(work), "--seconds", "200", "--plan", "continue",
                           "--continue-from", str(member), "--device", "cpu", "--bench-seconds", "14", "--bench-steps",
-                          "2", "--startup", "5", "--set", "epochs=2", "--set", "val_every=1", "--min-epochs", "2",
+                          "2", "--startup", "5", "--set", "epochs=1", "--set", "val_every=1", "--min-epochs", "1",
                           "--max-members", "2"],
                          capture_output=True, text=True, timeout=400, env=gpu_machine_env(tmp_path / "env"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
@@ -334,7 +334,7 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     assert float(first[9]) > 0.4, first
     folder = out / "models" / "seg_as-ref_as_mt_cont1"
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["complete"] and meta["protocol"] == "fast" and meta["trained_epochs"] == 2
+    assert meta["complete"] and meta["protocol"] == "fast" and meta["trained_epochs"] == 1
     assert yaml.safe_load((folder / "config.yaml").read_text())["stage1_run"] == str(runs / "seg_as@cont1")
     assert all(str(v.dtype) == "torch.float16" for v in read_tensors(folder / "weights.safetensors").values()
                if v.ndim == 4)
