@@ -5,7 +5,8 @@ layout, a Fig. 4-style figure and the wall time of every run.
 Training runs are scheduled by :mod:`cmrseg.pipelines.scheduler`: in this process one after
 another (``jobs=1``) or as parallel worker processes sharing the device (``jobs>1``, useful on
 a large GPU where one small model does not fill it). The splits are preprocessed once for all
-runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`), not once per run.
+runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`; removed once every run
+has finished), not once per run.
 Evaluation is on the validation volumes in their own geometry, with the protocol
 (``shared/docs/PROTOCOL.md``).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -59,6 +61,8 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
     run_jobs(job_list, runner, protocol, overrides, parallel=jobs,
              deadline_s=None if deadline_min is None else deadline_min * 60)
     train_wall = time.perf_counter() - t0
+    if train_data != data and all(j.status == "done" for j in job_list):  # kept only for a run to resume
+        shutil.rmtree(train_data, ignore_errors=True)
     val_volumes = load_labelled_dataset(val_src, labels=labels)
     dev_name = resolve_device(device).type
     summaries, masks, speed = evaluate_runs(job_list, val_volumes, device=dev_name)
