@@ -208,7 +208,7 @@ def test_splits_are_preprocessed_once_for_many_runs_and_rebuilt_when_the_data_ch
     import shutil
 
     from cmrseg.data.dataset import StackDataset
-    from cmrseg.training.run_folder import split_caches
+    from cmrseg.training.run_folder import remove_split_caches, split_caches
 
     data = tmp_path / "data"
     shutil.copytree(phantom_dir / "h5", data)
@@ -230,6 +230,14 @@ def test_splits_are_preprocessed_once_for_many_runs_and_rebuilt_when_the_data_ch
     paper = load_config(protocol="paper").preprocess
     assert split_caches(data, tmp_path / "other", {smoke, paper, None}) == data  # runs that preprocess differently
     assert not (tmp_path / "other").exists()
+    # removed when done: only what it wrote
+    (folder / "notes.txt").write_text("the user's")
+    remove_split_caches(folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    (folder / "notes.txt").unlink()
+    split_caches(data, folder, {smoke})
+    remove_split_caches(folder)
+    assert not folder.exists()
     # caches as the source (the GPU bundle's train.npz.xz made for a finer canvas): resampled once
     paper_cache = tmp_path / "paper"
     paper_cache.mkdir()

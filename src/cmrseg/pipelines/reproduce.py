@@ -6,9 +6,8 @@ Training runs are scheduled by :mod:`cmrseg.pipelines.scheduler`: in this proces
 another (``jobs=1``) or as parallel worker processes sharing the device (``jobs>1``, useful on
 a large GPU where one small model does not fill it). The splits are preprocessed once for all
 runs (``OUT/cache``, :func:`~cmrseg.training.run_folder.split_caches`; removed once every run
-has finished), not once per run.
-Evaluation is on the validation volumes in their own geometry, with the protocol
-(``shared/docs/PROTOCOL.md``).
+has finished), not once per run. Evaluation is on the validation volumes in their own
+geometry, with the protocol (``shared/docs/PROTOCOL.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -33,9 +31,8 @@ from cmrseg.evaluation.evaluate import EvalCase, clinical_table, evaluate_cases,
 from cmrseg.evaluation.tables import (LABELS_T1, ORDER, REF_INPUT_ABLATION, TABLE1, TABLE2, fig4_examples, label,
                                       table1_rows, table2_rows, table_csv)
 from cmrseg.inference import Predictor
-from cmrseg.pipelines.scheduler import InProcess, Job, Subprocess, plan, run_jobs
-from cmrseg.training.config import load_config
-from cmrseg.training.run_folder import is_complete_run, resolve_splits, split_caches
+from cmrseg.pipelines.scheduler import InProcess, Job, Subprocess, job_config, plan, run_jobs
+from cmrseg.training.run_folder import is_complete_run, remove_split_caches, resolve_splits, split_caches
 from cmrseg.visualization import comparison_grid
 
 
@@ -62,7 +59,7 @@ def reproduce(data: str | Path, protocol: str, out: str | Path, ablations: bool 
              deadline_s=None if deadline_min is None else deadline_min * 60)
     train_wall = time.perf_counter() - t0
     if train_data != data and all(j.status == "done" for j in job_list):  # kept only for a run to resume
-        shutil.rmtree(train_data, ignore_errors=True)
+        remove_split_caches(train_data)
     val_volumes = load_labelled_dataset(val_src, labels=labels)
     dev_name = resolve_device(device).type
     summaries, masks, speed = evaluate_runs(job_list, val_volumes, device=dev_name)
@@ -84,7 +81,7 @@ def _preprocess(job: Job, protocol: str, overrides: list[str]) -> PreprocessConf
     """The job's preprocessing; None when its config does not resolve (the scheduler then
     records that job's error)."""
     try:
-        return load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides).preprocess
+        return job_config(job, protocol, overrides).preprocess
     except Exception:
         return None
 

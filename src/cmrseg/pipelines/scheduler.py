@@ -160,9 +160,14 @@ def run_jobs(jobs: list[Job], runner: Runner, protocol: str, overrides: list[str
             time.sleep(poll_s)
 
 
+def job_config(job: Job, protocol: str, overrides: list[str]) -> TrainConfig:
+    """The config ``job`` trains with: the protocol, its model, the common and its own overrides."""
+    return load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides)
+
+
 def _start(runner: Runner, job: Job, protocol: str, overrides: list[str]) -> Handle:
     try:
-        cfg = load_config(protocol=protocol, model=job.model, overrides=overrides + job.overrides)
+        cfg = job_config(job, protocol, overrides)
     except Exception as exc:  # a bad override fails this job, not the schedule
         return _Finished(f"{type(exc).__name__}: {exc}")
     return runner.start(job, cfg)

@@ -72,6 +72,17 @@ def split_caches(data: str | Path, folder: Path, preprocessings: set[PreprocessC
     return folder
 
 
+def remove_split_caches(folder: Path) -> None:
+    """Delete what :func:`split_caches` wrote in ``folder``, and ``folder`` if that leaves it
+    empty: nothing else there is touched."""
+    for name in ("source.json", "train.npz", "val.npz"):  # the stamp first: no reuse of a half-removed cache
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something else lives there
+        pass
+
+
 def _fingerprint(path: Path) -> list:
     """(relative path, size, modification time) of ``path`` or of every file under it."""
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
