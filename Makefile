@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m cmrseg demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; each takes its share of the cores),
+# then the tests marked `serial`, which hold a job to wall-clock budgets, alone.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not serial" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m serial tests
 
 bench: setup
 	$(PY) benchmarks/run_all.py

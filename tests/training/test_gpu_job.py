@@ -239,6 +239,7 @@ def test_time_budget_shortens_a_stage_and_records_it(phantom_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
     out, work, bundle = tmp_path / "out", tmp_path / "work", tmp_path / "bundle"
     # the data as it travels to the GPU machine: make_gpu_bundle.py's train.npz.xz + uint8 val/
@@ -292,6 +293,7 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_path):
     """``--plan continue`` on CPU: a shipped two-stage model (``fast`` networks) trained further
     from the paper protocol's bundle (its canvases resampled to 1.6 mm): the Seg stage starts
