@@ -90,3 +90,30 @@ def test_basal_es_rv_counts_the_experts_and_the_masks_calls(tmp_path, load_scrip
         write_h5_volume(pred / f"{case}_frame02.h5", image, es_pred)
     assert script.count_calls(gt)["all"] == [1, 3, 0, 0]
     assert script.count_calls(gt, pred)["all"] == [1, 3, 0, 1]
+
+
+def test_myocardium_by_phase_ratio_and_signed_errors(phantom_dir, tmp_path, load_script):
+    """experiments/myocardium_by_phase.py: the labels' ES / ED myocardium ratio per patient, and a
+    mask's own ratio and signed MYO errors in mL, the ES error where myocardium was removed."""
+    from cmrseg.labels import MYO
+
+    script = load_script("experiments/myocardium_by_phase.py")
+    gt_dir = phantom_dir / "h5" / "train"
+    pred_dir = tmp_path / "pred"
+    shutil.copytree(gt_dir, pred_dir)
+    rows = {r["patient"]: r for r in script.split_rows(gt_dir, pred_dir)}
+    assert len(rows) == 3 and all(r["ed_error_ml"] == r["es_error_ml"] == 0 and r["pred_ratio"] == r["ratio"]
+                                  for r in rows.values())
+    ed, es = (read_label_volume(gt_dir / f"patient001_frame0{f}.h5") for f in (1, 2))
+    assert rows["patient001"]["ratio"] == pytest.approx((es.label == MYO).sum() / (ed.label == MYO).sum())
+    k = int(np.argmax((es.label == MYO).reshape(es.label.shape[0], -1).sum(1)))
+    removed = int((es.label[k] == MYO).sum())
+    with h5py.File(pred_dir / "patient001_frame02.h5", "r+") as fh:  # the mask's ES misses slice k's MYO
+        label = fh["label"][()]
+        label[k][label[k] == MYO] = 0
+        fh["label"][...] = label
+    r = {r["patient"]: r for r in script.split_rows(gt_dir, pred_dir)}["patient001"]
+    voxel_ml = float(np.prod(es.geometry.spacing)) / 1000.0
+    assert removed > 0 and r["ed_error_ml"] == 0 and r["es_error_ml"] == pytest.approx(-removed * voxel_ml)
+    assert r["pred_ratio"] == pytest.approx(((es.label == MYO).sum() - removed) / (ed.label == MYO).sum())
+    assert "3 patients" in script.summary(list(rows.values()))
