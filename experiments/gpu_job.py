@@ -117,13 +117,18 @@ def members_that_fit(members: list[Path], rate: float | None, window: float, ove
 def continue_runs(members: list[Path], work: Path, batch_factor: int = 1,
                   keep: list[Path] | None = None) -> list[tuple[str, list[str], str]]:
     """``(run, overrides, protocol)`` continuing each two-stage model folder of ``members`` (of
-    ``keep`` among them, when given) in its own protocol (:func:`member_runs`, k its place in
-    ``members``)."""
-    runs = []
-    for k, member in enumerate(members, 1):
-        if keep is None or member in keep:
-            runs += member_runs(member, k, work, batch_factor)
-    return runs
+    ``keep`` among them, in its order, when given) in its own protocol (:func:`member_runs`, k
+    its place in ``members``)."""
+    return [run for member in (members if keep is None else keep)
+            for run in member_runs(member, members.index(member) + 1, work, batch_factor)]
+
+
+def started_first(members: list[Path], keep: list[Path], runs: Path) -> list[Path]:
+    """``keep`` with the members a previous call of the job began (its Seg-stage run folder
+    ``seg_as@cont<k>`` is under ``runs``) put first, kept even when the throughput check would
+    leave them out: a second call finishes the work the first left before it starts more."""
+    started = [m for k, m in enumerate(members, 1) if (runs / f"seg_as@cont{k}").is_dir()]
+    return started + [m for m in keep if m not in started]
 
 
 def member_runs(member: Path, k: int, work: Path, batch_factor: int = 1,
@@ -406,7 +411,10 @@ def continue_plan(runner: Runner) -> set[str]:
     if len(keep) < len(args.continue_from):
         log(f"continuing {', '.join(m.name for m in keep)} only: at {best['slices_per_s']:.0f} slices/s more members "
             f"would get fewer than {args.min_epochs} epochs per stage")
-    todo = continue_runs(args.continue_from, args.work, factor, keep)
+    resumed = started_first(args.continue_from, keep, runner.runs)
+    if resumed != keep:
+        log(f"first what an earlier call began: {', '.join(m.name for m in resumed)}")
+    todo = continue_runs(args.continue_from, args.work, factor, resumed)
     for i, (name, extra, protocol) in enumerate(todo):
         if runner.ready(extra):
             runner.run(name, extra, stages_left=len(todo) - i, until=runner.clock.seconds - args.eval_reserve,

@@ -124,7 +124,8 @@ def _two_members(folder: Path, with_weights: tuple[str, ...]) -> list[Path]:
 def test_the_continue_plan_keeps_the_members_that_get_enough_epochs(load_script, tmp_path):
     """Two members share a call when each of their four stages still gets ``--min-epochs``
     epochs at the measured rate; otherwise the one with the better selection score goes alone
-    (named by its place among the members, so the rule's folder names hold)."""
+    (named by its place among the members, so the rule's folder names hold). A member an
+    earlier call began goes first, and is kept."""
     job = load_script("experiments/gpu_job.py")
     members = _two_members(tmp_path, with_weights=("b",))  # a has none: it is not read
     # 500 s, 25 s overhead per stage, 1,312 slices: four stages of 100 s train 1,000 x 100 / 1,312 = 76 epochs
@@ -135,6 +136,17 @@ def test_the_continue_plan_keeps_the_members_that_get_enough_epochs(load_script,
     assert job.members_that_fit(members, 10.0, 500.0, 25.0, 1312, 100) == [members[1]]  # at least one
     runs = job.continue_runs(members, tmp_path / "work", keep=[members[1]])
     assert [r[0] for r in runs] == ["seg_as@cont2", "seg_as+ref_as_mt@cont2"]
+    # a second call finishes first what an earlier one began, even a member it would now leave out
+    runs_dir = tmp_path / "work" / "runs"
+    assert job.started_first(members, members, runs_dir) == members  # nothing begun yet
+    (runs_dir / "seg_as@cont2").mkdir(parents=True)
+    assert job.started_first(members, members, runs_dir) == [members[1], members[0]]
+    assert job.started_first(members, [members[0]], runs_dir) == [members[1], members[0]]
+    (tmp_path / "both").mkdir()
+    both = _two_members(tmp_path / "both", with_weights=("a", "b"))
+    runs = job.continue_runs(both, tmp_path / "work", keep=[both[1], both[0]])
+    assert [r[0] for r in runs] == ["seg_as@cont2", "seg_as+ref_as_mt@cont2", "seg_as@cont1", "seg_as+ref_as_mt@cont1"]
+    assert f"init_weights={both[1]}" in runs[1][1] and f"init_weights={both[0]}" in runs[3][1]
 
 
 class _FakeClock:
