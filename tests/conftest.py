@@ -13,7 +13,7 @@ import torch
 # machine's cores: each gets its share of threads, and the CLI subprocesses the tests start
 # inherit it through OMP_NUM_THREADS, so N workers do not oversubscribe the cores.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
