@@ -29,10 +29,14 @@ from cmrseg.data.io.readers import read_label_volume
 from cmrseg.labels import MYO
 
 
-def es_ed_ratio(ed: np.ndarray, es: np.ndarray) -> float:
-    """MYO voxels of the ES labels over those of the ED labels (same grid: voxels suffice)."""
-    n_ed = int((ed == MYO).sum())
-    return float((es == MYO).sum()) / n_ed if n_ed else float("nan")
+def myo_voxels(label: np.ndarray) -> int:
+    """Voxels labelled MYO."""
+    return int((label == MYO).sum())
+
+
+def es_ed_ratio(ed: int, es: int) -> float:
+    """ES over ED MYO voxels (the phases share a grid: voxels suffice); NaN without ED MYO."""
+    return es / ed if ed else float("nan")
 
 
 def split_rows(folder: Path, pred: Path | None = None) -> list[dict]:
@@ -40,13 +44,13 @@ def split_rows(folder: Path, pred: Path | None = None) -> list[dict]:
     ``pred``, ``pred_ratio`` and the signed MYO errors ``ed_error_ml`` / ``es_error_ml``."""
     rows = []
     for patient, (ed, es) in ed_es_pairs(load_labelled_dataset(folder)).items():
-        row = {"patient": patient, "group": ed.meta.get("group", "?"), "ratio": es_ed_ratio(ed.label, es.label)}
+        truth = [myo_voxels(v.label) for v in (ed, es)]
+        row = {"patient": patient, "group": ed.meta.get("group", "?"), "ratio": es_ed_ratio(*truth)}
         if pred is not None:
-            masks = [read_label_volume(pred / v.path.name).label for v in (ed, es)]
+            masks = [myo_voxels(read_label_volume(pred / v.path.name).label) for v in (ed, es)]
             row["pred_ratio"] = es_ed_ratio(*masks)
-            for key, v, m in (("ed_error_ml", ed, masks[0]), ("es_error_ml", es, masks[1])):
-                ml = v.geometry.voxel_volume_ml or float("nan")
-                row[key] = (int((m == MYO).sum()) - int((v.label == MYO).sum())) * ml
+            for key, v, m, t in zip(("ed_error_ml", "es_error_ml"), (ed, es), masks, truth):
+                row[key] = (m - t) * (v.geometry.voxel_volume_ml or float("nan"))
         rows.append(row)
     return rows
 
