@@ -48,6 +48,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from cmrseg.evaluation.compare import compare_reports, markdown
+
+    result = compare_reports(args.reports, args.out, names=args.names)
+    print(markdown(result), end="")
+    print(f"comparison written to {args.out} (compare.md, compare.csv, compare.json, compare.png)")
+    return 0
+
+
 def cmd_cache(args) -> int:
     from cmrseg.data.dataset import StackDataset
     from cmrseg.data.preprocessing import PreprocessConfig
@@ -140,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", default="group", metavar="COLUMN",
                    help="the --groups column to group by, e.g. the vendor's (default: group)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired comparison of evaluations of one split: differences with intervals and tests")
+    p.add_argument("reports", nargs="+", type=Path, metavar="REPORT",
+                   help="cmrseg evaluate report folders of the same patients; the first is the reference")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="a name per report (default: the folder names)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("cache", help="preprocess a labelled dataset into one compressed .npz (or .npz.xz)")
     p.add_argument("--data", required=True, type=Path, help="labelled folder (h5, ACDC layout or NIfTI + _gt)")

@@ -202,6 +202,13 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 20
     # the splits were preprocessed once for both runs, and the cache went once they had finished
     assert res.stderr.count("preprocess:") >= 1 and not (out / "cache").exists()
+    # the other run against the proposed model, patient by patient, in the report and in full beside it
+    report = (out / "report.md").read_text()
+    assert "against the proposed model, patient by patient (10 patients)" in report
+    assert "| AS After-UNet | " in report.split("patient by patient")[1]
+    paired = json.loads((out / "paired" / "compare.json").read_text())
+    assert paired["reference"] == "Proposed" and paired["candidates"] == ["AS After-UNet"]
+    assert (out / "paired" / "compare.png").is_file()
 
 
 def test_splits_are_preprocessed_once_for_many_runs_and_rebuilt_when_the_data_change(phantom_dir, tmp_path):

@@ -110,3 +110,43 @@ def dice_by_level(results: Sequence[Any], path: str | Path) -> Path:
     ax.set_title(f"Dice by slice level: {len(results)} volumes", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def paired_differences(result: dict[str, Any], families: Sequence[tuple[str, Sequence[str]]],
+                       path: str | Path) -> Path:
+    """A forest plot of :func:`cmrseg.evaluation.compare.compare_evaluations`: per metric and
+    candidate the mean paired difference (candidate - reference) with its confidence interval,
+    a filled marker where the adjusted p is below the comparison's alpha; one panel per family
+    (``families``: (title, metric names), e.g. Dice, HD95, absolute and signed clinical error),
+    since their units differ."""
+    plt = _matplotlib()
+    families = [(t, [m for m in ms if any(r["metric"] == m for r in result["rows"])]) for t, ms in families]
+    families = [(t, ms) for t, ms in families if ms]
+    cands = result["candidates"]
+    cmap = _group_colours(cands)
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 0.45 * max(len(ms) for _, ms in families) + 1.6),
+                             squeeze=False)
+    for ax, (title, metrics) in zip(axes.flat, families):
+        for j, cand in enumerate(cands):
+            rows = {r["metric"]: r for r in result["rows"] if r["candidate"] == cand}
+            for i, m in enumerate(metrics):
+                r = rows.get(m)
+                if r is None:
+                    continue
+                y = i + (j - (len(cands) - 1) / 2) * 0.8 / max(len(cands), 1)
+                shown = r["verdict"] != "not shown"
+                ax.plot([r["ci low"], r["ci high"]], [y, y], color=cmap[cand], lw=1.2)
+                ax.scatter([r["difference"]], [y], s=22, color=cmap[cand] if shown else "white",
+                           edgecolors=cmap[cand], zorder=3, label=cand if i == 0 else None)
+        ax.axvline(0.0, color="0.5", lw=0.8)
+        ax.set_yticks(range(len(metrics)), metrics, fontsize=7)
+        ax.invert_yaxis()
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("candidate - reference", fontsize=7)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Paired differences against {result['reference']}: {result['patients']} patients, "
+                 f"{100 * result['confidence']:.0f} % bootstrap intervals (filled: adjusted p < {result['alpha']:g})",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
