@@ -13,6 +13,11 @@ else at most 2.8 times the default's (the amendment of 2026-11-28). Dice values 
 three decimals, as the rules' figures were written. Prints every bar with its value and whether
 it holds, then the decision; exits 0 either way. A paper-plan candidate of the same call is
 rule 7's to judge (not here); should one pass too, rule 14 says the higher volume Dice ships.
+
+``--against R_DEFAULT`` (the shipped default's ``cmrseg evaluate`` folder on the same patients)
+adds, after the decision and for information only, each candidate's paired differences from the
+default (``cmrseg compare``: bootstrap intervals, Wilcoxon, Benjamini-Hochberg) and writes them
+to ``--compare-out``: whether a bar's margin is beyond chance. The rules alone decide.
 """
 
 from __future__ import annotations
@@ -71,13 +76,22 @@ def report(title: str, bars: list[tuple[str, float, bool]]) -> bool:
     return all(holds for _, _, holds in bars)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("a", type=Path, help="rule 14's candidate: its cmrseg evaluate folder")
-    ap.add_argument("--b", type=Path, help="rule 15's B: its cmrseg evaluate folder")
-    ap.add_argument("--seconds-b", type=float, help="B's seconds per 10-slice stack (bench_segment.py)")
-    ap.add_argument("--seconds-default", type=float, help="the shipped default's, measured beside B's")
-    args = ap.parse_args()
+def paired_with_default(default: Path, candidates: dict[str, Path], out: Path) -> str:
+    """For information: each candidate against the shipped default, patient by patient
+    (``cmrseg compare``), written to ``out``; the summary table."""
+    from cmrseg.evaluation.compare import (SUMMARY_METRICS, compare_evaluations, load_evaluation, summary_table,
+                                           write_comparison)
+
+    result = compare_evaluations([load_evaluation(default, "default")]
+                                 + [load_evaluation(folder, name) for name, folder in candidates.items()])
+    write_comparison(out, result)
+    return (f"for information (the rules decide): against the default, {result['patients']} patients, "
+            f"95 % intervals, * = adjusted p < 0.05 (all metrics: {out / 'compare.md'})\n"
+            + summary_table(result, (*SUMMARY_METRICS, "error LVM (g)")))  # rule 14's bias bar: how far it moved
+
+
+def decide(args, ap: argparse.ArgumentParser) -> None:
+    """Rule 14 on A, then rule 15 on B where given; prints the bars and the decision."""
     a = scores(args.a)
     a_ships = report(f"rule 14, candidate A ({args.a}):", rule14_bars(a))
     if args.b is None:
@@ -90,6 +104,21 @@ def main() -> None:
     b_ships = report(f"rule 15, B ({args.b}) against A:", rule15_bars(a, scores(args.b), args.seconds_b,
                                                                      args.seconds_default, cpu_has_fast_bf16()))
     print("decision: " + ("B ships" if b_ships else "A ships" if a_ships else "neither ships; the default stays"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", type=Path, help="rule 14's candidate: its cmrseg evaluate folder")
+    ap.add_argument("--b", type=Path, help="rule 15's B: its cmrseg evaluate folder")
+    ap.add_argument("--seconds-b", type=float, help="B's seconds per 10-slice stack (bench_segment.py)")
+    ap.add_argument("--seconds-default", type=float, help="the shipped default's, measured beside B's")
+    ap.add_argument("--against", type=Path, help="the shipped default's cmrseg evaluate folder (same patients): "
+                    "adds the paired comparison, for information")
+    ap.add_argument("--compare-out", type=Path, default=Path("ship_compare"), help="where --against writes it")
+    args = ap.parse_args()
+    decide(args, ap)
+    if args.against is not None:
+        print(paired_with_default(args.against, {"A": args.a} | ({"B": args.b} if args.b else {}), args.compare_out))
 
 
 if __name__ == "__main__":

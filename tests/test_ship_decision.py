@@ -31,3 +31,28 @@ def test_rule_14_bars_and_rule_15_against_a(tmp_path, load_script):
     worse = rules.scores(_evaluation(tmp_path / "worse", volume=0.927, lvef=1.9 * 1.05 + 0.01))
     assert not holds(rules.rule15_bars(a, worse, 2.0, 0.9, native_bf16=True))  # an MAE more than 5 % above A's
     assert not holds(rules.rule15_bars(a, rules.scores(_evaluation(tmp_path / "tie")), 2.0, 0.9, native_bf16=True))
+
+
+def _report(folder, volume_dice, lvm_errors):
+    """A cmrseg evaluate folder's per-patient files: every class's volume Dice, one LV mass error per patient."""
+    folder.mkdir()
+    dice = ",".join(f"volume {c} Dice" for c in ("RV", "MYO", "LV"))
+    (folder / "per_volume.csv").write_text("volume,patient,phase," + dice + "\n" + "".join(
+        f"p{i}_ED,p{i},ED,{d},{d},{d}\n" for i, d in enumerate(volume_dice)))
+    (folder / "clinical.csv").write_text("patient,error LVM (g)\n" + "".join(
+        f"p{i},{e}\n" for i, e in enumerate(lvm_errors)))
+    return folder
+
+
+def test_against_the_default_the_paired_comparison_is_added(tmp_path, load_script):
+    rules = load_script("experiments/ship_decision.py")
+    default = _report(tmp_path / "default", [0.90 + 0.001 * i for i in range(8)], [1, -1, 2, -2, 0.5, -0.5, 1, -1])
+    a = _report(tmp_path / "a", [0.91 + 0.0012 * i for i in range(8)], [3.1, 1.2, 4.3, 0.4, 2.6, 1.7, 3.2, 1.05])
+    text = rules.paired_with_default(default, {"A": a}, tmp_path / "cmp")
+    table = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("|")]
+    cells = dict(zip(table[0], table[2]))
+    assert cells["model"] == "A" and len(table) == 3
+    assert cells["volume Dice"].startswith("+0.01") and cells["volume Dice"].endswith("*")  # 8 of 8 better
+    assert cells["error LVM (g)"].strip().startswith("+2.")  # moved up by about 2 g for every patient
+    assert (tmp_path / "cmp" / "compare.md").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
