@@ -124,8 +124,9 @@ def paired_differences(result: dict[str, Any], families: Sequence[tuple[str, Seq
     families = [(t, ms) for t, ms in families if ms]
     cands = result["candidates"]
     cmap = _group_colours(cands)
-    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 0.45 * max(len(ms) for _, ms in families) + 1.6),
-                             squeeze=False)
+    row_inches = 0.45 * max(1.0, len(cands) / 4)  # a metric's row: room for its candidates' lines
+    fig, axes = plt.subplots(1, len(families), squeeze=False,
+                             figsize=(4.2 * len(families), row_inches * max(len(ms) for _, ms in families) + 1.6))
     for ax, (title, metrics) in zip(axes.flat, families):
         for j, cand in enumerate(cands):
             rows = {r["metric"]: r for r in result["rows"] if r["candidate"] == cand}
