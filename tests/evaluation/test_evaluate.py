@@ -64,6 +64,9 @@ def test_perfect_predictions_score_one(acdc_val, tmp_path):
     assert summary["clinical"]["patients"] == 10
     assert summary["clinical"]["all"]["LVEF (%) MAE"] == pytest.approx(0.0)
     assert (out / "table.md").read_text().count("1.000") >= 16
+    # every patient the same: the interval is that value
+    assert summary["intervals"]["volume Dice"] == {"patients": 10, "mean": 1.0, "low": 1.0, "high": 1.0}
+    assert "| apex Dice | 10 | 1.000 | 1.000 to 1.000 |" in (out / "table.md").read_text()
     assert (out / "per_volume.csv").read_text().count("\n") == 21
 
 
@@ -114,6 +117,15 @@ def test_imperfect_predictions_agree_with_independent_computation(acdc_val, tmp_
     sd = errors.std(ddof=1)  # clinical.csv has three decimals
     assert (lo, hi) == pytest.approx((errors.mean() - 1.96 * sd, errors.mean() + 1.96 * sd), abs=0.01)
     assert f"{lo:+.2f} to {hi:+.2f}" in (out / "table.md").read_text()
+    # the intervals: means over patients are the MAE and the bias; a bootstrap interval about as wide as t's
+    mae, bias = summary["intervals"]["abs error LVM (g)"], summary["intervals"]["error LVM (g)"]
+    assert mae["patients"] == bias["patients"] == 10
+    assert mae["mean"] == pytest.approx(summary["clinical"]["all"]["LVM (g) MAE"], abs=1e-3)
+    assert bias["mean"] == pytest.approx(errors.mean(), abs=1e-3)
+    t_half = 2.262 * sd / np.sqrt(10)  # t(0.975, 9)
+    assert bias["low"] < bias["mean"] < bias["high"] and 0.6 < (bias["high"] - bias["low"]) / (2 * t_half) < 1.2
+    assert f"| error LVM (g) | 10 | {bias['mean']:.2f} | {bias['low']:.2f} to {bias['high']:.2f} |" in (
+        out / "table.md").read_text()
     for picture in ("bland_altman.png", "dice_by_level.png"):
         assert matplotlib.image.imread(out / picture).shape[0] > 200
 

@@ -141,6 +141,24 @@ def bootstrap_ci(differences: np.ndarray) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
+#: the numbers ``cmrseg evaluate`` gives an interval: each level's average Dice, every clinical
+#: measure's absolute error (its mean: the MAE) and signed error (its mean: the bias)
+INTERVAL_METRICS = (*(f"{lv} Dice" for lv in (*LEVELS, "volume")), *ABS_ERROR_METRICS, *SIGNED_ERROR_METRICS)
+
+
+def mean_intervals(values: dict[str, dict[str, float]], metrics: Sequence[str] = INTERVAL_METRICS
+                   ) -> dict[str, dict[str, float]]:
+    """Per metric (of those scored) the mean over patients and its 95 % bootstrap interval
+    (:func:`bootstrap_ci`: patients resampled): ``{metric: {patients, mean, low, high}}``."""
+    out = {}
+    for m in metrics:
+        v = np.array([s[m] for s in values.values() if np.isfinite(s.get(m, np.nan))], dtype=float)
+        if v.size:
+            low, high = bootstrap_ci(v)
+            out[m] = {"patients": int(v.size), "mean": float(v.mean()), "low": low, "high": high}
+    return out
+
+
 def wilcoxon_p(differences: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p of ``differences`` (zeros dropped, Wilcoxon's way);
     1 when every difference is zero, NaN with none."""

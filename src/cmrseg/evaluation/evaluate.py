@@ -23,6 +23,7 @@ from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
+from cmrseg.evaluation.compare import mean_intervals, per_patient
 from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement
 from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.levels import LEVELS, level_indices
@@ -291,12 +292,36 @@ def clinical_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def patient_scores(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+    """``{patient: {metric: value}}``: the per-volume rows and clinical errors by patient
+    (:func:`cmrseg.evaluation.compare.per_patient`, as ``cmrseg compare`` reads a report)."""
+    return per_patient(list(csv.DictReader(io.StringIO(per_volume_csv(results)))), clinical_rows(results))
+
+
+def interval_table(intervals: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines: each number's mean over patients with its 95 % bootstrap interval."""
+    if not intervals:
+        return []
+    n = max(r["patients"] for r in intervals.values())
+    lines = [f"\nHow sure these numbers are: mean over patients (up to {n}) with its 95 % bootstrap interval (BCa, "
+             "patients resampled, as `cmrseg compare` does); `abs error` means are the MAEs, `error` means the biases; "
+             "a patient's Dice is its volumes' mean over the classes scored, so a level's mean can differ in the "
+             "last digit from the per-volume table's\n", "| measure | patients | mean | 95 % interval |", "|---|---|---|---|"]
+    for m, r in intervals.items():
+        digits = 3 if "Dice" in m else 2
+        ci = "–" if not np.isfinite(r["low"]) else f"{r['low']:.{digits}f} to {r['high']:.{digits}f}"
+        lines.append(f"| {m} | {r['patients']} | {r['mean']:.{digits}f} | {ci} |")
+    return lines
+
+
 def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
     """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md``,
-    ``summary.json`` and the pictures (:mod:`.figures`: ``dice_by_level.png``, with clinical
-    measures ``bland_altman.png``) into ``out_dir`` (each atomically)."""
+    ``summary.json`` (with ``intervals``: :func:`cmrseg.evaluation.compare.mean_intervals` over
+    patients) and the pictures (:mod:`.figures`: ``dice_by_level.png``, with clinical measures
+    ``bland_altman.png``) into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "intervals": mean_intervals(patient_scores(results))}
     write_text(out / "per_volume.csv", per_volume_csv(results))
     rows = clinical_rows(results)
     if rows:
@@ -319,6 +344,7 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
                    "| group | patients | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
             md += [f"| {g} | {r['patients']} | " + " | ".join(_mae_bias(r, c) for c in cols) + " |"
                    for g, r in groups.items()]
+    md += interval_table(summary["intervals"])
     md += volume_error_table(summary.get("volume_error_by_level") or {})
     md += quality_table(summary["quality_control"]) if summary.get("quality_control") else []
     md += _figures(out, results, rows, summary)

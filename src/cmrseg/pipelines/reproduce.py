@@ -27,9 +27,9 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.device import resolve_device
 from cmrseg.errors import InputError
-from cmrseg.evaluation.compare import Evaluation, compare_evaluations, per_patient, summary_table, write_comparison
-from cmrseg.evaluation.evaluate import (EvalCase, clinical_rows, clinical_table, evaluate_cases, markdown_table,
-                                        per_volume_csv, topology_table)
+from cmrseg.evaluation.compare import Evaluation, compare_evaluations, summary_table, write_comparison
+from cmrseg.evaluation.evaluate import (EvalCase, clinical_table, evaluate_cases, markdown_table, patient_scores,
+                                        topology_table)
 from cmrseg.evaluation.tables import (LABELS_T1, ORDER, REF_INPUT_ABLATION, TABLE1, TABLE2, fig4_examples, label,
                                       table1_rows, table2_rows, table_csv)
 from cmrseg.inference import Predictor
@@ -105,8 +105,7 @@ def evaluate_runs(jobs: list[Job], val_volumes, device: str = "auto", progress: 
             secs.append(p.seconds)
         cases = [EvalCase(v.name, m, v.label, v.geometry.spacing, v.meta) for v, m in zip(val_volumes, preds)]
         results, summaries[job.name] = evaluate_cases(cases)
-        scores[job.name] = per_patient(list(csv.DictReader(io.StringIO(per_volume_csv(results)))),
-                                       clinical_rows(results))
+        scores[job.name] = patient_scores(results)
         masks[job.name] = preds
         speed[job.name] = float(np.mean(secs))
     return summaries, masks, speed, scores
