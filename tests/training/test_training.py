@@ -205,7 +205,7 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     # the other run against the proposed model, patient by patient, in the report and in full beside it
     report = (out / "report.md").read_text()
     assert "against the proposed model, patient by patient (10 patients)" in report
-    assert "| AS After-UNet | " in report.split("patient by patient")[1]
+    assert "(model - Proposed)" in report and "| AS After-UNet | " in report.split("patient by patient")[1]
     paired = json.loads((out / "paired" / "compare.json").read_text())
     assert paired["reference"] == "Proposed" and paired["candidates"] == ["AS After-UNet"]
     assert (out / "paired" / "compare.png").is_file()

@@ -180,8 +180,8 @@ def write_report(out: Path, jobs: list[Job], summaries: dict, speed: dict, proto
         report += ["\n## Clinical measures (mean absolute error per patient)\n", clin]
     if paired:
         report += [f"\n## Each model against the proposed model, patient by patient ({paired['patients']} patients)\n",
-                   "Mean difference (model - Proposed) [95 % bootstrap interval]; * where the Wilcoxon signed-rank "
-                   "test, adjusted over the metrics, says p < 0.05. All metrics: paired/compare.md.\n",
+                   f"Mean difference (model - {paired['reference']}) [95 % bootstrap interval]; * where the Wilcoxon "
+                   "signed-rank test, adjusted over the metrics, says p < 0.05. All metrics: paired/compare.md.\n",
                    summary_table(paired)]
     report += ["\n## Runs\n", "| run | status | training wall time (this stage) | incl. Seg stage | inference s/stack |",
                "|---|---|---|---|---|"]
