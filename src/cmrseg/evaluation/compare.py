@@ -13,7 +13,8 @@ overconfident). The statistics come from SciPy (``scipy.stats.bootstrap``, BCa, 
 patients; ``scipy.stats.wilcoxon``; ``scipy.stats.false_discovery_control``). Dice and HD95
 per patient are means over its volumes, so a model's mean here can differ in the last digit
 from ``cmrseg evaluate``'s table, which averages volumes, classes and levels as the protocol
-says.
+says. :func:`mean_intervals` gives one model's means over patients the same intervals
+(``cmrseg evaluate``'s "How sure these numbers are").
 """
 
 from __future__ import annotations
