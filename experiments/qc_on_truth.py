@@ -25,8 +25,8 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.io.acdc import ed_es_pairs
 from cmrseg.data.volume import Volume
 from cmrseg.evaluation.clinical import PLAUSIBLE, cardiac_measures, structure_volumes_ml
-from cmrseg.inference.quality import (FAIL_FLAGS, mean_wall_mm, mid_slice_count, mid_slices, slice_flags, study_flags,
-                                      verdict)
+from cmrseg.evaluation.clinical import mean_wall_mm
+from cmrseg.inference.quality import FAIL_FLAGS, mid_slice_count, mid_slices, slice_flags, study_flags, verdict
 from cmrseg.labels import LV, MYO
 
 

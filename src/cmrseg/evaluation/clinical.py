@@ -78,6 +78,13 @@ def structure_volumes_ml(mask: np.ndarray, voxel_ml: float, missing: list[int] |
     return {"LV": counts[LV] * voxel_ml, "MYO": counts[MYO] * voxel_ml, "RV": counts[RV] * voxel_ml}
 
 
+def mean_wall_mm(sl: np.ndarray, pixel_mm: float) -> float:
+    """Mean myocardial thickness of a slice with LV and MYO: the radii of the circles of the
+    cavity's and the cavity-plus-wall's areas, apart."""
+    lv, lv_myo = int((sl == LV).sum()), int(np.isin(sl, (LV, MYO)).sum())
+    return float(np.sqrt(lv_myo / np.pi) - np.sqrt(lv / np.pi)) * pixel_mm
+
+
 def _ef(edv: float, esv: float) -> float:
     return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
 

@@ -22,7 +22,8 @@ from cmrseg.data.io.common import strip_suffix
 from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
-from cmrseg.evaluation.clinical import ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, structure_volumes_ml
+from cmrseg.evaluation.clinical import (ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, mean_wall_mm,
+                                       structure_volumes_ml)
 from cmrseg.evaluation.compare import mean_intervals, per_patient
 from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement
 from cmrseg.evaluation.groups import read_groups
@@ -30,7 +31,7 @@ from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.quality_check import check_quality, quality_table
 from cmrseg.evaluation.topology import TopologyCounts, topology_counts
-from cmrseg.labels import CLASS_NAMES, check_convention, cine_phases, label_map_json, label_table, to_project_labels
+from cmrseg.labels import CLASS_NAMES, LV, MYO, check_convention, cine_phases, label_map_json, label_table, to_project_labels
 
 
 @dataclass
@@ -61,6 +62,21 @@ class CaseResult:
     #: signed volume error (mL, prediction - truth) of [RV, MYO, LV] on the slices of each
     #: level (the protocol's levels of the truth) and on the whole stack (``all``); None without spacing
     level_volume_error: dict[str, np.ndarray] | None = None
+    #: mean myocardial wall thickness (mm, :func:`cmrseg.evaluation.clinical.mean_wall_mm`) of the
+    #: slices of each level where truth and prediction both have LV and MYO: ``[n, 2]`` (truth,
+    #: prediction) per level; None without spacing
+    wall_mm: dict[str, np.ndarray] | None = None
+
+
+def _has_wall(sl: np.ndarray) -> bool:
+    return bool((sl == LV).any() and (sl == MYO).any())
+
+
+def _wall_thickness(pred: np.ndarray, gt: np.ndarray, levels: dict[str, np.ndarray], pixel_mm: float
+                    ) -> dict[str, np.ndarray]:
+    return {lv: np.array([(mean_wall_mm(gt[s], pixel_mm), mean_wall_mm(pred[s], pixel_mm)) for s in idx
+                          if _has_wall(gt[s]) and _has_wall(pred[s])], dtype=float).reshape(-1, 2)
+            for lv, idx in levels.items()}
 
 
 def _level_volume_error(pred: np.ndarray, gt: np.ndarray, levels: dict[str, np.ndarray], voxel_ml: float
@@ -90,6 +106,8 @@ def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
         pred_volumes=structure_volumes_ml(case.pred, voxel_ml) if voxel_ml else None,
         gt_volumes=structure_volumes_ml(case.gt, voxel_ml) if voxel_ml else None,
         level_volume_error=_level_volume_error(case.pred, case.gt, levels, voxel_ml) if voxel_ml else None,
+        wall_mm=_wall_thickness(case.pred, case.gt, levels, float(np.sqrt(case.spacing[1] * case.spacing[2])))
+        if voxel_ml else None,
     )
 
 
@@ -169,6 +187,35 @@ def volume_error_by_level(results: Sequence[CaseResult]) -> dict[str, Any]:
     return out
 
 
+def _agreement(pairs: np.ndarray) -> dict[str, float]:
+    """Truth and prediction (``[n, 2]``) side by side: their means and SDs, the mean difference
+    and the slope of prediction on truth (1: the thicknesses follow the truth's; below 1: pulled
+    toward an average; NaN with fewer than three slices or no spread in the truth)."""
+    truth, pred = pairs[:, 0], pairs[:, 1]
+    spread = pairs.shape[0] >= 3 and float(truth.std()) > 0
+    return {"slices": int(pairs.shape[0]), "truth mm": float(truth.mean()), "prediction mm": float(pred.mean()),
+            "bias mm": float((pred - truth).mean()),
+            "SD truth mm": float(truth.std(ddof=1)) if pairs.shape[0] > 1 else float("nan"),
+            "SD prediction mm": float(pred.std(ddof=1)) if pairs.shape[0] > 1 else float("nan"),
+            "slope": float(np.polyfit(truth, pred, 1)[0]) if spread else float("nan")}
+
+
+def wall_thickness_agreement(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """Does the prediction keep each slice's wall thickness? {phase: {level or ``all``:
+    :func:`_agreement`}} over the slices where truth and prediction both have LV and MYO (the
+    volumes without a phase under ``volumes``). The brief's failure mode, thickness "pulled
+    toward an average", shows as a slope below 1 and a prediction SD below the truth's."""
+    out: dict[str, Any] = {}
+    for phase in ("ED", "ES", "volumes"):
+        walls = [r.wall_mm for r in results if r.wall_mm is not None
+                 and (r.meta.get("phase") or "volumes") == phase]
+        rows = {lv: np.concatenate([w[lv] for w in walls]) for lv in LEVELS} if walls else {}
+        if rows:
+            rows["all"] = np.concatenate(list(rows.values()))
+            out[phase] = {lv: _agreement(pairs) for lv, pairs in rows.items() if pairs.shape[0]}
+    return out
+
+
 def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
     """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
     ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical`` and the label map."""
@@ -188,6 +235,7 @@ def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any
         "volume_dice_by_group": by_group,
         "clinical": _clinical_summary(clinical_rows(results)),
         "volume_error_by_level": volume_error_by_level(results),
+        "wall_thickness": wall_thickness_agreement(results),
         "label_map": label_map_json(),
     }
 
@@ -257,6 +305,22 @@ def volume_error_table(by_level: dict[str, Any]) -> list[str]:
     for phase, rows in by_level.items():
         md += [f"| {phase} | {name} | " + " | ".join(f"{rows[name][lv]:+.2f}" for lv in (*LEVELS, "all")) + " |"
                for name in CLASS_NAMES]
+    return md
+
+
+def wall_thickness_table(agreement: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`wall_thickness_agreement`."""
+    if not agreement:
+        return []
+    md = ["\nMyocardial wall thickness per slice (mm; the radii of circles of the cavity's and the cavity-plus-"
+          "wall's areas, apart), on the slices where truth and prediction both have LV and MYO; slope of the "
+          "prediction on the truth over slices (below 1: thicknesses pulled toward an average)\n",
+          "| phase | level | slices | truth | prediction | bias | SD truth | SD prediction | slope |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for phase, rows in agreement.items():
+        md += [f"| {phase} | {lv} | {r['slices']} | {r['truth mm']:.2f} | {r['prediction mm']:.2f} | "
+               f"{r['bias mm']:+.2f} | {r['SD truth mm']:.2f} | {r['SD prediction mm']:.2f} | {r['slope']:.2f} |"
+               for lv, r in rows.items()]
     return md
 
 
@@ -346,6 +410,7 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
                    for g, r in groups.items()]
     md += interval_table(summary["intervals"])
     md += volume_error_table(summary.get("volume_error_by_level") or {})
+    md += wall_thickness_table(summary.get("wall_thickness") or {})
     md += quality_table(summary["quality_control"]) if summary.get("quality_control") else []
     md += _figures(out, results, rows, summary)
     write_text(out / "table.md", "\n".join(md))

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cmrseg.evaluation.clinical import NORMAL, PLAUSIBLE
+from cmrseg.evaluation.clinical import NORMAL, PLAUSIBLE, mean_wall_mm
 from cmrseg.evaluation.metrics import share_of_mask
 from cmrseg.evaluation.topology import slice_topology
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
@@ -122,13 +122,6 @@ def slice_flags(mask: np.ndarray, class_probs: np.ndarray | None = None, frame: 
         if hole:
             flags.append(_flag(frame, int(s), "hole", "LV or LV+MYO encloses background"))
     return flags
-
-
-def mean_wall_mm(sl: np.ndarray, pixel_mm: float) -> float:
-    """Mean myocardial thickness of a slice with LV and MYO: the radii of the circles of the
-    cavity's and the cavity-plus-wall's areas, apart."""
-    lv, lv_myo = int((sl == LV).sum()), int(np.isin(sl, (LV, MYO)).sum())
-    return float(np.sqrt(lv_myo / np.pi) - np.sqrt(lv / np.pi)) * pixel_mm
 
 
 def _anatomy_flags(sl: np.ndarray, frame: str, s: int, pixel_mm: float | None) -> list[dict[str, Any]]:
