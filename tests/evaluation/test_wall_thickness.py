@@ -58,3 +58,24 @@ def test_slices_without_a_wall_in_either_mask_are_left_out():
     assert summary["wall_thickness"]["ED"]["base"]["slices"] == 2
     _, no_spacing = evaluate_cases([EvalCase("p1_ED", pred, pred, None, {"phase": "ED"})], with_hd95=False)
     assert no_spacing["wall_thickness"] == {}
+
+
+def test_the_report_writes_each_slice_and_the_picture(tmp_path):
+    import csv
+
+    import matplotlib.image
+
+    from cmrseg.evaluation.evaluate import write_report
+
+    mean = np.mean(TRUTH_PX)
+    cases = [EvalCase(f"p1_{ph}", _ring_stack([round(mean + 0.5 * (w - mean)) for w in TRUTH_PX]),
+                      _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM), {"patient": "p1", "phase": ph})
+             for ph in ("ED", "ES")]
+    results, summary = evaluate_cases(cases, with_hd95=False)
+    write_report(tmp_path, results, summary)
+    rows = list(csv.DictReader((tmp_path / "wall_thickness.csv").open()))
+    assert len(rows) == 18 and {r["phase"] for r in rows} == {"ED", "ES"}
+    first = next(r for r in rows if r["phase"] == "ED" and r["slice"] == "0")
+    assert first["level"] == "base" and float(first["truth wall (mm)"]) == pytest.approx(4 * PIXEL_MM, abs=0.1)
+    assert matplotlib.image.imread(tmp_path / "wall_thickness.png").shape[0] > 200
+    assert "wall_thickness.png" in (tmp_path / "table.md").read_text()

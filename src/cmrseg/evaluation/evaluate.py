@@ -25,7 +25,7 @@ from cmrseg.errors import InputError
 from cmrseg.evaluation.clinical import (ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, mean_wall_mm,
                                        structure_volumes_ml)
 from cmrseg.evaluation.compare import mean_intervals, per_patient
-from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement
+from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement, wall_thickness_scatter
 from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.levels import LEVELS, level_indices
 from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
@@ -63,8 +63,8 @@ class CaseResult:
     #: level (the protocol's levels of the truth) and on the whole stack (``all``); None without spacing
     level_volume_error: dict[str, np.ndarray] | None = None
     #: mean myocardial wall thickness (mm, :func:`cmrseg.evaluation.clinical.mean_wall_mm`) of the
-    #: slices of each level where truth and prediction both have LV and MYO: ``[n, 2]`` (truth,
-    #: prediction) per level; None without spacing
+    #: slices of each level where truth and prediction both have LV and MYO: ``[n, 3]`` (slice,
+    #: truth, prediction) per level; None without spacing
     wall_mm: dict[str, np.ndarray] | None = None
 
 
@@ -74,8 +74,8 @@ def _has_wall(sl: np.ndarray) -> bool:
 
 def _wall_thickness(pred: np.ndarray, gt: np.ndarray, levels: dict[str, np.ndarray], pixel_mm: float
                     ) -> dict[str, np.ndarray]:
-    return {lv: np.array([(mean_wall_mm(gt[s], pixel_mm), mean_wall_mm(pred[s], pixel_mm)) for s in idx
-                          if _has_wall(gt[s]) and _has_wall(pred[s])], dtype=float).reshape(-1, 2)
+    return {lv: np.array([(s, mean_wall_mm(gt[s], pixel_mm), mean_wall_mm(pred[s], pixel_mm)) for s in idx
+                          if _has_wall(gt[s]) and _has_wall(pred[s])], dtype=float).reshape(-1, 3)
             for lv, idx in levels.items()}
 
 
@@ -200,20 +200,40 @@ def _agreement(pairs: np.ndarray) -> dict[str, float]:
             "slope": float(np.polyfit(truth, pred, 1)[0]) if spread else float("nan")}
 
 
+def wall_pairs(results: Sequence[CaseResult]) -> dict[str, dict[str, np.ndarray]]:
+    """{phase: {level: ``[n, 2]`` (truth, prediction) mm}} of every slice with a wall in both
+    (the volumes without a phase under ``volumes``); phases without such slices left out."""
+    out = {}
+    for phase in ("ED", "ES", "volumes"):
+        walls = [r.wall_mm for r in results if r.wall_mm is not None and (r.meta.get("phase") or "volumes") == phase]
+        if walls:
+            out[phase] = {lv: np.concatenate([w[lv][:, 1:] for w in walls]) for lv in LEVELS}
+    return out
+
+
 def wall_thickness_agreement(results: Sequence[CaseResult]) -> dict[str, Any]:
     """Does the prediction keep each slice's wall thickness? {phase: {level or ``all``:
-    :func:`_agreement`}} over the slices where truth and prediction both have LV and MYO (the
-    volumes without a phase under ``volumes``). The brief's failure mode, thickness "pulled
+    :func:`_agreement`}} over :func:`wall_pairs`. The brief's failure mode, thickness "pulled
     toward an average", shows as a slope below 1 and a prediction SD below the truth's."""
     out: dict[str, Any] = {}
-    for phase in ("ED", "ES", "volumes"):
-        walls = [r.wall_mm for r in results if r.wall_mm is not None
-                 and (r.meta.get("phase") or "volumes") == phase]
-        rows = {lv: np.concatenate([w[lv] for w in walls]) for lv in LEVELS} if walls else {}
-        if rows:
-            rows["all"] = np.concatenate(list(rows.values()))
+    for phase, rows in wall_pairs(results).items():
+        rows = {**rows, "all": np.concatenate(list(rows.values()))}
+        if rows["all"].shape[0]:
             out[phase] = {lv: _agreement(pairs) for lv, pairs in rows.items() if pairs.shape[0]}
     return out
+
+
+def wall_thickness_csv(results: Sequence[CaseResult]) -> str:
+    """One row per slice with a wall in truth and prediction: volume, patient, phase, slice,
+    level, both thicknesses (mm)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["volume", "patient", "phase", "slice", "level", "truth wall (mm)", "prediction wall (mm)"])
+    for r in results:
+        for lv, rows in (r.wall_mm or {}).items():
+            w.writerows([r.name, r.meta.get("patient", ""), r.meta.get("phase") or "", int(s), lv, f"{t:.3f}",
+                         f"{p:.3f}"] for s, t, p in rows)
+    return buf.getvalue()
 
 
 def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
@@ -390,6 +410,8 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
     rows = clinical_rows(results)
     if rows:
         write_text(out / "clinical.csv", clinical_csv(rows))
+    if summary.get("wall_thickness"):
+        write_text(out / "wall_thickness.csv", wall_thickness_csv(results))
     md = [f"# Evaluation ({summary['n_volumes']} volumes)\n", "Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
           markdown_table([(model_name, summary)]), "\nTopology and surface distance\n", topology_table([(model_name, summary)])]
     if summary.get("volume_dice_by_group"):
@@ -432,6 +454,9 @@ def _figures(out: Path, results: Sequence[CaseResult], rows: list[dict[str, Any]
     lines that show them (with the limits of agreement)."""
     md = ["\n![Dice by slice level](dice_by_level.png)"]
     dice_by_level(results, out / "dice_by_level.png")
+    if summary.get("wall_thickness"):
+        wall_thickness_scatter(wall_pairs(results), out / "wall_thickness.png")
+        md += ["\n![Wall thickness, prediction against truth](wall_thickness.png)"]
     if rows:
         bland_altman(rows, out / "bland_altman.png")
         md = loa_table(summary["clinical"]["all"]) + ["\n![Bland-Altman](bland_altman.png)"] + md

@@ -112,6 +112,36 @@ def dice_by_level(results: Sequence[Any], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def wall_thickness_scatter(pairs: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
+    """Per phase, each slice's mean wall thickness in the prediction against the truth's
+    (``pairs``: {phase: {level: ``[n, 2]`` (truth, prediction) mm}}), coloured by level, with the
+    identity line and the least-squares line of prediction on truth."""
+    plt = _matplotlib()
+    phases = [ph for ph, rows in pairs.items() if sum(len(v) for v in rows.values())]
+    fig, axes = plt.subplots(1, max(len(phases), 1), figsize=(4.2 * max(len(phases), 1), 4.0), squeeze=False)
+    top = max([float(v.max()) for rows in pairs.values() for v in rows.values() if len(v)] + [1.0]) * 1.05
+    for ax, phase in zip(axes.flat, phases):
+        for lv, colour in zip(LEVELS, ("tab:blue", "tab:orange", "tab:green")):
+            v = pairs[phase][lv]
+            ax.scatter(v[:, 0], v[:, 1], s=9, alpha=0.7, color=colour, label=f"{lv} ({len(v)})")
+        allv = np.concatenate([pairs[phase][lv] for lv in LEVELS])
+        ax.plot([0, top], [0, top], color="0.6", lw=0.8, ls="--")
+        title = f"{phase}: {len(allv)} slices"
+        if len(allv) >= 3 and allv[:, 0].std() > 0:
+            slope, intercept = np.polyfit(allv[:, 0], allv[:, 1], 1)
+            ax.plot([0, top], [intercept, intercept + slope * top], color="k", lw=1.0)
+            title += f", slope {slope:.2f}"
+        ax.set(xlim=(0, top), ylim=(0, top), aspect="equal")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("truth wall (mm)", fontsize=8)
+        ax.set_ylabel("prediction wall (mm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Mean wall thickness per slice (dashed: identity; solid: prediction on truth)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def paired_differences(result: dict[str, Any], families: Sequence[tuple[str, Sequence[str]]],
                        path: str | Path) -> Path:
     """A forest plot of :func:`cmrseg.evaluation.compare.compare_evaluations`: per metric and
