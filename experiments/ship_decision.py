@@ -17,7 +17,9 @@ rule 7's to judge (not here); should one pass too, rule 14 says the higher volum
 ``--against R_DEFAULT`` (the shipped default's ``cmrseg evaluate`` folder on the same patients)
 adds, after the decision and for information only, each candidate's paired differences from the
 default (``cmrseg compare``: bootstrap intervals, Wilcoxon, Benjamini-Hochberg) and writes them
-to ``--compare-out``: whether a bar's margin is beyond chance. The rules alone decide.
+to ``--compare-out``: whether a bar's margin is beyond chance; then each one's wall-thickness
+slope at ED and ES (``cmrseg evaluate``'s, 1 when walls keep their thickness). The rules alone
+decide.
 """
 
 from __future__ import annotations
@@ -87,7 +89,20 @@ def paired_with_default(default: Path, candidates: dict[str, Path], out: Path) -
     write_comparison(out, result)
     return (f"for information (the rules decide): against the default, {result['patients']} patients, "
             f"95 % intervals, * = adjusted p < 0.05 (all metrics: {out / 'compare.md'})\n"
-            + summary_table(result, (*SUMMARY_METRICS, "error LVM (g)")))  # rule 14's bias bar: how far it moved
+            + summary_table(result, (*SUMMARY_METRICS, "error LVM (g)"))  # rule 14's bias bar: how far it moved
+            + wall_slopes({"default": default, **candidates}))
+
+
+def wall_slopes(folders: dict[str, Path]) -> str:
+    """Each evaluation's wall-thickness slope (prediction on truth, all slices) at ED and ES from
+    its ``summary.json``: 1 when walls keep their thickness, below 1 when pulled toward an average."""
+    lines = ["wall-thickness slope, ED / ES (cmrseg evaluate's table.md):"]
+    for name, folder in folders.items():
+        summary = folder / "summary.json"
+        walls = (json.loads(summary.read_text()).get("wall_thickness") or {}) if summary.is_file() else {}
+        slopes = [walls.get(ph, {}).get("all", {}).get("slope", float("nan")) for ph in ("ED", "ES")]
+        lines.append(f"  {name}: {slopes[0]:.2f} / {slopes[1]:.2f}")
+    return "\n".join(lines) + "\n"
 
 
 def decide(args, ap: argparse.ArgumentParser) -> None:

@@ -56,3 +56,8 @@ def test_against_the_default_the_paired_comparison_is_added(tmp_path, load_scrip
     assert cells["volume Dice"].startswith("+0.01") and cells["volume Dice"].endswith("*")  # 8 of 8 better
     assert cells["error LVM (g)"].strip().startswith("+2.")  # moved up by about 2 g for every patient
     assert (tmp_path / "cmp" / "compare.md").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
+    # each one's wall-thickness slope from its summary.json (none there: nan)
+    (a / "summary.json").write_text(json.dumps({"wall_thickness": {"ED": {"all": {"slope": 0.91}},
+                                                                   "ES": {"all": {"slope": 0.97}}}}))
+    text = rules.paired_with_default(default, {"A": a}, tmp_path / "cmp")
+    assert "  A: 0.91 / 0.97" in text and "  default: nan / nan" in text
