@@ -1,6 +1,7 @@
 """Evaluation per ``shared/docs/PROTOCOL.md``: slice-level and volume Dice, HD95, topology
-rates, clinical-measure errors (mean absolute and signed) and the signed volume errors by slice
-level, aggregated and written as CSV, Markdown and JSON.
+rates, clinical-measure errors (mean absolute and signed, with bootstrap intervals over
+patients), the signed volume errors by slice level and the wall-thickness agreement, aggregated
+and written as CSV, Markdown and JSON.
 
 :func:`evaluate_cases` is the core (arrays in, numbers out) that training, ``reproduce`` and
 ``cmrseg evaluate`` all use; :func:`evaluate_folders` reads prediction / truth folders.
@@ -238,7 +239,8 @@ def wall_thickness_csv(results: Sequence[CaseResult]) -> str:
 
 def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
     """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
-    ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical`` and the label map."""
+    ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical``, ``volume_error_by_level``,
+    ``wall_thickness`` and the label map."""
     topo = sum((r.topology for r in results), TopologyCounts())
     hd = {c: _mean(r.hd95[i] for r in results) for i, c in enumerate(CLASS_NAMES)}
     by_group: dict[str, Any] = {}
@@ -399,10 +401,11 @@ def interval_table(intervals: dict[str, dict[str, float]]) -> list[str]:
 
 
 def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
-    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``table.md``,
-    ``summary.json`` (with ``intervals``: :func:`cmrseg.evaluation.compare.mean_intervals` over
-    patients) and the pictures (:mod:`.figures`: ``dice_by_level.png``, with clinical measures
-    ``bland_altman.png``) into ``out_dir`` (each atomically)."""
+    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``wall_thickness.csv``
+    (with spacing), ``table.md``, ``summary.json`` (with ``intervals``:
+    :func:`cmrseg.evaluation.compare.mean_intervals` over patients) and the pictures
+    (:mod:`.figures`: ``dice_by_level.png``; with spacing ``wall_thickness.png``; with clinical
+    measures ``bland_altman.png``) into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**summary, "intervals": mean_intervals(patient_scores(results))}
