@@ -3,8 +3,10 @@ rates, clinical-measure errors (mean absolute and signed, with bootstrap interva
 patients), the signed volume errors by slice level and the wall-thickness agreement, aggregated
 and written as CSV, Markdown and JSON.
 
-:func:`evaluate_cases` is the core (arrays in, numbers out) that training, ``reproduce`` and
-``cmrseg evaluate`` all use; :func:`evaluate_folders` reads prediction / truth folders.
+:func:`evaluate_cases` is the core (arrays in, numbers out) that ``reproduce`` and ``cmrseg
+evaluate`` use (training selects epochs with its fast equivalent,
+:func:`cmrseg.evaluation.metrics.level_dice_fast`); :func:`evaluate_folders` reads prediction /
+truth folders.
 """
 
 from __future__ import annotations
