@@ -140,3 +140,10 @@ def test_cmrseg_compare_end_to_end_on_real_masks(acdc_val, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cmrseg", "compare", str(tmp_path / "R_thin"), str(tmp_path / "R_truth"),
                           "-o", str(tmp_path / "y"), "--names", "a"], capture_output=True, text=True)
     assert res.returncode == 2 and "--names" in res.stderr and not (tmp_path / "y").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "per_volume.csv").write_text("case,dice\na,0.9\n")  # some other tool's table
+    res = subprocess.run([sys.executable, "-m", "cmrseg", "compare", str(bad), str(tmp_path / "R_truth"), "-o",
+                          str(tmp_path / "z")], capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "per_volume.csv: no 'volume' column" in res.stderr and not (tmp_path / "z").exists()

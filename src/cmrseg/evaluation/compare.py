@@ -99,9 +99,17 @@ def per_patient(volume_rows: Sequence[dict[str, str]], clinical_rows: Sequence[d
     return out
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def _rows(path: Path, needed: str) -> list[dict[str, str]]:
+    """The rows of a report's CSV, which must have the column ``needed``."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(path, f"cannot be read as CSV ({e})") from e
+    if rows and needed not in (reader.fieldnames or []):
+        raise InputError(path, f"no '{needed}' column: not written by cmrseg evaluate")
+    return rows
 
 
 def load_evaluation(folder: str | Path, name: str | None = None) -> Evaluation:
@@ -112,7 +120,7 @@ def load_evaluation(folder: str | Path, name: str | None = None) -> Evaluation:
     if not volumes.is_file():
         raise InputError(folder, "no per_volume.csv: not a report folder written by cmrseg evaluate")
     clinical = folder / "clinical.csv"
-    values = per_patient(_rows(volumes), _rows(clinical) if clinical.is_file() else [])
+    values = per_patient(_rows(volumes, "volume"), _rows(clinical, "patient") if clinical.is_file() else [])
     if not values:
         raise InputError(volumes, "no volumes in the report")
     return Evaluation(name or folder.name, values)
