@@ -116,10 +116,12 @@ def test_cmrseg_compare_end_to_end_on_real_masks(acdc_val, tmp_path):
     rows = {r["metric"]: r for r in csv.DictReader((out / "compare.csv").open())}
     assert all(r["patients"] == "8" for r in rows.values())
     # the truth beats the thinned myocardium on it, on the whole volume and on LV mass, for every patient
-    for metric in ("volume MYO Dice", "volume Dice", "mid Dice", "abs error LVM (g)"):
+    for metric in ("volume MYO Dice", "volume Dice", "mid Dice", "abs error LVM (g)", "abs error ED wall (mm)",
+                   "abs error ES wall (mm)"):
         assert rows[metric]["verdict"] == "better", rows[metric]
         assert float(rows[metric]["p"]) == pytest.approx(2 / 2 ** 8)
     assert rows["error LVM (g)"]["verdict"] == "higher"  # the thinned wall weighed less
+    assert rows["error ED wall (mm)"]["verdict"] == "higher" and float(rows["error ED wall (mm)"]["reference mean"]) < 0
     assert float(rows["volume RV Dice"]["difference"]) == 0 and rows["volume RV Dice"]["verdict"] == "not shown"
     # the means are the evaluations' own per-patient values: LV mass from clinical.csv
     clinical = list(csv.DictReader((tmp_path / "R_thin" / "clinical.csv").open()))

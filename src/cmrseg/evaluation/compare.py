@@ -45,8 +45,10 @@ SEED = 0  # the bootstrap's resampling is seeded: the same reports give the same
 DICE_METRICS = {f"{lv} Dice": "higher" for lv in (*LEVELS, "volume")} | {
     f"volume {c} Dice": "higher" for c in CLASS_NAMES}
 HD95_METRICS = {f"{c} HD95": "lower" for c in CLASS_NAMES}
-ABS_ERROR_METRICS = {f"abs error {m}": "lower" for m in ERROR_MEASURES}
-SIGNED_ERROR_METRICS = {f"error {m}": "shift" for m in ERROR_MEASURES}
+#: a patient's mean wall-thickness error over its slices per phase (``wall_thickness.csv``)
+WALL_MEASURES = ("ED wall (mm)", "ES wall (mm)")
+ABS_ERROR_METRICS = {f"abs error {m}": "lower" for m in (*ERROR_MEASURES, *WALL_MEASURES)}
+SIGNED_ERROR_METRICS = {f"error {m}": "shift" for m in (*ERROR_MEASURES, *WALL_MEASURES)}
 METRICS = DICE_METRICS | HD95_METRICS | ABS_ERROR_METRICS | SIGNED_ERROR_METRICS
 METRIC_FAMILIES = (("Dice (higher is better)", tuple(DICE_METRICS)), ("HD95 (lower is better)", tuple(HD95_METRICS)),
                    ("absolute error (lower is better)", tuple(ABS_ERROR_METRICS)),
@@ -83,10 +85,26 @@ def _volume_metrics(row: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def per_patient(volume_rows: Sequence[dict[str, str]], clinical_rows: Sequence[dict[str, Any]] = ()
-                ) -> dict[str, dict[str, float]]:
+def _wall_errors(wall_rows: Sequence[dict[str, str]]) -> dict[str, dict[str, float]]:
+    """Per patient (or volume) and phase, the mean over slices of the wall-thickness error
+    (prediction - truth) and of its absolute value."""
+    diffs: dict[tuple[str, str], list[float]] = {}
+    for row in wall_rows:
+        if row.get("phase") in ("ED", "ES"):
+            d = _float(row.get("prediction wall (mm)")) - _float(row.get("truth wall (mm)"))
+            diffs.setdefault((row.get("patient") or row["volume"], row["phase"]), []).append(d)
+    out: dict[str, dict[str, float]] = {}
+    for (patient, phase), d in diffs.items():
+        out.setdefault(patient, {}).update({f"error {phase} wall (mm)": _nanmean(d),
+                                            f"abs error {phase} wall (mm)": _nanmean([abs(v) for v in d])})
+    return out
+
+
+def per_patient(volume_rows: Sequence[dict[str, str]], clinical_rows: Sequence[dict[str, Any]] = (),
+                wall_rows: Sequence[dict[str, str]] = ()) -> dict[str, dict[str, float]]:
     """``{patient: {metric: value}}`` from ``cmrseg evaluate``'s per-volume rows (a volume
-    without a patient name is its own unit) and its per-patient clinical rows."""
+    without a patient name is its own unit), its per-patient clinical rows and its per-slice
+    wall thicknesses (``wall_thickness.csv``)."""
     volumes: dict[str, list[dict[str, float]]] = {}
     for row in volume_rows:
         volumes.setdefault(row.get("patient") or row["volume"], []).append(_volume_metrics(row))
@@ -96,6 +114,8 @@ def per_patient(volume_rows: Sequence[dict[str, str]], clinical_rows: Sequence[d
         for m in ERROR_MEASURES:
             error = _float(str(row.get(f"error {m}", "")))
             scores[f"error {m}"], scores[f"abs error {m}"] = error, abs(error)
+    for patient, scores in _wall_errors(wall_rows).items():
+        out.setdefault(patient, {}).update(scores)
     return out
 
 
@@ -119,8 +139,9 @@ def load_evaluation(folder: str | Path, name: str | None = None) -> Evaluation:
     volumes = folder / "per_volume.csv"
     if not volumes.is_file():
         raise InputError(folder, "no per_volume.csv: not a report folder written by cmrseg evaluate")
-    clinical = folder / "clinical.csv"
-    values = per_patient(_rows(volumes, "volume"), _rows(clinical, "patient") if clinical.is_file() else [])
+    clinical, walls = folder / "clinical.csv", folder / "wall_thickness.csv"
+    values = per_patient(_rows(volumes, "volume"), _rows(clinical, "patient") if clinical.is_file() else [],
+                         _rows(walls, "volume") if walls.is_file() else [])
     if not values:
         raise InputError(volumes, "no volumes in the report")
     return Evaluation(name or folder.name, values)

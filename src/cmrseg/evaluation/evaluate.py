@@ -381,9 +381,11 @@ def clinical_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def patient_scores(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """``{patient: {metric: value}}``: the per-volume rows and clinical errors by patient
-    (:func:`cmrseg.evaluation.compare.per_patient`, as ``cmrseg compare`` reads a report)."""
-    return per_patient(list(csv.DictReader(io.StringIO(per_volume_csv(results)))), clinical_rows(results))
+    """``{patient: {metric: value}}``: the per-volume rows, clinical errors and wall-thickness
+    errors by patient (:func:`cmrseg.evaluation.compare.per_patient`, as ``cmrseg compare`` reads
+    a report)."""
+    return per_patient(list(csv.DictReader(io.StringIO(per_volume_csv(results)))), clinical_rows(results),
+                       list(csv.DictReader(io.StringIO(wall_thickness_csv(results)))))
 
 
 def interval_table(intervals: dict[str, dict[str, float]]) -> list[str]:
