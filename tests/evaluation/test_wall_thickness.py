@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmrseg.evaluation.clinical import mean_wall_mm
-from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases, wall_thickness_table
+from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases, wall_slope_table, wall_thickness_table
 
 PIXEL_MM = 1.5
 TRUTH_PX = (4, 6, 8, 10, 12, 14, 16, 8, 12)  # one wall per slice, base -> apex: three levels of three
@@ -47,6 +47,8 @@ def test_kept_thinned_and_averaged_walls():
     assert row["SD prediction mm"] == pytest.approx(0.5 * row["SD truth mm"], rel=0.1)
     assert averaged["ES"]["base"]["slices"] == 3
     table = "\n".join(wall_thickness_table(averaged))
+    slopes = wall_slope_table([("halfway", {"wall_thickness": averaged}), ("none", {})])
+    assert f"| halfway |  |  | {row['bias mm']:+.2f} | {row['slope']:.2f} |" in slopes and "none" not in slopes
     assert f"| ES | all | 9 | {row['truth mm']:.2f} | {row['prediction mm']:.2f} |" in table
 
 

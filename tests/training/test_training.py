@@ -205,6 +205,8 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     # the other run against the proposed model, patient by patient, in the report and in full beside it
     report = (out / "report.md").read_text()
     assert "against the proposed model, patient by patient (10 patients)" in report
+    walls = report.split("## Wall thickness per slice")[1].split("##")[0]
+    assert "| Proposed | " in walls and "| AS After-UNet | " in walls  # each model's bias and slope
     assert "(model - Proposed)" in report and "| AS After-UNet | " in report.split("patient by patient")[1]
     paired = json.loads((out / "paired" / "compare.json").read_text())
     assert paired["reference"] == "Proposed" and paired["candidates"] == ["AS After-UNet"]

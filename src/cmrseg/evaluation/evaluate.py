@@ -319,6 +319,19 @@ def clinical_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(out) + "\n" if len(out) > 2 else ""
 
 
+def wall_slope_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """One row per model: its wall-thickness bias and slope at ED and ES over all slices
+    (:func:`wall_thickness_agreement`); empty when no model has them."""
+    out = ["| Model | ED bias (mm) | ED slope | ES bias (mm) | ES slope |", "|---|---|---|---|---|"]
+    for name, s in rows:
+        walls = s.get("wall_thickness") or {}
+        cells = [(f"{walls[ph]['all']['bias mm']:+.2f}", f"{walls[ph]['all']['slope']:.2f}") if "all" in walls.get(ph, {})
+                 else ("", "") for ph in ("ED", "ES")]
+        if any(c for pair in cells for c in pair):
+            out.append(f"| {name} | {cells[0][0]} | {cells[0][1]} | {cells[1][0]} | {cells[1][1]} |")
+    return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
 def volume_error_table(by_level: dict[str, Any]) -> list[str]:
     """Markdown lines of :func:`volume_error_by_level` (nothing when no volume was measurable)."""
     if not by_level:

@@ -29,7 +29,7 @@ from cmrseg.device import resolve_device
 from cmrseg.errors import InputError
 from cmrseg.evaluation.compare import Evaluation, compare_evaluations, summary_table, write_comparison
 from cmrseg.evaluation.evaluate import (EvalCase, clinical_table, evaluate_cases, markdown_table, patient_scores,
-                                        topology_table)
+                                        topology_table, wall_slope_table)
 from cmrseg.evaluation.tables import (LABELS_T1, ORDER, REF_INPUT_ABLATION, TABLE1, TABLE2, fig4_examples, label,
                                       table1_rows, table2_rows, table_csv)
 from cmrseg.inference import Predictor
@@ -178,6 +178,10 @@ def write_report(out: Path, jobs: list[Job], summaries: dict, speed: dict, proto
     report += ["\n## Topology and surface distance\n", topology_table(named)]
     if clin := clinical_table(named):
         report += ["\n## Clinical measures (mean absolute error per patient)\n", clin]
+    if walls := wall_slope_table(named):
+        report += ["\n## Wall thickness per slice: prediction against truth\n",
+                   "Bias (mm) and slope of the prediction on the truth over all slices; a slope below 1 means "
+                   "thicknesses pulled toward an average.\n", walls]
     if paired:
         report += [f"\n## Each model against the proposed model, patient by patient ({paired['patients']} patients)\n",
                    f"Mean difference (model - {paired['reference']}) [95 % bootstrap interval]; * where the Wilcoxon "
