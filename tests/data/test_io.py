@@ -187,6 +187,59 @@ def test_float_noise_in_a_slice_position_does_not_split_the_slice(tmp_path):
     assert all(f.meta["missing_slices"] == [] for f in frames)
 
 
+def _small_cine_series(folder):
+    affine = np.diag([1.5, 1.5, 8.0, 1.0])
+    cine = np.random.default_rng(1).random((4, 6, 32, 32)).astype(np.float32)
+    write_dicom_series(cine, affine, folder)
+    return sorted(folder.iterdir())
+
+
+def test_a_folder_holding_each_image_twice_reads_as_the_series_once(tmp_path):
+    """A study exported twice into one folder: the second copy of an instance (same
+    SOPInstanceUID, another file name) is skipped, not read as more frames."""
+    import shutil
+
+    files = _small_cine_series(tmp_path / "once")
+    shutil.copytree(tmp_path / "once", tmp_path / "twice")
+    for f in files:
+        shutil.copy(f, tmp_path / "twice" / f"copy_{f.name}")
+    once, twice = read_volumes(tmp_path / "once"), read_volumes(tmp_path / "twice")
+    assert len(twice) == len(once) == 4
+    for a, b in zip(once, twice):
+        np.testing.assert_array_equal(a.image, b.image)
+        assert b.meta["missing_slices"] == []
+
+
+def test_a_slice_acquired_twice_in_one_series_is_refused_naming_the_folder(tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = _small_cine_series(tmp_path)
+    for f in files:
+        if f.name.startswith("IM_002_"):  # the third slice's images again, as new instances
+            ds = pydicom.dcmread(str(f))
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(str(tmp_path / f"again_{f.name}"))
+    with pytest.raises(InputError, match="acquired twice in one series") as err:
+        read_volumes(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_a_series_whose_trigger_times_are_all_zero_is_ordered_by_instance_number(tmp_path):
+    import pydicom
+
+    files = _small_cine_series(tmp_path / "timed")
+    (tmp_path / "zero").mkdir()
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        ds.TriggerTime = "0"
+        ds.save_as(str(tmp_path / "zero" / f.name))
+    timed, zero = read_volumes(tmp_path / "timed"), read_volumes(tmp_path / "zero")
+    assert len(zero) == 4
+    for a, b in zip(timed, zero):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
 def test_dicom_mask_is_written_as_nifti_in_the_series_geometry(phantom_dir, tmp_path):
     frames = read_volumes(phantom_dir / "dicom" / "patient003")
     masks = np.stack([(f.image > np.median(f.image)).astype(np.uint8) for f in frames])

@@ -101,11 +101,13 @@ def quiet_pydicom():
 def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple[Path, Any]]]:
     """DICOM images grouped by SeriesInstanceUID: ``{uid: [(path, dataset), ...]}`` (headers only
     unless ``pixels``), one entry per image: a multi-frame file gives one :class:`FrameHeader`
-    per frame. Files without image data (reports, DICOMDIR) are skipped; a file that cannot be
-    parsed raises :class:`InputError` naming it."""
+    per frame. Files without image data (reports, DICOMDIR) are skipped, and so is a second
+    copy of an image already read (:func:`_instance_key`: a study exported twice into one
+    folder); a file that cannot be parsed raises :class:`InputError` naming it."""
     import pydicom
 
     series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    seen: set[tuple | None] = set()
     with quiet_pydicom():
         for f in files:
             if not looks_like_dicom(f):
@@ -116,9 +118,23 @@ def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple
                 raise InputError(f, f"cannot read DICOM header ({type(exc).__name__}: {exc})") from None
             if "PixelData" not in ds and not hasattr(ds, "Rows"):
                 continue
+            copy = _instance_key(ds)
+            if copy is not None and copy in seen:
+                continue
+            seen.add(copy)
             images = frame_headers(ds, f) if is_multiframe(ds) else [ds]
             series[str(ds.get("SeriesInstanceUID", ""))].extend((f, image) for image in images)
     return dict(series)
+
+
+def _instance_key(ds) -> tuple | None:
+    """What two files of one image share: its SOPInstanceUID, number, position and trigger time
+    (the UID alone is not enough, as some anonymisers reuse it); None without a UID."""
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not uid:
+        return None
+    return (uid, str(ds.get("InstanceNumber", "")), str(ds.get("ImagePositionPatient", "")),
+            str(ds.get("TriggerTime", "")))
 
 
 def is_multiframe(ds) -> bool:
@@ -484,6 +500,8 @@ class _SeriesLayout:
                 raise InputError(f, "slice orientation differs from the rest of the series")
             by_position[position].append((f, ds))
         positions = sorted(by_position)
+        for p in positions:
+            _check_one_acquisition(by_position[p], p, folder)
         num_frames = max(len(v) for v in by_position.values())
         ordered = [sorted(by_position[p], key=_frame_key) for p in positions]
         row_mm, col_mm = (float(v) for v in first.PixelSpacing)
@@ -498,6 +516,22 @@ class _SeriesLayout:
         lps[:3, 3] = [float(v) for v in ordered[0][0][1].ImagePositionPatient]
         return cls(ordered, frame_slots(ordered, num_frames, folder), grid, num_frames, _LPS_TO_RAS @ lps,
                    (abs(slice_mm), row_mm, col_mm))
+
+
+def _check_one_acquisition(images: list[tuple[Path, Any]], position: float, folder: Path) -> None:
+    """Refuse a slice position with two different images at one trigger time: the slice was
+    acquired twice within the series, and which acquisition to measure is the user's call
+    (across series the reader keeps the later one, :func:`stack_slice_series`). A position
+    whose images all share one trigger time (a scanner that leaves it 0) is ordered by
+    InstanceNumber instead, as before."""
+    times = [_trigger(ds) for _, ds in images]
+    if None in times or np.ptp(times) < 0.05:
+        return
+    repeated = sorted({round(t, 1) for t in times if sum(abs(t - u) < 0.05 for u in times) > 1})
+    if repeated:
+        raise InputError(folder, f"slice position {position:.1f} mm has {len(images)} images with repeated trigger "
+                                 f"times ({', '.join(f'{t:g}' for t in repeated[:3])} ms): the slice was acquired twice "
+                                 "in one series; keep one acquisition's files in the folder")
 
 
 def _frame_key(item) -> tuple[float, int]:
