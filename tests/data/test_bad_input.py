@@ -58,6 +58,23 @@ def test_2d_and_5d_images(tmp_path):
     _expect(p5, "5D image")
 
 
+def test_a_singular_affine_is_refused_even_with_spacing_given(tmp_path):
+    """A broken sform (two voxel axes along one direction) leaves the slice order and the
+    output geometry unknown: one line, whatever --spacing says."""
+    import nibabel as nib
+
+    r = 1.5 / np.sqrt(2)  # voxel sizes as in pixdim, so only the axes' directions are wrong
+    affine = np.array([[r, r, 0.0, 0.0], [r, r, 0.0, 0.0], [0.0, 0.0, 8.0, 0.0], [0, 0, 0, 1]])
+    p = tmp_path / "singular.nii.gz"
+    img = nib.Nifti1Image(_img((32, 32, 6)), np.diag([1.5, 1.5, 8.0, 1.0]))
+    img.set_sform(affine, code=2)  # i and j both along x + y: the axes span a plane
+    nib.save(img, str(p))
+    _expect(p, "affine (sform/qform) is singular")
+    _expect(p, "affine (sform/qform) is singular", lambda q: read_volumes(q, spacing=(1.5, 1.5, 8.0)))
+    nib.save(nib.Nifti1Image(_img((32, 32, 6)), np.diag([1.5, 1.5, 8.0, 1.0])), str(p))
+    assert read_volumes(p)[0].shape == (6, 32, 32)
+
+
 def test_nan_and_constant(tmp_path):
     img = _img()
     img[1, 2, 3] = np.nan

@@ -46,17 +46,22 @@ def _raw_pixdim(path: Path, img) -> np.ndarray:
 
 def nifti_spacing(path: Path, img, override=None) -> tuple[tuple[float, float, float], str]:
     """(slice, row, column) mm and its source: ``override`` when given, else the header's
-    pixdim, checked against the affine's voxel sizes and for plausibility."""
+    pixdim, checked against the affine's voxel sizes and for plausibility. A singular affine
+    (two voxel axes along one direction) is refused whatever the spacing: the slice order and
+    every output's geometry come from it."""
     from nibabel.affines import voxel_sizes
 
+    sizes = np.asarray(voxel_sizes(img.affine)[:3], dtype=float)
+    if abs(np.linalg.det(np.asarray(img.affine, dtype=float)[:3, :3])) <= 1e-3 * float(np.prod(sizes)):
+        raise InputError(path, f"the affine (sform/qform) is singular: its axes {np.round(img.affine[:3, :3], 3).tolist()} "
+                               "do not span 3D, so the orientation is unknown; fix the file's header")
     if override is not None:
         return check_spacing(override, path, "option", allow_unknown_slice=True), "option"
     pixdim = _raw_pixdim(path, img)
     check_spacing(pixdim[::-1], path, "header pixdim")
-    affine_sizes = np.asarray(voxel_sizes(img.affine)[:3], dtype=float)
-    if not np.allclose(affine_sizes, pixdim, rtol=0.01):
+    if not np.allclose(sizes, pixdim, rtol=0.01):
         raise InputError(path, f"header pixdim {np.round(pixdim, 3).tolist()} mm and affine voxel sizes "
-                               f"{np.round(affine_sizes, 3).tolist()} mm disagree; give the voxel size with "
+                               f"{np.round(sizes, 3).tolist()} mm disagree; give the voxel size with "
                                "--spacing SX SY SZ (mm)")
     return (float(pixdim[2]), float(pixdim[1]), float(pixdim[0])), "header"
 
