@@ -374,3 +374,37 @@ def test_non_conformant_dicom_values_do_not_flood_the_console(phantom_dir, tmp_p
         frames = read_volumes(src)
     assert frames and not [w for w in caught if "pydicom" in str(w.filename) or "VR UI" in str(w.message)]
     assert "Invalid value" not in capfd.readouterr().err
+
+
+def test_studies_sharing_a_file_name_keep_their_own_masks_across_shards(phantom_dir, smoke_model, tmp_path):
+    """UK Biobank's layout: every subject's folder holds ``sa.nii.gz``. Each study is named after
+    its folder too and writes into its own folder, decided alike in every shard, so one subject's
+    mask never takes another's place (two shards each took the flat ``sa.nii.gz``, and the
+    second replaced the first's)."""
+    src = tmp_path / "ukb"
+    for subject, f in (("1001", "patient001/patient001_4d.nii.gz"), ("1002", "patient002/patient002_frame01.nii.gz")):
+        (src / subject).mkdir(parents=True)
+        shutil.copy(phantom_dir / "acdc" / f, src / subject / "sa.nii.gz")
+    out = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        res = _segment("-i", src, "-o", out, "--model", smoke_model, "--shard", shard)
+        assert res.returncode == 0, res.stderr[-2000:]
+    cases = [json.loads(f.read_text()) for f in sorted((out / "cases").glob("*.json"))]
+    assert len(cases) == 2 and all(c["status"] == "ok" for c in cases)
+    assert len({c["outputs"][0] for c in cases}) == 2  # each study its own mask file ...
+    for case in cases:  # ... in the geometry of its own input (a 4D cine and a 3D stack here)
+        assert nib.load(out / case["outputs"][0]).shape == nib.load(case["source"]).shape, case
+    assert sorted(c["study"] for c in cases) == ["1001_sa", "1002_sa"]
+    assert sorted(c["outputs"][0] for c in cases) == ["1001_sa/sa.nii.gz", "1002_sa/sa.nii.gz"]
+
+
+def test_names_that_still_collide_after_their_folder_is_added_are_numbered():
+    from cmrseg.inference.discovery import StudySource, unique_names
+
+    sources = [StudySource("sa", "file", [Path(f"/data/{site}/x/sa.nii.gz")]) for site in ("A", "B")]
+    sources.append(StudySource("sb", "file", [Path("/data/A/x/sb.nii.gz")]))
+    sources.append(StudySource("p1", "dicom", [Path("/data/A/exam/p1/IM_1.dcm"), Path("/data/A/exam/p1/IM_2.dcm")]))
+    sources.append(StudySource("p1", "dicom", [Path("/data/B/scan/p1/IM_1.dcm")]))
+    unique_names(sources)
+    assert [(s.name, s.own_folder) for s in sources] == [("x_sa", True), ("x_sa_2", True), ("sb", False),
+                                                          ("exam_p1", True), ("scan_p1", True)]

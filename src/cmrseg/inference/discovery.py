@@ -41,12 +41,20 @@ _PHASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
 class StudySource:
     """Where a study comes from: ``kind`` is ``acdc``, ``dicom`` (one series), ``dicom_slices``
     (a stack stored one slice position per series), ``frames`` or ``file``;
-    ``phases``: ``ED``/``ES`` of each path when its name says so."""
+    ``phases``: ``ED``/``ES`` of each path when its name says so; ``own_folder``: its outputs
+    go to ``OUT/<name>/`` because another study's inputs have its name (:func:`unique_names`)."""
 
     name: str
     kind: str
     paths: list[Path] = field(default_factory=list)
     phases: list[str | None] = field(default_factory=list)
+    own_folder: bool = False
+
+    def home(self) -> Path:
+        """The folder holding the study's input (the patient folder, series folder or file)."""
+        if self.kind in ("dicom", "dicom_slices"):
+            return Path(os.path.commonpath([p.parent for p in self.paths])).parent
+        return self.paths[0].parent
 
 
 @dataclass
@@ -169,13 +177,28 @@ def discover_all(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skip
         walk.visit(p)
     walk.dicom_series()
     walk.frame_studies()
-    names: dict[str, int] = {}
-    for s in walk.sources:  # keep output names unique when two folders hold the same case name
-        n = names.get(s.name, 0)
-        names[s.name] = n + 1
-        if n:
-            s.name = f"{s.name}_{n + 1}"
+    unique_names(walk.sources)
     return sorted(walk.sources, key=lambda s: s.name), walk.skipped
+
+
+def unique_names(sources: list[StudySource]) -> None:
+    """Studies whose names collide (every subject's ``sa.nii.gz`` in UK Biobank's layout, two
+    exams' ``sax`` series) are named after the folder holding them too (``1001_sa``,
+    ``1002_sa``), then, where that still collides, numbered (``_2``, ``_3`` ...); each of them
+    writes into ``OUT/<name>/``. Decided from every study found, the same in every shard and
+    every resumed run, so no study's mask can take another's place."""
+    counts: dict[str, int] = defaultdict(int)
+    for s in sources:
+        counts[s.name] += 1
+    for s in sources:
+        if counts[s.name] > 1:
+            s.own_folder = True
+            s.name = f"{s.home().name}_{s.name}" if s.home().name else s.name
+    seen: dict[str, int] = defaultdict(int)
+    for s in sources:
+        seen[s.name] += 1
+        if seen[s.name] > 1:
+            s.name, s.own_folder = f"{s.name}_{seen[s.name]}", True
 
 
 def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Study:

@@ -188,8 +188,9 @@ def _orient(study: Study, preds: list, slice_order: str) -> str:
 
 def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: Path, taken: set[Path],
                   owned: set[Path] | None = None, slice_order: str = "auto",
-                  extras: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Segment, measure, check and draw one study; returns its JSON record. ``extras``
+                  extras: tuple[str, ...] = (), mask_dir: Path | None = None) -> dict[str, Any]:
+    """Segment, measure, check and draw one study; returns its JSON record. ``mask_dir``: where
+    its masks go (default ``out``; ``OUT/<name>`` for a study whose name another shares). ``extras``
     (:data:`EXTRA_OUTPUTS`): ``dicom_seg``, a DICOM study's masks also as a DICOM SEG
     (:mod:`cmrseg.data.io.dicom_seg`); ``probabilities``, each mask file's class probabilities
     (:func:`_write_probabilities`).
@@ -210,7 +211,8 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     qc = verdict(flags, mid)
     written: list[Path] = []
     try:
-        outputs = _write_outputs(study, preds, meas, out, taken, owned, written, _seg_algorithm(predictor), extras)
+        outputs = _write_outputs(study, preds, meas, mask_dir or out, taken, owned, written, _seg_algorithm(predictor),
+                                 extras)
         montage_path, curve_path = _write_figures(study, masks, meas, out / "figures", owned, written, flags)
     except BaseException:
         for p in written:
@@ -239,12 +241,12 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
 EXTRA_OUTPUTS = ("dicom_seg", "probabilities")
 
 
-def _write_outputs(study: Study, preds: list, meas: dict[str, Any], out: Path, taken: set[Path], owned: set[Path],
-                   written: list[Path], algorithm: str, extras: tuple[str, ...]) -> list[Path]:
-    """The mask files, then the ``extras`` asked for (a DICOM SEG's note joins ``meas["note"]``);
-    returns their paths, the masks first (:func:`_frames_by_file` order)."""
+def _write_outputs(study: Study, preds: list, meas: dict[str, Any], mask_dir: Path, taken: set[Path],
+                   owned: set[Path], written: list[Path], algorithm: str, extras: tuple[str, ...]) -> list[Path]:
+    """The mask files in ``mask_dir``, then the ``extras`` asked for beside them (a DICOM SEG's
+    note joins ``meas["note"]``); returns their paths, the masks first (:func:`_frames_by_file` order)."""
     masks = [p.mask for p in preds]
-    outputs = _write_masks(study, masks, out, taken, owned, written)
+    outputs = _write_masks(study, masks, mask_dir, taken, owned, written)
     if "probabilities" in extras:
         outputs += _write_probabilities(study, preds, list(outputs), owned, written)
     if "dicom_seg" in extras and study.frames[0].fmt == "dicom":
@@ -375,7 +377,7 @@ def _write_masks(study: Study, masks: list[np.ndarray], out: Path, taken: set[Pa
     for idx in _frames_by_file(study):
         like = study.frames[idx[0]]
         target = mask_output_path(like, out)
-        if target in taken:  # two studies with the same input file name: keep both
+        if target in taken:  # another study of this run wrote that name (discovery names most apart)
             target = mask_output_path(like, out / study.name)
         check_target(target, owned)
         written.append(write_mask([masks[t] for t in idx] if len(idx) > 1 else masks[idx[0]], like, target.parent))
@@ -578,7 +580,8 @@ def _run_studies(todo: list[StudySource], predictor: Predictor | EnsemblePredict
         t0 = time.perf_counter()
         if error is None:
             try:
-                record = process_study(study, predictor, out, taken, owned, slice_order, extras)
+                record = process_study(study, predictor, out, taken, owned, slice_order, extras,
+                                       mask_dir=out / src.name if src.own_folder else out)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch
