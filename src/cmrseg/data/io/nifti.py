@@ -47,12 +47,14 @@ def _raw_pixdim(path: Path, img) -> np.ndarray:
 def nifti_spacing(path: Path, img, override=None) -> tuple[tuple[float, float, float], str]:
     """(slice, row, column) mm and its source: ``override`` when given, else the header's
     pixdim, checked against the affine's voxel sizes and for plausibility. A singular affine
-    (two voxel axes along one direction) is refused whatever the spacing: the slice order and
-    every output's geometry come from it."""
+    whose axes all have a length (two of them along one direction) is refused whatever the
+    spacing: the slice order and every output's geometry come from it; an axis of length 0 is
+    an unknown voxel size, which ``override`` supplies."""
     from nibabel.affines import voxel_sizes
 
     sizes = np.asarray(voxel_sizes(img.affine)[:3], dtype=float)
-    if abs(np.linalg.det(np.asarray(img.affine, dtype=float)[:3, :3])) <= 1e-3 * float(np.prod(sizes)):
+    det = abs(np.linalg.det(np.asarray(img.affine, dtype=float)[:3, :3]))
+    if sizes.min() > 0 and det <= 1e-3 * float(np.prod(sizes)):
         raise InputError(path, f"the affine (sform/qform) is singular: its axes {np.round(img.affine[:3, :3], 3).tolist()} "
                                "do not span 3D, so the orientation is unknown; fix the file's header")
     if override is not None:
