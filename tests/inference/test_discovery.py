@@ -18,7 +18,7 @@ from cmrseg.data.io.dicom import write_dicom_series
 from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.data.orientation import reverse_affine
 from cmrseg.errors import InputError
-from cmrseg.inference.discovery import discover_all, load_study
+from cmrseg.inference.discovery import StudySource, discover_all, load_study, unique_names
 
 
 def _segment(*args):
@@ -399,8 +399,6 @@ def test_studies_sharing_a_file_name_keep_their_own_masks_across_shards(phantom_
 
 
 def test_names_that_still_collide_after_their_folder_is_added_are_numbered():
-    from cmrseg.inference.discovery import StudySource, unique_names
-
     sources = [StudySource("sa", "file", [Path(f"/data/{site}/x/sa.nii.gz")]) for site in ("A", "B")]
     sources.append(StudySource("sb", "file", [Path("/data/A/x/sb.nii.gz")]))
     sources.append(StudySource("p1", "dicom", [Path("/data/A/exam/p1/IM_1.dcm"), Path("/data/A/exam/p1/IM_2.dcm")]))
