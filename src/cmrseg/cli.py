@@ -7,7 +7,9 @@ Errors in the input print one line ``cmrseg: error: <file>: <problem>`` and exit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from pathlib import Path
 
 from cmrseg import __version__
@@ -254,8 +256,37 @@ class _Terminated(BaseException):
     no per-study error handler takes it for a study's failure."""
 
 
+#: seconds the clean-up after SIGTERM or Ctrl-C may take before the process ends regardless
+TERM_GRACE_S = 10.0
+_grace: list[threading.Timer] = []
+
+
+def _exit_now(code: int) -> None:
+    os.write(2, b"cmrseg: clean-up did not finish in time; exiting\n")
+    os._exit(code)
+
+
+def _end_after_grace(code: int) -> None:
+    """An exception raised by a signal lands at any bytecode, also inside a ``with`` between a
+    lock's acquisition and its ``__enter__``'s return; the lock then stays held, and the
+    DataLoader's shutdown of the reader processes waits on it for ever (seen once under load:
+    a ``cmrseg segment`` still waiting 1.5 h after its SIGTERM). A daemon timer ends the process
+    when clean-up has not finished within ``TERM_GRACE_S``; :func:`main` cancels it once it has."""
+    if not _grace:
+        timer = threading.Timer(TERM_GRACE_S, _exit_now, args=(code,))
+        timer.daemon = True
+        timer.start()
+        _grace.append(timer)
+
+
 def _on_sigterm(signum, frame):
+    _end_after_grace(143)
     raise _Terminated()
+
+
+def _on_sigint(signum, frame):
+    _end_after_grace(130)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, _on_sigint))}
     try:
         return int(args.func(args) or 0)
     except CmrsegError as exc:
@@ -276,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cmrseg: terminated", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        while _grace:  # clean-up finished
+            _grace.pop().cancel()
 
 
 if __name__ == "__main__":

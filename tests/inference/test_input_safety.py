@@ -343,6 +343,37 @@ def test_atomic_writes_are_flushed_to_disk(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_a_clean_up_stuck_on_a_lock_after_sigterm_or_ctrl_c_still_ends_the_process(tmp_path):
+    """A signal's exception can land while a lock is held and never released (inside a
+    ``with``'s ``__enter__``); a clean-up that then waits on that lock, as the DataLoader's
+    shutdown of its readers did once (a ``cmrseg segment`` still waiting 1.5 h after SIGTERM),
+    must not hang the process: it ends after ``TERM_GRACE_S`` with the signal's exit code."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import argparse, os, signal, sys, threading, time\n"
+        "from cmrseg import cli\n"
+        "cli.TERM_GRACE_S = 1.0\n"
+        "lock = threading.Lock()\n"
+        "def stuck(args):\n"
+        "    lock.acquire()  # held when the signal lands, as the reader queue's was\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), getattr(signal, sys.argv[1]))\n"
+        "        time.sleep(30)\n"
+        "    finally:\n"
+        "        lock.acquire()  # the clean-up waits on it\n"
+        "def parser():\n"
+        "    p = argparse.ArgumentParser()\n"
+        "    p.set_defaults(func=stuck)\n"
+        "    return p\n"
+        "cli.build_parser = parser\n"
+        "sys.exit(cli.main([]))\n")
+    for sig, code in (("SIGTERM", 143), ("SIGINT", 130)):
+        t0 = time.time()
+        res = subprocess.run([sys.executable, str(script), sig], capture_output=True, text=True, timeout=60)
+        assert res.returncode == code and time.time() - t0 < 20, (sig, res.returncode, res.stderr[-1000:])
+        assert "clean-up did not finish in time" in res.stderr
+
+
 def test_a_reader_busy_when_its_parent_is_killed_dies_with_it(tmp_path):
     """The mechanism itself, with a reader that would otherwise sleep for a minute."""
     script = tmp_path / "parent.py"
