@@ -270,7 +270,7 @@ def _end_after_grace(code: int) -> None:
     """An exception raised by a signal lands at any bytecode, also inside a ``with`` between a
     lock's acquisition and its ``__enter__``'s return; the lock then stays held, and the
     DataLoader's shutdown of the reader processes waits on it for ever (seen once under load:
-    a ``cmrseg segment`` still waiting 1.5 h after its SIGTERM). A daemon timer ends the process
+    a ``cmrseg segment`` still waiting 85 minutes after its SIGTERM). A daemon timer ends the process
     when clean-up has not finished within ``TERM_GRACE_S``; :func:`main` cancels it once it has."""
     if not _grace:
         timer = threading.Timer(TERM_GRACE_S, _exit_now, args=(code,))

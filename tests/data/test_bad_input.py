@@ -70,7 +70,7 @@ def test_a_singular_affine_is_refused_even_with_spacing_given(tmp_path):
     img.set_sform(affine, code=2)  # i and j both along x + y: the axes span a plane
     nib.save(img, str(p))
     _expect(p, "affine (sform/qform) is singular")
-    _expect(p, "affine (sform/qform) is singular", lambda q: read_volumes(q, spacing=(1.5, 1.5, 8.0)))
+    _expect(p, "affine (sform/qform) is singular", lambda q: read_volumes(q, spacing=(8.0, 1.5, 1.5)))
     nib.save(nib.Nifti1Image(_img((32, 32, 6)), np.diag([1.5, 1.5, 8.0, 1.0])), str(p))
     assert read_volumes(p)[0].shape == (6, 32, 32)
     img.set_sform(np.diag([1.5, 1.5, 0.0, 1.0]), code=2)  # a slice axis of length 0: an unknown

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,13 +187,11 @@ def unique_names(sources: list[StudySource]) -> None:
     ``1002_sa``), then, where that still collides, numbered (``_2``, ``_3`` ...); each of them
     writes into ``OUT/<name>/``. Decided from every study found, the same in every shard and
     every resumed run, so no study's mask can take another's place."""
-    counts: dict[str, int] = defaultdict(int)
-    for s in sources:
-        counts[s.name] += 1
+    counts = Counter(s.name for s in sources)
     for s in sources:
         if counts[s.name] > 1:
-            s.own_folder = True
-            s.name = f"{s.home().name}_{s.name}" if s.home().name else s.name
+            home = s.home().name
+            s.name, s.own_folder = f"{home}_{s.name}" if home else s.name, True
     seen: dict[str, int] = defaultdict(int)
     for s in sources:
         seen[s.name] += 1

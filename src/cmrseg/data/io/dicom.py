@@ -107,7 +107,7 @@ def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple
     import pydicom
 
     series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
-    seen: set[tuple | None] = set()
+    seen: set[tuple] = set()
     with quiet_pydicom():
         for f in files:
             if not looks_like_dicom(f):
@@ -119,9 +119,10 @@ def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple
             if "PixelData" not in ds and not hasattr(ds, "Rows"):
                 continue
             copy = _instance_key(ds)
-            if copy is not None and copy in seen:
-                continue
-            seen.add(copy)
+            if copy is not None:
+                if copy in seen:
+                    continue
+                seen.add(copy)
             images = frame_headers(ds, f) if is_multiframe(ds) else [ds]
             series[str(ds.get("SeriesInstanceUID", ""))].extend((f, image) for image in images)
     return dict(series)
