@@ -65,6 +65,20 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from None
 
 
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header, without reading the tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:
+        raise InputError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from None
+
+
 def load_weights(module: nn.Module, path: str | Path, prefix: str = "", strict: bool = True) -> None:
     """Load safetensors weights into ``module`` (cast to the module's dtypes). ``prefix``
     selects a sub-module's entries (``"seg."``)."""

@@ -25,6 +25,17 @@ def _spacing(values):
     return spacing_from_option(values) if values else None
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type: anything else is one usage line, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def cmd_phantom(args) -> int:
     from cmrseg.data.phantom import generate
 
@@ -39,6 +50,7 @@ def cmd_evaluate(args) -> int:
 
     summary = evaluate_folders(args.pred, args.gt, args.out, spacing=_spacing(args.spacing), labels=args.labels,
                                groups=args.groups, group_by=args.group_by)
+    unscored = summary["predictions_without_truth"]
     print(markdown_table([("prediction", summary)]), end="")
     print(f"fragment rate {100 * summary['fragment_rate']:.2f} %, hole rate {100 * summary['hole_rate']:.2f} %")
     qc = summary.get("quality_control")
@@ -47,6 +59,12 @@ def cmd_evaluate(args) -> int:
               f"{qc['bad_slice_dice']:g}) flagged; " + ", ".join(f"{name} {c['bad']} of {c['slices']} on bad slices"
                                                          for name, c in qc["flags"].items()))
     print(f"report written to {args.out}")
+    if unscored:
+        shown = ", ".join(unscored[:5]) + (" ..." if len(unscored) > 5 else "")
+        print(f"cmrseg: {len(unscored)} prediction(s) in {args.pred} have no truth in {args.gt} and were not scored: "
+              f"{shown}" + ("" if args.pairs_only else " (--pairs-only scores the pairs alone with exit 0)"),
+              file=sys.stderr)
+        return 0 if args.pairs_only else 1
     return 0
 
 
@@ -150,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "report by the column --group-by instead of ACDC's pathology groups")
     p.add_argument("--group-by", default="group", metavar="COLUMN",
                    help="the --groups column to group by, e.g. the vendor's (default: group)")
+    p.add_argument("--pairs-only", action="store_true",
+                   help="score the predictions that have a truth and exit 0 when others have none (default: "
+                        "they are named and the exit status is 1)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="paired comparison of evaluations of one split: differences with intervals and tests")
@@ -209,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="SX SY [SZ] in mm, overriding the files")
     p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")
     p.add_argument("--overwrite", action="store_true", help="redo studies already finished in OUT")
-    p.add_argument("--workers", type=int, default=2, help="reader processes (default 2)")
+    p.add_argument("--workers", type=_count, default=2, help="reader processes (default 2; 0: read in this process)")
     # not argparse choices: listing them would import torch and slow every command's start;
     # the predictor rejects an unknown method with one line before any study is read
     p.add_argument("--postprocess", default="auto", metavar="METHOD",
@@ -248,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _shortened(path: str, keep: int = 120) -> str:
+    """A path for an error line: its beginning and end around ``...`` when longer than ``keep``."""
+    return path if len(path) <= keep else f"{path[:keep // 2]}...{path[-keep // 2:]}"
 
 
 class _Terminated(BaseException):
@@ -300,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CmrsegError as exc:
         print(f"cmrseg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused (a name too long, no space, no permission): one line
+        where = f"{_shortened(str(exc.filename))}: " if exc.filename else ""
+        print(f"cmrseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cmrseg: interrupted", file=sys.stderr)

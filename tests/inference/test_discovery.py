@@ -1,6 +1,7 @@
 """Inputs as they come (issue 12): folder trees, several DICOM series in one folder, a single
 .dcm, ED/ES files, a lost image, 2D and long-axis inputs, and base/apex from the anatomy."""
 
+import csv
 import json
 import re
 import shutil
@@ -286,8 +287,13 @@ def test_ed_and_es_files_pair_into_one_study_with_ef(phantom_dir, smoke_model, t
     assert (study.ed, study.es) == (0, 1)
     out = tmp_path / "out"
     assert _segment("-i", src, "-o", out, "--model", smoke_model).returncode == 0
-    rows = (out / "measures.csv").read_text()
-    assert "header (Info.cfg / side files)" in rows and rows.count("\n") == 3
+    rows = list(csv.DictReader(open(out / "measures.csv")))
+    assert len(rows) == 2
+    # the phases come from the names, and say so (issue 39: "header (Info.cfg / side files)" and
+    # empty frame columns before)
+    assert [(r["ED frame"], r["ES frame"], r["ED/ES from"]) for r in rows] == [
+        ("subjectA_ED", "subjectA_ES", "file names (_ED / _ES)"), ("subjectB-ed", "subjectB-es", "file names (_ED / _ES)")]
+    assert all(r["LVEF (%)"] for r in rows)
 
 
 def test_a_lost_image_is_flagged_and_the_rest_segmented(phantom_dir, smoke_model, tmp_path):

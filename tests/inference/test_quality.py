@@ -94,8 +94,13 @@ def test_study_level_checks():
     failed = {**base, "LVEF (%)": 37.8, "LVM (g)": 147.0}
     flags = study_flags(failed, True, 25, 0, 10)
     assert "outside_normal_range" in _names(flags) and verdict(flags) == "review"
-    flags = study_flags({**base, "LVM (g)": 420.0}, True, 25, 0, 10)
-    assert "implausible_measure" in _names(flags) and verdict(flags) == "fail"
+    # a real hypertrophic heart the experts drew at 403 g and LVEF 85 % is never failed (issue 39) ...
+    flags = study_flags({**base, "LVM (g)": 403.0, "LVEF (%)": 84.6}, True, 25, 0, 10)
+    assert "implausible_measure" not in _names(flags) and verdict(flags) != "fail"
+    # ... a mass no heart has, or a ventricle of a few millilitres (an inverted image), is
+    for wrong in ({"LVM (g)": 1200.0}, {"LVEDV (mL)": 8.0}):
+        flags = study_flags({**base, **wrong}, True, 25, 0, 10)
+        assert "implausible_measure" in _names(flags) and verdict(flags) == "fail", wrong
     # ejection fractions the ACDC experts' own contours give (RVEF 1.9 %, 85.9 %): disease, for review
     for ef in ({"RVEF (%)": 1.9}, {"RVEF (%)": 85.9}, {"LVEF (%)": 10.7}):
         flags = study_flags({**base, **ef}, True, 25, 0, 10)

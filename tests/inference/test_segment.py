@@ -56,7 +56,7 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
     assert summary["label_map"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
     assert summary["failed"] == [] and sorted(summary["cases"]) == ["patient001", "patient002_4d", "patient003", "patient004", "stack"]
     rows = {r["study"]: r for r in csv.DictReader(open(out / "measures.csv"))}
-    assert rows["patient001"]["ED/ES from"].startswith("header") and rows["patient001"]["LVEF (%)"] != ""
+    assert rows["patient001"]["ED/ES from"] == "Info.cfg" and rows["patient001"]["LVEF (%)"] != ""
     assert rows["patient002_4d"]["ED/ES from"] == "largest / smallest LV volume"
     assert rows["stack"]["LV volume (mL)"] != "" and rows["stack"]["LVEF (%)"] == ""
     for name, case in summary["cases"].items():  # which frames each mask file holds, which QC checked

@@ -30,6 +30,9 @@ class Geometry:
         slices_reversed: the file stores the slices apex->base; the in-memory array was
             reversed and writers reverse masks back.
         header: format-specific template used to write masks back (a nibabel header).
+        notes: what the reader decided that a user should know (a header read as ITK reads
+            it, a sheared grid, files of a series left out), one sentence each; ``cmrseg
+            segment`` puts them in the study's note.
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -37,6 +40,7 @@ class Geometry:
     spacing_source: str = "unknown"
     slices_reversed: bool = False
     header: Any = None
+    notes: tuple[str, ...] = ()
 
     @property
     def spacing_known(self) -> bool:

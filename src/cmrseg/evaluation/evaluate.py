@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json, write_text
-from cmrseg.data.io.common import strip_suffix
+from cmrseg.data.io.common import parse_phase_name, strip_suffix
 from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
@@ -432,7 +432,11 @@ def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: di
         write_text(out / "clinical.csv", clinical_csv(rows))
     if summary.get("wall_thickness"):
         write_text(out / "wall_thickness.csv", wall_thickness_csv(results))
-    md = [f"# Evaluation ({summary['n_volumes']} volumes)\n", "Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
+    unscored = summary.get("predictions_without_truth") or []
+    md = [f"# Evaluation ({summary['n_volumes']} volumes)\n"]
+    if unscored:
+        md += [f"**{len(unscored)} prediction(s) without truth, not scored:** {', '.join(unscored)}\n"]
+    md += ["Dice by slice level (protocol: shared/docs/PROTOCOL.md)\n",
           markdown_table([(model_name, summary)]), "\nTopology and surface distance\n", topology_table([(model_name, summary)])]
     if summary.get("volume_dice_by_group"):
         md += [f"\nVolume Dice by {summary.get('grouped_by', 'ACDC pathology group')}\n",
@@ -528,6 +532,16 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
     return cases
 
 
+def _phase_facts(key: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A volume that is one phase's own file (``<case>_ED`` / ``<case>_ES``, the M&Ms layout)
+    is that patient's ED or ES, so its pair gives the clinical measures; other volumes keep the
+    facts their format gave."""
+    case, phase = parse_phase_name(key)
+    if phase is None or meta.get("phase"):
+        return meta
+    return {**meta, "patient": case, "phase": phase}
+
+
 def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
                 labels: str | None, pred_dir: Path) -> list[EvalCase]:
     """The cases of one truth file: one for a 3D map; for a 4D label cine one per frame the
@@ -545,7 +559,7 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
             raise InputError(pred_path, f"prediction shape {p.label.shape} != truth shape {g.label.shape}")
         sp = spacing if spacing is not None else g.geometry.spacing
         gt = to_project_labels(g.label, gt_path, labels)
-        name, meta = ((key, g.meta) if len(gts) == 1
+        name, meta = ((key, _phase_facts(key, g.meta)) if len(gts) == 1
                       else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1}))
         source = (pred_path.relative_to(pred_dir).as_posix(), t, bool(p.geometry.slices_reversed))
         cases.append(EvalCase(name, to_project_labels(p.label, pred_path), gt, sp, meta, source))
@@ -556,6 +570,12 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
     return cases
 
 
+def predictions_without_truth(pred_dir: str | Path, gt_dir: str | Path) -> list[str]:
+    """The prediction files (by case name) that no truth file of ``gt_dir`` matches: they are
+    not scored, and ``cmrseg evaluate`` names them (:func:`evaluate_folders`)."""
+    return sorted(set(label_files(Path(pred_dir))) - set(label_files(Path(gt_dir))))
+
+
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path,
                      spacing: tuple[float, float, float] | None = None, progress: bool = True,
                      labels: str | None = None, groups: str | Path | None = None, group_by: str = "group") -> dict:
@@ -564,12 +584,14 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
     ``groups``: a CSV of the subjects whose column ``group_by`` gives each case's group
     (:func:`cmrseg.evaluation.groups.read_groups`), in place of ACDC's pathology groups."""
     cases = paired_cases(pred_dir, gt_dir, spacing, labels)
+    without_truth = predictions_without_truth(pred_dir, gt_dir)
     if groups is not None:
         found = read_groups(groups, group_by, sorted({str(c.meta.get("patient") or c.name) for c in cases}))
         for c in cases:
             c.meta = {**c.meta, "group": found.get(str(c.meta.get("patient") or c.name), "")}
     results, summary = evaluate_cases(cases, progress=progress)
     summary["grouped_by"] = group_by if groups is not None else "ACDC pathology group"
+    summary["predictions_without_truth"] = without_truth
     qc = check_quality(cases, results, Path(pred_dir))
     if qc is not None:
         summary["quality_control"] = qc

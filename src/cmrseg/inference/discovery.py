@@ -18,13 +18,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrseg.data.io.acdc import ed_es, is_acdc_patient_folder, phase_of_frame, read_acdc_patient, read_info_cfg
-from cmrseg.data.io.common import parse_frame_name, strip_suffix
+from cmrseg.data.io.common import mark_blank_slices, parse_frame_name, parse_phase_name, strip_suffix
 from cmrseg.data.io.dicom import (MIN_SLICE_SERIES, classify_series, common_description, read_dicom_series,
                                   scan_series, series_files, series_name, series_of_file, slice_cine_key,
                                   stack_slice_series)
@@ -34,7 +33,6 @@ from cmrseg.data.volume import Study
 from cmrseg.errors import InputError
 
 MAX_DEPTH = 12
-_PHASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
 
 
 @dataclass
@@ -75,8 +73,23 @@ class _Walk:
         self.skipped: list[Skipped] = []
         self.frame_groups: dict[tuple[Path, str], list[Path]] = {}
         self.dicom_files: dict[Path, list[Path]] = {}  # folder -> its DICOM files
+        self.seen: set[Path] = set()  # real paths visited: a symbolic link back up the tree is walked once
+
+    def first_visit(self, path: Path) -> bool:
+        """Whether ``path`` (by its real path, links resolved) is met for the first time."""
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):  # a link loop that cannot be resolved
+            self.skipped.append(Skipped(path, "a symbolic link that cannot be resolved (a loop?)"))
+            return False
+        if real in self.seen:
+            return False
+        self.seen.add(real)
+        return True
 
     def visit(self, path: Path, depth: int = 0) -> None:
+        if not self.first_visit(path):
+            return
         if is_acdc_patient_folder(path):
             self.sources.append(StudySource(path.name, "acdc", [path]))
         elif path.is_dir():
@@ -91,11 +104,11 @@ class _Walk:
                 return
             name = strip_suffix(path)
             case, frame = parse_frame_name(name)
-            phase = _PHASE_RE.match(name)
+            phase_case, phase = parse_phase_name(name)
             if frame is not None:
                 self.frame_groups.setdefault((path.parent, case), []).append(path)
             elif phase is not None:
-                self.frame_groups.setdefault((path.parent, phase.group("case")), []).append(path)
+                self.frame_groups.setdefault((path.parent, phase_case), []).append(path)
             else:
                 self.sources.append(StudySource(name, "file", [path]))
         elif fmt is not None:  # a file of a series: grouped by header once the walk is done
@@ -104,7 +117,8 @@ class _Walk:
     def dicom_series(self) -> None:
         slice_cines: dict[tuple, list[tuple[Path, list]]] = defaultdict(list)  # key -> [(label, headers)]
         for folder, files in sorted(self.dicom_files.items()):
-            series = scan_series(files)
+            series, unreadable = scan_series(files)
+            self.skipped += [Skipped(f, why) for f, why in unreadable]
             for uid, headers in sorted(series.items(), key=lambda kv: str(kv[1][0][0])):
                 desc = str(headers[0][1].get("SeriesDescription", "")) or None
                 label = folder if len(series) == 1 else Path(f"{folder}: series {desc or uid}")
@@ -147,8 +161,7 @@ class _Walk:
 
 
 def _phase_of(p: Path) -> str | None:
-    m = _PHASE_RE.match(strip_suffix(p))
-    return m.group("phase").upper() if m else None
+    return parse_phase_name(strip_suffix(p))[1]
 
 
 def _frame_of(p: Path) -> int:
@@ -172,7 +185,7 @@ def discover_all(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skip
         if p.is_file() and fmt is None:
             raise InputError(p, f"unknown format (expected {described()}, or folders of these)")
         if fmt is not None and fmt.series:  # a single file stands for its series
-            walk.dicom_files.setdefault(p.parent, []).extend(series_of_file(p))
+            walk.dicom_files.setdefault(p.parent, []).extend(f for f in series_of_file(p) if walk.first_visit(f))
             continue
         walk.visit(p)
     walk.dicom_series()
@@ -202,7 +215,8 @@ def unique_names(sources: list[StudySource]) -> None:
 def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Study:
     """Read every frame of a study (raises :class:`InputError` naming the bad file)."""
     if src.kind == "acdc":
-        return _check_stack(read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order))
+        return _check_stack(read_acdc_patient(src.paths[0], with_labels=False, slice_order=slice_order,
+                                              spacing=spacing))
     if src.kind in ("dicom", "dicom_slices"):
         folder = Path(os.path.commonpath([p.parent for p in src.paths]))
         frames = read_dicom_series(folder, slice_order, spacing, files=src.paths,
@@ -222,10 +236,10 @@ def load_study(src: StudySource, spacing=None, slice_order: str = "auto") -> Stu
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise InputError(src.paths[0].parent, f"frames of {src.name} differ in shape: {sorted(shapes)}")
-    info = {}
+    info: dict = {"ed_es_from": "file names (_ED / _ES)"} if any(src.phases) else {}
     cfg = src.paths[0].parent / "Info.cfg"
     if cfg.is_file() and not any(src.phases):
-        info = read_info_cfg(cfg)
+        info = {**read_info_cfg(cfg), "ed_es_from": "Info.cfg"}
         for f in frames:
             f.meta["phase"] = phase_of_frame(f.meta["frame"], info)
     return _check_stack(Study(src.name, frames, src.paths[0].parent, "frames", *ed_es(frames), info))
@@ -238,4 +252,5 @@ def _check_stack(study: Study) -> Study:
         raise InputError(study.frames[0].path, f"one slice per frame ({len(study.frames)} frames): a 2D or long-axis "
                                                "image, not a short-axis stack (one slice of a stack stored a series "
                                                "per slice? give the DICOM folder of all its series)")
+    mark_blank_slices(study.frames)
     return study

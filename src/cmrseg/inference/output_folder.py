@@ -10,12 +10,13 @@ warning instead of ending the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cmrseg.errors import CmrsegError
 
@@ -106,3 +107,48 @@ def check_target(target: Path, owned: set[Path]) -> None:
     if target.exists() and target.resolve() not in owned:
         raise CmrsegError(f"{target}: exists and was not written by cmrseg segment; not replaced "
                           "(move it away or choose another output folder)")
+
+
+LOCK_PREFIX = ".cmrseg-lock-"
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path, shard: tuple[int, int]) -> Iterator[None]:
+    """Hold ``out`` for this run: an advisory lock (``fcntl.flock``) on ``OUT/.cmrseg-lock-<i>-of-<n>``
+    for the run's shard, refused with one line naming the other writer's pid when another
+    ``cmrseg segment`` holds the same shard, or holds a shard of another split of the batch
+    (whose studies overlap this one's). Shards of one split (``--shard 1/4`` ... ``4/4``, a
+    Slurm job array) write into one folder side by side, as designed. Where ``fcntl`` is missing
+    (Windows) no lock is taken. Written here: the filelock package locks whole files by name,
+    not this rule over several."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    index, count = shard
+    path = out / f"{LOCK_PREFIX}{index + 1}-of-{count}"
+    with open(path, "a+") as fh:
+        _lock_or_refuse(fh, path, fcntl)
+        for other in sorted(out.glob(f"{LOCK_PREFIX}*")):
+            if not other.name.endswith(f"-of-{count}"):
+                with open(other, "a+") as probe:
+                    _lock_or_refuse(probe, other, fcntl, shared=True)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def _lock_or_refuse(fh, path: Path, fcntl, shared: bool = False) -> None:
+    """Take ``fh``'s lock without waiting (shared: a probe, released when ``fh`` closes), or
+    raise naming the process that holds it."""
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "unknown"
+        shard = path.name[len(LOCK_PREFIX):].replace("-of-", "/")
+        raise CmrsegError(f"{path.parent}: another cmrseg segment is writing here (pid {pid}, shard {shard}); wait "
+                          "for it to finish or choose another output folder") from None

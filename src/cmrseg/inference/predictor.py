@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmrseg.checkpoint import load_weights
+from cmrseg.checkpoint import load_weights, tensor_shapes
 from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
 from cmrseg.device import cpu_has_fast_bf16, resolve_device
@@ -119,6 +119,33 @@ class Prediction:
                    expected, kept)
 
 
+#: the most parameters a model folder may describe: the shipped networks have 4-8 M; a damaged or
+#: foreign model.json could otherwise ask for tens of GB before anything fails
+MAX_PARAMETERS = 200_000_000
+
+
+def checked_model(meta: dict, meta_path: Path, weights: Path) -> torch.nn.Module:
+    """The network ``model.json`` describes, built only after its description passed: it is
+    first built on the ``meta`` device (shapes, no memory), its size held to ``MAX_PARAMETERS``
+    and its tensors' shapes to those in the weights file's header; any misfit is one
+    :class:`InputError` naming the file."""
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(meta_path, f"invalid model description ({type(exc).__name__}: {exc})") from None
+    count = sum(p.numel() for p in skeleton.parameters())
+    if count > MAX_PARAMETERS:
+        raise InputError(meta_path, f"describes a network of {count / 1e6:,.0f} M parameters, more than the "
+                                    f"{MAX_PARAMETERS / 1e6:.0f} M cmrseg builds: a damaged or foreign model.json")
+    stored = tensor_shapes(weights)
+    for key, tensor in skeleton.state_dict().items():
+        if stored.get(key, tuple(tensor.shape)) != tuple(tensor.shape):
+            raise InputError(weights, f"weights do not fit model.json: {key} is {list(stored[key])} in the file, "
+                                      f"{list(tensor.shape)} in the network it describes")
+    return create_model(meta["model"], **meta.get("model_kwargs", {}))
+
+
 class Predictor:
     """Segment volumes with one model, loaded once.
 
@@ -191,10 +218,7 @@ class Predictor:
                 raise InputError(path, "no model.onnx (make one with 'cmrseg export-onnx')")
             return cls(OnnxModel(path / "model.onnx", meta), {**meta, "path": str(path), "backend": "onnx"},
                        "cpu", postprocess, precision)
-        try:
-            model = create_model(meta["model"], **meta.get("model_kwargs", {}))
-        except (KeyError, TypeError) as exc:
-            raise InputError(meta_path, f"invalid model description ({type(exc).__name__}: {exc})") from None
+        model = checked_model(meta, meta_path, path / "weights.safetensors")
         load_weights(model, path / "weights.safetensors")
         return cls(model, {**meta, "path": str(path), "backend": "torch"}, device, postprocess, precision)
 

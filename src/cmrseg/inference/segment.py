@@ -41,7 +41,7 @@ from cmrseg.evaluation.clinical import (BODY_COLUMNS, FRAME_MEASURE_COLUMNS, MEA
                                         body_measures, cardiac_measures, frame_measures, structure_volumes_ml)
 from cmrseg.inference.discovery import StudySource, discover_all, load_study
 from cmrseg.inference.output_folder import (case_records, check_location, check_reports_ours, check_target,
-                                            ensure_writable, owned_files, shard_records)
+                                            ensure_writable, owned_files, shard_records, writer_lock)
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
 from cmrseg.inference.predictor import Predictor, set_tta, tta_name
 from cmrseg.inference.quality import (mid_slice_count, slice_flags, study_flags, study_uncertainty_flags,
@@ -109,9 +109,18 @@ def _frame_label(study: Study, t: int) -> str:
     return f"frame {f}" if f is not None else f"frame {t + 1}"
 
 
+def _frame_number(study: Study, t: int) -> int | str:
+    """Frame t as the measures name it: its cine frame number, or for a volume that is one
+    phase's own file (``<case>_ED``) that file's name."""
+    v = study.frames[t]
+    if v.meta.get("frame") is not None:
+        return v.meta["frame"]
+    return v.name if study.info.get("ed_es_from", "").startswith("file names") else t + 1
+
+
 def _pick_ed_es(study: Study, lv_voxels: list[int]) -> tuple[int, int, str]:
     if study.ed is not None and study.es is not None:
-        return study.ed, study.es, "header (Info.cfg / side files)"
+        return study.ed, study.es, study.info.get("ed_es_from", "header (Info.cfg / side files)")
     if len(lv_voxels) == 1:
         return 0, 0, "single frame"
     return int(np.argmax(lv_voxels)), int(np.argmin(lv_voxels)), "largest / smallest LV volume"
@@ -147,6 +156,8 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
     else:
         measures = cardiac_measures(volumes[ed], volumes[es])
     measures.update(body_measures(measures, {**study.info, **study.frames[0].meta}))
+    read_notes = dict.fromkeys(n for v in study.frames for n in v.geometry.notes)  # what the readers decided
+    note = "; ".join(n for n in (note, *read_notes) if n)
     return {"ed": ed, "es": es, "ed_es_source": source, "volumes": volumes, "measures": measures,
             "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
 
@@ -221,8 +232,8 @@ def process_study(study: Study, predictor: Predictor | EnsemblePredictor, out: P
     geom = study.frames[0].geometry
     return {
         "study": study.name, "status": "ok", "source": str(study.source), "kind": study.kind,
-        "frames": len(masks), "ed_frame": study.frames[ed].meta.get("frame", ed + 1),
-        "es_frame": study.frames[es].meta.get("frame", es + 1), "ed_es_source": meas["ed_es_source"],
+        "frames": len(masks), "ed_frame": _frame_number(study, ed), "es_frame": _frame_number(study, es),
+        "ed_es_source": meas["ed_es_source"],
         "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
         "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
         "base_slice_k": study.frames[0].num_slices - 1 if geom.slices_reversed else 0, "base_apex_from": order_from,
@@ -512,7 +523,17 @@ def segment(inputs: list[str | Path], out: str | Path, model: str | list[str] | 
         predictor.gate = gate
     set_tta(predictor, tta)
     ensure_writable(out)  # only once the inputs and the model are known good
-    mine = sources[idx::n]
+    with writer_lock(out, (idx, n)):
+        return _run_batch(sources[idx::n], skipped, predictor, out, inputs, (idx, n), overwrite, spacing,
+                          slice_order, workers, progress, (dicom_seg, save_probabilities))
+
+
+def _run_batch(mine: list[StudySource], skipped: list, predictor, out: Path, inputs: list, shard: tuple[int, int],
+               overwrite: bool, spacing, slice_order: str, workers: int, progress: bool,
+               extra_flags: tuple[bool, bool]) -> int:
+    """This shard's studies (``mine``) segmented, the reports rebuilt, the console told."""
+    idx, n = shard
+    dicom_seg, save_probabilities = extra_flags
     extras = tuple(name for name, on in zip(EXTRA_OUTPUTS, (dicom_seg, save_probabilities)) if on)
     todo = [s for s in mine if overwrite or not _is_done(out, s.name, extras)]
     info = _run_info(predictor, inputs, skipped, f"{idx + 1}/{n}")

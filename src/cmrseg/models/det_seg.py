@@ -120,8 +120,8 @@ class DetSegNet(nn.Module):
         crop = F.interpolate(crop, size=(zoomed, zoomed), mode="bilinear", align_corners=False)
         crop_logits = self.segmenter(crop, sizes).logits
         small = crop_logits
-        if self.zoom != 1:
-            small = F.interpolate(crop_logits, size=(self.crop_size, self.crop_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+        if self.zoom != 1:  # antialiased resampling has no bf16 kernel on the CPU: float32, then back
+            small = F.interpolate(crop_logits.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
+                                  align_corners=False, antialias=True).to(crop_logits.dtype)
         logits = self.paste(small, centers, sizes, x.shape[-2:])
         return SegOutput(logits, stage1_logits=det, extras={"crop_logits": crop_logits, "crop_centers": centers})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch.nn as nn
@@ -23,12 +24,23 @@ from cmrseg.training.config import TrainConfig
 RUN_FORMAT = "cmrseg-run/1"
 
 
+#: the ACDC release's own split folders (``database/training``, ``database/testing``), taken for
+#: train and val where ``train/`` and ``val/`` are absent
+RELEASE_SPLITS = ("training", "testing")
+
+
 def resolve_splits(data: str | Path, val: str | Path | None = None) -> tuple[Path, Path]:
     """``data`` holds ``train`` and ``val`` (folders or ``.npz`` / ``.npz.xz`` caches), unless
-    ``val`` is given."""
+    ``val`` is given; the ACDC release as distributed (``training/`` and ``testing/`` patient
+    folders) is taken as train and val, and said so once."""
     data = Path(data)
     if val is not None:
         return data, Path(val)
+    release = [data / name for name in RELEASE_SPLITS]
+    if not (data / "train").exists() and all(p.is_dir() for p in release):
+        print(f"cmrseg: note: {data} is the ACDC release layout: training/ trains, testing/ selects the best epoch "
+              "(give --val for another split)", file=sys.stderr)
+        return release[0], release[1]
     for name in ("train", "train.npz", "train" + XZ_SUFFIX):
         if (data / name).exists():
             train = data / name

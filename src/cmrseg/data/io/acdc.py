@@ -147,9 +147,11 @@ def acdc_label_path(frame_file: Path) -> Path:
     return frame_file.with_name(strip_suffix(frame_file) + "_gt.nii.gz")
 
 
-def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order: str = "auto") -> Study:
+def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order: str = "auto",
+                      spacing: tuple[float, float, float] | None = None) -> Study:
     """An ACDC release patient folder as one study: its frame files (with ``_gt`` masks when
-    present), or its 4D cine when no frame files exist, with ED/ES from ``Info.cfg``."""
+    present), or its 4D cine when no frame files exist, with ED/ES from ``Info.cfg``.
+    ``spacing``: (slice, row, column) mm replacing the headers' (``--spacing``)."""
     folder = Path(folder)
     if not is_acdc_patient_folder(folder):
         raise InputError(folder, "not an ACDC patient folder (no Info.cfg)")
@@ -158,7 +160,7 @@ def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order:
     volumes: list[Volume] = []
     for p in frame_files:
         case, frame = parse_frame_name(strip_suffix(p))
-        (vol,) = read_nifti(p, slice_order)
+        (vol,) = read_nifti(p, slice_order, spacing)
         vol.meta.update(info)
         vol.meta.update(patient=case, frame=frame, phase=phase_of_frame(frame, info))
         gt = acdc_label_path(p)
@@ -166,12 +168,12 @@ def read_acdc_patient(folder: str | Path, with_labels: bool = True, slice_order:
             vol.label = read_nifti_label(gt, vol)
         volumes.append(vol)
     if volumes:
-        return Study(folder.name, volumes, folder, "frames", *ed_es(volumes), info)
+        return Study(folder.name, volumes, folder, "frames", *ed_es(volumes), {**info, "ed_es_from": "Info.cfg"})
     cines = sorted(folder.glob("*_4d.nii*"))
     if not cines:
         raise InputError(folder, "ACDC patient folder has neither frame files nor a _4d cine")
-    volumes = read_nifti(cines[0], slice_order)
+    volumes = read_nifti(cines[0], slice_order, spacing)
     for i, v in enumerate(volumes):
         v.meta.update(info)
         v.meta.update(patient=folder.name, frame=i + 1, phase=phase_of_frame(i + 1, info))
-    return Study(folder.name, volumes, cines[0], "cine", *ed_es(volumes), info)
+    return Study(folder.name, volumes, cines[0], "cine", *ed_es(volumes), {**info, "ed_es_from": "Info.cfg"})

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from cmrseg.data.validation import check_spacing
-from cmrseg.errors import CmrsegError
+from cmrseg.data.volume import Volume
+from cmrseg.errors import CmrsegError, InputError
 
 _FRAME_RE = re.compile(r"^(?P<case>.+?)_frame(?P<frame>\d+)$")
+_PHASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -31,6 +33,13 @@ def parse_frame_name(name: str) -> tuple[str, int | None]:
     if m is None:
         return name, None
     return m.group("case"), int(m.group("frame"))
+
+
+def parse_phase_name(name: str) -> tuple[str, str | None]:
+    """``001_SA_ED`` -> (``001_SA``, ``ED``); ``case-es`` -> (``case``, ``ES``); other names ->
+    (name, None): one phase's own file, as the M&Ms data ship ED and ES volumes."""
+    m = _PHASE_RE.match(name)
+    return (m.group("case"), m.group("phase").upper()) if m else (name, None)
 
 
 def is_nifti(path: Path) -> bool:
@@ -54,3 +63,48 @@ def spacing_from_option(option: tuple[float, ...] | None) -> tuple[float, float,
                           f"{' '.join(f'{v:g}' for v in vals)}")
     sz = vals[2] if len(vals) == 3 else float("nan")
     return check_spacing((sz, vals[1], vals[0]), None, "option", allow_unknown_slice=True)  # type: ignore[return-value]
+
+
+def fill_missing(pixels: np.ndarray, present: np.ndarray) -> None:
+    """Fill every (frame, slice) without an image (``present`` ``[T, S]`` False; ``pixels``
+    ``[T, S, H, W]``, in place) by linear interpolation between the nearest slices that have
+    one at that frame (the nearest one at an end), so the networks see a continuous stack; the
+    segmenter blanks these slices' masks, flags them and interpolates their areas."""
+    for t in range(pixels.shape[0]):
+        have = np.flatnonzero(present[t])
+        for k in np.flatnonzero(~present[t]):
+            below, above = have[have < k], have[have > k]
+            if below.size and above.size:
+                lo, hi = below.max(), above.min()
+                w = (k - lo) / (hi - lo)
+                pixels[t, k] = (1 - w) * pixels[t, lo] + w * pixels[t, hi]
+            else:
+                pixels[t, k] = pixels[t, (below.max() if below.size else above.min())]
+
+
+def mark_blank_slices(volumes: list[Volume]) -> None:
+    """A slice whose image is one value throughout (all zero: a slice a scanner or an export left
+    blank) holds no image: it is added to its frame's ``meta["missing_slices"]`` and filled from
+    its neighbours (:func:`fill_missing`), as a lost DICOM slice is, so its mask is left empty and
+    the volumes interpolate its areas instead of counting a slice without heart. The slices are
+    named (as the written mask's k) in the geometry's notes. A frame with no image is refused."""
+    blanks: dict[int, list[int]] = {}
+    for t, vol in enumerate(volumes):
+        flat = vol.image.reshape(vol.num_slices, -1)
+        blank = [int(k) for k in np.flatnonzero(flat.min(1) == flat.max(1))]
+        if len(blank) == vol.num_slices:
+            raise InputError(vol.path, f"frame {t + 1} is blank (every slice one value): no image to segment")
+        if blank:
+            present = np.ones((1, vol.num_slices), dtype=bool)
+            present[0, blank] = False
+            fill_missing(vol.image[None], present)
+            vol.meta["missing_slices"] = sorted(set(vol.meta.get("missing_slices") or ()) | set(blank))
+            blanks[t] = [vol.num_slices - 1 - k if vol.geometry.slices_reversed else k for k in blank]
+    if not blanks:
+        return
+    every = len(blanks) == len(volumes) and len({tuple(b) for b in blanks.values()}) == 1
+    where = "" if every or len(volumes) == 1 else f" in {len(blanks)} of {len(volumes)} frames"
+    ks = sorted({k for b in blanks.values() for k in b})
+    geometry = volumes[next(iter(blanks))].geometry
+    geometry.notes = geometry.notes + (f"blank slice{'s' * (len(ks) > 1)} k={', '.join(map(str, ks))}{where}: "
+                                       "treated as lost (mask empty, volumes interpolated)",)

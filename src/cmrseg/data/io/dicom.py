@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrseg.data.io.common import fill_missing
 from cmrseg.data.orientation import APEX_DIRECTION_RAS, reverse_affine, should_reverse
 from cmrseg.data.validation import check_image, check_size, check_spacing
 from cmrseg.data.volume import Geometry, Volume
@@ -58,10 +59,11 @@ def is_dicom_folder(path: Path) -> bool:
 
 def series_of_file(path: Path) -> list[Path]:
     """The files of ``path``'s folder that share its SeriesInstanceUID (``path`` included)."""
-    uid = next(iter(scan_series([path])), None)
-    if uid is None:
-        raise InputError(path, "DICOM file without image data")
-    siblings = scan_series([f for f in sorted(path.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
+    series, unreadable = scan_series([path])
+    if not series:
+        raise InputError(path, unreadable[0][1] if unreadable else "DICOM file without image data")
+    uid = next(iter(series))
+    siblings, _ = scan_series([f for f in sorted(path.parent.iterdir()) if f.is_file() and looks_like_dicom(f)])
     return series_files(siblings[uid])
 
 
@@ -78,9 +80,10 @@ def read_dicom(path: Path, slice_order: str = "auto", spacing: tuple[float, floa
 
 
 def series_name(folder: Path, description: str | None) -> str:
-    """A file-system-safe name for a series: its description, else the folder's name."""
+    """A file-system-safe name for a series: its description, else the folder's name; never
+    hidden (no leading dot) and never a path (``../../x`` -> ``x``)."""
     base = description or folder.name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "series"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_").lstrip("._-") or "series"
 
 
 @contextlib.contextmanager
@@ -98,15 +101,23 @@ def quiet_pydicom():
         logger.setLevel(level)
 
 
-def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple[Path, Any]]]:
-    """DICOM images grouped by SeriesInstanceUID: ``{uid: [(path, dataset), ...]}`` (headers only
-    unless ``pixels``), one entry per image: a multi-frame file gives one :class:`FrameHeader`
-    per frame. Files without image data (reports, DICOMDIR) are skipped, and so is a second
-    copy of an image already read (:func:`_instance_key`: a study exported twice into one
-    folder); a file that cannot be parsed raises :class:`InputError` naming it."""
+#: (file, why it was left out): a DICOM file that is not read, reported with the series it was in
+Unreadable = tuple[Path, str]
+
+
+def scan_series(files: list[Path], pixels: bool = False) -> tuple[dict[str, list[tuple[Path, Any]]], list[Unreadable]]:
+    """DICOM images grouped by SeriesInstanceUID: ``({uid: [(path, dataset), ...]}, unreadable)``
+    (headers only unless ``pixels``), one entry per image: a multi-frame file gives one
+    :class:`FrameHeader` per frame. Files without image data (reports, DICOMDIR) are passed
+    over, and so is a second copy of an image already read (:func:`_instance_key`: a study
+    exported twice into one folder). A file that cannot be parsed (empty, truncated), whose
+    frames cannot be described, or that lacks what places it (:data:`PLACEMENT`) while the
+    rest of its series has it, is left out and listed in ``unreadable`` with the reason: one bad
+    file never stops its series or the batch (its place is a lost image's)."""
     import pydicom
 
     series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    unreadable: list[Unreadable] = []
     seen: set[tuple] = set()
     with quiet_pydicom():
         for f in files:
@@ -114,18 +125,28 @@ def scan_series(files: list[Path], pixels: bool = False) -> dict[str, list[tuple
                 continue
             try:
                 ds = pydicom.dcmread(str(f), stop_before_pixels=not pixels)
-            except Exception as exc:
-                raise InputError(f, f"cannot read DICOM header ({type(exc).__name__}: {exc})") from None
-            if "PixelData" not in ds and not hasattr(ds, "Rows"):
+                if "PixelData" not in ds and not hasattr(ds, "Rows"):
+                    continue
+                images = frame_headers(ds, f) if is_multiframe(ds) else [ds]
+            except InputError as exc:
+                unreadable.append((f, exc.problem))
+                continue
+            except Exception as exc:  # pydicom raises many types for empty, truncated or corrupt files
+                unreadable.append((f, f"cannot read DICOM header ({type(exc).__name__}: {exc})"))
                 continue
             copy = _instance_key(ds)
             if copy is not None:
                 if copy in seen:
                     continue
                 seen.add(copy)
-            images = frame_headers(ds, f) if is_multiframe(ds) else [ds]
             series[str(ds.get("SeriesInstanceUID", ""))].extend((f, image) for image in images)
-    return dict(series)
+    for uid, headers in series.items():
+        placed = [(f, ds) for f, ds in headers if all(k in ds for k in PLACEMENT)]
+        if placed and len(placed) < len(headers):  # a series none of whose images can be placed is classified as such
+            unreadable += [(f, f"lacks {', '.join(k for k in PLACEMENT if k not in ds)}: cannot be placed")
+                           for f, ds in headers if not all(k in ds for k in PLACEMENT)]
+            series[uid] = placed
+    return dict(series), unreadable
 
 
 def _instance_key(ds) -> tuple | None:
@@ -138,9 +159,32 @@ def _instance_key(ds) -> tuple | None:
             str(ds.get("TriggerTime", "")))
 
 
+#: SOP classes whose images are the frames of one file, each described by functional groups
+#: (DICOM PS3.3 A.36 Enhanced MR, A.36.4 Enhanced MR Color, A.71 Legacy Converted Enhanced MR, and
+#: their CT and PET counterparts); a classic MR Image (1.2.840.10008.5.1.4.1.1.4) is one image
+MULTIFRAME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image",
+}
+
+
 def is_multiframe(ds) -> bool:
-    """An enhanced (multi-frame) image file: per-frame geometry in functional groups."""
-    return "PerFrameFunctionalGroupsSequence" in ds
+    """A file whose images are frames placed by functional groups, by what the standard says:
+    its SOP Class is a multi-frame (enhanced) one, or it declares several frames
+    (NumberOfFrames > 1). A classic single-frame image that also carries a
+    PerFrameFunctionalGroupsSequence (archives and anonymisers add one) is the classic image
+    it is: its placement is at its top level."""
+    if str(ds.get("SOPClassUID", "")) in MULTIFRAME_SOP_CLASSES:
+        return True
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1) > 1
+    except (TypeError, ValueError):
+        return False
 
 
 # Where an enhanced MR file keeps, per frame or shared by all frames, what a classic MR image
@@ -213,11 +257,12 @@ class FrameHeader:
 
 
 def frame_headers(ds, path: Path) -> list[FrameHeader]:
-    """One :class:`FrameHeader` per frame of an enhanced (multi-frame) file."""
+    """One :class:`FrameHeader` per frame of an enhanced (multi-frame) file; a file whose frames
+    are not each described by its functional groups raises :class:`InputError` naming it."""
     count = int(ds.get("NumberOfFrames", 0) or 0)
-    if count < 1 or len(ds.PerFrameFunctionalGroupsSequence) != count:
-        raise InputError(path, f"multi-frame DICOM with {count} frames but "
-                               f"{len(ds.PerFrameFunctionalGroupsSequence)} per-frame descriptions")
+    described = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    if count < 1 or described != count:
+        raise InputError(path, f"multi-frame DICOM with {count} frames but {described} per-frame descriptions")
     return [FrameHeader(ds, i) for i in range(count)]
 
 
@@ -387,7 +432,7 @@ def read_dicom_series(
     image the series lacks keeps its place: filled from its neighbours and listed in the
     frame's ``meta["missing_slices"]``."""
     folder = Path(folder)
-    headers = _one_series(folder, files, slice_series)
+    headers, unreadable = _one_series(folder, files, slice_series)
     layout = _SeriesLayout.of(headers, folder)
     if spacing_override is None:
         check_spacing(layout.spacing, headers[0][0], "DICOM header")
@@ -395,12 +440,13 @@ def read_dicom_series(
     first = headers[0][1]
     shape = (layout.num_frames, num_slices, int(first.Rows), int(first.Columns))
     check_size(shape, folder)
-    pixels, present = _read_pixels(layout, shape)
+    pixels, present = _read_pixels(layout, shape, unreadable)
     check_image(pixels, folder, allow_4d=True)
     spacing, source = (spacing_override, "option") if spacing_override is not None else (layout.spacing, "header")
     reverse = should_reverse(layout.affine, slice_order)
+    notes = tuple(f"{f.name} left out: {why}" for f, why in unreadable)
     geometry = Geometry(spacing=spacing, affine=reverse_affine(layout.affine, num_slices) if reverse else layout.affine,
-                        spacing_source=source, slices_reversed=reverse, header=None)
+                        spacing_source=source, slices_reversed=reverse, header=None, notes=notes)
     name = series_name(folder, common_description(headers) if slice_series else
                        str(first.get("SeriesDescription", "")) or None)
     reference = next(frames for frames in layout.ordered if len(frames) == layout.num_frames)
@@ -456,16 +502,23 @@ def _image_files(layout: "_SeriesLayout", num_slices: int) -> list[list[str | No
     return files
 
 
-def _one_series(folder: Path, files: list[Path] | None, slice_series: bool = False) -> list[tuple[Path, Any]]:
+#: what every image of one series must share: one subject, one examination, one frame of reference
+IDENTITY = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def _one_series(folder: Path, files: list[Path] | None,
+                slice_series: bool = False) -> tuple[list[tuple[Path, Any]], list[Unreadable]]:
     """(file, header with pixels) of the one series in ``files`` (default: ``folder``'s), or
-    of all of them with ``slice_series``."""
+    of all of them with ``slice_series``, and the files left out (:func:`scan_series`). Images
+    of two subjects, examinations or frames of reference under one series are refused."""
     if files is None:
         if not folder.is_dir():
             raise InputError(folder, "DICOM series folder not found")
         files = _dicom_files(folder)
-    series = scan_series(files, pixels=True)
+    series, unreadable = scan_series(files, pixels=True)
     if not series:
-        raise InputError(folder, "no DICOM image files in folder")
+        why = f" ({unreadable[0][0].name}: {unreadable[0][1]})" if unreadable else ""
+        raise InputError(folder, f"no readable DICOM image files{why}")
     if len(series) > 1 and not slice_series:
         raise InputError(folder, f"folder holds {len(series)} DICOM series; give one series per folder "
                                  "(cmrseg segment picks the short-axis ones from a folder of several)")
@@ -473,7 +526,13 @@ def _one_series(folder: Path, files: list[Path] | None, slice_series: bool = Fal
     for key in PLACEMENT:
         if key not in headers[0][1]:
             raise InputError(headers[0][0], f"DICOM lacks {key}: cannot place the slices")
-    return headers
+    for key in IDENTITY:
+        values = sorted({str(ds.get(key, "") or "") for _, ds in headers})
+        if len(values) > 1:
+            raise InputError(folder, f"one series holds images of {len(values)} different {key}s "
+                                     f"({', '.join(v or '(empty)' for v in values[:3])}): images of different "
+                                     "subjects or examinations; put each in its own folder")
+    return headers, unreadable
 
 
 @dataclass
@@ -541,25 +600,51 @@ def _frame_key(item) -> tuple[float, int]:
     return (float(t) if t not in (None, "") else 0.0, int(ds.get("InstanceNumber", 0) or 0))
 
 
-def _read_pixels(layout: _SeriesLayout, shape: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rescaled pixels ``[T, S, H, W]`` (missing images filled) and which were present."""
+def _read_pixels(layout: _SeriesLayout, shape: tuple[int, int, int, int],
+                 unreadable: list[Unreadable]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``[T, S, H, W]`` through each image's modality LUT (:func:`image_values`; missing
+    images filled) and which were present. An image whose pixels cannot be decoded is a lost
+    image (listed in ``unreadable``); its place is filled like any other."""
     pixels = np.zeros(shape, dtype=np.float32)
     present = np.zeros(shape[:2], dtype=bool)
     for k, frames, frame_of in zip(layout.grid, layout.ordered, layout.slots):
         for (f, ds), t in zip(frames, frame_of):
-            present[t, k] = True
             try:
-                with quiet_pydicom():
-                    arr = ds.pixel_array.astype(np.float32)
-            except Exception as exc:
-                raise InputError(f, f"cannot decode DICOM pixels ({type(exc).__name__}: {exc})") from None
+                arr = image_values(ds, f)
+            except InputError as exc:
+                unreadable.append((f, exc.problem))
+                continue
             if arr.shape != pixels.shape[2:]:
                 raise InputError(f, f"image size {arr.shape} differs from the series' {pixels.shape[2:]}")
-            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-            pixels[t, k] = arr * slope + intercept
+            pixels[t, k] = arr
+            present[t, k] = True
+    if not present.any():
+        raise InputError(unreadable[0][0], f"no image of the series could be decoded ({unreadable[0][1]})")
     fill_missing(pixels, present)
     return pixels, present
+
+
+def image_values(ds, path: Path) -> np.ndarray:
+    """One image's values (float32 ``[H, W]``): the stored pixels through the modality LUT
+    (Rescale Slope / Intercept, or a Modality LUT Sequence; pydicom's ``apply_modality_lut``),
+    negated for MONOCHROME1 (where the smallest value is shown white) so that bright is bright
+    as in MONOCHROME2. The VOI LUT (window centre and width) is for display only and is not
+    applied: it would clip the values the networks normalise by their own percentiles."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        with quiet_pydicom():
+            stored = ds.pixel_array
+            values = apply_modality_lut(stored, ds)
+    except Exception as exc:  # the decoders raise many types for corrupt or unsupported pixel data
+        raise InputError(path, f"cannot decode DICOM pixels ({type(exc).__name__}: {exc})") from None
+    if values.ndim != 2:
+        raise InputError(path, f"image of shape {values.shape} (colour or several frames): not one MR image")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(path, f"photometric interpretation {photometric}: not a greyscale MR image")
+    values = np.asarray(values, dtype=np.float32)
+    return -values if photometric == "MONOCHROME1" else values
 
 
 def slice_grid(positions: list[float], step: float, folder: Path, tolerance: float = 0.1) -> list[int]:
@@ -604,23 +689,6 @@ def frame_slots(ordered: list[list], num_frames: int, folder: Path) -> list[list
 def _trigger(ds) -> float | None:
     t = ds.get("TriggerTime")
     return float(t) if t not in (None, "") else None
-
-
-def fill_missing(pixels: np.ndarray, present: np.ndarray) -> None:
-    """Fill every (frame, slice) without an image (``present`` ``[T, S]`` False; ``pixels``
-    ``[T, S, H, W]``, in place) by linear interpolation between the nearest slices that have
-    one at that frame (the nearest one at an end), so the networks see a continuous stack; the
-    segmenter blanks these slices' masks, flags them and interpolates their areas."""
-    for t in range(pixels.shape[0]):
-        have = np.flatnonzero(present[t])
-        for k in np.flatnonzero(~present[t]):
-            below, above = have[have < k], have[have > k]
-            if below.size and above.size:
-                lo, hi = below.max(), above.min()
-                w = (k - lo) / (hi - lo)
-                pixels[t, k] = (1 - w) * pixels[t, lo] + w * pixels[t, hi]
-            else:
-                pixels[t, k] = pixels[t, (below.max() if below.size else above.min())]
 
 
 DICOM_LAYOUTS = ("classic", "enhanced", "series_per_slice")
@@ -752,13 +820,42 @@ def _write_enhanced_mr(path: Path, images: list, series: dict[str, Any], geometr
                                         SliceThickness=geometry["SliceThickness"])
     shared.PixelValueTransformationSequence = item(**rescale, RescaleType="US")
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    _dimensions(ds, item)
+    stack_of: dict[str, int] = {}  # each position's number in the stack, in order of appearance
     per_frame = []
     for _, _, own in images:
+        position = stack_of.setdefault(str(own["ImagePositionPatient"]), len(stack_of) + 1)
+        time_index = sum(str(o["ImagePositionPatient"]) == str(own["ImagePositionPatient"]) for _, _, o in
+                         images[:len(per_frame)]) + 1
         frame = Dataset()
+        frame.FrameContentSequence = item(StackID="1", InStackPositionNumber=position, TemporalPositionIndex=time_index,
+                                          DimensionIndexValues=[position, time_index])
         frame.PlanePositionSequence = item(ImagePositionPatient=own["ImagePositionPatient"])
         frame.CardiacSynchronizationSequence = item(NominalCardiacTriggerDelayTime=float(own["TriggerTime"]))
         per_frame.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.InstanceNumber = 1
     ds.NumberOfFrames = len(images)
     _set_pixels(ds, np.stack([pixels for _, pixels, _ in images]))
     pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+def _dimensions(ds, item) -> None:
+    """The Multi-frame Dimension module an Enhanced MR file must carry (DICOM PS3.3 C.7.6.17):
+    frames indexed by their position in the stack and their temporal position, both kept in
+    each frame's FrameContentSequence, as scanners write them and converters (dcm2niix) sort by."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.tag import Tag
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    ds.DimensionOrganizationSequence = item(DimensionOrganizationUID=uid)
+    dims = []
+    for keyword in ("InStackPositionNumber", "TemporalPositionIndex"):
+        dim = Dataset()
+        dim.DimensionOrganizationUID = uid
+        dim.DimensionIndexPointer = Tag(keyword)
+        dim.FunctionalGroupPointer = Tag("FrameContentSequence")
+        dims.append(dim)
+    ds.DimensionIndexSequence = Sequence(dims)

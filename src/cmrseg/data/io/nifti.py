@@ -6,6 +6,7 @@ affine is kept as is (it already maps (i, j, k) to RAS+ mm).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,28 +45,81 @@ def _raw_pixdim(path: Path, img) -> np.ndarray:
     return np.asarray(raw["pixdim"][1:4], dtype=float)
 
 
-def nifti_spacing(path: Path, img, override=None) -> tuple[tuple[float, float, float], str]:
-    """(slice, row, column) mm and its source: ``override`` when given, else the header's
-    pixdim, checked against the affine's voxel sizes and for plausibility. A singular affine
-    whose axes all have a length (two of them along one direction) is refused whatever the
-    spacing: the slice order and every output's geometry come from it; an axis of length 0 is
-    an unknown voxel size, which ``override`` supplies."""
+@dataclass(frozen=True)
+class NiftiGrid:
+    """Where a NIfTI file's voxels are: the (slice, row, column) spacing in mm and its source
+    (``header`` or ``option``), the voxel -> RAS+ affine those voxels have (the file's own
+    unless the header was read as ITK reads it) and what the reader decided (:attr:`Geometry.notes`)."""
+
+    spacing: tuple[float, float, float]
+    source: str
+    affine: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+#: relative agreement asked of two voxel sizes that describe the same axis
+SIZE_RTOL = 0.01
+
+
+def nifti_grid(path: Path, img, override=None) -> NiftiGrid:
+    """The file's voxel grid: ``override`` (slice, row, column mm) when given, else the header's
+    pixdim, checked for plausibility and against the affine's own voxel sizes.
+
+    * pixdim and the affine agree: the file as it is.
+    * The affine (sform) holds directions only (unit columns) and pixdim the voxel size, as the
+      ACDC release's files do (qform_code 0, sform_code 2, diag(-1, -1, 1)): read as ITK reads
+      every NIfTI (SimpleITK, nnU-Net, MONAI's ITK reader), spacing from pixdim and direction
+      from the normalised matrix, and said in the notes.
+    * Any other disagreement is ambiguous and refused, asking for ``--spacing``; so is a
+      singular affine whose axes all have a length (two along one direction: the slice order
+      and the output geometry are unknown), whatever ``override`` says; an axis of length 0 is
+      an unknown voxel size, which ``override`` supplies.
+
+    The slice spacing is the distance between slice planes, which differs from the length of
+    the affine's slice axis when the grid is sheared (noted too)."""
     from nibabel.affines import voxel_sizes
 
-    sizes = np.asarray(voxel_sizes(img.affine)[:3], dtype=float)
-    det = abs(np.linalg.det(np.asarray(img.affine, dtype=float)[:3, :3]))
+    affine = np.asarray(img.affine, dtype=float)
+    sizes = np.asarray(voxel_sizes(affine)[:3], dtype=float)
+    det = abs(np.linalg.det(affine[:3, :3]))
     if sizes.min() > 0 and det <= 1e-3 * float(np.prod(sizes)):
-        raise InputError(path, f"the affine (sform/qform) is singular: its axes {np.round(img.affine[:3, :3], 3).tolist()} "
+        raise InputError(path, f"the affine (sform/qform) is singular: its axes {np.round(affine[:3, :3], 3).tolist()} "
                                "do not span 3D, so the orientation is unknown; fix the file's header")
     if override is not None:
-        return check_spacing(override, path, "option", allow_unknown_slice=True), "option"
+        spacing = check_spacing(override, path, "option", allow_unknown_slice=True)
+        return _with_sizes(affine, spacing, sizes, "option", ())
     pixdim = _raw_pixdim(path, img)
     check_spacing(pixdim[::-1], path, "header pixdim")
-    if not np.allclose(sizes, pixdim, rtol=0.01):
-        raise InputError(path, f"header pixdim {np.round(pixdim, 3).tolist()} mm and affine voxel sizes "
-                               f"{np.round(sizes, 3).tolist()} mm disagree; give the voxel size with "
-                               "--spacing SX SY SZ (mm)")
-    return (float(pixdim[2]), float(pixdim[1]), float(pixdim[0])), "header"
+    spacing = (float(pixdim[2]), float(pixdim[1]), float(pixdim[0]))
+    if np.allclose(sizes, pixdim, rtol=SIZE_RTOL):
+        return _with_sizes(affine, spacing, sizes, "header", ())
+    if np.allclose(sizes, 1.0, rtol=SIZE_RTOL):
+        note = (f"voxel size {' x '.join(f'{v:g}' for v in np.round(pixdim, 4))} mm from the header's pixdim; its "
+                "sform holds directions only (unit voxels): read as ITK reads it (SimpleITK, nnU-Net)")
+        return _with_sizes(affine, spacing, sizes, "header", (note,))
+    raise InputError(path, f"header pixdim {np.round(pixdim, 3).tolist()} mm and affine voxel sizes "
+                           f"{np.round(sizes, 3).tolist()} mm disagree; give the voxel size with "
+                           "--spacing SX SY SZ (mm)")
+
+
+def _with_sizes(affine: np.ndarray, spacing: tuple[float, float, float], sizes: np.ndarray, source: str,
+                notes: tuple[str, ...]) -> NiftiGrid:
+    """The grid whose axes keep ``affine``'s directions with ``spacing``'s lengths (an unknown,
+    NaN slice spacing keeps the file's), its slice spacing the distance between slice planes."""
+    lengths = np.array([spacing[2], spacing[1], spacing[0]], dtype=float)
+    lengths = np.where(np.isfinite(lengths), lengths, sizes)
+    out = affine.copy()
+    if sizes.min() > 0 and not np.allclose(sizes, lengths, rtol=1e-6):
+        out[:3, :3] = affine[:3, :3] / sizes * lengths
+    if not (np.isfinite(spacing[0]) and sizes.min() > 0):
+        return NiftiGrid(spacing, source, out, notes)
+    in_plane = np.linalg.norm(np.cross(out[:3, 0], out[:3, 1]))
+    between = abs(np.linalg.det(out[:3, :3])) / in_plane
+    if abs(between - lengths[2]) > SIZE_RTOL * lengths[2]:
+        notes += (f"sheared grid: the slice planes are {between:.2f} mm apart, the slice axis {lengths[2]:.2f} mm "
+                  "long; volumes use the distance between the planes",)
+        spacing = (float(between), spacing[1], spacing[2])
+    return NiftiGrid(spacing, source, out, notes)
 
 
 def read_nifti(
@@ -85,16 +139,16 @@ def read_nifti(
     check_image(data, path, allow_4d=True, inplane_axes=(0, 1))
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    affine = np.asarray(img.affine, dtype=float)
-    spacing, source = nifti_spacing(path, img, spacing_override)
-    reverse = should_reverse(affine, slice_order)
+    grid = nifti_grid(path, img, spacing_override)
+    reverse = should_reverse(grid.affine, slice_order)
     num_slices = data.shape[2]
     geometry = Geometry(
-        spacing=spacing,
-        affine=reverse_affine(affine, num_slices) if reverse else affine,
-        spacing_source=source,
+        spacing=grid.spacing,
+        affine=reverse_affine(grid.affine, num_slices) if reverse else grid.affine,
+        spacing_source=grid.source,
         slices_reversed=reverse,
         header=img.header.copy(),
+        notes=grid.notes,
     )
     name = strip_suffix(path)
     frames = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
@@ -147,12 +201,11 @@ def read_nifti_label_volumes(path: str | Path, slice_order: str = "auto") -> lis
     path = Path(path)
     img, data = _load(path)
     frames = [check_label(f, f.shape, path) for f in _label_frames(path, data)]
-    affine = np.asarray(img.affine, dtype=float)
-    spacing, _ = nifti_spacing(path, img)
+    grid = nifti_grid(path, img)
     num_slices = frames[0].shape[0]
-    reverse = should_reverse(affine, slice_order)
-    geometry = Geometry(spacing=spacing, affine=reverse_affine(affine, num_slices) if reverse else affine,
-                        spacing_source="header", slices_reversed=reverse, header=img.header.copy())
+    reverse = should_reverse(grid.affine, slice_order)
+    geometry = Geometry(spacing=grid.spacing, affine=reverse_affine(grid.affine, num_slices) if reverse else grid.affine,
+                        spacing_source="header", slices_reversed=reverse, header=img.header.copy(), notes=grid.notes)
     name = strip_suffix(path)
     volumes = []
     for t, label in enumerate(frames):
@@ -173,10 +226,11 @@ def write_nifti_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     if geom.slices_reversed:
         mask = mask[..., ::-1, :, :]
     data = mask.transpose(2, 1, 0) if mask.ndim == 3 else mask.transpose(3, 2, 1, 0)
-    affine = geom.affine
-    if geom.slices_reversed:
-        affine = reverse_affine(affine, mask.shape[-3])
     header = geom.header.copy() if geom.header is not None else None
+    if header is not None:  # the input's own header and affine, even where it was read as ITK reads it
+        affine = header.get_best_affine()
+    else:
+        affine = reverse_affine(geom.affine, mask.shape[-3]) if geom.slices_reversed else geom.affine
     img = nib.Nifti1Image(np.ascontiguousarray(data), affine, header=header)
     if header is None:  # made from DICOM: millimetres, and the cine's frame interval as the time step
         img.header.set_xyzt_units("mm", "msec")
