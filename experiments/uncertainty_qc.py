@@ -4,10 +4,10 @@
 expects to be wrong (``Prediction.expected_errors``), reports per study the share of its masks
 that makes (``uncertainty`` in ``summary.json``, ``uncertainty (%)`` in ``measures.csv``) and
 flags slices and studies where it is high (``cmrseg.inference.quality``). This script checks
-those numbers against the truth on the folders ``experiments/domain_shift.py`` wrote (the val
+those numbers against the truth on the folders ``benchmarks/shift_benchmark.py`` wrote (the val
 split unchanged and under vendor-like shifts, segmented by ``cmrseg segment``):
 
-    PYTHONPATH=src python experiments/domain_shift.py ../shared/data/acdc/val OUT --shifts none blur ...
+    PYTHONPATH=src python benchmarks/shift_benchmark.py ../shared/data/acdc/val OUT --shifts none blur ...
     PYTHONPATH=src python experiments/uncertainty_qc.py OUT
 
 Per shift, over the patients (ED and ES masks as written):
@@ -92,7 +92,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="experiments/domain_shift.py's output folder")
+    ap.add_argument("out", type=Path, help="benchmarks/shift_benchmark.py's output folder")
     ap.add_argument("--shifts", nargs="+", help="default: every shift segmented there")
     args = ap.parse_args(argv)
     shifts = args.shifts or sorted(p.name for p in (args.out / "pred").iterdir() if (p / "summary.json").is_file())

@@ -3,6 +3,9 @@
 * :class:`SegLoss`: Seg-stage loss, pixel cross-entropy (the paper) plus ``dice_weight`` x
   soft Dice over the foreground classes (our addition, common in cardiac segmentation;
   ``dice_weight=0`` is the paper's loss).
+* :class:`DistillationLoss`: a student network learning a teacher's class probabilities
+  (soft targets) beside the experts' labels: ``teacher_weight`` x the cross-entropy with the
+  teacher's probabilities + (1 - ``teacher_weight``) x :class:`SegLoss` with the labels.
 * :class:`GatedRefinementLoss`: the Ref-stage multitask loss
 
       Loss2 = sum_i 1/2 [sign(p_i - 0.5) + 1] * CE_seg,i  +  lambda * sum_i CE_class,i
@@ -79,6 +82,27 @@ class SegLoss(nn.Module):
             weights = None if valid is None else valid[:, None].float().expand(-1, NUM_CLASSES - 1)
             loss = loss + self.dice_weight * soft_dice_loss(logits.softmax(dim=1), onehot, weights)
         return loss
+
+
+class DistillationLoss(nn.Module):
+    """``forward(logits [N,4,H,W], teacher [N,4,H,W] probabilities, labels [N,H,W], valid=None)``
+    (module docstring); the parts kept in ``self.last`` for logging. With temperature 1 the
+    soft term is the cross-entropy that the KL divergence to the teacher differs from by the
+    teacher's own entropy, a constant (Hinton et al., 2015)."""
+
+    def __init__(self, teacher_weight: float = 0.7, dice_weight: float = 0.5):
+        super().__init__()
+        self.teacher_weight = teacher_weight
+        self.hard = SegLoss(dice_weight)
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1)
+        soft = _slice_mean(-(teacher.float() * log_p).sum(dim=1).mean(dim=(1, 2)), valid)
+        hard = self.hard(logits, labels, valid)
+        self.last = {"soft": soft.detach(), "hard": hard.detach()}
+        return self.teacher_weight * soft + (1.0 - self.teacher_weight) * hard
 
 
 class GatedRefinementLoss(nn.Module):

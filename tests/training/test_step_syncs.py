@@ -23,7 +23,7 @@ from cmrseg.models import create_model
 from cmrseg.training.batching import StackBatcher
 from cmrseg.training.config import load_config
 from cmrseg.training.context import setup_context
-from cmrseg.training.stages import ImageStage, RefInputs, RefineStage
+from cmrseg.training.stages import DistillStage, ImageStage, RefInputs, RefineStage
 
 HOST_READS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero", "aten::equal"}
 ALLOWED = ("F.one_hot(", "torch.randint(len(self.")  # source lines of the two host-only reads (docstring)
@@ -85,6 +85,19 @@ def test_the_ref_stage_step_reads_nothing_back_from_the_device():
     probs = [torch.softmax(torch.randn(r.image.shape[0], 4, 64, 64), 1).half() for r in ds.records]
     stage = RefineStage(model, ds, cfg, setup_context(cfg), RefInputs([model.seg.state_dict()], [probs], None))
     reads = _step(stage, next(StackBatcher(stage.train_ds, 4).epoch(0)), model.ref)
+    assert reads.unexpected() == {}, reads.lines
+
+
+def test_the_distillation_step_reads_nothing_back_from_the_device():
+    """The student's step: the teacher's uint8 targets gathered and sent, every vendor shift on."""
+    shifts = "{crop: 0, quarter_turns: 0.5, slice_mix: 0.5, sharpen: 1.0, gibbs: 0.5, shading: 0.4, hot_spot: 1.5, " \
+             "curve: 0.7, rician: 0.05, vendor_prob: 1.0, renormalise: true}"
+    cfg = load_config(protocol="smoke", model="seg_as", overrides=[f"augment={shifts}"])
+    ds = _data(cfg)
+    net = create_model("seg_as", **cfg.model_kwargs)
+    targets = [torch.randint(0, 256, (r.image.shape[0], 4, 64, 64), dtype=torch.uint8) for r in ds.records]
+    stage = DistillStage(net, ds, cfg, setup_context(cfg), targets)
+    reads = _step(stage, next(StackBatcher(stage.train_ds, 4).epoch(0)), net)
     assert reads.unexpected() == {}, reads.lines
 
 

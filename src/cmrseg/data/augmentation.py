@@ -3,7 +3,7 @@
 The paper's augmentation is random rotation, shift, flip and crop; we add mild scaling and
 intensity changes (blur, gamma, contrast, noise), each configurable and off with a zero range.
 Blur stands for a scanner that acquires at a lower resolution than it reconstructs (nnU-Net
-draws a similar Gaussian blur); ``experiments/domain_shift.py`` measures what it buys.
+draws a similar Gaussian blur); ``benchmarks/shift_benchmark.py`` measures what it buys.
 One random transform is drawn per stack and applied to all its slices, so the anatomy stays
 consistent across slices (what the all-slice models learn from). Geometry is one
 ``affine_grid`` + ``grid_sample`` per batch: images and probability maps bilinear, labels
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from cmrseg.data.vendor_shifts import gaussian_blur, per_stack, renormalise, rician_noise, vendor_shifts
 from cmrseg.device import to_device
 
 
@@ -35,6 +36,27 @@ class AugmentConfig:
     blur: Gaussian blur with sigma uniform in [0, blur] pixels of the output, images only,
         applied to a stack with probability ``blur_prob`` (before gamma, contrast and noise:
         a coarser acquisition, then the scanner's own noise).
+
+    Other scanners' images (the student's vendor-like shifts, issue 35; each off at 0, each
+    applied to a stack with probability ``vendor_prob``, images only unless said):
+    quarter_turns: probability of turning the stack by a random multiple of 90 degrees
+        (another in-plane convention; image and targets alike, with ``flip`` all eight).
+    slice_mix: through-plane partial volume of thicker slices: each slice mixed with its two
+        neighbours in the stack, weight uniform in [0, slice_mix].
+    sharpen: unsharp masking (sigma 1 px), amount uniform in [0, sharpen]: a sharper
+        reconstruction filter.
+    gibbs: k-space kept within a radius uniform in [1 - gibbs, 1] of the Nyquist circle: a
+        coarser acquisition with its ringing.
+    shading: a smooth receive-coil gain, exp of a random quadratic over the image with
+        coefficients uniform in +-shading, one field per stack.
+    hot_spot: a bright Gaussian blob (sigma 6 % of the image, peak uniform in [0.5, 1] x
+        hot_spot) at a random place: a surface coil close to the chest wall.
+    curve: a random monotone intensity curve (five knots, log-increments uniform in
+        +-curve): other sequences' blood, fat and myocardium contrast.
+    rician: Rician noise (magnitude of complex Gaussian noise), std uniform in [0, rician].
+    vendor_prob: the probability each of these is applied to a stack.
+    renormalise: after the intensity changes, rescale each stack to its 0.5-99.5 percentiles
+        (clipped to [0, 1]), as inference normalises every stack it reads.
     """
 
     rotation_deg: float = 30.0
@@ -47,6 +69,16 @@ class AugmentConfig:
     noise: float = 0.03
     blur: float = 0.0
     blur_prob: float = 0.0
+    quarter_turns: float = 0.0
+    slice_mix: float = 0.0
+    sharpen: float = 0.0
+    gibbs: float = 0.0
+    shading: float = 0.0
+    hot_spot: float = 0.0
+    curve: float = 0.0
+    rician: float = 0.0
+    vendor_prob: float = 0.0
+    renormalise: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,26 +90,6 @@ def stack_index(stack_sizes: list[int], device: torch.device | str) -> torch.Ten
     from the GPU, one sync per call)."""
     index = torch.tensor([i for i, s in enumerate(stack_sizes) for _ in range(s)], dtype=torch.long)
     return to_device(index, device)
-
-
-def _per_stack(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """One value per stack -> one value per slice (``index`` from :func:`stack_index`)."""
-    return values.index_select(0, index)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Blur each slice of ``[N, 1, H, W]`` with its own Gaussian ``sigma[N]`` (pixels; 0 leaves
-    the slice unchanged), separable, edges replicated: one grouped convolution per axis for
-    the whole batch, on any device. (torchvision's ``gaussian_blur`` takes one sigma per call.)"""
-    n = images.shape[0]
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    s = sigma.to(images.dtype).clamp(min=1e-3)[:, None]
-    kernel = torch.exp(-0.5 * (x[None] / s) ** 2)
-    kernel = kernel / kernel.sum(1, keepdim=True)  # [N, 2R+1]; sigma ~0 gives a delta
-    out = F.pad(images.transpose(0, 1), (radius, radius, radius, radius), mode="replicate")  # [1, N, H+2R, W+2R]
-    out = F.conv2d(out, kernel[:, None, None, :], groups=n)
-    out = F.conv2d(out, kernel[:, None, :, None], groups=n)
-    return out.transpose(0, 1)
 
 
 class StackAugmenter:
@@ -105,6 +117,10 @@ class StackAugmenter:
             return torch.rand(n, device=device, generator=gen) * (hi - lo) + lo
 
         angle = uniform(-c.rotation_deg, c.rotation_deg) * math.pi / 180.0
+        if c.quarter_turns > 0:  # drawn only when on: the other configs' random streams stay as they were
+            turns = torch.randint(1, 4, (num_stacks,), device=device, generator=gen).to(angle.dtype)
+            turns = turns * (torch.rand(num_stacks, device=device, generator=gen) < c.quarter_turns)
+            angle = angle + turns * (math.pi / 2)
         zoom = uniform(1.0 - c.scale, 1.0 + c.scale)
         fx = torch.where(torch.rand(num_stacks, device=device, generator=gen) < c.flip, -1.0, 1.0)
         fy = torch.where(torch.rand(num_stacks, device=device, generator=gen) < c.flip, -1.0, 1.0)
@@ -132,11 +148,11 @@ class StackAugmenter:
         out = self.cfg.crop or h
         index = stack_index(stack_sizes, ref.device)
         theta = self._theta(len(stack_sizes), h, out, ref.device, generator, centers)
-        theta = _per_stack(theta, index).to(ref.dtype)
+        theta = per_stack(theta, index).to(ref.dtype)
         grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)
         if images is not None:
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            images = self._intensity(images, index, len(stack_sizes), generator)
+            images = self._intensity(images, index, list(stack_sizes), generator)
         if extra is not None:
             # outside the canvas a probability map is pure background (channel 0)
             border = torch.zeros(1, extra.shape[1], 1, 1, device=extra.device, dtype=extra.dtype)
@@ -147,24 +163,32 @@ class StackAugmenter:
                                    align_corners=False)[:, 0].round().long()
         return images, labels, extra
 
-    def _intensity(self, images: torch.Tensor, index: torch.Tensor, k: int, gen) -> torch.Tensor:
-        """Per stack (``k`` stacks, ``index`` the stack of every slice): blur, gamma, contrast, noise."""
-        c = self.cfg
+    def _intensity(self, images: torch.Tensor, index: torch.Tensor, sizes: list[int], gen) -> torch.Tensor:
+        """Per stack (``sizes`` of the stacks, ``index`` the stack of every slice): the vendor-like shifts
+        (:mod:`cmrseg.data.vendor_shifts`) where configured, then blur, gamma, contrast, noise,
+        then the percentile normalisation where configured."""
+        c, k = self.cfg, len(sizes)
         dev = images.device
+        if c.vendor_prob > 0:
+            images = vendor_shifts(images, index, k, c, gen)
         if c.blur > 0 and c.blur_prob > 0:
             sigma = torch.rand(k, device=dev, generator=gen) * c.blur
             sigma = sigma * (torch.rand(k, device=dev, generator=gen) < c.blur_prob)
-            images = gaussian_blur(images, _per_stack(sigma, index), radius=math.ceil(3 * c.blur))
+            images = gaussian_blur(images, per_stack(sigma, index), radius=math.ceil(3 * c.blur))
         if c.gamma > 0:
             log_g = (torch.rand(k, device=dev, generator=gen) * 2 - 1) * math.log1p(c.gamma)
-            g = _per_stack(torch.exp(log_g), index).view(-1, 1, 1, 1)
+            g = per_stack(torch.exp(log_g), index).view(-1, 1, 1, 1)
             images = images.clamp(min=0.0) ** g
         if c.contrast > 0:
-            f = _per_stack(1 + (torch.rand(k, device=dev, generator=gen) * 2 - 1) * c.contrast, index)
+            f = per_stack(1 + (torch.rand(k, device=dev, generator=gen) * 2 - 1) * c.contrast, index)
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = (images - mean) * f.view(-1, 1, 1, 1) + mean
         if c.noise > 0:
-            sigma = _per_stack(torch.rand(k, device=dev, generator=gen) * c.noise, index)
+            sigma = per_stack(torch.rand(k, device=dev, generator=gen) * c.noise, index)
             noise = torch.randn(images.shape, device=dev, generator=gen, dtype=images.dtype)
             images = images + noise * sigma.view(-1, 1, 1, 1)
+        if c.vendor_prob > 0 and c.rician > 0:
+            images = rician_noise(images, index, k, c, gen)
+        if c.renormalise:
+            images = renormalise(images, sizes)
         return images

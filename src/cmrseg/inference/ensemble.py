@@ -115,6 +115,26 @@ class EnsemblePredictor:
         for m in self.members:
             m.locate_once = on
 
+    @property
+    def preprocess(self):
+        """The members' one canvas (:meth:`predict_canvas` needs one; members may differ otherwise)."""
+        canvases = {m.preprocess for m in self.members}
+        if len(canvases) > 1:
+            raise CmrsegError("the ensemble's members use different canvases: " + ", ".join(map(str, canvases)))
+        return canvases.pop()
+
+    def predict_canvas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean of the members' canvas probabilities ``[S, 4, C, C]`` of one canvas stack ``x``
+        ``[S, 1, C, C]`` (:meth:`Predictor.predict_canvas`), and their mean presence; ``x`` on
+        :attr:`preprocess`'s canvas."""
+        total, presence = None, []
+        for m in self.members:
+            probs, cls = m.predict_canvas(x)
+            total = probs if total is None else total + probs
+            if cls is not None:
+                presence.append(cls)
+        return total / len(self.members), torch.stack(presence).mean(dim=0) if presence else None
+
     def predict_probabilities(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean of the members' probabilities ``[S, 4, H, W]`` (input grid) and presence ``[S, 3]``."""
         total, presence = None, []

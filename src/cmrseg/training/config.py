@@ -82,6 +82,12 @@ class TrainConfig:
             is that run's instead. A resumed run continues from its checkpoint instead.
         labels: the data's label value of each structure (``cmrseg train --labels``), e.g.
             ``LV=1,MYO=2,RV=3`` for M&Ms; default this project's (ACDC's) ``RV=1,MYO=2,LV=3``.
+        teacher: distil a teacher into this (one-stage) model: a shipped model or ensemble name,
+            or a run folder, whose class probabilities on the clean training images (with its
+            flips, gate and ensemble averaging, as ``cmrseg segment`` runs it) are the student's
+            soft targets; the student sees the augmented image (``cmrseg.training.distill``).
+        teacher_weight: the soft targets' share of the student's loss; the experts' labels
+            (cross-entropy + ``dice_weight`` x soft Dice) have the rest.
     """
 
     model: str = "seg_as+ref_as_mt"
@@ -115,6 +121,8 @@ class TrainConfig:
     stage1_run: str | None = None
     init_weights: str | None = None
     labels: str = ACDC_LABELS
+    teacher: str | None = None
+    teacher_weight: float = 0.7
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -144,6 +152,8 @@ class TrainConfig:
         need(not (self.compile in ("reduce-overhead", "max-autotune") and not self.fixed_shape), "compile",
              "a mode without CUDA graphs unless fixed_shape is true (CUDA graphs replay one shape)")
         need(0.0 <= self.heart_crop_prob <= 1.0, "heart_crop_prob", "between 0 and 1")
+        need(isinstance(self.teacher_weight, (int, float)) and 0.0 <= self.teacher_weight <= 1.0, "teacher_weight",
+             "between 0 and 1")
         need(all(0.0 < f < 1.0 for f in self.snapshot_fractions), "snapshot_fractions", "fractions between 0 and 1")
         need(self.time_budget_s is None or (isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0),
              "time_budget_s", "a number of seconds > 0 (or null)")

@@ -17,6 +17,7 @@ from cmrseg.checkpoint import save_weights
 from cmrseg.data.dataset import XZ_SUFFIX, StackDataset
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.errors import InputError
+from cmrseg.inference.predictor import WEIGHTS_DIR, shipped_models
 from cmrseg.labels import label_map_json
 from cmrseg.models import DetSegNet
 from cmrseg.training.config import TrainConfig
@@ -133,7 +134,10 @@ def finish_run(out: Path, model: nn.Module, cfg: TrainConfig, state: dict, extra
 
 
 def weights_file(path: str | Path) -> Path:
-    """The weights of ``init_weights``: a ``.safetensors`` file or a run folder's weights."""
+    """The weights of ``init_weights``: a ``.safetensors`` file, a run folder's weights, or a
+    shipped model's (by name)."""
+    if str(path) in shipped_models() and not Path(path).exists():
+        path = WEIGHTS_DIR / str(path)
     path = Path(path)
     if path.is_dir():
         path = path / "weights.safetensors"

@@ -10,7 +10,7 @@ import numpy as np
 
 from cmrseg.atomic import write_text
 
-LOG_COLUMNS = ["epoch", "stage", "lr", "loss", "seg", "cls", "det", "seconds", "slices_per_s", "val_score",
+LOG_COLUMNS = ["epoch", "stage", "lr", "loss", "seg", "cls", "det", "soft", "hard", "seconds", "slices_per_s", "val_score",
                "val_base", "val_mid", "val_apex", "val_volume"]
 
 

@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.data.dataset import StackDataset
 from cmrseg.inference.centred import heart_centred_forward
-from cmrseg.losses import GatedRefinementLoss, HeartDetectionLoss, SegLoss
+from cmrseg.losses import DistillationLoss, GatedRefinementLoss, HeartDetectionLoss, SegLoss
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
 from cmrseg.models.outputs import class_argmax
 from cmrseg.models.two_stage import TwoStageNet
 from cmrseg.models.unet import SegmentationNet
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext
+from cmrseg.training.distill import as_probabilities, check_student
 
 Batch = dict  # a batch from cmrseg.training.batching.StackBatcher
 
@@ -96,6 +97,23 @@ class _Base:
             return loss, dict(self.loss_fn.last)
         return self.loss_fn(out.logits, y, valid), {}
 
+    def batch_maps(self, batch: dict, map_of) -> torch.Tensor:
+        """Per-pixel maps ``[N, C, H, W]`` of a batch's slices: ``map_of(record)`` gives a
+        stack's maps (``[S, C, H, W]``), cut to the item's slice in slice mode; a fixed-shape
+        batch's padding gets pure background (channel 0)."""
+        index = self.train_ds.index
+        maps = []
+        for i in batch["indices"]:
+            rec_i, s = index[i]
+            m = map_of(rec_i)
+            maps.append(m if s is None else m[s:s + 1])
+        sizes = batch["stack_sizes"]
+        if len(sizes) > len(batch["indices"]):
+            pad = maps[0].new_zeros(sizes[-1], *maps[0].shape[1:])
+            pad[:, 0] = torch.iinfo(pad.dtype).max if not pad.is_floating_point() else 1.0
+            maps.append(pad)
+        return torch.cat(maps)
+
     @torch.no_grad()
     def _predict_images(self, net: nn.Module, ds: StackDataset) -> list[np.ndarray]:
         """Canvas label maps of every validation stack as ``cmrseg segment`` makes them
@@ -135,6 +153,29 @@ class ImageStage(_Base):
 
     def predict(self, ds: StackDataset) -> list[np.ndarray]:
         return self._predict_images(self.net, ds)
+
+
+class DistillStage(ImageStage):
+    """Train a one-stage network without a classifier to output a teacher's probabilities
+    (:mod:`cmrseg.training.distill`): ``targets[record]`` uint8 ``[S, 4, C, C]``, augmented with
+    the image's geometry; the vendor-like shifts reach the image only."""
+
+    def __init__(self, net: SegmentationNet, train_ds: StackDataset, cfg: TrainConfig, ctx: TrainContext,
+                 targets: list[torch.Tensor]):
+        super().__init__(net, train_ds, cfg, ctx)
+        check_student(net)
+        self.targets = targets
+        self.loss_fn = DistillationLoss(cfg.teacher_weight, cfg.dice_weight)
+
+    def loss(self, batch: dict, train_module: nn.Module, gen: torch.Generator, dev_gen) -> tuple[torch.Tensor, dict]:
+        sizes = batch["stack_sizes"]
+        soft = as_probabilities(self.batch_maps(batch, lambda r: self.targets[r]).to(self.device))
+        centers = self.crop_centers(batch, gen)
+        x, y, t = self.augmenter(batch["image"], batch["label"], sizes, extra=soft, generator=dev_gen, centers=centers)
+        with self.ctx.autocast():
+            out = train_module(self.ctx.memory_format(x), **self.stacks(batch))
+        valid = batch["stack_ids"] >= 0 if "stack_ids" in batch else None
+        return self.loss_fn(out.logits, t, y, valid), dict(self.loss_fn.last)
 
 
 class DetSegStage(_Base):
@@ -225,18 +266,8 @@ class RefineStage(_Base):
         if self.train_probs is None:
             return self._loss_online(batch, train_module, gen, dev_gen)
         sizes = batch["stack_sizes"]
-        index = self.train_ds.index
-        probs = []
-        for i in batch["indices"]:
-            rec_i, s = index[i]
-            source = self.train_probs[int(torch.randint(len(self.train_probs), (1,), generator=gen))]
-            p = source[rec_i]
-            probs.append(p if s is None else p[s:s + 1])
-        if len(sizes) > len(batch["indices"]):  # a fixed-shape batch's padding: pure background
-            pad = probs[0].new_zeros(sizes[-1], *probs[0].shape[1:])
-            pad[:, 0] = 1.0
-            probs.append(pad)
-        probs = torch.cat(probs).float()
+        probs = self.batch_maps(batch, lambda r: self.train_probs[int(torch.randint(len(self.train_probs), (1,),
+                                                                                     generator=gen))][r]).float()
         centers = self.crop_centers(batch, gen)
         _, y, p = self.augmenter(None, batch["label"], sizes, extra=probs, generator=dev_gen, centers=centers)
         with self.ctx.autocast():

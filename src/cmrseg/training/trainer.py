@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cmrseg.checkpoint import load_weights
+from cmrseg.checkpoint import load_weights, tensor_shapes
 from cmrseg.data.dataset import StackDataset
 from cmrseg.models import TwoStageNet, create_model
 from cmrseg.training.config import TrainConfig
@@ -36,7 +36,8 @@ from cmrseg.training.context import TrainContext, setup_context
 from cmrseg.training.distributed import cleanup
 from cmrseg.training.loop import train_one_stage
 from cmrseg.training.run_folder import is_complete_run, resolve_splits, weights_file
-from cmrseg.training.stages import seed_everything, stage_for
+from cmrseg.training.distill import check_student, teacher_targets
+from cmrseg.training.stages import DistillStage, seed_everything, stage_for
 from cmrseg.training.two_stage import train_two_stage
 
 
@@ -61,6 +62,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, val: str | Path |
         model = build_model(cfg, ctx)
         if isinstance(model, TwoStageNet):
             train_two_stage(model, cfg, train_ds, val_ds, out, ctx)
+        elif cfg.teacher:
+            check_student(model)
+            stage = DistillStage(model, train_ds, cfg, ctx, teacher_targets(cfg, train_ds, out, ctx))
+            train_one_stage(model, stage, val_ds, cfg, out, ctx, snapshots=False, extra={"teacher": cfg.teacher})
         else:
             train_one_stage(model, stage_for(model, train_ds, cfg, ctx), val_ds, cfg, out, ctx, snapshots=True)
         return out
@@ -73,7 +78,10 @@ def build_model(cfg: TrainConfig, ctx: TrainContext) -> nn.Module:
     seed_everything(cfg.seed)
     model = create_model(cfg.model, **cfg.model_kwargs).to(ctx.device)
     if cfg.init_weights:
-        load_weights(model, weights_file(cfg.init_weights))
+        path = weights_file(cfg.init_weights)
+        # a one-stage network started from a two-stage model's weights takes its Seg stage
+        two_stage = not isinstance(model, TwoStageNet) and any(k.startswith("ref.") for k in tensor_shapes(path))
+        load_weights(model, path, prefix="seg." if two_stage else "")
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -1,5 +1,6 @@
-"""experiments/domain_shift.py: shifted copies keep the truth's physical volumes, and the
-whole table comes out of cmrseg segment + evaluate on a phantom split."""
+"""benchmarks/shift_benchmark.py: shifted copies keep the truth's physical volumes (or move it
+with the image where the geometry changes), and the whole table comes out of cmrseg segment +
+evaluate on a phantom split."""
 
 import json
 from pathlib import Path
@@ -17,28 +18,40 @@ def _volumes_ml(path: Path) -> np.ndarray:
 
 
 def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path, load_script):
-    ds = load_script("experiments/domain_shift.py")
+    sb = load_script("benchmarks/shift_benchmark.py")
     src = phantom_dir / "h5" / "val"
-    for shift in ("finer_grid", "gibbs", "shading", "hot_spot"):
-        ds.write_shifted(src, tmp_path / shift, shift)
+    image_only = [s for s in sb.SHIFTS if s not in ("coarse_grid", "narrow_fov")]  # these resample or cut the truth
+    for shift in sb.SHIFTS:
+        sb.write_shifted(src, tmp_path / shift, shift)
         for f in sorted(src.glob("*.h5")):
-            np.testing.assert_allclose(_volumes_ml(tmp_path / shift / f.name), _volumes_ml(f), rtol=1e-6)
+            with h5py.File(f) as a, h5py.File(tmp_path / shift / f.name) as b:
+                changed = a["image"].shape != b["image"].shape or np.abs(a["image"][:] - b["image"][:]).mean() > 1e-4
+            assert changed or shift == "none", shift
+            if shift in image_only:
+                np.testing.assert_allclose(_volumes_ml(tmp_path / shift / f.name), _volumes_ml(f), rtol=1e-6)
+            elif shift == "coarse_grid":  # resampled: the same volumes within the coarser grid's partial voxels
+                np.testing.assert_allclose(_volumes_ml(tmp_path / shift / f.name), _volumes_ml(f), rtol=0.05)
+            else:  # narrow_fov cuts around the heart: nothing of it lost
+                np.testing.assert_allclose(_volumes_ml(tmp_path / shift / f.name), _volumes_ml(f), rtol=1e-6)
     manifest = json.loads((tmp_path / "finer_grid" / "manifest.json").read_text())
     before = json.loads((src / "manifest.json").read_text())
     assert [(m["height"], m["width"]) for m in manifest] == [(2 * m["height"], 2 * m["width"]) for m in before]
 
 
-def test_domain_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script):
-    ds = load_script("experiments/domain_shift.py")
-    assert ds.main([str(phantom_dir / "h5" / "val"), str(tmp_path), "--model", str(smoke_model),
+def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script):
+    sb = load_script("benchmarks/shift_benchmark.py")
+    assert sb.main([str(phantom_dir / "h5" / "val"), str(tmp_path), "--model", str(smoke_model),
                     "--shifts", "none", "blur"]) == 0
-    rows = json.loads((tmp_path / "domain_shift.json").read_text())
+    report = json.loads((tmp_path / "shift_benchmark.json").read_text())
+    rows = report["rows"]
     assert [r["shift"] for r in rows] == ["none", "blur"]
+    assert report["overall"]["shifts"] == 1 and report["overall"]["mean volume Dice"] == rows[1]["vol"]
+    assert report["overall"]["largest drop"] == rows[0]["vol"] - rows[1]["vol"]
     for r in rows:
         assert 0.0 <= r["vol"] <= 1.0 and np.isfinite(r["LVM (g) bias"])
         assert sum(r["qc"].values()) == 1  # one phantom val patient, one verdict
-    table = (tmp_path / "domain_shift.md").read_text()
-    assert table.count("\n") == 4 and "| blur |" in table
+    table = (tmp_path / "shift_benchmark.md").read_text()
+    assert "| blur |" in table and "Over 1 shifts: mean volume Dice" in table
     # the model saw the blurred copy, and each row is that shift's own evaluation
     name = sorted((phantom_dir / "h5" / "val").glob("*.h5"))[0].name
     with h5py.File(phantom_dir / "h5" / "val" / name) as a, h5py.File(tmp_path / "data" / "blur" / name) as b:
