@@ -25,7 +25,7 @@ import torch
 from cmrseg.data.io import read_volumes, write_mask
 from cmrseg.data.io.common import is_h5, is_nifti
 from cmrseg.inference.ensemble import load_predictor
-from cmrseg.inference.predictor import PRECISIONS, TTA_MODES, set_tta, tta_name
+from cmrseg.inference.options import PRECISIONS, TTA_MODES, InferenceOptions
 
 
 def main():
@@ -42,8 +42,8 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend, precision=args.precision)
-    set_tta(predictor, args.tta)
+    predictor = load_predictor(args.model, InferenceOptions(device=args.device, backend=args.backend,
+                                                            precision=args.precision, tta=args.tta))
     files = sorted(p for p in Path(args.data).iterdir() if (is_h5(p) or is_nifti(p)) and "_gt" not in p.name)[: args.n]
     per10 = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +56,7 @@ def main():
             per10.append((time.perf_counter() - t0) * 10 / vol.num_slices)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res = {"model": predictor.name, "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess,
-           "tta": tta_name(predictor), "precision": args.precision,
+           "tta": predictor.options.tta, "precision": args.precision,
            "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
            "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmrseg.inference.predictor import TTA_MODES
+from cmrseg.inference.options import TTA_MODES
 
 
 def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed: int = 0) -> Path:
@@ -48,19 +48,19 @@ def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed:
 def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str, ...] = (),
                      tta: str = "auto") -> dict[str, float]:
     """The steps of one study, timed in this process (one thread per reader is not modelled)."""
-    from cmrseg.inference.discovery import discover_all, load_study
+    from cmrseg.data.io.discovery import discover, load_study
     from cmrseg.inference.ensemble import load_predictor
-    from cmrseg.inference.predictor import set_tta
-    from cmrseg.inference.segment import process_study
+    from cmrseg.inference.options import InferenceOptions, SegmentOptions
+    from cmrseg.inference.segment import Batch, process_study
 
-    predictor = load_predictor(model, device="cpu")  # as cmrseg segment loads it
-    set_tta(predictor, tta)
+    predictor = load_predictor(model, InferenceOptions(device="cpu", tta=tta))  # as cmrseg segment loads it
     t0 = time.perf_counter()
-    sources, _ = discover_all([src])
+    sources, _ = discover([src])
     t1 = time.perf_counter()
     study = load_study(sources[0])
     t2 = time.perf_counter()
-    record = process_study(study, predictor, out, set(), extras=extras)
+    options = SegmentOptions(save_probabilities="probabilities" in extras)
+    record = process_study(study, Batch(out, options, predictor))
     t3 = time.perf_counter()
     return {"discover_s": t1 - t0, "read_s": t2 - t1, "model_s": record["model_seconds"],
             "measure_write_draw_s": (t3 - t2) - record["model_seconds"], "frames": len(study.frames),

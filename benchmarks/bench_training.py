@@ -37,10 +37,10 @@ import torch
 
 from cmrseg.atomic import write_json, write_text
 from cmrseg.data.augmentation import StackAugmenter
-from cmrseg.losses import GatedRefinementLoss, SegLoss
 from cmrseg.models import create_model
 from cmrseg.training.batching import pack_stacks, stack_ids
 from cmrseg.training.config import load_config
+from cmrseg.training.losses import GatedRefinementLoss, SegLoss
 
 FAMILIES = {"seg_ss": "SK-UNet (single slice)", "seg_as": "all-slice (fusion)", "seg_as_mt": "all-slice + classifier"}
 # slices per stack in the ACDC training split: 6 to 18 (most 8-11)

@@ -126,8 +126,14 @@ def _narrow_fov(image, label, rng):
 
 
 def _shifts() -> dict:
-    from monai.transforms import (AdjustContrast, GaussianSharpen, GaussianSmooth, GibbsNoise, RandHistogramShift,
-                                  RandRicianNoise)
+    from monai.transforms import (
+        AdjustContrast,
+        GaussianSharpen,
+        GaussianSmooth,
+        GibbsNoise,
+        RandHistogramShift,
+        RandRicianNoise,
+    )
 
     return {
         "none": lambda image, label, rng: (image, label, 1.0),
@@ -194,7 +200,7 @@ def write_shifted(src: Path, dst: Path, shift: str) -> None:
 def row(shift: str, summary: dict, segmented: dict, seconds: float) -> dict:
     """One table row from ``cmrseg evaluate``'s and ``cmrseg segment``'s ``summary.json``."""
     clin = summary["clinical"]["all"]
-    verdicts = [c.get("qc") for c in segmented["cases"].values()]
+    verdicts = [c.get("qc") for c in segmented["studies"].values()]
     out = {"shift": shift, "vol": summary["levels"]["volume"]["avg"], "apex": summary["levels"]["apex"]["avg"],
            "seconds": seconds, "qc": {v: verdicts.count(v) for v in sorted(set(verdicts), key=str)}}
     for m in MEASURES:

@@ -69,10 +69,10 @@ from cmrseg.checkpoint import half_precision, read_tensors, save_weights, stage_
 from cmrseg.training.config import load_config  # noqa: E402
 from cmrseg.training.run_folder import is_complete_run, split_caches  # noqa: E402
 
-PROPOSED = [("seg_as", []), ("seg_as+ref_as_mt", ["stage1_run={runs}/seg_as"])]
+PROPOSED = [("seg_as", []), ("seg_as+ref_as_mt", ["seg_stage_run={runs}/seg_as"])]
 BASELINE = [("seg_ss", [])]
-EXTRA_RUNS = [("seg_as_mt", []), ("det_seg", []), ("seg_ss+ref_ss_mt", ["stage1_run={runs}/seg_ss"]),
-              ("seg_as+ref_as", ["stage1_run={runs}/seg_as"]), ("seg_ss+ref_ss", ["stage1_run={runs}/seg_ss"])]
+EXTRA_RUNS = [("seg_as_mt", []), ("det_seg", []), ("seg_ss+ref_ss_mt", ["seg_stage_run={runs}/seg_ss"]),
+              ("seg_as+ref_as", ["seg_stage_run={runs}/seg_as"]), ("seg_ss+ref_ss", ["seg_stage_run={runs}/seg_ss"])]
 SMALL_FILES = {".md", ".csv", ".json", ".yaml", ".png", ".log"}
 
 
@@ -81,7 +81,7 @@ def seed_runs(seeds: int) -> list[tuple[str, list[str]]]:
     runs = []
     for k in range(1, seeds + 1):
         runs += [(f"seg_as@seed{k}", [f"seed={k}"]),
-                 (f"seg_as+ref_as_mt@seed{k}", [f"seed={k}", f"stage1_run={{runs}}/seg_as@seed{k}"])]
+                 (f"seg_as+ref_as_mt@seed{k}", [f"seed={k}", f"seg_stage_run={{runs}}/seg_as@seed{k}"])]
     return runs
 
 
@@ -148,7 +148,7 @@ def member_runs(member: Path, k: int, work: Path, batch_factor: int = 1,
         save_weights(stage_tensors(read_tensors(member / "weights.safetensors"), "seg"), init_seg)
     seg, ref = f"seg_as@cont{k}", f"{meta['model']}@cont{k}"
     return [(seg, [f"init_weights={init_seg}", "snapshot_fractions=[0.1, 0.3]", *sets], meta["protocol"]),
-            (ref, [f"init_weights={member}", f"stage1_run={{runs}}/{seg}", *sets], meta["protocol"])]
+            (ref, [f"init_weights={member}", f"seg_stage_run={{runs}}/{seg}", *sets], meta["protocol"])]
 
 
 def by_score(members: list[Path]) -> list[Path]:
@@ -364,8 +364,8 @@ class Runner:
         return self.startup + epochs * max(self.epoch_seconds)
 
     def ready(self, extra: list[str]) -> bool:
-        """Whether the Seg-stage run a Ref stage starts from (``stage1_run``) finished."""
-        needs = [e.split("=", 1)[1].format(runs=self.runs) for e in extra if e.startswith("stage1_run")]
+        """Whether the Seg-stage run a Ref stage starts from (``seg_stage_run``) finished."""
+        needs = [e.split("=", 1)[1].format(runs=self.runs) for e in extra if e.startswith("seg_stage_run")]
         return not needs or is_complete_run(Path(needs[0]))
 
 

@@ -81,8 +81,13 @@ def report(title: str, bars: list[tuple[str, float, bool]]) -> bool:
 def paired_with_default(default: Path, candidates: dict[str, Path], out: Path) -> str:
     """For information: each candidate against the shipped default, patient by patient
     (``cmrseg compare``), written to ``out``; the summary table."""
-    from cmrseg.evaluation.compare import (SUMMARY_METRICS, compare_evaluations, load_evaluation, summary_table,
-                                           write_comparison)
+    from cmrseg.evaluation.compare import (
+        SUMMARY_METRICS,
+        compare_evaluations,
+        load_evaluation,
+        summary_table,
+        write_comparison,
+    )
 
     result = compare_evaluations([load_evaluation(default, "default")]
                                  + [load_evaluation(folder, name) for name, folder in candidates.items()])

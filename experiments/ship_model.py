@@ -27,7 +27,7 @@ def main(run: str, name: str, provenance: str, postprocess: str | None = None, g
         raise SystemExit(f"{run}: not a complete run")
     dst = WEIGHTS / name
     dst.mkdir(parents=True, exist_ok=True)
-    machine_paths = ("stage1_run", "init_weights")  # this machine's paths are not provenance
+    machine_paths = ("seg_stage_run", "init_weights")  # this machine's paths are not provenance
     for key in machine_paths:
         meta.pop(key, None)
     meta["shipped"] = {"name": name, "trained": provenance}

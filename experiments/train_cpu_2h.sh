@@ -3,7 +3,7 @@
 # model and seg_ss, continued with bf16 autocast where the CPU computes bf16 natively (AMX,
 # AVX512-BF16; float32 elsewhere, where emulated bf16 trains at half the speed: AMP=bf16|off
 # chooses) under wall-clock budgets, with heart-centred validation and Ref-stage inputs
-# (cmrseg.inference.centred).
+# (cmrseg.models.centred).
 #
 #   [INIT=MODEL] [EXTRA_SETS="key=value ..."] bash experiments/train_cpu_2h.sh DATA OUT [SEG_MIN] [REF_MIN] [SS_MIN]
 #
@@ -21,16 +21,14 @@ PY=${PYTHON:-python3}
 WEIGHTS=$($PY -c "from cmrseg.inference.predictor import WEIGHTS_DIR; print(WEIGHTS_DIR)")
 INIT=${INIT:-$WEIGHTS/seg_as+ref_as_mt}
 mkdir -p "$OUT"
-# the Seg stage's weights alone, to start the seg_as run from
-$PY "$(dirname "$0")/seg_stage_weights.py" "$INIT/weights.safetensors" "$OUT/init_seg.safetensors"
 AMP=${AMP:-$($PY -c "from cmrseg.device import cpu_has_fast_bf16; print('bf16' if cpu_has_fast_bf16() else 'off')")}
 common=(--protocol fast --data "$DATA" --set progress=false --set amp="$AMP" --set lr=5e-4 --set warmup_epochs=1)
 for kv in ${EXTRA_SETS:-}; do common+=(--set "$kv"); done
 $CMRSEG train --model seg_as "${common[@]}" --out "$OUT/seg_as" --epochs 120 \
-    --set "init_weights=$OUT/init_seg.safetensors" --set "snapshot_fractions=[0.1, 0.3]" \
+    --set "init_weights=$INIT" --set "snapshot_fractions=[0.1, 0.3]" \
     --set "time_budget_s=$((SEG_MIN * 60))"
 $CMRSEG train --model seg_as+ref_as_mt "${common[@]}" --out "$OUT/seg_as+ref_as_mt" --epochs 120 \
-    --set "init_weights=$INIT" --set "stage1_run=$OUT/seg_as" \
+    --set "init_weights=$INIT" --set "seg_stage_run=$OUT/seg_as" \
     --set "time_budget_s=$((REF_MIN * 60))"
 [ "$SS_MIN" -gt 0 ] || exit 0
 $CMRSEG train --model seg_ss "${common[@]}" --out "$OUT/seg_ss" --epochs 120 \

@@ -44,7 +44,7 @@ def phantom_dir(tmp_path_factory) -> Path:
     from cmrseg.data.phantom import generate
 
     out = tmp_path_factory.mktemp("phantom")
-    return generate(out, cases=3, val_cases=1, frames=4, seed=1, size=(128, 136), dicom=True, progress=False)
+    return generate(out, patients=3, val_patients=1, frames=4, seed=1, size=(128, 136), dicom=True, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -88,11 +88,12 @@ class IntensityLabeller(torch.nn.Module):
 def intensity_predictor():
     """``intensity_predictor(crop=None, postprocess="clean")``: a :class:`Predictor` running
     :class:`IntensityLabeller` (no training; the masks follow the image's intensities)."""
+    from cmrseg.inference.options import InferenceOptions
     from cmrseg.inference.predictor import Predictor
 
     def make(crop: int | None = None, postprocess: str = "clean") -> Predictor:
         meta = {"model": "stand-in", "preprocess": {"target_spacing": 1.6, "canvas": 192, "percentiles": [0.5, 99.5]},
                 "inference_crop": crop}
-        return Predictor(IntensityLabeller(), meta, device="cpu", postprocess=postprocess)
+        return Predictor(IntensityLabeller(), meta, InferenceOptions(device="cpu", postprocess=postprocess))
 
     return make

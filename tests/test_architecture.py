@@ -1,5 +1,15 @@
-"""The dependency graph of ``src/cmrseg``, read from the source: no import cycle (imports
-inside functions count), and no library module imports the command line."""
+"""The dependency graph of ``src/cmrseg``, read from the source: the layers below, each
+importing only from the ones under it (no arrow runs back up, and the two packages of a layer
+know nothing of each other), no import cycle, and no library module imports the command line.
+
+    cli, __main__                       the command line
+    pipelines                           reproduce, demo, the training scheduler
+    training | evaluation               training runs | reports of predictions against truth
+    inference                           predictor, ensembles, cmrseg segment, QC, report
+    data | models                       readers, writers, discovery, datasets | networks, centred crops
+    measures                            clinical measures, metrics, topology, slice levels
+    base                                errors, atomic writes, devices, labels, checkpoints, figures
+"""
 
 import ast
 from pathlib import Path
@@ -67,10 +77,33 @@ def test_only_the_entry_points_import_the_command_line():
     assert importers == ["cmrseg.__main__"], importers
 
 
-def test_data_models_inference_evaluation_never_import_training():
+#: package -> layer (module docstring); a module not named here is in the base layer
+LAYERS = {"measures": 1, "data": 2, "models": 2, "inference": 3, "training": 4, "evaluation": 4, "pipelines": 5,
+          "cli": 6}
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(layer, package) of ``cmrseg.<package>...``; base modules are their own package."""
+    package = module.split(".")[1] if "." in module else ""
+    package = "cli" if package == "__main__" else package  # the entry point is the command line's
+    return LAYERS.get(package, 0), package
+
+
+def test_no_import_runs_back_up_the_layers():
+    upward = []
     for m, deps in _graph().items():
-        if m.split(".")[1:2] and m.split(".")[1] in ("data", "models", "inference", "evaluation"):
-            assert not any(d.startswith("cmrseg.training") for d in deps), (m, deps)
+        (layer, package) = _layer(m)
+        for d in deps:
+            (dep_layer, dep_package) = _layer(d)
+            if dep_package != package and (dep_layer > layer or (dep_layer == layer and layer > 0)):
+                upward.append(f"{m} -> {d}")
+    assert not upward, upward
+
+
+def test_the_layers_are_the_packages_there_are():
+    packages = {p.parent.relative_to(SRC / "cmrseg").parts[0] for p in (SRC / "cmrseg").rglob("*.py")
+                if p.parent != SRC / "cmrseg"}
+    assert packages - {"configs", "weights"} <= set(LAYERS), packages
 
 
 def _functions():
@@ -98,3 +131,14 @@ def test_library_modules_import_cmrseg_at_the_top():
             if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cmrseg"):
                 inner.append(f"{path.relative_to(SRC)}:{fn.name} imports {n.module}")
     assert not inner, inner
+
+
+def test_no_module_uses_another_ones_private_names():
+    """A name with a leading underscore is its module's own: no other module of src/ imports it."""
+    private = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cmrseg"):
+                private += [f"{path.relative_to(SRC)} imports {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, private

@@ -8,8 +8,15 @@ import torch
 import torch.nn as nn
 
 from cmrseg.atomic import atomic_path, write_text
-from cmrseg.checkpoint import (find_training_state, half_precision, load_training_state, load_weights, read_tensors,
-                               save_training_state, save_weights)
+from cmrseg.checkpoint import (
+    find_training_state,
+    half_precision,
+    load_training_state,
+    load_weights,
+    read_tensors,
+    save_training_state,
+    save_weights,
+)
 from cmrseg.errors import InputError
 
 

@@ -39,9 +39,9 @@ def _count(text: str) -> int:
 def cmd_phantom(args) -> int:
     from cmrseg.data.phantom import generate
 
-    out = generate(args.out, cases=args.cases, val_cases=args.val_cases, frames=args.frames, seed=args.seed,
+    out = generate(args.out, patients=args.patients, val_patients=args.val_patients, frames=args.frames, seed=args.seed,
                    size=tuple(args.size) if args.size else None, dicom=args.dicom)
-    print(f"phantom written to {out} ({args.cases} train + {args.val_cases} val cases, {args.frames} frames)")
+    print(f"phantom written to {out} ({args.patients} train + {args.val_patients} val patients, {args.frames} frames)")
     return 0
 
 
@@ -123,12 +123,39 @@ def cmd_demo(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    from cmrseg.inference.options import InferenceOptions, SegmentOptions
     from cmrseg.inference.segment import segment
 
-    return segment(args.input, args.out, model=args.model, device=args.device, spacing=_spacing(args.spacing),
-                   shard=args.shard, overwrite=args.overwrite, workers=args.workers, postprocess=args.postprocess,
-                   slice_order=args.slice_order, backend=args.backend, precision=args.precision, gate=args.gate,
-                   tta=args.tta, dicom_seg=args.dicom_seg, save_probabilities=args.save_probabilities)
+    inference = InferenceOptions(**options_from(args, InferenceOptions))
+    return segment(args.input, args.out, SegmentOptions(**options_from(args, SegmentOptions), inference=inference))
+
+
+def add_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One command-line option per field of the options dataclass ``cls`` that carries ``cli``
+    metadata (:func:`cmrseg.inference.options.option`): ``--field-name``, its default, help and
+    argparse keywords; ``type="count"`` is a whole number >= 0."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata.get("cli") or {})
+        if not meta:
+            continue
+        if meta.get("type") == "count":
+            meta["type"] = _count
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, **meta)
+
+
+def options_from(args: argparse.Namespace, cls) -> dict:
+    """The values of ``cls``'s command-line fields in ``args`` (lists as tuples)."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") and hasattr(args, f.name):
+            v = getattr(args, f.name)
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+    return values
 
 
 def cmd_export_onnx(args) -> int:
@@ -146,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="write a synthetic short-axis phantom cohort (NIfTI, h5, DICOM)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--cases", type=int, default=8, help="training cases (default 8)")
-    p.add_argument("--val-cases", type=int, default=2, help="validation cases (default 2)")
-    p.add_argument("--frames", type=int, default=10, help="cine frames per case (default 10)")
+    p.add_argument("--patients", "--cases", type=int, default=8, help="training patients (default 8)")
+    p.add_argument("--val-patients", "--val-cases", type=int, default=2, help="validation patients (default 2)")
+    p.add_argument("--frames", type=int, default=10, help="cine frames per patient (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="in-plane matrix (default random)")
     p.add_argument("--dicom", action="store_true", help="also write each cine as a DICOM series")
@@ -222,38 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, nargs="+", type=Path,
                    help="NIfTI (3D/4D), DICOM series folder, h5, ACDC patient folder, or folders of these")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", nargs="+", metavar="MODEL",
-                   help="shipped model name or a trained run folder (default: proposed_ensemble, the two "
-                        "shipped proposed models averaged); several, or a folder with ensemble.json, make an "
-                        "ensemble (probabilities averaged)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="SX SY [SZ] in mm, overriding the files")
-    p.add_argument("--shard", help="i/n: process the i-th of n interleaved parts of the batch")
-    p.add_argument("--overwrite", action="store_true", help="redo studies already finished in OUT")
-    p.add_argument("--workers", type=_count, default=2, help="reader processes (default 2; 0: read in this process)")
-    # not argparse choices: listing them would import torch and slow every command's start;
-    # the predictor rejects an unknown method with one line before any study is read
-    p.add_argument("--postprocess", default="auto", metavar="METHOD",
-                   help="mask clean-up: auto (the model's own choice in model.json, else none), none, "
-                        "largest_component, fill_holes or clean")
-    p.add_argument("--slice-order", default="auto", choices=("auto", "keep", "reverse"),
-                   help="base->apex rule (README); default auto")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
-                   help="torch, or onnxruntime on an exported model folder (default: torch when weights exist)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 on a GPU and on CPUs with native bf16 (AMX, AVX512-BF16), else float32 "
-                        "(label agreement with float32 in docs/RESULTS.md)")
-    p.add_argument("--gate", default="auto", choices=("auto", "hard", "soft", "seg", "off"),
-                   help="how the classifier acts on the mask (auto: the model's choice in model.json)")
-    p.add_argument("--tta", default="auto", choices=("auto", "on", "off", "fast"),  # predictor.TTA_MODES
-                   help="average over in-plane flips (auto: the model's choice in model.json); fast: flips "
-                        "with the heart located once, about a third less CPU time (docs/RESULTS.md, rule 12)")
-    p.add_argument("--dicom-seg", action="store_true",
-                   help="also write a DICOM study's ED and ES masks as DICOM SEG objects referencing its images "
-                        "(<mask>_seg_ED.dcm, <mask>_seg_ES.dcm), for PACS viewers, OHIF or 3D Slicer")
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write each mask's class probabilities as <mask>_probabilities.npz (float16 "
-                        "[frames, 4, slices, rows, columns], the mask file's slice order; README)")
+    # the options are the fields of cmrseg.inference.options (imported without torch: --help stays fast)
+    from cmrseg.inference.options import InferenceOptions, SegmentOptions
+
+    add_options(p, SegmentOptions)
+    add_options(p, InferenceOptions)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("export-onnx", help="export a model to ONNX for onnxruntime deployment")

@@ -13,7 +13,9 @@ from cmrseg.atomic import atomic_path
 COLORS = {1: (1.0, 0.15, 0.15), 2: (0.2, 0.9, 0.2), 3: (0.2, 0.45, 1.0)}
 
 
-def _matplotlib():
+def pyplot():
+    """matplotlib's pyplot with the Agg backend (no display needed), imported on first use: the
+    commands that draw nothing do not pay its import."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -54,7 +56,7 @@ def heart_box(masks: Sequence[np.ndarray], shape: tuple[int, int], margin: float
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    plt = _matplotlib()
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
@@ -66,7 +68,7 @@ def comparison_grid(rows: Sequence[dict], columns: Sequence[str], path: str | Pa
 
     ``rows``: dicts with ``image`` ``[H, W]``, ``masks`` {column: ``[H, W]``} and ``label``.
     """
-    plt = _matplotlib()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         box = heart_box(list(row["masks"].values()), row["image"].shape)

@@ -42,8 +42,8 @@ import pytest
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.dicom import scan_series, write_dicom_series
+from cmrseg.data.io.discovery import discover
 from cmrseg.data.orientation import reverse_affine
-from cmrseg.inference.discovery import discover_all
 
 QA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom_qa"
 WORLD_MM = 0.01
@@ -138,7 +138,7 @@ def test_ge_classic_images_without_a_dcm_extension_agree_with_dcm2niix(tmp_path)
     assert len(frames) == 1 and frames[0].shape == (130, 256, 256)
     assert agrees(frames, convert(folder, tmp_path)) == 130 * 256 * 256
     # cmrseg segment lists it as what it is (an inversion-prepared single-phase series), not a cine
-    sources, skipped = discover_all([folder])
+    sources, skipped = discover([folder])
     assert sources == [] and "inversion time" in skipped[0].reason
 
 
@@ -163,7 +163,7 @@ def test_nine_transfer_syntaxes_decode_to_the_same_pixels_as_dcm2niix():
             np.testing.assert_array_equal(tiles[s].T[:, ::-1], ref[:, :, s], err_msg=f"{n}.dcm tile {s}")
     assert all(np.array_equal(p, pixels[0]) for p in pixels)
     # the mosaic is one image at one position: refused as cmrseg segment refuses a single slice
-    sources, skipped = discover_all([base / "In"])
+    sources, skipped = discover([base / "In"])
     assert sources == [] and skipped[0].reason.startswith("one slice position")
 
 
@@ -192,9 +192,9 @@ def test_every_dicom_layout_the_suite_writes_agrees_with_dcm2niix(layout, phanto
 
 
 def _slice_series(folder: Path):
-    from cmrseg.inference.discovery import load_study
+    from cmrseg.data.io.discovery import load_study
 
-    (source,), _ = discover_all([folder])
+    (source,), _ = discover([folder])
     assert source.kind == "dicom_slices"
     return load_study(source).frames
 

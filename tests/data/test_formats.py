@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 
 from cmrseg.data.io import formats
+from cmrseg.data.io.discovery import discover
 from cmrseg.data.io.formats import Format, format_of
-from cmrseg.data.io.readers import mask_output_path, read_label_volume, read_volumes, write_mask
+from cmrseg.data.io.readers import (
+    mask_output_path,
+    read_label_volume,
+    read_volumes,
+    write_mask,
+)
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.evaluation.evaluate import evaluate_folders
-from cmrseg.inference.discovery import discover_all
 
 
 def _read(path: Path, slice_order: str, spacing) -> list[Volume]:
@@ -53,7 +58,7 @@ def test_a_format_added_to_the_table_is_read_written_found_and_scored(tmp_path, 
     (tmp_path / "in").mkdir()
     _stack(tmp_path / "in" / "case1.npz", gt)
     assert format_of(tmp_path / "in" / "case1.npz") is NPZ
-    sources, skipped = discover_all([tmp_path / "in"])
+    sources, skipped = discover([tmp_path / "in"])
     assert [(s.name, s.kind) for s in sources] == [("case1", "file")] and not skipped
     (vol,) = read_volumes(sources[0].paths[0])
     assert vol.fmt == "npz" and vol.geometry.spacing == (10.0, 1.5, 1.5)

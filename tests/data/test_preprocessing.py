@@ -2,8 +2,14 @@ import numpy as np
 import torch
 
 from cmrseg.data.augmentation import AugmentConfig, StackAugmenter, gaussian_blur
-from cmrseg.data.preprocessing import (PreprocessConfig, canvas_map, invert_to_input, normalize_intensity,
-                                       preprocess_image, preprocess_label)
+from cmrseg.data.preprocessing import (
+    PreprocessConfig,
+    canvas_map,
+    invert_to_input,
+    normalize_intensity,
+    preprocess_image,
+    preprocess_label,
+)
 
 
 def test_normalisation_is_robust_to_outliers():

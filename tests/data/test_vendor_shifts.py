@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from cmrseg.data.augmentation import AugmentConfig, StackAugmenter
-from cmrseg.data.vendor_shifts import (add_hot_spot, add_rician, intensity_curve, mix_slices, renormalise, shade,
-                                       sharpen, truncate_kspace)
+from cmrseg.data.vendor_shifts import (
+    add_hot_spot,
+    add_rician,
+    intensity_curve,
+    mix_slices,
+    renormalise,
+    shade,
+    sharpen,
+    truncate_kspace,
+)
 
 
 def _disc(n=64, radius=14.0, value=0.8):

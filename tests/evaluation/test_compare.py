@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from cmrseg.evaluation.compare import (Evaluation, bootstrap_ci, compare_evaluations, compare_pair, per_patient,
-                                       wilcoxon_p)
+from cmrseg.evaluation.compare import (
+    Evaluation,
+    bootstrap_ci,
+    compare_evaluations,
+    compare_pair,
+    per_patient,
+    wilcoxon_p,
+)
 
 
 def _exact_signed_rank_p(d):

@@ -132,13 +132,13 @@ def test_imperfect_predictions_agree_with_independent_computation(acdc_val, tmp_
 
 def test_fast_selection_dice_equals_the_protocol_implementation(acdc_val):
     from cmrseg.data.io import load_labelled_dataset
-    from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases
-    from cmrseg.evaluation.metrics import level_dice_fast
+    from cmrseg.evaluation.evaluate import EvalVolume, evaluate_volumes
+    from cmrseg.measures.metrics import level_dice_fast
 
     rng = np.random.default_rng(1)
     vols = load_labelled_dataset(acdc_val)[:8]
     pairs = [(_perturb(v.label, rng), v.label) for v in vols]
-    _, summary = evaluate_cases([EvalCase(v.name, p, g) for v, (p, g) in zip(vols, pairs)], with_hd95=False)
+    _, summary = evaluate_volumes([EvalVolume(v.name, p, g) for v, (p, g) in zip(vols, pairs)], with_hd95=False)
     fast = level_dice_fast(pairs)
     for lv, row in summary["levels"].items():
         for c, v in row.items():

@@ -10,7 +10,7 @@ import numpy as np
 
 from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.data.orientation import APEX_DIRECTION_RAS
-from cmrseg.evaluation.evaluate import evaluate_folders, paired_cases
+from cmrseg.evaluation.evaluate import evaluate_folders, paired_volumes
 from cmrseg.evaluation.quality_check import slice_dice
 from cmrseg.labels import LV, MYO, RV
 
@@ -48,9 +48,9 @@ def test_flags_are_checked_on_the_slice_they_name(tmp_path):
              {"frame": "", "slice": None, "flag": "outside_normal_range", "detail": ""}]
     record = {"status": "ok", "qc": "review", "uncertainty": 0.25, "outputs": ["case.nii.gz"],
               "output_frames": {"case.nii.gz": ["frame 1"]}, "qc_frames": ["frame 1"], "flags": flags}
-    (pred_dir / "summary.json").write_text(json.dumps({"cases": {"case": record}}))
+    (pred_dir / "summary.json").write_text(json.dumps({"studies": {"case": record}}))
 
-    (case,) = paired_cases(pred_dir, gt_dir)
+    (case,) = paired_volumes(pred_dir, gt_dir)
     assert case.source == ("case.nii.gz", 0, True)  # read apex -> base reversed: file k=1 is index 4
     assert slice_dice(case.pred[4], case.gt[4]) < 0.7 and slice_dice(case.pred[1], case.gt[1]) == 1.0
     qc = evaluate_folders(pred_dir, gt_dir, tmp_path / "report", progress=False)["quality_control"]

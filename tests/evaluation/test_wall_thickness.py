@@ -4,8 +4,13 @@ thins or averages them."""
 import numpy as np
 import pytest
 
-from cmrseg.evaluation.clinical import mean_wall_mm
-from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases, wall_slope_table, wall_thickness_table
+from cmrseg.evaluation.evaluate import (
+    EvalVolume,
+    evaluate_volumes,
+    wall_slope_table,
+    wall_thickness_table,
+)
+from cmrseg.measures.clinical import mean_wall_mm
 
 PIXEL_MM = 1.5
 TRUTH_PX = (4, 6, 8, 10, 12, 14, 16, 8, 12)  # one wall per slice, base -> apex: three levels of three
@@ -23,9 +28,9 @@ def _ring_stack(walls_px) -> np.ndarray:
 
 
 def _agreement(pred_px, phase="ED"):
-    case = EvalCase("p1_" + phase, _ring_stack(pred_px), _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM),
+    case = EvalVolume("p1_" + phase, _ring_stack(pred_px), _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM),
                     {"patient": "p1", "phase": phase})
-    _, summary = evaluate_cases([case], with_hd95=False)
+    _, summary = evaluate_volumes([case], with_hd95=False)
     return summary["wall_thickness"]
 
 
@@ -55,10 +60,10 @@ def test_kept_thinned_and_averaged_walls():
 def test_slices_without_a_wall_in_either_mask_are_left_out():
     pred = _ring_stack(TRUTH_PX)
     pred[0][pred[0] == 2] = 0  # the basal slice's myocardium missed
-    case = EvalCase("p1_ED", pred, _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM), {"phase": "ED"})
-    _, summary = evaluate_cases([case], with_hd95=False)
+    case = EvalVolume("p1_ED", pred, _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM), {"phase": "ED"})
+    _, summary = evaluate_volumes([case], with_hd95=False)
     assert summary["wall_thickness"]["ED"]["base"]["slices"] == 2
-    _, no_spacing = evaluate_cases([EvalCase("p1_ED", pred, pred, None, {"phase": "ED"})], with_hd95=False)
+    _, no_spacing = evaluate_volumes([EvalVolume("p1_ED", pred, pred, None, {"phase": "ED"})], with_hd95=False)
     assert no_spacing["wall_thickness"] == {}
 
 
@@ -70,10 +75,10 @@ def test_the_report_writes_each_slice_and_the_picture(tmp_path):
     from cmrseg.evaluation.evaluate import write_report
 
     mean = np.mean(TRUTH_PX)
-    cases = [EvalCase(f"p1_{ph}", _ring_stack([round(mean + 0.5 * (w - mean)) for w in TRUTH_PX]),
+    cases = [EvalVolume(f"p1_{ph}", _ring_stack([round(mean + 0.5 * (w - mean)) for w in TRUTH_PX]),
                       _ring_stack(TRUTH_PX), (8.0, PIXEL_MM, PIXEL_MM), {"patient": "p1", "phase": ph})
              for ph in ("ED", "ES")]
-    results, summary = evaluate_cases(cases, with_hd95=False)
+    results, summary = evaluate_volumes(cases, with_hd95=False)
     write_report(tmp_path, results, summary)
     rows = list(csv.DictReader((tmp_path / "wall_thickness.csv").open()))
     assert len(rows) == 18 and {r["phase"] for r in rows} == {"ED", "ES"}

@@ -69,7 +69,7 @@ def test_cmrseg_segment_writes_the_ed_and_es_segs_beside_the_mask(phantom_dir, s
     src, out = phantom_dir / "dicom" / "patient003", tmp_path / "out"
     res = _segment("-i", src, "-o", out, "--model", smoke_model, "--dicom-seg")
     assert res.returncode == 0, res.stderr[-2000:]
-    record = json.loads((out / "cases" / "patient003.json").read_text())
+    record = json.loads((out / "studies" / "patient003.json").read_text())
     ed, es = record["ed_frame"] - 1, record["es_frame"] - 1
     segs = {"ED": ed, "ES": es} if ed != es else {"": ed}
     names = [f"patient003_SAX_cine_seg{'_' + p if p else ''}.dcm" for p in segs]
@@ -88,7 +88,7 @@ def test_an_enhanced_mr_study_keeps_its_mask_and_says_why_it_has_no_seg(phantom_
     out = tmp_path / "out"
     res = _segment("-i", folder, "-o", out, "--model", smoke_model, "--dicom-seg")
     assert res.returncode == 0, res.stderr[-2000:]
-    record = json.loads(next((out / "cases").glob("*.json")).read_text())
+    record = json.loads(next((out / "studies").glob("*.json")).read_text())
     assert record["status"] == "ok" and not any(o.endswith(".dcm") for o in record["outputs"])
     assert "no DICOM SEG: DICOM SEG is written for series of single-frame images only" in record["note"]
     assert not list(out.glob("*_seg*.dcm"))

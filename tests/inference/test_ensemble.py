@@ -13,10 +13,12 @@ import torch
 
 from cmrseg.data.io import read_volumes
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference import Predictor
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import postprocess
-from cmrseg.inference.predictor import WEIGHTS_DIR
+from cmrseg.inference.predictor import WEIGHTS_DIR, Predictor
+
+CPU, FP32 = InferenceOptions(device="cpu"), InferenceOptions(device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,8 @@ def volume(phantom_dir):
 
 
 def test_probabilities_are_the_members_mean(volume):
-    a = Predictor.load("seg_as+ref_as_mt", device="cpu", precision="fp32")
-    b = Predictor.load("seg_ss", device="cpu", precision="fp32")  # another architecture, no classifier
+    a = Predictor.load("seg_as+ref_as_mt", FP32)
+    b = Predictor.load("seg_ss", FP32)  # another architecture, no classifier
     ens = EnsemblePredictor([a, b], postprocess="clean")
     pa, ca = a.predict_probabilities(volume)
     pb, cb = b.predict_probabilities(volume)
@@ -38,16 +40,16 @@ def test_probabilities_are_the_members_mean(volume):
     expected = postprocess(((pa + pb) / 2).argmax(1).to(torch.uint8).numpy(), "clean")
     np.testing.assert_array_equal(pred.mask, expected)
     assert not np.array_equal(expected, postprocess(pa.argmax(1).to(torch.uint8).numpy(), "clean"))
-    ens.gate, ens.tta = "off", False
-    assert a.gate == b.gate == "off" and not a.tta and ens.gate == "off"
-    ens.locate_once = True  # --tta fast reaches every member
-    assert a.locate_once and b.locate_once and ens.locate_once
+    # --gate and --tta reach every member
+    fast = load_predictor(["seg_as+ref_as_mt", "seg_ss"], InferenceOptions(device="cpu", gate="off", tta="fast"))
+    assert all(m.gate == "off" and m.tta and m.locate_once for m in fast.members) and fast.gate == "off"
+    assert fast.options.tta == "fast" and fast.tta
     assert ens.name == "ensemble of 2 (seg_as+ref_as_mt, seg_ss)" and ens.postprocess == "clean"
 
 
 def test_a_model_twice_is_the_model(volume):
-    one = Predictor.load("seg_ss", device="cpu", precision="fp32")
-    twice = load_predictor(["seg_ss", "seg_ss"], device="cpu", precision="fp32")
+    one = Predictor.load("seg_ss", FP32)
+    twice = load_predictor(["seg_ss", "seg_ss"], FP32)
     assert isinstance(twice, EnsemblePredictor) and twice.postprocess == one.postprocess
     np.testing.assert_array_equal(twice.predict_volume(volume).mask, one.predict_volume(volume).mask)
 
@@ -68,7 +70,7 @@ def _segment(*args):
 
 def test_segment_with_an_ensemble_folder_or_two_models(phantom_dir, tmp_path):
     folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "seg_ss"], "postprocess": "clean"})
-    ens = load_predictor(folder, device="cpu")
+    ens = load_predictor(folder, CPU)
     assert isinstance(ens, EnsemblePredictor) and ens.meta["path"] == str(folder) and ens.postprocess == "clean"
     src = phantom_dir / "h5" / "val"
     res = _segment("-i", src, "-o", tmp_path / "a", "--model", folder)
@@ -89,7 +91,7 @@ def test_segment_with_an_ensemble_folder_or_two_models(phantom_dir, tmp_path):
 def test_bad_ensembles_fail_clearly(phantom_dir, tmp_path):
     folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "missing"]})
     with pytest.raises(InputError, match="not a model folder"):
-        load_predictor(folder, device="cpu")
+        load_predictor(folder, CPU)
     with pytest.raises(InputError, match="an ensemble of models"):  # e.g. cmrseg export-onnx --model ENSEMBLE
         Predictor.from_path(folder)
     (folder / "ensemble.json").write_text("{not json")
@@ -97,7 +99,7 @@ def test_bad_ensembles_fail_clearly(phantom_dir, tmp_path):
     res = _segment("-i", phantom_dir / "h5" / "val", "-o", out, "--model", folder)
     assert res.returncode != 0 and "ensemble.json" in res.stderr and "invalid ensemble description" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
-    other = Predictor.load("seg_ss", device="cpu")
+    other = Predictor.load("seg_ss", CPU)
     other.meta["label_map"] = {"0": "background", "1": "LV"}
     with pytest.raises(CmrsegError, match="label map"):
-        EnsemblePredictor([Predictor.load("seg_ss", device="cpu"), other])
+        EnsemblePredictor([Predictor.load("seg_ss", CPU), other])

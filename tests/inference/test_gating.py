@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cmrseg.inference.gating import apply_gate
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.models.outputs import gate_logits
 
 
@@ -47,13 +48,11 @@ def test_seg_gate_removes_a_class_only_where_the_seg_stage_lacks_it():
 
 
 def test_flips_average_an_equivariant_models_outputs_to_its_own(smoke_model):
-    from cmrseg.inference import Predictor
+    from cmrseg.inference.predictor import Predictor
 
-    p = Predictor.from_path(smoke_model, device="cpu")
     x = torch.rand(4, 1, 64, 64)
-    p.tta = False
-    plain, _ = p.predict_canvas(x)
-    p.tta = True
+    plain, _ = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", tta="off")).predict_canvas(x)
+    p = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", tta="on"))
     averaged, presence = p.predict_canvas(x)
     assert averaged.shape == plain.shape and presence.shape == (4, 3)
     torch.testing.assert_close(averaged.sum(1), torch.ones(4, 64, 64))
@@ -65,25 +64,23 @@ def test_flips_average_an_equivariant_models_outputs_to_its_own(smoke_model):
 def test_fast_flips_locate_the_heart_once_and_mirror_the_crop(smoke_model):
     """``--tta fast``: the locator (the Seg stage on the whole canvas) runs once per stack instead
     of once per flip, and each flip sees the same crop of the stack, mirrored."""
-    from cmrseg.inference import Predictor
-    from cmrseg.inference.centred import _locate, heart_centred_flips
     from cmrseg.inference.gating import FLIPS
+    from cmrseg.inference.predictor import Predictor
+    from cmrseg.models.centred import _locate, heart_centred_flips
 
-    p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
-    p.tta = True
-    assert p.inference_crop
     torch.manual_seed(0)
     x = torch.rand(4, 1, 64, 64)
     canvas_calls = []
-    hook = p.model.seg.register_forward_pre_hook(lambda m, a: canvas_calls.append(a[0].shape[-1] == 64))
-    try:
-        for once, locator_runs in ((False, 4), (True, 1)):
+    for tta, locator_runs in (("on", 4), ("fast", 1)):
+        p = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", precision="fp32", tta=tta))
+        assert p.inference_crop and p.tta and p.locate_once == (tta == "fast")
+        hook = p.model.seg.register_forward_pre_hook(lambda m, a: canvas_calls.append(a[0].shape[-1] == 64))
+        try:
             canvas_calls.clear()
-            p.locate_once = once
             p.predict_canvas(x)
-            assert sum(canvas_calls) == locator_runs, (once, canvas_calls)
-    finally:
-        hook.remove()
+            assert sum(canvas_calls) == locator_runs, (tta, canvas_calls)
+        finally:
+            hook.remove()
     c = p.inference_crop
     with torch.no_grad():
         (y0, x0), _ = _locate(p.model, x, c)
@@ -97,10 +94,10 @@ def test_fast_flips_locate_the_heart_once_and_mirror_the_crop(smoke_model):
 
 def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
     from cmrseg.data.io import load_labelled_dataset
-    from cmrseg.inference import Predictor
+    from cmrseg.inference.predictor import Predictor
 
-    a = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
-    b = Predictor.from_path(smoke_model, device="cpu", precision="bf16")
+    a = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", precision="fp32"))
+    b = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", precision="bf16"))
     assert a.amp is None and b.amp is torch.bfloat16
     same = total = 0
     for vol in load_labelled_dataset(phantom_dir / "h5" / "val"):
@@ -108,16 +105,15 @@ def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
         same, total = same + int((ma == mb).sum()), total + ma.size
     assert same / total > 0.99
     with pytest.raises(Exception, match="unknown precision"):
-        Predictor.from_path(smoke_model, device="cpu", precision="fp8")
+        InferenceOptions(device="cpu", precision="fp8")
 
 
 def test_cpu_inference_runs_channels_last_and_gives_the_channels_first_probabilities(smoke_model):
     """On the CPU the networks run on NHWC tensors (faster there: docs/RESULTS.md, rule 13): in
     float32 the probabilities are those of the channels-first networks to rounding."""
-    from cmrseg.inference import Predictor
-    from cmrseg.inference.predictor import inference_memory_format
+    from cmrseg.inference.predictor import Predictor, inference_memory_format
 
-    p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")
+    p = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", precision="fp32"))
     assert p.memory_format is torch.channels_last
     conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
                 and m.in_channels > 1)

@@ -21,11 +21,10 @@ import pytest
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.acdc import read_acdc_patient
-from cmrseg.data.io.dicom import write_dicom_series
+from cmrseg.data.io.discovery import discover, load_study
 from cmrseg.data.io.nifti import read_nifti, read_nifti_label
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.evaluation.clinical import structure_volumes_ml
-from cmrseg.inference.discovery import discover_all, load_study
+from cmrseg.measures.clinical import structure_volumes_ml
 
 
 def _cli(*args):
@@ -124,7 +123,7 @@ def test_acdc_release_folders_segment_and_evaluate_without_options(phantom_dir, 
     out = tmp_path / "out"
     res = _cli("segment", "-i", data, "-o", out, "--model", smoke_model, "--workers", "0")
     assert res.returncode == 0, res.stderr[-2000:]
-    cases = {c: json.loads((out / "cases" / f"{c}.json").read_text()) for c in ("patient001", "patient002")}
+    cases = {c: json.loads((out / "studies" / f"{c}.json").read_text()) for c in ("patient001", "patient002")}
     assert all(c["status"] == "ok" and "as ITK reads it" in c["note"] for c in cases.values())
     assert cases["patient001"]["spacing_mm"] == pytest.approx([10.0, 1.64, 1.64], rel=1e-5)
     res = _cli("evaluate", "--pred", out, "--gt", data, "-o", tmp_path / "eval")
@@ -132,7 +131,7 @@ def test_acdc_release_folders_segment_and_evaluate_without_options(phantom_dir, 
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n_volumes"] == 4 and summary["clinical"]["patients"] == 2
     # --spacing reaches ACDC patient folders too (issue 39.4: discovery read them without it)
-    study = load_study(discover_all([data / "patient001"])[0][0], spacing=(8.0, 1.2, 1.2))
+    study = load_study(discover([data / "patient001"])[0][0], spacing=(8.0, 1.2, 1.2))
     assert study.frames[0].geometry.spacing == (8.0, 1.2, 1.2)
     assert read_acdc_patient(data / "patient001", spacing=(8.0, 1.2, 1.2)).frames[0].geometry.spacing_source == "option"
 
@@ -163,7 +162,7 @@ def test_a_blank_slice_inside_a_stack_is_a_lost_slice_not_a_slice_without_heart(
     data = np.asanyarray(img.dataobj).copy()
     data[:, :, k] = 0
     nib.save(nib.Nifti1Image(data, img.affine, img.header), str(tmp_path / "blank.nii.gz"))
-    (source,), _ = discover_all([tmp_path / "blank.nii.gz"])
+    (source,), _ = discover([tmp_path / "blank.nii.gz"])
     study = load_study(source)
     frame = study.frames[0]
     assert frame.meta["missing_slices"] == [k]
@@ -200,7 +199,7 @@ def test_a_classic_image_with_a_stray_per_frame_sequence_reads_as_the_classic_im
     frames = read_volumes(folder)
     assert len(frames) == len(plain)
     np.testing.assert_array_equal(frames[1].image, plain[1].image)
-    (source,), skipped = discover_all([folder])
+    (source,), skipped = discover([folder])
     assert skipped == [] and source.kind == "dicom"
 
 
@@ -216,7 +215,7 @@ def test_one_unreadable_file_is_skipped_naming_it_and_the_rest_of_its_series_kep
     del ds.ImagePositionPatient
     ds.save_as(str(placeless))
     shutil.copytree(phantom_dir / "acdc" / "patient001", data / "patient001")
-    sources, skipped = discover_all([data])
+    sources, skipped = discover([data])
     assert sorted(s.name for s in sources) == ["patient001", "sax"]
     reasons = {k.path.name: k.reason for k in skipped}
     assert "cannot read DICOM header" in reasons["empty.dcm"]
@@ -225,7 +224,7 @@ def test_one_unreadable_file_is_skipped_naming_it_and_the_rest_of_its_series_kep
     res = _cli("segment", "-i", data, "-o", out, "--model", smoke_model, "--workers", "0")
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"skipped {folder / 'empty.dcm'}: cannot read DICOM header" in res.stdout
-    case = json.loads((out / "cases" / "sax.json").read_text())
+    case = json.loads((out / "studies" / "sax.json").read_text())
     assert [f["flag"] for f in case["flags"]].count("missing_image") == 1
 
 
@@ -233,7 +232,7 @@ def test_a_series_with_too_few_readable_images_is_refused_and_the_batch_goes_on(
     folder = _series(phantom_dir, tmp_path / "sax")
     for f in sorted(folder.glob("*.dcm"))[1:]:
         f.write_bytes(b"DICM but not really")
-    sources, skipped = discover_all([folder])
+    sources, skipped = discover([folder])
     assert sources == []
     assert sum("cannot read DICOM header" in k.reason for k in skipped) == len(list(folder.glob("*.dcm"))) - 1
     assert any(k.reason.startswith("one slice position: a single image") for k in skipped)
@@ -269,7 +268,7 @@ def test_two_subjects_under_one_series_uid_are_refused_naming_them(phantom_dir, 
     shutil.copytree(phantom_dir / "acdc" / "patient001", data / "patient001")
     res = _cli("segment", "-i", data, "-o", tmp_path / "out", "--model", smoke_model, "--workers", "0")
     assert res.returncode == 1 and "merged: " in res.stderr and "different PatientIDs" in res.stderr
-    assert json.loads((tmp_path / "out" / "cases" / "patient001.json").read_text())["status"] == "ok"
+    assert json.loads((tmp_path / "out" / "studies" / "patient001.json").read_text())["status"] == "ok"
 
 
 def test_a_series_description_never_names_a_hidden_or_outside_file(phantom_dir, tmp_path):
@@ -293,7 +292,7 @@ def test_a_symbolic_link_loop_is_walked_once(phantom_dir, tmp_path):
     (data / "exam" / "loop").symlink_to(data, target_is_directory=True)
     shutil.copy(phantom_dir / "acdc" / "patient002" / "patient002_4d.nii.gz", data / "cine.nii.gz")
     (data / "exam" / "again.nii.gz").symlink_to(data / "cine.nii.gz")
-    sources, _ = discover_all([data])
+    sources, _ = discover([data])
     assert sorted(s.name for s in sources) == ["cine", "sax"]
 
 
@@ -377,3 +376,21 @@ def test_ed_and_es_files_are_scored_as_one_patients_pair(phantom_dir, tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["clinical"]["patients"] == 1
     assert summary["clinical"]["all"]["LVEF (%) MAE"] == 0.0
+
+
+def test_an_output_folder_of_a_run_before_the_renaming_resumes(phantom_dir, smoke_model, tmp_path):
+    """Runs before issue 40 kept their study records in ``OUT/cases/`` and listed them under
+    ``cases`` in summary.json: such a folder is still ours, its finished studies are skipped, and
+    cmrseg evaluate still reads its quality-control records."""
+    import os
+
+    out = tmp_path / "out"
+    study = phantom_dir / "acdc" / "patient001"
+    assert _cli("segment", "-i", study, "-o", out, "--model", smoke_model).returncode == 0
+    os.rename(out / "studies", out / "cases")
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "cases": summary.pop("studies")}))
+    again = _cli("segment", "-i", study, "-o", out, "--model", smoke_model)
+    assert again.returncode == 0 and "1 already done" in again.stdout
+    res = _cli("evaluate", "--pred", out, "--gt", study, "-o", tmp_path / "eval")
+    assert res.returncode == 0 and "quality control:" in res.stdout

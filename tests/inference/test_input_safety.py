@@ -57,7 +57,7 @@ def test_output_folder_that_is_or_holds_an_input_is_refused(phantom_dir, smoke_m
     _one_line(_segment("-i", data, "-o", data / "masks", "--model", smoke_model), "inside the input folder")
     _one_line(_segment("-i", data / "cine_4d.nii.gz", "-o", data, "--model", smoke_model), "holds the input")
     _one_line(_segment("-i", data / "dicom_sax", "-o", data / "dicom_sax", "--model", smoke_model), "is the input")
-    assert _checksums(data) == before and not (data / "masks").exists() and not (data / "cases").exists()
+    assert _checksums(data) == before and not (data / "masks").exists() and not (data / "studies").exists()
 
 
 def test_whole_cli_over_a_read_only_copy_changes_no_input_byte(phantom_dir, smoke_model, tmp_path):
@@ -72,7 +72,7 @@ def test_whole_cli_over_a_read_only_copy_changes_no_input_byte(phantom_dir, smok
         assert _cli("evaluate", "--pred", tmp_path / "out", "--gt", phantom_dir / "h5" / "val",
                     "-o", tmp_path / "ev").returncode in (0, 2)
         assert _checksums(data) == before
-        assert len(json.loads((tmp_path / "out" / "summary.json").read_text())["cases"]) == 4
+        assert len(json.loads((tmp_path / "out" / "summary.json").read_text())["studies"]) == 4
     finally:
         for p in [data, *data.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -186,7 +186,7 @@ def test_missing_slice_is_flagged_at_its_voxel_index_and_volumes_interpolate_it(
     out = tmp_path / "out"
     res = _segment("-i", src, "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-2000:]
-    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    case = json.loads(next((out / "studies").glob("*.json")).read_text())
     flags = [f for f in case["flags"] if f["flag"] == "missing_slice"]
     assert len(flags) == 1, case["flags"]
     import nibabel as nib
@@ -280,7 +280,7 @@ def test_killed_segment_leaves_no_reader_processes(phantom_dir, smoke_model, tmp
                                  "--model", str(smoke_model), "--workers", "2"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120  # kill once the readers are busy: the first study is done
-        while proc.poll() is None and time.time() < deadline and not list(marker.glob("cases/*.json")):
+        while proc.poll() is None and time.time() < deadline and not list(marker.glob("studies/*.json")):
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()[-1000:]
         proc.send_signal(sig)
@@ -294,14 +294,14 @@ def test_broken_records_and_temporary_files_do_not_break_a_folder(phantom_dir, s
     out = tmp_path / "out"
     inputs = [phantom_dir / "acdc" / p for p in ("patient001", "patient002")]
     assert _segment("-i", inputs[0], "-o", out, "--model", smoke_model, "--shard", "1/1").returncode == 0
-    (out / "cases" / ".tmp-1234abcd-patient009.json").write_text('{"study": "patient009", "sta')
-    (out / "cases" / "broken.json").write_text("{not json")
+    (out / "studies" / ".tmp-1234abcd-patient009.json").write_text('{"study": "patient009", "sta')
+    (out / "studies" / "broken.json").write_text("{not json")
     r1 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "1/2")
     r2 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "2/2")
     assert r1.returncode == r2.returncode == 0, r1.stderr[-1000:] + r2.stderr[-1000:]
-    assert "unreadable case record skipped" in r1.stderr
+    assert "unreadable record skipped" in r1.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(summary["cases"]) == ["patient001", "patient002"]
+    assert sorted(summary["studies"]) == ["patient001", "patient002"]
     assert summary["shards"] == ["1/1", "1/2", "2/2"]
 
 

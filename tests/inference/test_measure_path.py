@@ -11,8 +11,8 @@ import pytest
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.data.volume import Study
-from cmrseg.evaluation.clinical import MYOCARDIUM_DENSITY_G_PER_ML
 from cmrseg.inference.segment import study_measures
+from cmrseg.measures.clinical import MYOCARDIUM_DENSITY_G_PER_ML
 
 R_CAVITY, R_WALL = 24.0, 32.0  # mm
 SLICES, SLICE_MM = 10, 8.0

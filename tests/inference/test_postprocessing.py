@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.topology import topology_counts
-from cmrseg.inference import Predictor
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import fill_holes, largest_component, postprocess
+from cmrseg.inference.predictor import Predictor
+from cmrseg.measures.topology import topology_counts
 
 
 def _ring_slice():
@@ -45,11 +46,11 @@ def test_auto_takes_the_models_choice_and_unknown_methods_fail():
 
     model = create_model("seg_ss", widths=(4, 8, 8, 16))
     meta = {"model": "seg_ss", "preprocess": {"target_spacing": None, "canvas": 32}}
-    assert Predictor(model, meta, "cpu", "auto").postprocess == "none"
-    assert Predictor(model, {**meta, "postprocess": "clean"}, "cpu", "auto").postprocess == "clean"
-    assert Predictor(model, {**meta, "postprocess": "clean"}, "cpu", "none").postprocess == "none"
+    assert Predictor(model, meta, InferenceOptions(device="cpu")).postprocess == "none"
+    assert Predictor(model, {**meta, "postprocess": "clean"}, InferenceOptions(device="cpu")).postprocess == "clean"
+    assert Predictor(model, {**meta, "postprocess": "clean"}, InferenceOptions(device="cpu", postprocess="none")).postprocess == "none"
     with pytest.raises(CmrsegError, match="unknown post-processing"):
-        Predictor(model, meta, "cpu", "smooth")
+        InferenceOptions(postprocess="smooth")
 
 
 @pytest.mark.parametrize("method", ["largest_component", "fill_holes", "clean"])

@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 
-from cmrseg.evaluation.clinical import REPORT_MEASURES
 from cmrseg.inference.report import montage, volume_curve, write_html
+from cmrseg.measures.clinical import REPORT_MEASURES
 
 
 def _figures(out):

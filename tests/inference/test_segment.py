@@ -12,7 +12,8 @@ import pytest
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.acdc import read_acdc_patient
-from cmrseg.evaluation.metrics import dice_per_class
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.measures.metrics import dice_per_class
 
 
 def _segment(*args):
@@ -54,20 +55,20 @@ def test_every_format_keeps_its_geometry(phantom_dir, smoke_model, tmp_path):
     assert nib.load(str(out / "patient002_4d.nii.gz")).shape == nib.load(str(acdc / "patient002" / "patient002_4d.nii.gz")).shape
     summary = json.loads((out / "summary.json").read_text())
     assert summary["label_map"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
-    assert summary["failed"] == [] and sorted(summary["cases"]) == ["patient001", "patient002_4d", "patient003", "patient004", "stack"]
+    assert summary["failed"] == [] and sorted(summary["studies"]) == ["patient001", "patient002_4d", "patient003", "patient004", "stack"]
     rows = {r["study"]: r for r in csv.DictReader(open(out / "measures.csv"))}
     assert rows["patient001"]["ED/ES from"] == "Info.cfg" and rows["patient001"]["LVEF (%)"] != ""
     assert rows["patient002_4d"]["ED/ES from"] == "largest / smallest LV volume"
     assert rows["stack"]["LV volume (mL)"] != "" and rows["stack"]["LVEF (%)"] == ""
-    for name, case in summary["cases"].items():  # which frames each mask file holds, which QC checked
+    for name, case in summary["studies"].items():  # which frames each mask file holds, which QC checked
         assert sorted(case["output_frames"]) == sorted(case["outputs"])
         assert set(case["qc_frames"]) <= {label for labels in case["output_frames"].values() for label in labels}
-    frames_4d = summary["cases"]["patient002_4d"]["output_frames"]["patient002_4d.nii.gz"]
+    frames_4d = summary["studies"]["patient002_4d"]["output_frames"]["patient002_4d.nii.gz"]
     n_frames = len(read_volumes(acdc / "patient002" / "patient002_4d.nii.gz"))
     assert frames_4d == [f"frame {t + 1}" for t in range(n_frames)]
-    cine = summary["cases"]["patient002_4d"]  # QC checks the cine's ED and ES frames
+    cine = summary["studies"]["patient002_4d"]  # QC checks the cine's ED and ES frames
     assert cine["qc_frames"] == sorted({f"frame {cine['ed_frame']}", f"frame {cine['es_frame']}"})
-    for name, case in summary["cases"].items():  # the share of its masks the model expects wrong
+    for name, case in summary["studies"].items():  # the share of its masks the model expects wrong
         assert 0.0 <= case["uncertainty"] <= 1.0 and float(rows[name]["uncertainty (%)"]) == pytest.approx(
             100 * case["uncertainty"], abs=0.05)
     assert (out / "figures" / "patient002_4d_volumes.png").exists()
@@ -133,13 +134,13 @@ def test_measures_indexed_to_body_surface_area_and_the_cardiac_output(phantom_di
 
 
 def test_the_montage_frames_the_slices_of_its_frames_that_flags_name(phantom_dir):
-    from cmrseg.inference.segment import _frame_label, montage_flags
+    from cmrseg.inference.study_outputs import montage_flags
 
     study = read_acdc_patient(phantom_dir / "acdc" / "patient001")
     ed, es = study.ed, study.es
-    flags = [{"frame": _frame_label(study, es), "slice": 2, "flag": "hole"},
+    flags = [{"frame": study.frame_label(es), "slice": 2, "flag": "hole"},
              {"frame": "", "slice": 4, "flag": "missing_slice"},  # every frame
-             {"frame": _frame_label(study, ed), "slice": None, "flag": "no_heart"},  # no slice to frame
+             {"frame": study.frame_label(ed), "slice": None, "flag": "no_heart"},  # no slice to frame
              {"frame": "frame 99", "slice": 1, "flag": "hole"}]  # a frame the montage does not show
     assert montage_flags(study, [ed, es], flags) == {(1, 2), (0, 4), (1, 4)}
 
@@ -181,7 +182,7 @@ def test_shards_partition_and_finished_studies_are_skipped(phantom_dir, smoke_mo
     r1 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "1/2")
     r2 = _segment("-i", *inputs, "-o", out, "--model", smoke_model, "--shard", "2/2")
     assert r1.returncode == r2.returncode == 0
-    assert "3 studies" not in r1.stdout and len(json.loads((out / "summary.json").read_text())["cases"]) == 3
+    assert "3 studies" not in r1.stdout and len(json.loads((out / "summary.json").read_text())["studies"]) == 3
     stamp = (out / "patient001_frame01.nii.gz").stat().st_mtime_ns
     r3 = _segment("-i", *inputs, "-o", out, "--model", smoke_model)
     assert "3 already done" in r3.stdout
@@ -197,13 +198,13 @@ def test_shards_partition_and_finished_studies_are_skipped(phantom_dir, smoke_mo
 
 def test_onnx_runtime_masks_match_pytorch(phantom_dir, smoke_model, tmp_path):
     from cmrseg.data.io import load_labelled_dataset
-    from cmrseg.inference import Predictor
+    from cmrseg.inference.predictor import Predictor
 
     res = subprocess.run([sys.executable, "-m", "cmrseg", "export-onnx", "--model", str(smoke_model), "-o",
                           str(tmp_path / "onnx")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    torch_p = Predictor.from_path(smoke_model, device="cpu", precision="fp32")  # onnxruntime runs float32
-    onnx_p = Predictor.from_path(tmp_path / "onnx", backend="onnx")
+    torch_p = Predictor.from_path(smoke_model, InferenceOptions(device="cpu", precision="fp32"))  # onnxruntime runs float32
+    onnx_p = Predictor.from_path(tmp_path / "onnx", InferenceOptions(backend="onnx"))
     for vol in load_labelled_dataset(phantom_dir / "h5" / "train")[:3]:
         a, b = torch_p.predict_volume(vol).mask, onnx_p.predict_volume(vol).mask
         d = dice_per_class(b, a)
@@ -244,9 +245,10 @@ def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom
     ``test_discovery.py``'s ``test_base_and_apex_come_from_the_anatomy_in_either_file_order``."""
     import nibabel as nib
 
+    from cmrseg.data.io.discovery import discover, load_study
     from cmrseg.data.orientation import APEX_DIRECTION_RAS
-    from cmrseg.inference.discovery import discover_all, load_study
-    from cmrseg.inference.segment import process_study
+    from cmrseg.inference.options import SegmentOptions
+    from cmrseg.inference.segment import Batch, process_study
 
     img = nib.load(str(phantom_dir / "acdc" / "patient002" / "patient002_4d.nii.gz"))
     z = -APEX_DIRECTION_RAS
@@ -260,8 +262,8 @@ def test_saved_probabilities_are_the_masks_in_the_mask_files_voxel_order(phantom
     data = np.asanyarray(img.dataobj)  # the phantom's slices run base -> apex
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data[:, :, ::-1] if stored_apex_first else data), affine),
              str(src / "cine.nii.gz"))
-    record = process_study(load_study(discover_all([src])[0][0]), intensity_predictor(postprocess="none"), out, set(),
-                           extras=("probabilities",))
+    record = process_study(load_study(discover([src])[0][0]),
+                           Batch(out, SegmentOptions(save_probabilities=True), intensity_predictor(postprocess="none")))
     saved = np.load(out / "cine_probabilities.npz")
     probs, mask = saved["probabilities"], np.asanyarray(nib.load(str(out / "cine.nii.gz")).dataobj)
     assert record["base_slice_k"] == mask.shape[2] - 1  # held reversed (the base is the last k): writers turn it back

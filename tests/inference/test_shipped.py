@@ -5,9 +5,16 @@ import json
 import numpy as np
 
 from cmrseg.data.io import load_labelled_dataset
-from cmrseg.inference import Predictor, shipped_models
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
-from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, PROPOSED_MODEL, WEIGHTS_DIR
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.inference.predictor import (
+    DEFAULT_MODEL,
+    ENSEMBLE_FILE,
+    PROPOSED_MODEL,
+    WEIGHTS_DIR,
+    Predictor,
+    shipped_models,
+)
 
 LABEL_MAP = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
 
@@ -28,8 +35,8 @@ def test_default_model_is_a_shipped_ensemble_of_described_models():
 
 def test_shipped_models_segment_a_stack_in_its_geometry(phantom_dir):
     vol = load_labelled_dataset(phantom_dir / "h5" / "val")[0]
-    single = Predictor.load(device="cpu")  # one network: the proposed model
-    default = load_predictor(device="cpu")  # what cmrseg segment runs
+    single = Predictor.load(options=InferenceOptions(device="cpu"))  # one network: the proposed model
+    default = load_predictor(options=InferenceOptions(device="cpu"))  # what cmrseg segment runs
     assert single.meta["path"].endswith(PROPOSED_MODEL) and isinstance(default, EnsemblePredictor)
     assert default.meta["source"] == "shipped" and "seg_as+ref_as_mt_long" in default.name
     for predictor in (single, default):
@@ -43,9 +50,9 @@ def test_shipped_default_segments_a_real_val_patient(acdc_val):
     (RESULTS: 0.917 on average over val)."""
     from cmrseg.data.io import read_volumes
     from cmrseg.data.io.h5 import read_h5
-    from cmrseg.evaluation.metrics import dice_per_class
+    from cmrseg.measures.metrics import dice_per_class
 
-    predictor = load_predictor(device="cpu")
+    predictor = load_predictor(options=InferenceOptions(device="cpu"))
     for name in ("patient002_frame01.h5", "patient019_frame02.h5"):
         (vol,) = read_volumes(acdc_val / name)
         truth = read_h5(acdc_val / name).label
@@ -64,10 +71,8 @@ def test_predictor_gate_can_be_switched_off_for_ablations():
         model.ref.classifier.mlp[-1].bias.copy_(torch.tensor([-10.0, 10.0, 10.0]))  # p_RV ~ 0
         model.ref.decoder.head.bias.copy_(torch.tensor([0.0, 100.0, 0.0, 0.0]))  # ungated: RV everywhere
     meta = {"model": "seg_as+ref_as_mt", "preprocess": {"target_spacing": None, "canvas": 32}}
-    predictor = Predictor(model, meta, device="cpu")
     x = torch.randn(5, 1, 32, 32)
-    gated, _ = predictor.predict_canvas(x)
-    predictor.gate = "off"
-    ungated, cls = predictor.predict_canvas(x)
+    gated, _ = Predictor(model, meta, InferenceOptions(device="cpu")).predict_canvas(x)
+    ungated, cls = Predictor(model, meta, InferenceOptions(device="cpu", gate="off")).predict_canvas(x)
     assert (cls[:, 0] < 0.5).all()
     assert not (gated.argmax(1) == 1).any() and (ungated.argmax(1) == 1).all()

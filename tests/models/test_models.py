@@ -46,9 +46,9 @@ def test_forward_backward(name, slices, size):
     else:
         assert out.class_logits is None
     if "+" in name:
-        assert out.stage1_logits.shape == (slices, 4, size, size)
+        assert out.seg_logits.shape == (slices, 4, size, size)
     loss = out.logits.float().logsumexp(1).mean()
-    for extra in (out.class_logits, out.stage1_logits):
+    for extra in (out.class_logits, out.seg_logits):
         loss = loss + (0 if extra is None else extra.float().mean())
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

@@ -8,7 +8,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from cmrseg.losses import DistillationLoss, SegLoss
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.training.losses import DistillationLoss, SegLoss
 
 
 def test_the_soft_term_is_the_cross_entropy_with_the_teachers_probabilities():
@@ -57,7 +58,7 @@ def test_a_student_learns_from_a_teacher_and_reuses_its_targets(phantom_dir, smo
     from cmrseg.data.preprocessing import PreprocessConfig
     from cmrseg.inference.ensemble import load_predictor
 
-    teacher = load_predictor(str(smoke_model), device="cpu")
+    teacher = load_predictor(str(smoke_model), InferenceOptions(device="cpu"))
     ds = StackDataset.from_folder(phantom_dir / "h5" / "train", PreprocessConfig(**meta["preprocess"]), progress=False)
     with np.load(out / "teacher" / "targets.npz") as data:
         probs, _ = teacher.predict_canvas(torch.from_numpy(ds.records[0].image).float().div(255)[:, None])

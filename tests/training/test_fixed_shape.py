@@ -12,13 +12,13 @@ import torch
 
 from cmrseg.data.dataset import StackDataset, StackRecord
 from cmrseg.errors import CmrsegError
-from cmrseg.losses import GatedRefinementLoss, SegLoss
 from cmrseg.models import create_model
 from cmrseg.models.blocks import MaskedBatchNorm2d
 from cmrseg.training.batching import StackBatcher, pack_stacks
 from cmrseg.training.config import load_config
 from cmrseg.training.context import setup_context
-from cmrseg.training.stages import ImageStage, RefInputs, RefineStage
+from cmrseg.training.losses import GatedRefinementLoss, SegLoss
+from cmrseg.training.stages import ImageStage, RefineStage, RefInputs
 
 SIZES = [6, 8, 7, 9, 5, 10]
 

@@ -12,6 +12,7 @@ import yaml
 
 from cmrseg.checkpoint import read_tensors
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.training.config import load_config
 from cmrseg.training.schedule import budget_epochs
 
@@ -195,7 +196,7 @@ def test_spare_time_of_a_continue_call_trains_members_apart(load_script, tmp_pat
                                            "seg_as@cont4", "seg_as+ref_as_mt@cont4"]
     assert all("seed=3" in extra for _, extra in calls[:2]) and all("seed=4" in extra for _, extra in calls[2:])
     assert f"init_weights={members[1]}" in calls[1][1] and f"init_weights={members[0]}" in calls[3][1]  # b first
-    assert "stage1_run={runs}/seg_as@cont3" in calls[1][1]
+    assert "seg_stage_run={runs}/seg_as@cont3" in calls[1][1]
     assert [name for name, _ in spare(300.0, 3, [0.5])] == ["seg_as@cont3", "seg_as+ref_as_mt@cont3"]
     assert spare(140.0, 4, [0.5]) == []  # 120 s after the reserve: short of 126
     assert spare(300.0, 4, []) == []  # no stage measured yet
@@ -280,9 +281,9 @@ def test_gpu_job_runs_end_to_end_on_cpu(phantom_dir, tmp_path):
         assert all(str(v.dtype) == "torch.float32" for k, v in tensors.items() if "running_var" in k)
         assert json.loads((out / "models" / name / "model.json").read_text())["complete"]
     seed_cfg = yaml.safe_load((work / "runs" / "seg_as+ref_as_mt@seed1" / "config.yaml").read_text())
-    assert seed_cfg["seed"] == 1 and seed_cfg["stage1_run"].endswith("seg_as@seed1")
+    assert seed_cfg["seed"] == 1 and seed_cfg["seg_stage_run"].endswith("seg_as@seed1")
     # ... and the seeds segment together as an ensemble, as the docstring says they are scored
-    ens = load_predictor([out / "models" / "seg_as-ref_as_mt", out / "models" / "seg_as-ref_as_mt_seed1"], device="cpu")
+    ens = load_predictor([out / "models" / "seg_as-ref_as_mt", out / "models" / "seg_as-ref_as_mt_seed1"], InferenceOptions(device="cpu"))
     assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2
     # ... with logs, model descriptions and the evaluation on val in one tarball
     with tarfile.open(out / "results.tar.gz") as tar:
@@ -342,24 +343,24 @@ def test_gpu_job_continues_a_shipped_model_in_its_own_protocol(phantom_dir, tmp_
     start = read_tensors(seg_cfg["init_weights"])  # the shipped model's Seg stage, exactly
     shipped = stage_tensors(read_tensors(member / "weights.safetensors"), "seg")
     assert start.keys() == shipped.keys() and all(torch.equal(start[k], shipped[k]) for k in start)
-    assert ref_cfg["init_weights"] == str(member) and ref_cfg["stage1_run"] == str(runs / "seg_as@cont1")
+    assert ref_cfg["init_weights"] == str(member) and ref_cfg["seg_stage_run"] == str(runs / "seg_as@cont1")
     # it started where the shipped model is: after one epoch already far above a new network
     first = (runs / "seg_as@cont1" / "log.csv").read_text().splitlines()[1].split(",")
     assert float(first[9]) > 0.4, first
     folder = out / "models" / "seg_as-ref_as_mt_cont1"
     meta = json.loads((folder / "model.json").read_text())
     assert meta["complete"] and meta["protocol"] == "fast" and meta["trained_epochs"] == 1
-    assert yaml.safe_load((folder / "config.yaml").read_text())["stage1_run"] == str(runs / "seg_as@cont1")
+    assert yaml.safe_load((folder / "config.yaml").read_text())["seg_stage_run"] == str(runs / "seg_as@cont1")
     assert all(str(v.dtype) == "torch.float16" for v in read_tensors(folder / "weights.safetensors").values()
                if v.ndim == 4)
-    assert load_predictor([folder], device="cpu").meta["protocol"] == "fast"
+    assert load_predictor([folder], InferenceOptions(device="cpu")).meta["protocol"] == "fast"
     with tarfile.open(out / "results.tar.gz") as tar:
         assert "runs/seg_as+ref_as_mt@cont1/log.csv" in tar.getnames()
     assert not (work / "summary.json").exists()  # scored on the CPU machine, as an ensemble
     # the time left went to the member continued again with its own seed: trained apart
     again = yaml.safe_load((runs / "seg_as+ref_as_mt@cont2" / "config.yaml").read_text())
     assert again["seed"] == 2 != ref_cfg["seed"] and again["init_weights"] == str(member)
-    assert again["stage1_run"] == str(runs / "seg_as@cont2")
+    assert again["seg_stage_run"] == str(runs / "seg_as@cont2")
     assert (out / "models" / "seg_as-ref_as_mt_cont2" / "weights.safetensors").is_file()
 
 

@@ -50,7 +50,7 @@ def test_plan_shares_seg_stages_and_orders_dependencies(tmp_path):
     names = [j.name for j in jobs]
     assert names.index("seg_as") < names.index("seg_as+ref_as_mt") and names.count("seg_as") == 1
     ref = next(j for j in jobs if j.name == "seg_as+ref_as_mt")
-    assert ref.after == "seg_as" and f"stage1_run={tmp_path / 'seg_as'}" in ref.overrides
+    assert ref.after == "seg_as" and f"seg_stage_run={tmp_path / 'seg_as'}" in ref.overrides
 
 
 def test_a_failed_seg_stage_skips_its_ref_stage_and_the_others_go_on(tmp_path):

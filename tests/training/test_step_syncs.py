@@ -23,7 +23,7 @@ from cmrseg.models import create_model
 from cmrseg.training.batching import StackBatcher
 from cmrseg.training.config import load_config
 from cmrseg.training.context import setup_context
-from cmrseg.training.stages import DistillStage, ImageStage, RefInputs, RefineStage
+from cmrseg.training.stages import DistillStage, ImageStage, RefineStage, RefInputs
 
 HOST_READS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero", "aten::equal"}
 ALLOWED = ("F.one_hot(", "torch.randint(len(self.")  # source lines of the two host-only reads (docstring)

@@ -13,7 +13,8 @@ import torch
 
 from cmrseg.checkpoint import read_tensors
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.metrics import dice_per_class
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.measures.metrics import dice_per_class
 from cmrseg.training.config import load_config
 
 SMOKE = ["--protocol", "smoke"]
@@ -68,9 +69,9 @@ def test_train_kill_resume_predict_evaluate(phantom_dir, tmp_path):
     assert (run / "stage1" / "snapshots").is_dir() and (run / "tensorboard").is_dir()
     # predict the validation volumes with the run folder alone, then evaluate
     from cmrseg.data.io import load_labelled_dataset, write_mask
-    from cmrseg.inference import Predictor
+    from cmrseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_path(run, device="cpu")
+    predictor = Predictor.from_path(run, InferenceOptions(device="cpu"))
     pred_dir = tmp_path / "pred"
     own = []
     for vol in load_labelled_dataset(phantom_dir / "h5" / "val"):
@@ -179,7 +180,7 @@ def test_demo_chain_on_the_phantom_learns(tmp_path):
     from cmrseg.pipelines.demo import run_demo
 
     out = tmp_path / "demo"
-    summary = run_demo(out, cases=6, val_cases=1, device="cpu", overrides=["epochs=12", "progress=false"])
+    summary = run_demo(out, patients=6, val_patients=1, device="cpu", overrides=["epochs=12", "progress=false"])
     assert summary["synthetic_phantom"] and summary["levels"]["volume"]["avg"] > 0.6, summary["levels"]
     for name in ("report.md", "table1.md", "fig4.png", "segment/report.html", "segment/measures.csv"):
         assert (out / name).exists(), name

@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from cmrseg.data.vendor_shifts import gaussian_blur, per_stack, renormalise, rician_noise, vendor_shifts
+from cmrseg.data.vendor_shifts import (
+    gaussian_blur,
+    per_stack,
+    renormalise,
+    rician_noise,
+    vendor_shifts,
+)
 from cmrseg.device import to_device
 
 
@@ -99,7 +105,7 @@ class StackAugmenter:
         images: float ``[N, 1, H, W]`` in [0, 1] (may be ``None`` for probability-only input).
         labels: int64 ``[N, H, W]`` or ``None``.
         stack_sizes: slices per stack; ``sum(stack_sizes) == N``.
-        extra: float ``[N, C, H, W]`` maps (for example stage-1 probabilities) transformed
+        extra: float ``[N, C, H, W]`` maps (for example Seg-stage probabilities) transformed
             with the same geometry, bilinear, without intensity changes.
         centers: optional ``[len(stack_sizes), 2]`` (row, col) canvas positions to centre each
             stack's crop on (training crops around the heart); default the canvas centre.

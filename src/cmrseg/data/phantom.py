@@ -33,8 +33,8 @@ from cmrseg.data.io.acdc import write_info_cfg
 from cmrseg.data.io.dicom import write_dicom_series
 from cmrseg.data.io.h5 import write_h5_volume
 from cmrseg.data.io.nifti import write_nifti_image
-from cmrseg.evaluation.clinical import STRUCTURE_COLUMNS
 from cmrseg.labels import LV, MYO, RV
+from cmrseg.measures.clinical import STRUCTURE_COLUMNS
 
 
 @dataclass
@@ -263,7 +263,7 @@ def oblique_affine(p: HeartParams, rng: np.random.Generator) -> np.ndarray:
 GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
 
 
-def generate(out_dir: str | Path, cases: int = 8, val_cases: int = 2, frames: int = 10, seed: int = 0,
+def generate(out_dir: str | Path, patients: int = 8, val_patients: int = 2, frames: int = 10, seed: int = 0,
              size: tuple[int, int] | None = None, dicom: bool = False, progress: bool = True) -> Path:
     """Write a phantom cohort to ``out_dir``:
 
@@ -280,10 +280,10 @@ def generate(out_dir: str | Path, cases: int = 8, val_cases: int = 2, frames: in
     truth = io.StringIO()
     tw = csv.writer(truth)
     tw.writerow(["patient", "split", "phase", *(STRUCTURE_COLUMNS[k] for k in ("LV", "MYO", "RV")), "pixel_mm", "slice_mm"])
-    for n in tqdm(range(cases + val_cases), desc="phantom", disable=not progress, leave=False):
+    for n in tqdm(range(patients + val_patients), desc="phantom", disable=not progress, leave=False):
         p = random_params(rng, size)
         affine = oblique_affine(p, rng)
-        pid, split, group = f"patient{n + 1:03d}", "train" if n < cases else "val", GROUPS[n % len(GROUPS)]
+        pid, split, group = f"patient{n + 1:03d}", "train" if n < patients else "val", GROUPS[n % len(GROUPS)]
         cine_arr = _write_case(out, pid, split, group, p, affine, frames, es_frame, rng, manifests[split], tw)
         meta_rows[split].append([pid, group, frames, 1, es_frame, p.num_slices, f"{p.height_cm:.1f}",
                                  f"{p.weight_kg:.1f}", f"{p.pixel_mm:.6f}", f"{p.slice_mm:.1f}"])
@@ -300,7 +300,7 @@ def generate(out_dir: str | Path, cases: int = 8, val_cases: int = 2, frames: in
         write_text(out / "h5" / split / "metadata.csv", buf.getvalue())
         write_json(out / "h5" / split / "manifest.json", manifests[split])
     write_text(out / "truth.csv", truth.getvalue())
-    write_json(out / "phantom.json", {"cases": cases, "val_cases": val_cases, "frames": frames, "seed": seed,
+    write_json(out / "phantom.json", {"patients": patients, "val_patients": val_patients, "frames": frames, "seed": seed,
                                       "es_frame": es_frame, "note": "synthetic phantom; not real data"})
     return out
 

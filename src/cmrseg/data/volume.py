@@ -113,3 +113,14 @@ class Study:
     ed: int | None = None
     es: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def frame_label(self, t: int) -> str:
+        """How outputs name frame ``t``: ``frame N`` with its cine frame number (1-based), else
+        its position in the study."""
+        f = self.frames[t].meta.get("frame")
+        return f"frame {f}" if f is not None else f"frame {t + 1}"
+
+    def file_k(self, s: int) -> int:
+        """The voxel index k in the input file (and the written mask) of in-memory slice ``s``
+        (memory runs base -> apex: the reader may have reversed the file's order)."""
+        return self.frames[0].num_slices - 1 - s if self.frames[0].geometry.slices_reversed else s

@@ -30,10 +30,10 @@ import numpy as np
 
 from cmrseg.atomic import write_json, write_text
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.evaluation.clinical import ERROR_MEASURES
 from cmrseg.evaluation.figures import paired_differences
-from cmrseg.evaluation.levels import LEVELS
 from cmrseg.labels import CLASS_NAMES
+from cmrseg.measures.clinical import ERROR_MEASURES
+from cmrseg.measures.levels import LEVELS
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # a difference is reported as shown when its adjusted p is below this

@@ -3,9 +3,9 @@ rates, clinical-measure errors (mean absolute and signed, with bootstrap interva
 patients), the signed volume errors by slice level and the wall-thickness agreement, aggregated
 and written as CSV, Markdown and JSON.
 
-:func:`evaluate_cases` is the core (arrays in, numbers out) that ``reproduce`` and ``cmrseg
+:func:`evaluate_volumes` is the core (arrays in, numbers out) that ``reproduce`` and ``cmrseg
 evaluate`` use (training selects epochs with its fast equivalent,
-:func:`cmrseg.evaluation.metrics.level_dice_fast`); :func:`evaluate_folders` reads prediction /
+:func:`cmrseg.measures.metrics.level_dice_fast`); :func:`evaluate_folders` reads prediction /
 truth folders.
 """
 
@@ -21,24 +21,44 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json, write_text
-from cmrseg.data.io.common import parse_phase_name, strip_suffix
+from cmrseg.data.io.common import is_label_file, parse_phase_name, strip_suffix
+from cmrseg.data.io.discovery import TreeWalk
 from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
-from cmrseg.evaluation.clinical import (ERROR_MEASURES, MEASURE_COLUMNS, cardiac_measures, mean_wall_mm,
-                                       structure_volumes_ml)
 from cmrseg.evaluation.compare import mean_intervals, per_patient
-from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement, wall_thickness_scatter
+from cmrseg.evaluation.figures import (
+    bland_altman,
+    dice_by_level,
+    limits_of_agreement,
+    wall_thickness_scatter,
+)
 from cmrseg.evaluation.groups import read_groups
-from cmrseg.evaluation.levels import LEVELS, level_indices
-from cmrseg.evaluation.metrics import dice_per_class, hd95_per_class
 from cmrseg.evaluation.quality_check import check_quality, quality_table
-from cmrseg.evaluation.topology import TopologyCounts, topology_counts
-from cmrseg.labels import CLASS_NAMES, LV, MYO, check_convention, cine_phases, label_map_json, label_table, to_project_labels
+from cmrseg.labels import (
+    CLASS_NAMES,
+    LV,
+    MYO,
+    check_convention,
+    cine_phases,
+    label_map_json,
+    label_table,
+    to_project_labels,
+)
+from cmrseg.measures.clinical import (
+    ERROR_MEASURES,
+    MEASURE_COLUMNS,
+    cardiac_measures,
+    mean_wall_mm,
+    structure_volumes_ml,
+)
+from cmrseg.measures.levels import LEVELS, level_indices
+from cmrseg.measures.metrics import dice_per_class, hd95_per_class
+from cmrseg.measures.topology import TopologyCounts, topology_counts
 
 
 @dataclass
-class EvalCase:
+class EvalVolume:
     """One predicted volume against its truth (both ``[S, H, W]``, base -> apex)."""
 
     name: str
@@ -53,7 +73,7 @@ class EvalCase:
 
 
 @dataclass
-class CaseResult:
+class VolumeResult:
     name: str
     meta: dict[str, Any]
     level_dice: dict[str, np.ndarray]  # level -> [RV, MYO, LV] (NaN = skipped)
@@ -65,7 +85,7 @@ class CaseResult:
     #: signed volume error (mL, prediction - truth) of [RV, MYO, LV] on the slices of each
     #: level (the protocol's levels of the truth) and on the whole stack (``all``); None without spacing
     level_volume_error: dict[str, np.ndarray] | None = None
-    #: mean myocardial wall thickness (mm, :func:`cmrseg.evaluation.clinical.mean_wall_mm`) of the
+    #: mean myocardial wall thickness (mm, :func:`cmrseg.measures.clinical.mean_wall_mm`) of the
     #: slices of each level where truth and prediction both have LV and MYO: ``[n, 3]`` (slice,
     #: truth, prediction) per level; None without spacing
     wall_mm: dict[str, np.ndarray] | None = None
@@ -90,7 +110,7 @@ def _level_volume_error(pred: np.ndarray, gt: np.ndarray, levels: dict[str, np.n
             for lv, idx in groups.items()}
 
 
-def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
+def evaluate_case(case: EvalVolume, with_hd95: bool = True) -> VolumeResult:
     if case.pred.shape != case.gt.shape:
         raise ValueError(f"{case.name}: prediction shape {case.pred.shape} != truth shape {case.gt.shape}")
     levels = level_indices(case.gt)
@@ -99,7 +119,7 @@ def evaluate_case(case: EvalCase, with_hd95: bool = True) -> CaseResult:
     voxel_ml = None
     if case.spacing is not None and np.all(np.isfinite(case.spacing)):
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-    return CaseResult(
+    return VolumeResult(
         name=case.name,
         meta=case.meta,
         level_dice=level_dice,
@@ -119,7 +139,7 @@ def _mean(values: Iterable[float]) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def _dice_table(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+def _dice_table(results: Sequence[VolumeResult]) -> dict[str, dict[str, float]]:
     table: dict[str, dict[str, float]] = {}
     for lv in (*LEVELS, "volume"):
         row = {}
@@ -131,9 +151,9 @@ def _dice_table(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
     return table
 
 
-def clinical_rows(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
+def clinical_rows(results: Sequence[VolumeResult]) -> list[dict[str, Any]]:
     """Per patient with ED and ES (and spacing): predicted and true measures and errors."""
-    by_patient: dict[str, dict[str, CaseResult]] = {}
+    by_patient: dict[str, dict[str, VolumeResult]] = {}
     for r in results:
         phase, patient = r.meta.get("phase"), r.meta.get("patient")
         if phase in ("ED", "ES") and patient and r.pred_volumes is not None:
@@ -174,7 +194,7 @@ def _clinical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def volume_error_by_level(results: Sequence[CaseResult]) -> dict[str, Any]:
+def volume_error_by_level(results: Sequence[VolumeResult]) -> dict[str, Any]:
     """Where the volume errors sit: {phase: {structure: {level: mL}}}, the mean over that
     phase's volumes of prediction minus truth on the base / mid / apex slices (PROTOCOL.md's
     levels of the truth, which put slices above the heart in base and below it in apex) and on
@@ -203,7 +223,7 @@ def _agreement(pairs: np.ndarray) -> dict[str, float]:
             "slope": float(np.polyfit(truth, pred, 1)[0]) if spread else float("nan")}
 
 
-def wall_pairs(results: Sequence[CaseResult]) -> dict[str, dict[str, np.ndarray]]:
+def wall_pairs(results: Sequence[VolumeResult]) -> dict[str, dict[str, np.ndarray]]:
     """{phase: {level: ``[n, 2]`` (truth, prediction) mm}} of every slice with a wall in both
     (the volumes without a phase under ``volumes``); phases without such slices left out."""
     out = {}
@@ -214,7 +234,7 @@ def wall_pairs(results: Sequence[CaseResult]) -> dict[str, dict[str, np.ndarray]
     return out
 
 
-def wall_thickness_agreement(results: Sequence[CaseResult]) -> dict[str, Any]:
+def wall_thickness_agreement(results: Sequence[VolumeResult]) -> dict[str, Any]:
     """Does the prediction keep each slice's wall thickness? {phase: {level or ``all``:
     :func:`_agreement`}} over :func:`wall_pairs`. The brief's failure mode, thickness "pulled
     toward an average", shows as a slope below 1 and a prediction SD below the truth's."""
@@ -226,7 +246,7 @@ def wall_thickness_agreement(results: Sequence[CaseResult]) -> dict[str, Any]:
     return out
 
 
-def wall_thickness_csv(results: Sequence[CaseResult]) -> str:
+def wall_thickness_csv(results: Sequence[VolumeResult]) -> str:
     """One row per slice with a wall in truth and prediction: volume, patient, phase, slice,
     level, both thicknesses (mm)."""
     buf = io.StringIO()
@@ -239,7 +259,7 @@ def wall_thickness_csv(results: Sequence[CaseResult]) -> str:
     return buf.getvalue()
 
 
-def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any]:
+def summarize(results: Sequence[VolumeResult], units: str = "mm") -> dict[str, Any]:
     """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
     ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical``, ``volume_error_by_level``,
     ``wall_thickness`` and the label map."""
@@ -264,7 +284,7 @@ def summarize(results: Sequence[CaseResult], units: str = "mm") -> dict[str, Any
     }
 
 
-def evaluate_cases(cases: Iterable[EvalCase], with_hd95: bool = True, progress: bool = False) -> tuple[list[CaseResult], dict]:
+def evaluate_volumes(cases: Iterable[EvalVolume], with_hd95: bool = True, progress: bool = False) -> tuple[list[VolumeResult], dict]:
     """Evaluate every case; returns (per-case results, summary)."""
     cases = list(cases)
     results = [evaluate_case(c, with_hd95) for c in tqdm(cases, desc="evaluate", disable=not progress, leave=False)]
@@ -361,7 +381,7 @@ def wall_thickness_table(agreement: dict[str, Any]) -> list[str]:
     return md
 
 
-def per_volume_csv(results: Sequence[CaseResult]) -> str:
+def per_volume_csv(results: Sequence[VolumeResult]) -> str:
     buf = io.StringIO()
     cols = ["volume", "patient", "phase", "group"]
     cols += [f"{lv} {c} Dice" for lv in LEVELS for c in CLASS_NAMES]
@@ -393,7 +413,7 @@ def clinical_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def patient_scores(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+def patient_scores(results: Sequence[VolumeResult]) -> dict[str, dict[str, float]]:
     """``{patient: {metric: value}}``: the per-volume rows, clinical errors and wall-thickness
     errors by patient (:func:`cmrseg.evaluation.compare.per_patient`, as ``cmrseg compare`` reads
     a report)."""
@@ -417,7 +437,7 @@ def interval_table(intervals: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def write_report(out_dir: str | Path, results: Sequence[CaseResult], summary: dict, model_name: str = "prediction") -> None:
+def write_report(out_dir: str | Path, results: Sequence[VolumeResult], summary: dict, model_name: str = "prediction") -> None:
     """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``wall_thickness.csv``
     (with spacing), ``table.md``, ``summary.json`` (with ``intervals``:
     :func:`cmrseg.evaluation.compare.mean_intervals` over patients) and the pictures
@@ -473,7 +493,7 @@ def loa_table(clin: dict) -> list[str]:
             "| " + " | ".join("{:+.2f} to {:+.2f}".format(*clin[f"{c} LoA"]) for c in cols) + " |"]
 
 
-def _figures(out: Path, results: Sequence[CaseResult], rows: list[dict[str, Any]], summary: dict) -> list[str]:
+def _figures(out: Path, results: Sequence[VolumeResult], rows: list[dict[str, Any]], summary: dict) -> list[str]:
     """Draw ``dice_by_level.png`` and, with clinical rows, ``bland_altman.png``; the markdown
     lines that show them (with the limits of agreement)."""
     md = ["\n![Dice by slice level](dice_by_level.png)"]
@@ -490,10 +510,11 @@ def _figures(out: Path, results: Sequence[CaseResult], rows: list[dict[str, Any]
 # ----------------------------------------------------------------------------- folders
 
 def label_files(root: Path) -> dict[str, Path]:
-    """Label files under ``root`` by case name (truth named ``*_gt`` counts under the name without it)."""
+    """Label files under ``root`` (the walk every command makes: :class:`TreeWalk`) by volume
+    name; where truth is named ``*_gt`` beside its images, those files under the name without it."""
     formats = label_formats()
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and any(f.matches(p) for f in formats)]
-    gt_named = [p for p in files if strip_suffix(p).endswith("_gt")]
+    files = [p for p in TreeWalk().paths(root) if p.is_file() and any(f.matches(p) for f in formats)]
+    gt_named = [p for p in files if is_label_file(p)]
     if gt_named:
         files = gt_named
     out = {}
@@ -504,8 +525,8 @@ def label_files(root: Path) -> dict[str, Path]:
     return out
 
 
-def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
-                 spacing: tuple[float, float, float] | None = None, labels: str | None = None) -> list[EvalCase]:
+def paired_volumes(pred_dir: str | Path, gt_dir: str | Path,
+                 spacing: tuple[float, float, float] | None = None, labels: str | None = None) -> list[EvalVolume]:
     """Every truth file of ``gt_dir`` with the same-named prediction of ``pred_dir``, read.
 
     Both hold h5 files (dataset ``label``) or NIfTI files (truth may be named ``*_gt``);
@@ -527,7 +548,7 @@ def paired_cases(pred_dir: str | Path, gt_dir: str | Path,
                                    + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     if labels is not None:
         label_table(labels, gt_dir)  # a malformed --labels is refused once, naming the truth folder
-    cases = [c for key in sorted(gts) for c in _file_cases(key, gts[key], preds[key], spacing, labels, pred_dir)]
+    cases = [c for key in sorted(gts) for c in _file_volumes(key, gts[key], preds[key], spacing, labels, pred_dir)]
     check_convention([c.gt for c in cases], gt_dir, labels)
     return cases
 
@@ -542,8 +563,8 @@ def _phase_facts(key: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "patient": case, "phase": phase}
 
 
-def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
-                labels: str | None, pred_dir: Path) -> list[EvalCase]:
+def _file_volumes(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, float, float] | None,
+                labels: str | None, pred_dir: Path) -> list[EvalVolume]:
     """The cases of one truth file: one for a 3D map; for a 4D label cine one per frame the
     truth labels (frames left all zero are not labelled, as in the M&Ms data), each against
     the prediction's frame of the same index, named ``<key>_frameNN`` (1-based), with ED and
@@ -562,7 +583,7 @@ def _file_cases(key: str, gt_path: Path, pred_path: Path, spacing: tuple[float, 
         name, meta = ((key, _phase_facts(key, g.meta)) if len(gts) == 1
                       else (f"{key}_frame{t + 1:02d}", {**g.meta, "patient": key, "frame": t + 1}))
         source = (pred_path.relative_to(pred_dir).as_posix(), t, bool(p.geometry.slices_reversed))
-        cases.append(EvalCase(name, to_project_labels(p.label, pred_path), gt, sp, meta, source))
+        cases.append(EvalVolume(name, to_project_labels(p.label, pred_path), gt, sp, meta, source))
     if len(gts) > 1:
         for case, phase in zip(cases, cine_phases([c.gt for c in cases])):
             if phase and "phase" not in case.meta:
@@ -580,16 +601,16 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
                      spacing: tuple[float, float, float] | None = None, progress: bool = True,
                      labels: str | None = None, groups: str | Path | None = None, group_by: str = "group") -> dict:
     """Evaluate every truth file of ``gt_dir`` against the same-named file in ``pred_dir``
-    (:func:`paired_cases`); writes the report into ``out_dir`` and returns the summary.
+    (:func:`paired_volumes`); writes the report into ``out_dir`` and returns the summary.
     ``groups``: a CSV of the subjects whose column ``group_by`` gives each case's group
     (:func:`cmrseg.evaluation.groups.read_groups`), in place of ACDC's pathology groups."""
-    cases = paired_cases(pred_dir, gt_dir, spacing, labels)
+    cases = paired_volumes(pred_dir, gt_dir, spacing, labels)
     without_truth = predictions_without_truth(pred_dir, gt_dir)
     if groups is not None:
         found = read_groups(groups, group_by, sorted({str(c.meta.get("patient") or c.name) for c in cases}))
         for c in cases:
             c.meta = {**c.meta, "group": found.get(str(c.meta.get("patient") or c.name), "")}
-    results, summary = evaluate_cases(cases, progress=progress)
+    results, summary = evaluate_volumes(cases, progress=progress)
     summary["grouped_by"] = group_by if groups is not None else "ACDC pathology group"
     summary["predictions_without_truth"] = without_truth
     qc = check_quality(cases, results, Path(pred_dir))

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cmrseg.evaluation.clinical import ERROR_MEASURES
-from cmrseg.evaluation.levels import LEVELS
 from cmrseg.labels import CLASS_NAMES
-from cmrseg.visualization import COLORS, _matplotlib, save_figure
+from cmrseg.measures.clinical import ERROR_MEASURES
+from cmrseg.measures.levels import LEVELS
+from cmrseg.visualization import COLORS, pyplot, save_figure
 
 LOA_Z = 1.96  # limits of agreement: bias +- 1.96 SD of the per-patient differences
 
@@ -48,7 +48,7 @@ def bland_altman(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     :func:`cmrseg.evaluation.evaluate.clinical_rows`), the mean of the predicted and true
     value against their difference (prediction - truth), the bias and the limits of
     agreement; points coloured by pathology group where the rows have one."""
-    plt = _matplotlib()
+    plt = pyplot()
     measures = list(ERROR_MEASURES)
     groups = [str(r.get("group") or "") for r in rows]
     colours = _group_colours(groups) if any(groups) else {"": "tab:blue"}
@@ -84,9 +84,9 @@ def bland_altman(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def dice_by_level(results: Sequence[Any], path: str | Path) -> Path:
     """Box plots of the per-volume Dice of RV, MYO and LV at each slice level (base, mid, apex)
-    and over the volume (``results``: :class:`cmrseg.evaluation.evaluate.CaseResult`), every
+    and over the volume (``results``: :class:`cmrseg.evaluation.evaluate.VolumeResult`), every
     volume a dot; a class a volume lacks at a level is left out (NaN)."""
-    plt = _matplotlib()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 3.4))
     names = (*LEVELS, "volume")
     width = 0.25
@@ -116,7 +116,7 @@ def wall_thickness_scatter(pairs: dict[str, dict[str, np.ndarray]], path: str | 
     """Per phase, each slice's mean wall thickness in the prediction against the truth's
     (``pairs``: {phase: {level: ``[n, 2]`` (truth, prediction) mm}}), coloured by level, with the
     identity line and the least-squares line of prediction on truth."""
-    plt = _matplotlib()
+    plt = pyplot()
     phases = [ph for ph, rows in pairs.items() if sum(len(v) for v in rows.values())]
     fig, axes = plt.subplots(1, max(len(phases), 1), figsize=(4.2 * max(len(phases), 1), 4.0), squeeze=False)
     top = max([float(v.max()) for rows in pairs.values() for v in rows.values() if len(v)] + [1.0]) * 1.05
@@ -149,7 +149,7 @@ def paired_differences(result: dict[str, Any], families: Sequence[tuple[str, Seq
     a filled marker where the adjusted p is below the comparison's alpha; one panel per family
     (``families``: (title, metric names), e.g. Dice, HD95, absolute and signed clinical error),
     since their units differ."""
-    plt = _matplotlib()
+    plt = pyplot()
     families = [(t, [m for m in ms if any(r["metric"] == m for r in result["rows"])]) for t, ms in families]
     families = [(t, ms) for t, ms in families if ms]
     cands = result["candidates"]

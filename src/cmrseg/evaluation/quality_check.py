@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrseg.evaluation.metrics import dice_per_class, share_of_mask
+from cmrseg.measures.metrics import dice_per_class, share_of_mask
 
 BAD_SLICE_DICE = 0.7
 
@@ -46,7 +46,8 @@ def segment_records(pred_dir: Path) -> dict[tuple[str, int], tuple[dict[str, Any
     ``None`` when ``pred_dir`` is not such a folder (or one written before the records named
     their frames)."""
     try:
-        cases = json.loads((Path(pred_dir) / "summary.json").read_text())["cases"]
+        summary = json.loads((Path(pred_dir) / "summary.json").read_text())
+        cases = summary["studies"] if "studies" in summary else summary["cases"]  # "cases": written before the renaming
     except (OSError, ValueError, KeyError, TypeError):
         return None
     out = {}
@@ -95,8 +96,8 @@ def _tally_case(case, rec: dict[str, Any], label: str, tally: dict[str, Any]) ->
 
 def check_quality(cases: list, results: list, pred_dir: Path) -> dict[str, Any] | None:
     """The QC flags, verdicts and uncertainty of ``cmrseg segment``'s ``summary.json`` in
-    ``pred_dir`` against the truth of ``cases`` (:class:`~cmrseg.evaluation.evaluate.EvalCase`
-    with ``source``; ``results`` their :class:`CaseResult` s); ``None`` when ``pred_dir`` holds
+    ``pred_dir`` against the truth of ``cases`` (:class:`~cmrseg.evaluation.evaluate.EvalVolume`
+    with ``source``; ``results`` their :class:`VolumeResult` s); ``None`` when ``pred_dir`` holds
     no such records or none of them matches a case."""
     records = segment_records(pred_dir)
     if records is None:

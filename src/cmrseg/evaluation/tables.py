@@ -9,8 +9,8 @@ import io
 
 import numpy as np
 
-from cmrseg.evaluation.levels import LEVELS, slice_levels
-from cmrseg.evaluation.metrics import dice_per_class
+from cmrseg.measures.levels import LEVELS, slice_levels
+from cmrseg.measures.metrics import dice_per_class
 
 TABLE1 = ["seg_ss", "seg_as", "det_seg", "seg_as+ref_as_mt"]
 TABLE2 = ["seg_ss", "seg_ss+ref_ss", "seg_ss+ref_ss_mt", "seg_as", "seg_as_mt", "seg_as+ref_as", "seg_as+ref_as_mt"]

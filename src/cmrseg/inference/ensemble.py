@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import POSTPROCESS
-from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
+from cmrseg.inference.predictor import (
+    ENSEMBLE_FILE,
+    Prediction,
+    Predictor,
+    resolve_model,
+)
 
 
 def _member_label(m: Predictor) -> str:
@@ -38,8 +45,9 @@ def _member_label(m: Predictor) -> str:
 
 class EnsemblePredictor:
     """Averages the probabilities of ``members`` (:class:`Predictor`), with the interface
-    ``cmrseg segment`` uses (``predict_volume``, ``name``, ``meta``, ``device``, ``gate``,
-    ``tta``, ``postprocess``, ``amp``)."""
+    ``cmrseg segment`` uses (``predict_volume``, ``name``, ``meta``, ``device``, ``options``,
+    ``postprocess``, ``amp``). ``postprocess``: the clean-up of the averaged mask (``auto``: the
+    first member's)."""
 
     def __init__(self, members: list[Predictor], postprocess: str = "auto", path: str | None = None,
                  source: str = "ensemble"):
@@ -60,9 +68,9 @@ class EnsemblePredictor:
                      "label_map": members[0].meta.get("label_map")}
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "auto", postprocess: str = "auto",
-                    backend: str = "auto", precision: str = "auto", source: str = "folder") -> "EnsemblePredictor":
-        """A folder with ``ensemble.json`` (module docstring)."""
+    def from_folder(cls, folder: str | Path, options: InferenceOptions = InferenceOptions(),
+                    source: str = "folder") -> "EnsemblePredictor":
+        """A folder with ``ensemble.json`` (module docstring); every member runs with ``options``."""
         folder = Path(folder)
         spec_path = folder / ENSEMBLE_FILE
         try:
@@ -70,9 +78,8 @@ class EnsemblePredictor:
             names = [str(m) for m in spec["members"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
-        members = [Predictor.from_path((folder / n).resolve(), device, "auto", backend, precision) for n in names]
-        if postprocess == "auto":
-            postprocess = spec.get("postprocess", "auto")
+        members = [Predictor.from_path((folder / n).resolve(), replace(options, postprocess="auto")) for n in names]
+        postprocess = options.postprocess if options.postprocess != "auto" else spec.get("postprocess", "auto")
         return cls(members, postprocess, path=str(folder), source=source)
 
     @property
@@ -88,32 +95,18 @@ class EnsemblePredictor:
         return self.members[0].amp
 
     @property
+    def options(self) -> InferenceOptions:
+        """The options every member runs with (the first member's, merged with its model.json)."""
+        return replace(self.members[0].options, postprocess=self.postprocess)
+
+    @property
     def gate(self) -> str:
         gates = {m.gate for m in self.members}
         return gates.pop() if len(gates) == 1 else "per member"
 
-    @gate.setter
-    def gate(self, mode: str) -> None:
-        for m in self.members:
-            m.gate = mode
-
     @property
     def tta(self) -> bool:
         return all(m.tta for m in self.members)
-
-    @tta.setter
-    def tta(self, on: bool) -> None:
-        for m in self.members:
-            m.tta = on
-
-    @property
-    def locate_once(self) -> bool:
-        return all(m.locate_once for m in self.members)
-
-    @locate_once.setter
-    def locate_once(self, on: bool) -> None:
-        for m in self.members:
-            m.locate_once = on
 
     @property
     def preprocess(self):
@@ -153,15 +146,16 @@ class EnsemblePredictor:
                                              keep_probabilities)
 
 
-def load_predictor(spec: str | Path | list | tuple | None = None, device: str = "auto", postprocess: str = "auto",
-                   backend: str = "auto", precision: str = "auto") -> Predictor | EnsemblePredictor:
+def load_predictor(spec: str | Path | list | tuple | None = None,
+                   options: InferenceOptions = InferenceOptions()) -> Predictor | EnsemblePredictor:
     """``--model``: nothing (the default model), one shipped name or folder (a model, or an
-    ensemble folder with ``ensemble.json``), or several, which make an ensemble."""
+    ensemble folder with ``ensemble.json``), or several, which make an ensemble; every network
+    runs with ``options``."""
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if len(specs) > 1:
-        members = [Predictor.load(s, device, "auto", backend, precision) for s in specs]
-        return EnsemblePredictor(members, postprocess, source="command line")
+        members = [Predictor.load(s, replace(options, postprocess="auto")) for s in specs]
+        return EnsemblePredictor(members, options.postprocess, source="command line")
     folder, source = resolve_model(specs[0])
     if (folder / ENSEMBLE_FILE).is_file():
-        return EnsemblePredictor.from_folder(folder, device, postprocess, backend, precision, source)
-    return Predictor.load(specs[0], device, postprocess, backend, precision)
+        return EnsemblePredictor.from_folder(folder, options, source)
+    return Predictor.load(specs[0], options)

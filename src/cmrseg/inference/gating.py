@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from cmrseg.inference.options import GATES
 from cmrseg.models.outputs import class_argmax
 
-GATE_MODES = ("hard", "soft", "seg", "off")
+GATE_MODES = GATES  # the names live with the options (cmrseg.inference.options): no torch to list them
 SEG_MIN_PIXELS = 20  # canvas pixels of a class the Seg stage must have to veto the gate
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 

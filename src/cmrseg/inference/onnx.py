@@ -4,7 +4,7 @@
 The exported graph takes one stack ``image`` ``[S, 1, H, W]`` (S, H and W dynamic: the
 canvas, or the heart-centred crop of :mod:`.centred`, where the whole model also serves as the
 locator) and returns ``logits`` ``[S, 4, H, W]`` (gated for multitask models) and
-``class_logits`` ``[S, 3]`` (zeros for models without a classifier), ``stage1_logits``
+``class_logits`` ``[S, 3]`` (zeros for models without a classifier), ``seg_logits``
 (the Seg stage's logits of two-stage models, else the logits again: the heart locator) and
 ``ungated_logits`` (before the classifier's gate, so every gate mode of :mod:`.gating`
 works). Det+Seg is not exportable: its crop depends on the detector's output.
@@ -45,7 +45,7 @@ class OnnxModel:
     def __call__(self, x: torch.Tensor, stack_sizes=None) -> SegOutput:
         outs = self.session.run(None, {"image": x.detach().float().cpu().numpy()})
         logits, cls = outs[0], outs[1]
-        stage1 = torch.from_numpy(outs[2]) if len(outs) > 2 else None  # the Seg stage's, for the locator
+        seg = torch.from_numpy(outs[2]) if len(outs) > 2 else None  # the Seg stage's, for the locator
         ungated = torch.from_numpy(outs[3]) if len(outs) > 3 and self.has_classifier else None
         return SegOutput(torch.from_numpy(logits), torch.from_numpy(cls) if self.has_classifier else None,
-                         stage1_logits=stage1, ungated_logits=ungated)
+                         seg_logits=seg, ungated_logits=ungated)

@@ -3,7 +3,7 @@ state read back from complete records only.
 
 Rules (issue 13): the output folder is never an input, never inside an input folder and never
 holds an input; a file already in it is replaced only when an earlier ``cmrseg segment`` run
-wrote it (it is listed in a case record); records are read from finished files only, never
+wrote it (it is listed in a study record, ``OUT/studies/<study>.json``); records are read from finished files only, never
 from another writer's temporary file, and a record that cannot be read is skipped with a
 warning instead of ending the run.
 """
@@ -41,12 +41,31 @@ def check_location(out: Path, inputs: list[Path]) -> None:
 
 
 REPORT_FILES = ("measures.csv", "volumes.csv", "summary.json", "report.html")
+RECORDS = "studies"  # OUT/studies/<study>.json: one record per study
+LEGACY_RECORDS = "cases"  # where runs before the renaming kept them; still read, so such folders resume
+
+
+def record_file(out: Path, study: str) -> Path:
+    """Where a study's record is written (:data:`RECORDS`)."""
+    return out / RECORDS / f"{study}.json"
+
+
+def read_record(out: Path, study: str) -> dict[str, Any] | None:
+    """A study's record (or one a run before the renaming wrote), None when there is none readable."""
+    for folder in (RECORDS, LEGACY_RECORDS):
+        try:
+            rec = json.loads((out / folder / f"{study}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict):
+            return rec
+    return None
 
 
 def check_reports_ours(out: Path) -> None:
     """The batch files are rebuilt in place: refuse a folder where files of those names exist
-    but no earlier ``cmrseg segment`` run left its records (``cases/`` or ``shards/``)."""
-    if not out.is_dir() or (out / "cases").is_dir() or (out / "shards").is_dir():
+    but no earlier ``cmrseg segment`` run left its records (``studies/`` or ``shards/``)."""
+    if not out.is_dir() or any((out / d).is_dir() for d in (RECORDS, LEGACY_RECORDS, "shards")):
         return
     theirs = [n for n in REPORT_FILES if (out / n).exists()]
     if theirs:
@@ -64,10 +83,13 @@ def ensure_writable(out: Path) -> None:
         raise CmrsegError(f"{out}: cannot write to the output folder ({exc.strerror or exc})") from None
 
 
-def case_records(out: Path) -> list[dict[str, Any]]:
-    """Every complete case record in ``out/cases`` (temporary files of writers skipped; an
-    unreadable record skipped with a warning), sorted by file name."""
-    return [r for r in _records(out / "cases") if "study" in r]
+def study_records(out: Path) -> list[dict[str, Any]]:
+    """Every complete study record in ``out/studies`` (temporary files of writers skipped; an
+    unreadable record skipped with a warning), sorted by study, with those a run before the
+    renaming left in ``out/cases`` for studies not recorded since."""
+    records = {r["study"]: r for r in _records(out / LEGACY_RECORDS) if "study" in r}
+    records.update({r["study"]: r for r in _records(out / RECORDS) if "study" in r})
+    return [records[k] for k in sorted(records)]
 
 
 def shard_records(out: Path) -> list[dict[str, Any]]:
@@ -85,7 +107,7 @@ def _records(folder: Path) -> list[dict[str, Any]]:
         except FileNotFoundError:  # removed between listing and reading (an --overwrite rerun)
             continue
         except (OSError, ValueError) as exc:
-            print(f"cmrseg: warning: {path}: unreadable case record skipped ({type(exc).__name__})", file=sys.stderr)
+            print(f"cmrseg: warning: {path}: unreadable record skipped ({type(exc).__name__})", file=sys.stderr)
             continue
         if isinstance(rec, dict):
             records.append(rec)
@@ -93,9 +115,9 @@ def _records(folder: Path) -> list[dict[str, Any]]:
 
 
 def owned_files(out: Path) -> set[Path]:
-    """Files an earlier run wrote into ``out`` (masks and pictures listed in its case records)."""
+    """Files an earlier run wrote into ``out`` (masks and pictures listed in its study records)."""
     owned = set()
-    for rec in case_records(out):
+    for rec in study_records(out):
         for rel in [*rec.get("outputs", []), rec.get("montage"), rec.get("curve")]:
             if rel:
                 owned.add((out / rel).resolve())

@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-POSTPROCESS = ("none", "largest_component", "fill_holes", "clean")
+from cmrseg.inference.options import POSTPROCESS_METHODS
+
+POSTPROCESS = POSTPROCESS_METHODS  # named with the options (cmrseg.inference.options)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -43,7 +45,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``[S, H, W]`` labels -> pixels enclosed by LV become LV, pixels enclosed by LV + MYO
-    become MYO (the same enclosure test as :func:`cmrseg.evaluation.topology.has_hole`)."""
+    become MYO (the same enclosure test as :func:`cmrseg.measures.topology.has_hole`)."""
     out = mask.copy()
     for s in range(mask.shape[0]):
         sl = out[s]

@@ -10,41 +10,30 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cmrseg.checkpoint import load_weights, tensor_shapes
-from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
+from cmrseg.data.preprocessing import (
+    PreprocessConfig,
+    invert_to_input,
+    preprocess_image,
+)
 from cmrseg.data.volume import Volume
 from cmrseg.device import cpu_has_fast_bf16, resolve_device
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference.centred import heart_centred_flips
 from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
 from cmrseg.models import create_model
+from cmrseg.models.centred import heart_centred_flips
 from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-PRECISIONS = ("auto", "fp32", "bf16")
-#: ``--tta``: the model's own choice, flips on or off, or flips with the heart located once
-TTA_MODES = ("auto", "on", "off", "fast")
-
-
-def set_tta(predictor, mode: str) -> None:
-    """Apply ``--tta`` ``mode`` (:data:`TTA_MODES`) to a :class:`Predictor` or an ensemble."""
-    if mode not in TTA_MODES:
-        raise CmrsegError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
-    if mode != "auto":
-        predictor.tta, predictor.locate_once = mode in ("on", "fast"), mode == "fast"
-
-
-def tta_name(predictor) -> bool | str:
-    """What a run records of its flips: ``True``, ``False`` or ``"fast"``."""
-    return "fast" if predictor.tta and predictor.locate_once else predictor.tta
 #: what ``cmrseg segment`` runs without ``--model``: the shipped proposed models averaged
 #: (an ensemble, chosen on val by a rule written before scoring: docs/RESULTS.md, rule 10)
 DEFAULT_MODEL = "proposed_ensemble"
@@ -152,55 +141,44 @@ class Predictor:
     Args:
         model: a built cmrseg model (eval mode is set here).
         meta: its ``model.json`` content.
-        device: ``auto`` | ``cpu`` | ``cuda`` | a torch device.
-        postprocess: ``none`` | ``largest_component`` | ``fill_holes`` | ``clean`` | ``auto``
-            (the model's own choice in ``model.json``, else ``none``); see :mod:`.postprocessing`.
+        options: how it runs (:class:`~cmrseg.inference.options.InferenceOptions`), merged here
+            once with ``model.json``'s own choices: device (``auto``: CUDA when present),
+            precision (``auto``: bf16 autocast on CUDA and on CPUs with native bf16, AMX or
+            AVX512-BF16; float32 on other CPUs), clean-up (:mod:`.postprocessing`), gate
+            (:mod:`.gating`: ``hard``, the paper's, where ``model.json`` names none) and flips.
 
-        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, AMX or
-            AVX512-BF16; float32 on other CPUs), ``fp32`` or ``bf16`` (autocast on either device).
-
-    Attributes read from ``model.json`` and settable (for ablations):
-        ``gate``: how a multitask model's classifier acts (:mod:`.gating`: ``hard``, the paper's,
-        by default; ``soft``, ``seg``, ``off``). ``tta``: average over in-plane flips;
-        ``locate_once``: with flips, locate the heart once instead of per flip (faster, not
-        the shipped choice: :func:`.centred.heart_centred_flips`).
-        ``memory_format``: the networks' tensor layout (:func:`inference_memory_format`).
-        ``inference_crop``: the heart-centred crop (pixels) of :mod:`.centred` (models trained
-        since it exists record their training crop); ``None`` runs the model on the whole
-        canvas, as models trained before it were selected.
+    Attributes (the merged choices): ``options``; ``postprocess``, ``gate``; ``tta`` (average
+    over in-plane flips) and ``locate_once`` (with flips, locate the heart once instead of per
+    flip: :func:`~cmrseg.models.centred.heart_centred_flips`); ``amp`` (the autocast dtype or
+    None); ``memory_format`` (:func:`inference_memory_format`); ``inference_crop``, the
+    heart-centred crop (pixels) of :mod:`cmrseg.models.centred`, or ``None`` to run the model on
+    the whole canvas (models trained without a crop, the distilled student).
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str | torch.device = "auto",
-                 postprocess: str = "auto", precision: str = "auto"):
-        self.device = resolve_device(device)
+    def __init__(self, model: torch.nn.Module, meta: dict, options: InferenceOptions = InferenceOptions()):
+        self.options = options.merged(meta)
+        if self.options.gate not in GATE_MODES:
+            raise InputError(meta.get("path"), f"model.json: unknown gate {self.options.gate!r}")
+        if self.options.postprocess not in POSTPROCESS:
+            raise InputError(meta.get("path"), f"model.json: unknown post-processing {self.options.postprocess!r}")
+        self.device = resolve_device(options.device)
         self.meta = meta
         self.memory_format = inference_memory_format(self.device, meta.get("backend"))
         self.model = model.to(self.device).eval()
         if self.memory_format is not torch.contiguous_format:
             self.model = self.model.to(memory_format=self.memory_format)
         self.preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-        if postprocess == "auto":
-            postprocess = meta.get("postprocess", "none")
-        if postprocess not in POSTPROCESS:
-            raise CmrsegError(f"unknown post-processing {postprocess!r}; choose from auto, {', '.join(POSTPROCESS)}")
-        self.postprocess = postprocess
-        if precision not in PRECISIONS:
-            raise CmrsegError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-        self.precision = precision
-        bf16 = precision == "bf16" or (precision == "auto" and (self.device.type == "cuda" or cpu_has_fast_bf16()))
+        self.postprocess, self.gate = self.options.postprocess, self.options.gate
+        self.tta, self.locate_once = self.options.flips, self.options.locate_once
+        bf16 = options.precision == "bf16" or (options.precision == "auto"
+                                               and (self.device.type == "cuda" or cpu_has_fast_bf16()))
         self.amp = torch.bfloat16 if bf16 and meta.get("backend") != "onnx" else None
-        self.gate: str = meta.get("gate", "hard")
-        if self.gate not in GATE_MODES:
-            raise InputError(meta.get("path"), f"model.json: unknown gate {self.gate!r}")
-        self.tta: bool = bool(meta.get("tta", False))
-        self.locate_once = False
         self.inference_crop: int | None = meta.get("inference_crop")
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto", postprocess: str = "auto",
-                  backend: str = "auto", precision: str = "auto") -> "Predictor":
-        """``backend``: ``torch`` (weights.safetensors), ``onnx`` (model.onnx through
-        onnxruntime, CPU) or ``auto`` (torch when the folder has weights)."""
+    def from_path(cls, path: str | Path, options: InferenceOptions = InferenceOptions()) -> "Predictor":
+        """The model of a folder; ``options.backend``: ``torch`` (weights.safetensors), ``onnx``
+        (model.onnx through onnxruntime, CPU) or ``auto`` (torch when the folder has weights)."""
         path = Path(path)
         meta_path = path / "model.json"
         if not meta_path.is_file() and (path / ENSEMBLE_FILE).is_file():
@@ -211,20 +189,20 @@ class Predictor:
             meta = json.loads(meta_path.read_text())
         except ValueError as exc:
             raise InputError(meta_path, f"invalid model description ({exc})") from None
+        backend = options.backend
         if backend == "auto":
             backend = "torch" if (path / "weights.safetensors").is_file() else "onnx"
         if backend == "onnx":
             if not (path / "model.onnx").is_file():
                 raise InputError(path, "no model.onnx (make one with 'cmrseg export-onnx')")
             return cls(OnnxModel(path / "model.onnx", meta), {**meta, "path": str(path), "backend": "onnx"},
-                       "cpu", postprocess, precision)
+                       replace(options, device="cpu"))
         model = checked_model(meta, meta_path, path / "weights.safetensors")
         load_weights(model, path / "weights.safetensors")
-        return cls(model, {**meta, "path": str(path), "backend": "torch"}, device, postprocess, precision)
+        return cls(model, {**meta, "path": str(path), "backend": "torch"}, options)
 
     @classmethod
-    def load(cls, spec: str | Path | None = None, device: str = "auto", postprocess: str = "auto",
-             backend: str = "auto", precision: str = "auto") -> "Predictor":
+    def load(cls, spec: str | Path | None = None, options: InferenceOptions = InferenceOptions()) -> "Predictor":
         """The name of a shipped model (default: the proposed model, ``PROPOSED_MODEL``) or a
         run folder. One network; :func:`cmrseg.inference.ensemble.load_predictor` also takes
         ensembles (and defaults to the shipped one, ``DEFAULT_MODEL``).
@@ -235,7 +213,7 @@ class Predictor:
         predictor's ``meta["source"]`` says which (``shipped`` or ``folder``).
         """
         folder, source = resolve_model(spec, default=PROPOSED_MODEL)
-        predictor = cls.from_path(folder, device, postprocess, backend, precision)
+        predictor = cls.from_path(folder, options)
         predictor.meta["source"] = source
         return predictor
 
@@ -266,8 +244,8 @@ class Predictor:
             probs.append(back(logits))
             if out.class_logits is not None:
                 presence.append(torch.sigmoid(out.class_logits.float()))
-            if out.stage1_logits is not None and out.stage1_logits.shape == logits.shape:
-                seg.append(back(out.stage1_logits))
+            if out.seg_logits is not None and out.seg_logits.shape == logits.shape:
+                seg.append(back(out.seg_logits))
         mean = torch.stack(probs).mean(dim=0)
         cls = torch.stack(presence).mean(dim=0) if presence else None
         seg_probs = torch.stack(seg).mean(dim=0) if seg else None

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cmrseg.evaluation.clinical import NORMAL, PLAUSIBLE, mean_wall_mm
-from cmrseg.evaluation.metrics import share_of_mask
-from cmrseg.evaluation.topology import slice_topology
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
+from cmrseg.measures.clinical import NORMAL, PLAUSIBLE, mean_wall_mm
+from cmrseg.measures.metrics import share_of_mask
+from cmrseg.measures.topology import slice_topology
 
 # mean myocardial thickness of a mid-ventricular slice, mm: hypertrophic walls reach 30 mm and more
 # at end-diastole (the ESC's marker of risk) and thicken further at end-systole; the ACDC experts'

@@ -1,25 +1,38 @@
-"""Pictures and the HTML report of a segmentation batch.
+"""Pictures, tables and the HTML report of a segmentation batch.
 
 * per study a montage of every slice with the mask overlaid (RV red, MYO green, LV blue),
   one row per shown frame (ED and ES), cropped around the heart;
 * for cines a plot of LV and RV volume over the cycle with ED and ES marked;
 * ``report.html``: one self-contained page (pictures embedded as data URIs, each linking to
-  its full-size file) with every study's measures, flags and status.
+  its full-size file) with every study's measures, flags and status;
+* ``measures.csv``, ``volumes.csv`` and ``summary.json``, rebuilt from every study record of the
+  output folder after each batch (:func:`rebuild_reports`), so shards writing into one folder
+  add up.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from cmrseg.atomic import write_text
-from cmrseg.evaluation.clinical import REPORT_BODY_MEASURES, REPORT_MEASURES
-from cmrseg.visualization import _matplotlib, heart_box, overlay, save_figure
-
+from cmrseg.atomic import write_json, write_text
+from cmrseg.inference.output_folder import shard_records, study_records
+from cmrseg.labels import label_map_json
+from cmrseg.measures.clinical import (
+    BODY_COLUMNS,
+    FRAME_MEASURE_COLUMNS,
+    MEASURE_COLUMNS,
+    REPORT_BODY_MEASURES,
+    REPORT_MEASURES,
+    STRUCTURE_COLUMNS,
+)
+from cmrseg.visualization import heart_box, overlay, pyplot, save_figure
 
 FLAG_COLOUR = "#ff8c00"  # the frame of a slice quality control flagged
 
@@ -30,7 +43,7 @@ def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path
     column per slice, titled with ``slice_numbers`` (the voxel index k of each column in the
     written mask; default the column index). ``flagged``: (row, column) of slices quality
     control flagged, framed in orange so that a reader finds them at a glance."""
-    plt = _matplotlib()
+    plt = pyplot()
     n_slices = max(r[1].shape[0] for r in rows)
     box = heart_box([m[s] for _, _, m in rows for s in range(m.shape[0])], rows[0][1].shape[1:])
     sl = (slice(box[0], box[1]), slice(box[2], box[3]))
@@ -58,7 +71,7 @@ def montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path
 
 def volume_curve(volumes: dict[str, list[float]], x: list[float], xlabel: str, ed: int, es: int, unit: str,
                  path: str | Path, title: str = "") -> Path:
-    plt = _matplotlib()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     colors = {"LV": "tab:blue", "RV": "tab:red"}
     for name, vals in volumes.items():
@@ -166,3 +179,67 @@ def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
     outs = " ".join(f"<a href='{esc(o)}'>{esc(o)}</a>" for o in c.get("outputs", []))
     parts.append(f"<p>masks: {outs} &middot; {c.get('seconds', 0):.1f} s</p></div>")
     return parts
+
+
+# ----------------------------------------------------------------------------- batch tables
+
+def measures_csv(cases: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = ["study", "qc", "uncertainty (%)", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS,
+            *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS, "note", "flags"]
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for c in cases:
+        if c.get("status") != "ok":
+            w.writerow([c["study"], "failed"] + [""] * (len(cols) - 4) + [f"failed: {c.get('error', '')}", ""])
+            continue
+        m = c["measures"]
+        flags = sorted({f["flag"] for f in c["flags"]})
+        share = c.get("uncertainty")
+        w.writerow([c["study"], c.get("qc", ""), "" if share is None else f"{100 * share:.1f}", c["frames"],
+                    c["ed_frame"], c["es_frame"], c["ed_es_source"],
+                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
+                      for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
+                    c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
+    return buf.getvalue()
+
+
+def volumes_csv(cases: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["study", "frame", *STRUCTURE_COLUMNS.values(), "LV (voxels)"])
+    for c in cases:
+        if c.get("status") != "ok":
+            continue
+        vols = c.get("frame_volumes_ml") or [None] * c["frames"]
+        for t, v in enumerate(vols):
+            row = [f"{v[k]:.2f}" if v else "" for k in STRUCTURE_COLUMNS]
+            w.writerow([c["study"], t + 1, *row, c["lv_voxels"][t]])
+    return buf.getvalue()
+
+
+def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """measures.csv, volumes.csv, summary.json and report.html from every case record."""
+    cases = study_records(out)
+    write_text(out / "measures.csv", measures_csv(cases))
+    write_text(out / "volumes.csv", volumes_csv(cases))
+    shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
+    summary = {**info, "shards": shards, "label_map": label_map_json(),
+               "studies": {c["study"]: {k: c.get(k) for k in ("status", "qc", "uncertainty", "seconds", "model_seconds",
+                                                              "outputs", "output_frames", "qc_frames", "error",
+                                                              "measures", "note", "ed_frame", "es_frame", "flags")}
+                         for c in cases},
+               "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
+    write_json(out / "summary.json", summary)
+    write_html(out, cases, info, out / "report.html")
+    return summary
+
+
+def qc_line(cases: dict[str, dict[str, Any]]) -> str:
+    """One console line: the quality-control verdicts of every study in the output folder, and
+    the studies that failed QC by name (the ones to look at first)."""
+    verdicts = [c.get("qc") for c in cases.values() if c.get("status") == "ok"]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("ok", "review", "fail") if v in verdicts)
+    failed = sorted(name for name, c in cases.items() if c.get("status") == "ok" and c.get("qc") == "fail")
+    return (f"quality control: {counts or 'no study segmented'}"
+            + (f"; QC failed: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}" if failed else ""))

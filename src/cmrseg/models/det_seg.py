@@ -61,16 +61,16 @@ class DetSegNet(nn.Module):
     ``crop`` (canvas pixels) and ``zoom`` (upsampling of the crop).
 
     ``forward(x, stack_sizes=None, centers=None)``: ``x`` ``[N, 1, H, W]`` ->
-    :class:`SegOutput` with canvas logits, ``stage1_logits`` the detector's heart logits
+    :class:`SegOutput` with canvas logits, ``seg_logits`` the detector's heart logits
     ``[N, 2, H, W]`` and ``extras`` ``crop_logits`` ``[N, 4, round(crop*zoom), round(crop*zoom)]`` and
     ``crop_centers`` ``[stacks, 2]``.
     """
 
     def __init__(self, crop: int = 128, zoom: float = 1.5, **net_kwargs):
         super().__init__()
-        net_kwargs = {k: v for k, v in net_kwargs.items() if k not in ("fusion", "classifier", "in_channels")}
-        self.detector = SegmentationNet(1, 2, fusion=False, **net_kwargs)
-        self.segmenter = SegmentationNet(1, 4, fusion=True, **net_kwargs)
+        net_kwargs = {k: v for k, v in net_kwargs.items() if k not in ("all_slice", "classifier", "in_channels")}
+        self.detector = SegmentationNet(1, 2, all_slice=False, **net_kwargs)
+        self.segmenter = SegmentationNet(1, 4, all_slice=True, **net_kwargs)
         self.crop_size, self.zoom = crop, zoom
 
     all_slice = True
@@ -124,4 +124,4 @@ class DetSegNet(nn.Module):
             small = F.interpolate(crop_logits.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
                                   align_corners=False, antialias=True).to(crop_logits.dtype)
         logits = self.paste(small, centers, sizes, x.shape[-2:])
-        return SegOutput(logits, stage1_logits=det, extras={"crop_logits": crop_logits, "crop_centers": centers})
+        return SegOutput(logits, seg_logits=det, extras={"crop_logits": crop_logits, "crop_centers": centers})

@@ -15,7 +15,7 @@ class SegOutput:
     logits: ``[S, 4, H, W]`` final class scores (bg, RV, MYO, LV). For multitask models in
         eval mode they are *gated*: a class the classifier calls absent in a slice cannot win.
     class_logits: ``[S, 3]`` presence logits of (RV, MYO, LV) per slice, or ``None``.
-    stage1_logits: first-stage output of two-stage models (``[S, 4, H, W]`` for Seg+Ref,
+    seg_logits: first-stage output of two-stage models (``[S, 4, H, W]`` for Seg+Ref,
         ``[S, 2, H, W]`` heart logits for Det+Seg), else ``None``.
     ungated_logits: the logits before gating (multitask models), else ``None``.
     extras: model-specific tensors (Det+Seg: ``crop_logits``, ``crop_centers``).
@@ -23,7 +23,7 @@ class SegOutput:
 
     logits: torch.Tensor
     class_logits: torch.Tensor | None = None
-    stage1_logits: torch.Tensor | None = None
+    seg_logits: torch.Tensor | None = None
     ungated_logits: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 

@@ -59,8 +59,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
-def _net(in_channels=1, fusion=False, classifier=False, **kw) -> SegmentationNet:
-    return SegmentationNet(in_channels=in_channels, num_classes=4, fusion=fusion, classifier=classifier, **kw)
+def _net(in_channels=1, all_slice=False, classifier=False, **kw) -> SegmentationNet:
+    return SegmentationNet(in_channels=in_channels, num_classes=4, all_slice=all_slice, classifier=classifier, **kw)
 
 
 def _stage_kwargs(kw: dict) -> dict:
@@ -75,19 +75,19 @@ def seg_ss(**kw):
 
 @register_model("seg_as")
 def seg_as(**kw):
-    return _net(fusion=True, **_stage_kwargs(kw))
+    return _net(all_slice=True, **_stage_kwargs(kw))
 
 
 @register_model("seg_as_mt")
 def seg_as_mt(**kw):
-    return _net(fusion=True, classifier=True, **_stage_kwargs(kw))
+    return _net(all_slice=True, classifier=True, **_stage_kwargs(kw))
 
 
 def _two_stage(seg_all_slice: bool, ref_all_slice: bool, ref_mt: bool, kw) -> TwoStageNet:
     residual = kw.get("ref_residual", True)
     kw = _stage_kwargs(kw)
-    return TwoStageNet(_net(fusion=seg_all_slice, **kw),
-                       _net(in_channels=4, fusion=ref_all_slice, classifier=ref_mt, residual_input=residual, **kw))
+    return TwoStageNet(_net(all_slice=seg_all_slice, **kw),
+                       _net(in_channels=4, all_slice=ref_all_slice, classifier=ref_mt, residual_input=residual, **kw))
 
 
 @register_model("seg_ss+ref_ss")
@@ -115,6 +115,6 @@ def det_seg(crop=128, zoom=1.5, ref_residual=None, **kw):
     return DetSegNet(crop=crop, zoom=zoom, **kw)
 
 
-def stage1_name(name: str) -> str | None:
+def seg_stage_name(name: str) -> str | None:
     """``seg_as+ref_as_mt`` -> ``seg_as``; single-stage names -> ``None``."""
     return name.split("+", 1)[0] if "+" in name else None

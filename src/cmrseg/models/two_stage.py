@@ -20,7 +20,7 @@ class TwoStageNet(nn.Module):
 
     ``forward(x, stack_sizes=None, stack_ids=None)`` (see :class:`SegmentationNet`): ``x``
     ``[N, 1, H, W]`` -> :class:`SegOutput` with the Ref stage's (gated, in eval) logits and class
-    logits, and ``stage1_logits`` from Seg.
+    logits, and ``seg_logits`` from Seg.
     """
 
     def __init__(self, seg: SegmentationNet, ref: SegmentationNet):
@@ -36,4 +36,4 @@ class TwoStageNet(nn.Module):
                 stack_ids: torch.Tensor | None = None) -> SegOutput:
         s = self.seg(x, stack_sizes, stack_ids)
         r = self.ref(s.logits.float().softmax(dim=1).to(x.dtype), stack_sizes, stack_ids)
-        return SegOutput(r.logits, r.class_logits, stage1_logits=s.logits, ungated_logits=r.ungated_logits)
+        return SegOutput(r.logits, r.class_logits, seg_logits=s.logits, ungated_logits=r.ungated_logits)

@@ -1,8 +1,8 @@
 """SK-UNet and its all-slice / multitask variants: one configurable network.
 
-* ``fusion=False, classifier=False``: **SK-UNet**, the single-slice (SS) baseline [SK-UNet,
+* ``all_slice=False, classifier=False``: **SK-UNet**, the single-slice (SS) baseline [SK-UNet,
   Wang et al. 2019] (paper Table 1 "SS SK-UNet").
-* ``fusion=True``: **all-slice (AS) After-UNet-style** model: the same encoder/decoder with
+* ``all_slice=True``: **all-slice (AS) After-UNet-style** model: the same encoder/decoder with
   the all-slice fusion transformer at the bottleneck (Sec. 2.2).
 * ``classifier=True``: multitask (MT) form with a classification branch, an MLP on the
   bottleneck features pooled per slice giving [RV, MYO, LV] presence logits (Sec. 2.3).
@@ -88,7 +88,7 @@ class SegmentationNet(nn.Module):
         in_channels: 1 for images, 4 for the Ref stage's probability maps.
         num_classes: output classes (4: bg, RV, MYO, LV).
         widths: channels per level; ``len(widths) - 1`` poolings.
-        fusion: all-slice fusion transformer at the bottleneck.
+        all_slice: the all-slice fusion transformer at the bottleneck (the module ``fusion``).
         classifier: multitask classification branch.
         fusion_depth, heads, mlp_ratio: transformer settings (dim = ``widths[-1]``).
         residual_input: the input is a probability map over the output classes (the Ref
@@ -105,7 +105,7 @@ class SegmentationNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4, widths: tuple[int, ...] = (16, 32, 64, 128, 256),
-                 norm: str = "batch", sk_groups: int = 1, fusion: bool = False, classifier: bool = False,
+                 norm: str = "batch", sk_groups: int = 1, all_slice: bool = False, classifier: bool = False,
                  fusion_depth: int = 1, heads: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0,
                  residual_input: bool = False):
         super().__init__()
@@ -115,7 +115,7 @@ class SegmentationNet(nn.Module):
         widths = tuple(widths)
         self.divisor = 2 ** (len(widths) - 1)
         self.encoder = Encoder(in_channels, widths, norm, sk_groups)
-        self.fusion = AllSliceFusion(widths[-1], heads, fusion_depth, mlp_ratio, dropout) if fusion else None
+        self.fusion = AllSliceFusion(widths[-1], heads, fusion_depth, mlp_ratio, dropout) if all_slice else None
         self.decoder = Decoder(widths, num_classes, norm, sk_groups)
         self.classifier = ClassifierHead(widths[-1]) if classifier else None
 

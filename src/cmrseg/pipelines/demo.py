@@ -1,7 +1,7 @@
 """``cmrseg demo`` / ``make demo``: the whole chain on a fresh machine in a few minutes.
 
 Without data: write the synthetic phantom, train the proposed model with the ``demo``
-protocol, segment and evaluate the phantom's validation cases (protocol tables, Fig. 4-style
+protocol, segment and evaluate the phantom's validation patients (protocol tables, Fig. 4-style
 figure), then run the clinical tool (``cmrseg segment``) on the validation patients' cines
 and DICOM series and compare its measures with the phantom's known volumes. Everything lands
 in ``demo_output/``. With ``data``: the same chain on a real dataset (``train/`` + ``val/``)
@@ -19,8 +19,9 @@ import numpy as np
 
 from cmrseg.atomic import write_json
 from cmrseg.data.phantom import generate
-from cmrseg.evaluation.clinical import STRUCTURE_COLUMNS, cardiac_measures
+from cmrseg.inference.options import InferenceOptions, SegmentOptions
 from cmrseg.inference.segment import segment
+from cmrseg.measures.clinical import STRUCTURE_COLUMNS, cardiac_measures
 from cmrseg.models.registry import PROPOSED
 from cmrseg.pipelines.reproduce import reproduce
 
@@ -44,13 +45,13 @@ def _phantom_measure_errors(seg_out: Path, truth_csv: Path) -> dict:
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, protocol: str | None = None,
-             device: str = "auto", cases: int = 8, val_cases: int = 2, overrides: list[str] | None = None) -> dict:
+             device: str = "auto", patients: int = 8, val_patients: int = 2, overrides: list[str] | None = None) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     phantom = data is None
     if phantom:
-        print(f"[demo] writing the synthetic phantom ({cases} training + {val_cases} validation cases)", flush=True)
-        generate(out / "phantom", cases=cases, val_cases=val_cases, frames=6, seed=0, dicom=True)
+        print(f"[demo] writing the synthetic phantom ({patients} training + {val_patients} validation patients)", flush=True)
+        generate(out / "phantom", patients=patients, val_patients=val_patients, frames=6, seed=0, dicom=True)
         data = out / "phantom" / "h5"
         protocol = protocol or "demo"
     protocol = protocol or "fast"
@@ -60,11 +61,11 @@ def run_demo(out: str | Path, data: str | Path | None = None, protocol: str | No
         summary.update(summaries[PROPOSED])
         run = out / "runs" / PROPOSED
         if phantom:
-            val_ids = [f"patient{n + 1:03d}" for n in range(cases, cases + val_cases)]
+            val_ids = [f"patient{n + 1:03d}" for n in range(patients, patients + val_patients)]
             inputs = [out / "phantom" / "acdc" / p / f"{p}_4d.nii.gz" for p in val_ids]
             inputs += [out / "phantom" / "dicom" / p for p in val_ids]
             print("[demo] cmrseg segment on the validation cines (NIfTI 4D and DICOM)", flush=True)
-            segment(inputs, out / "segment", model=str(run), device=device, workers=0)
+            segment(inputs, out / "segment", SegmentOptions(model=(str(run),), inference=InferenceOptions(device=device), workers=0))
             summary["segment_vs_known_volumes"] = _phantom_measure_errors(out / "segment", out / "phantom" / "truth.csv")
     summary["wall_seconds"] = time.perf_counter() - t0
     write_json(out / "summary.json", summary)

@@ -27,15 +27,50 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.device import resolve_device
 from cmrseg.errors import InputError
-from cmrseg.evaluation.compare import Evaluation, compare_evaluations, summary_table, write_comparison
-from cmrseg.evaluation.evaluate import (EvalCase, clinical_table, evaluate_cases, markdown_table, patient_scores,
-                                        topology_table, wall_slope_table)
-from cmrseg.evaluation.tables import (LABELS_T1, ORDER, REF_INPUT_ABLATION, TABLE1, TABLE2, fig4_examples, label,
-                                      table1_rows, table2_rows, table_csv)
-from cmrseg.inference import Predictor
+from cmrseg.evaluation.compare import (
+    Evaluation,
+    compare_evaluations,
+    summary_table,
+    write_comparison,
+)
+from cmrseg.evaluation.evaluate import (
+    EvalVolume,
+    clinical_table,
+    evaluate_volumes,
+    markdown_table,
+    patient_scores,
+    topology_table,
+    wall_slope_table,
+)
+from cmrseg.evaluation.tables import (
+    LABELS_T1,
+    ORDER,
+    REF_INPUT_ABLATION,
+    TABLE1,
+    TABLE2,
+    fig4_examples,
+    label,
+    table1_rows,
+    table2_rows,
+    table_csv,
+)
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.inference.predictor import Predictor
 from cmrseg.models.registry import PROPOSED
-from cmrseg.pipelines.scheduler import InProcess, Job, Subprocess, job_config, plan, run_jobs
-from cmrseg.training.run_folder import is_complete_run, remove_split_caches, resolve_splits, split_caches
+from cmrseg.pipelines.scheduler import (
+    InProcess,
+    Job,
+    Subprocess,
+    job_config,
+    plan,
+    run_jobs,
+)
+from cmrseg.training.run_folder import (
+    is_complete_run,
+    remove_split_caches,
+    resolve_splits,
+    split_caches,
+)
 from cmrseg.visualization import comparison_grid
 
 
@@ -97,14 +132,14 @@ def evaluate_runs(jobs: list[Job], val_volumes, device: str = "auto", progress: 
     for job in jobs:
         if job.status != "done":
             continue
-        predictor = Predictor.from_path(job.run_dir, device=device)
+        predictor = Predictor.from_path(job.run_dir, InferenceOptions(device=device))
         preds, secs = [], []
         for vol in tqdm(val_volumes, desc=f"predict {job.name}", disable=not progress, leave=False):
             p = predictor.predict_volume(vol)
             preds.append(p.mask)
             secs.append(p.seconds)
-        cases = [EvalCase(v.name, m, v.label, v.geometry.spacing, v.meta) for v, m in zip(val_volumes, preds)]
-        results, summaries[job.name] = evaluate_cases(cases)
+        cases = [EvalVolume(v.name, m, v.label, v.geometry.spacing, v.meta) for v, m in zip(val_volumes, preds)]
+        results, summaries[job.name] = evaluate_volumes(cases)
         scores[job.name] = patient_scores(results)
         masks[job.name] = preds
         speed[job.name] = float(np.mean(secs))
@@ -148,7 +183,7 @@ def run_times(run_dir: Path) -> tuple[float | None, float | None]:
         meta = json.loads((run_dir / "model.json").read_text())
     except (OSError, ValueError):
         return None, None
-    return meta.get("train_seconds"), meta.get("stage1_train_seconds")
+    return meta.get("train_seconds"), meta.get("seg_stage_train_seconds")
 
 
 def _num(v, digits: int = 1) -> str:
@@ -202,7 +237,7 @@ def write_report(out: Path, jobs: list[Job], summaries: dict, speed: dict, proto
 def _timings_csv(jobs: list[Job], times: dict, speed: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["run", "model", "status", "train_seconds", "stage1_train_seconds", "inference_seconds_per_stack", "error"])
+    w.writerow(["run", "model", "status", "train_seconds", "seg_stage_train_seconds", "inference_seconds_per_stack", "error"])
     for j in jobs:
         own, s1 = times[j.name]
         w.writerow([j.name, j.model, j.status, _num(own), _num(s1), _num(speed.get(j.name), 3), j.error])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cmrseg.models.registry import stage1_name
+from cmrseg.models.registry import seg_stage_name
 from cmrseg.training.config import TrainConfig, load_config
 from cmrseg.training.run_folder import is_complete_run
 from cmrseg.training.trainer import train
@@ -44,12 +44,12 @@ def plan(models: list[str], runs: Path, variants: dict[str, tuple[str, list[str]
     def add(name: str, model: str, overrides: list[str] | None = None):
         if name in jobs:
             return
-        s1 = stage1_name(model)
+        s1 = seg_stage_name(model)
         if s1 is not None:
             add(s1, s1)
         jobs[name] = Job(name, model, runs / name.replace("@", "_"), after=s1, overrides=list(overrides or []))
         if s1 is not None:
-            jobs[name].overrides.append(f"stage1_run={runs / s1}")
+            jobs[name].overrides.append(f"seg_stage_run={runs / s1}")
 
     for m in sorted(models, key=_priority):
         add(m, m)

@@ -51,12 +51,12 @@ class StackBatcher:
 
     Args:
         dataset: a :class:`StackDataset` (its ``mode`` decides stacks or slices).
-        batch_size: stacks (stack mode) or slices (slice mode) per batch.
+        batch_size: stacks (items of mode ``stack``) or slices (mode ``slice``) per batch.
         device: where the data lives and batches are made.
         rank, world_size: for DistributedDataParallel; each rank takes every
             ``world_size``-th item of one shared permutation (same number per rank).
         seed: shuffling seed (the epoch is added, so every epoch differs reproducibly).
-        fixed_slices: fixed-shape batches (module docstring): stack mode packs whole stacks into
+        fixed_slices: fixed-shape batches (module docstring): mode ``stack`` packs whole stacks into
             this many slices (at least the longest stack) and ignores ``batch_size``; slice mode
             serves ``batch_size`` slices and drops the epoch's short last batch. Every rank gets
             the same number of batches.

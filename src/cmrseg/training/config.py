@@ -71,14 +71,14 @@ class TrainConfig:
             --compile default``): compiling takes a minute or more.
         centred_inference: validate, compute the Ref stage's inputs and (through
             ``model.json``'s ``inference_crop``) segment heart-centred, on a crop of the
-            training crop's size (``cmrseg.inference.centred``); off = on the whole canvas.
+            training crop's size (``cmrseg.models.centred``); off = on the whole canvas.
         time_budget_s: seconds each stage may train: after its first epochs (timed, with one
             validation) the stage's epoch count becomes what fits, at most ``epochs``, and
             the learning-rate schedule follows. ``None`` = always ``epochs``.
-        stage1_run: a trained Seg-stage run folder to reuse instead of training stage 1.
+        seg_stage_run: a trained Seg-stage run folder to reuse instead of training the Seg stage.
         init_weights: fine-tune: start from these weights (a run folder or a ``.safetensors``
             file of the same model and widths) instead of a random initialisation. For a
-            two-stage model they initialise both stages; with ``stage1_run`` its Seg stage
+            two-stage model they initialise both stages; with ``seg_stage_run`` its Seg stage
             is that run's instead. A resumed run continues from its checkpoint instead.
         labels: the data's label value of each structure (``cmrseg train --labels``), e.g.
             ``LV=1,MYO=2,RV=3`` for M&Ms; default this project's (ACDC's) ``RV=1,MYO=2,LV=3``.
@@ -118,7 +118,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None
-    stage1_run: str | None = None
+    seg_stage_run: str | None = None
     init_weights: str | None = None
     labels: str = ACDC_LABELS
     teacher: str | None = None
@@ -174,6 +174,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
+        if "stage1_run" in d:  # the name of config.yaml files written before it was seg_stage_run
+            d.setdefault("seg_stage_run", d.pop("stage1_run"))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -9,7 +9,7 @@ as uint8 (``round(255 p)``, 194 MB for ACDC's 1,312 training slices on a 192-pix
 ``RUN/teacher/targets.npz`` and reused by a resumed run. The student sees each training stack
 augmented (geometry applied to image, labels and targets alike; the vendor-like shifts to its
 image only: :mod:`cmrseg.data.vendor_shifts`) and learns the teacher's targets beside the
-experts' labels (:class:`~cmrseg.losses.DistillationLoss`): what the teacher says of the clean
+experts' labels (:class:`~cmrseg.training.losses.DistillationLoss`): what the teacher says of the clean
 image, the student learns to say of the shifted one.
 """
 
@@ -26,6 +26,7 @@ from cmrseg.atomic import atomic_path, write_json
 from cmrseg.data.dataset import StackDataset
 from cmrseg.errors import CmrsegError
 from cmrseg.inference.ensemble import load_predictor
+from cmrseg.inference.options import InferenceOptions
 from cmrseg.models.unet import SegmentationNet
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext
@@ -53,7 +54,7 @@ def teacher_targets(cfg: TrainConfig, train_ds: StackDataset, out: Path, ctx: Tr
     """uint8 ``[S, 4, C, C]`` per training stack: the teacher's canvas probabilities x 255,
     from ``out/teacher`` when made for this teacher, canvas and data, else computed now (on the
     main process; the others wait for the file)."""
-    predictor = load_predictor(cfg.teacher, device=str(ctx.device))
+    predictor = load_predictor(cfg.teacher, InferenceOptions(device=str(ctx.device)))
     if predictor.preprocess != cfg.preprocess:
         raise CmrsegError(f"teacher {cfg.teacher} works on another canvas ({predictor.preprocess}) than the student "
                           f"({cfg.preprocess}); give the student the teacher's preprocess")

@@ -21,11 +21,17 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json
-from cmrseg.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
+from cmrseg.checkpoint import (
+    find_training_state,
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+)
 from cmrseg.data.dataset import StackDataset
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.levels import LEVELS
-from cmrseg.evaluation.metrics import level_dice_fast
+from cmrseg.measures.levels import LEVELS
+from cmrseg.measures.metrics import level_dice_fast
 from cmrseg.training.batching import StackBatcher
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext

@@ -1,7 +1,7 @@
 """What is trained in each stage and how a batch becomes a loss.
 
 * :class:`ImageStage`: a network on augmented images (every single-stage model and the Seg
-  stage of two-stage models). Plain networks use :class:`~cmrseg.losses.SegLoss`, networks
+  stage of two-stage models). Plain networks use :class:`~cmrseg.training.losses.SegLoss`, networks
   with a classification branch the paper's gated loss.
 * :class:`RefineStage`: the Ref stage of a two-stage model, on Seg-stage probability maps:
   computed once per Seg weight snapshot and then augmented, or computed by a Seg snapshot
@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from cmrseg.data.augmentation import StackAugmenter
 from cmrseg.data.dataset import StackDataset
-from cmrseg.inference.centred import heart_centred_forward
-from cmrseg.losses import DistillationLoss, GatedRefinementLoss, HeartDetectionLoss, SegLoss
+from cmrseg.models.centred import heart_centred_forward
 from cmrseg.models.det_seg import DetSegNet, centers_from_mask
 from cmrseg.models.outputs import class_argmax
 from cmrseg.models.two_stage import TwoStageNet
@@ -38,6 +37,12 @@ from cmrseg.models.unet import SegmentationNet
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext
 from cmrseg.training.distill import as_probabilities, check_student
+from cmrseg.training.losses import (
+    DistillationLoss,
+    GatedRefinementLoss,
+    HeartDetectionLoss,
+    SegLoss,
+)
 
 Batch = dict  # a batch from cmrseg.training.batching.StackBatcher
 
@@ -211,7 +216,7 @@ class DetSegStage(_Base):
         zoomed = out.extras["crop_logits"].shape[-1]
         y_crop = net.crop(y[:, None].float(), heart, sizes)
         y_crop = F.interpolate(y_crop, size=(zoomed, zoomed), mode="nearest")[:, 0].long()
-        det = self.det_loss(out.stage1_logits, y)
+        det = self.det_loss(out.seg_logits, y)
         seg = self.seg_loss(out.extras["crop_logits"], y_crop)
         return det + seg, {"det": det.detach(), "seg": seg.detach()}
 

@@ -33,10 +33,10 @@ from cmrseg.data.dataset import StackDataset
 from cmrseg.models import TwoStageNet, create_model
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext, setup_context
+from cmrseg.training.distill import check_student, teacher_targets
 from cmrseg.training.distributed import cleanup
 from cmrseg.training.loop import train_one_stage
 from cmrseg.training.run_folder import is_complete_run, resolve_splits, weights_file
-from cmrseg.training.distill import check_student, teacher_targets
 from cmrseg.training.stages import DistillStage, seed_everything, stage_for
 from cmrseg.training.two_stage import train_two_stage
 

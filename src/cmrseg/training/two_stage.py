@@ -1,5 +1,5 @@
 """Two-stage assembly: the Seg stage (trained into ``out/stage1`` or an earlier run reused,
-``stage1_run``), frozen, then the Ref stage trained on the Seg stage's probability maps
+``seg_stage_run``), frozen, then the Ref stage trained on the Seg stage's probability maps
 (``ref_inputs``: the final Seg weights alone, or snapshots from along Seg training as well,
 cached once per source or computed online on every augmented batch)."""
 
@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from cmrseg.checkpoint import load_weights, read_tensors
 from cmrseg.data.dataset import StackDataset
 from cmrseg.errors import CmrsegError, InputError
-from cmrseg.inference.centred import heart_centred_forward
 from cmrseg.models import TwoStageNet, create_model
-from cmrseg.models.registry import stage1_name
+from cmrseg.models.centred import heart_centred_forward
+from cmrseg.models.registry import seg_stage_name
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext
 from cmrseg.training.loop import train_one_stage
@@ -34,26 +34,26 @@ def train_two_stage(model: TwoStageNet, cfg: TrainConfig, train_ds: StackDataset
     inputs = ref_inputs(model, s1_dir, train_ds, val_ds, cfg, ctx)
     stage = RefineStage(model, train_ds, cfg, ctx, inputs)
     train_one_stage(model, stage, val_ds, cfg, out, ctx, snapshots=False, setup_seconds=time.perf_counter() - t0,
-                    extra={"stage1_run": str(s1_dir), "ref_inputs": cfg.ref_inputs,
-                           "ref_input_sources": len(inputs.sources), "stage1_train_seconds": run_meta(s1_dir).get("train_seconds")})
+                    extra={"seg_stage_run": str(s1_dir), "ref_inputs": cfg.ref_inputs,
+                           "ref_input_sources": len(inputs.sources), "seg_stage_train_seconds": run_meta(s1_dir).get("train_seconds")})
 
 
 def seg_stage_run(model: TwoStageNet, cfg: TrainConfig, train_ds: StackDataset, val_ds: StackDataset, out: Path,
                   ctx: TrainContext) -> Path:
-    """The complete run of ``model``'s Seg stage: ``cfg.stage1_run`` (checked), else
+    """The complete run of ``model``'s Seg stage: ``cfg.seg_stage_run`` (checked), else
     ``out/stage1``, trained now unless complete (fine-tuned from ``model.seg`` when the
     two-stage model was given ``init_weights``)."""
-    if cfg.stage1_run:
-        s1_dir = Path(cfg.stage1_run)
+    if cfg.seg_stage_run:
+        s1_dir = Path(cfg.seg_stage_run)
         if not is_complete_run(s1_dir):
-            raise InputError(s1_dir, "stage1_run is not a complete run folder (model.json with complete: true)")
-        if (found := run_meta(s1_dir)["model"]) != stage1_name(cfg.model):
-            raise InputError(s1_dir, f"stage1_run is a {found} run; {cfg.model} needs {stage1_name(cfg.model)}")
+            raise InputError(s1_dir, "seg_stage_run is not a complete run folder (model.json with complete: true)")
+        if (found := run_meta(s1_dir)["model"]) != seg_stage_name(cfg.model):
+            raise InputError(s1_dir, f"seg_stage_run is a {found} run; {cfg.model} needs {seg_stage_name(cfg.model)}")
         return s1_dir
     s1_dir = out / "stage1"
     if not is_complete_run(s1_dir):
         seed_everything(cfg.seed)
-        seg = create_model(stage1_name(cfg.model), **cfg.model_kwargs).to(ctx.device)
+        seg = create_model(seg_stage_name(cfg.model), **cfg.model_kwargs).to(ctx.device)
         if cfg.init_weights:
             seg.load_state_dict(model.seg.state_dict())
         if ctx.channels_last:
@@ -87,7 +87,7 @@ def seg_probabilities(seg: torch.nn.Module, state_dict: dict, ds: StackDataset, 
     seg.load_state_dict(state_dict)
     seg.eval()
     out = []
-    for rec in tqdm(ds.records, desc="stage-1 probabilities", disable=not progress, leave=False):
+    for rec in tqdm(ds.records, desc="Seg-stage probabilities", disable=not progress, leave=False):
         x = torch.from_numpy(rec.image).to(ctx.device).float().div_(255)[:, None]
         with ctx.autocast():
             p = heart_centred_forward(seg, ctx.memory_format(x), inference_crop).logits.float().softmax(1)

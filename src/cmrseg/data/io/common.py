@@ -42,6 +42,11 @@ def parse_phase_name(name: str) -> tuple[str, str | None]:
     return (m.group("case"), m.group("phase").upper()) if m else (name, None)
 
 
+def is_label_file(path: Path) -> bool:
+    """A truth file stored beside its image: ``<name>_gt`` (``patient001_frame01_gt.nii.gz``)."""
+    return strip_suffix(path).endswith("_gt")
+
+
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 

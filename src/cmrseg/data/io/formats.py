@@ -1,6 +1,6 @@
 """The format table: every image format the tools read and write, in one place.
 
-Discovery (:mod:`cmrseg.inference.discovery`), ``cmrseg segment`` (read, write masks) and
+Discovery (:mod:`cmrseg.data.io.discovery`), ``cmrseg segment`` (read, write masks) and
 ``cmrseg evaluate`` (read label maps) look formats up here and nowhere else, so adding a
 format is one reader/writer module plus one :class:`Format` row in :data:`FORMATS`.
 """

@@ -16,10 +16,10 @@ import pytest
 
 from cmrseg.data.io import read_volumes
 from cmrseg.data.io.dicom import write_dicom_series
+from cmrseg.data.io.discovery import StudySource, discover, load_study, unique_names
 from cmrseg.data.io.nifti import write_nifti_image
 from cmrseg.data.orientation import reverse_affine
 from cmrseg.errors import InputError
-from cmrseg.inference.discovery import StudySource, discover_all, load_study, unique_names
 
 
 def _segment(*args):
@@ -69,7 +69,7 @@ def _mixed_tree(phantom_dir, root: Path) -> Path:
 
 def test_a_tree_with_a_cine_a_localiser_and_a_long_axis_series(phantom_dir, smoke_model, tmp_path):
     root = _mixed_tree(phantom_dir, tmp_path / "study")
-    sources, skipped = discover_all([root])
+    sources, skipped = discover([root])
     assert [s.kind for s in sources] == ["dicom"]
     reasons = {str(k.path): k.reason for k in skipped}
     assert len(skipped) == 2, reasons
@@ -79,14 +79,14 @@ def test_a_tree_with_a_cine_a_localiser_and_a_long_axis_series(phantom_dir, smok
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("skipped") >= 2
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["cases"]) == 1 and len(summary["skipped"]) == 2
+    assert len(summary["studies"]) == 1 and len(summary["skipped"]) == 2
     assert "Skipped inputs" in (out / "report.html").read_text()
 
 
 def test_a_single_dcm_file_stands_for_its_series(phantom_dir):
     folder = phantom_dir / "dicom" / "patient003"
     one = sorted(folder.iterdir())[5]
-    sources, _ = discover_all([one])
+    sources, _ = discover([one])
     assert len(sources) == 1 and len(sources[0].paths) == len(list(folder.iterdir()))
     a, b = read_volumes(one), read_volumes(folder)
     assert len(a) == len(b) and np.array_equal(a[0].image, b[0].image)
@@ -102,14 +102,14 @@ def test_an_enhanced_multiframe_cine_is_one_study_beside_classic_series(phantom_
             "loc", None, "localiser")
     enhanced = folder / "IM_ENHANCED.dcm"
     for given in (folder, enhanced):
-        sources, skipped = discover_all([given])
+        sources, skipped = discover([given])
         assert [(s.kind, s.paths) for s in sources] == [("dicom", [enhanced])]
         assert len(load_study(sources[0]).frames) == len(classic)
-    assert [k.reason for k in skipped] == [] and len(discover_all([folder])[1]) == 1
+    assert [k.reason for k in skipped] == [] and len(discover([folder])[1]) == 1
     out = tmp_path / "out"
     res = _segment("-i", folder, "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-2000:]
-    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    case = json.loads(next((out / "studies").glob("*.json")).read_text())
     assert case["frames"] == len(classic) and case["status"] == "ok"
     geometry = classic[0].geometry  # the mask is written in the file's slice order and geometry
     on_disk = reverse_affine(geometry.affine, classic[0].num_slices) if geometry.slices_reversed else geometry.affine
@@ -134,7 +134,7 @@ def _slice_series_tree(phantom_dir, root: Path, subfolders: bool) -> list:
 @pytest.mark.parametrize("subfolders", [False, True])
 def test_a_stack_stored_one_slice_per_series_is_one_study(phantom_dir, tmp_path, subfolders):
     classic = _slice_series_tree(phantom_dir, tmp_path / "exam", subfolders)
-    sources, skipped = discover_all([tmp_path / "exam"])
+    sources, skipped = discover([tmp_path / "exam"])
     assert skipped == [] and [(s.name, s.kind) for s in sources] == [("exam_sa_cine", "dicom_slices")]
     study = load_study(sources[0])
     assert len(study.frames) == len(classic)
@@ -155,7 +155,7 @@ def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, 99, "sa cine 3 repeat"
         ds.PixelData = (ds.pixel_array // 2).astype(np.uint16).tobytes()
         ds.save_as(str(root / "series_002_again" / f.name))
-    sources, skipped = discover_all([root])
+    sources, skipped = discover([root])
     assert [k.path.name for k in skipped] == ["series_002"]
     assert re.fullmatch(r"slice position -?[\d.]+ mm acquired again in series 99, which is used", skipped[0].reason)
     study = load_study(sources[0])
@@ -165,8 +165,8 @@ def test_a_repeated_slice_keeps_the_later_series_and_says_so(phantom_dir, smoke_
     res = _segment("-i", root, "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["cases"]) == 1 and len(summary["skipped"]) == 1
-    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    assert len(summary["studies"]) == 1 and len(summary["skipped"]) == 1
+    case = json.loads(next((out / "studies").glob("*.json")).read_text())
     assert case["frames"] == len(classic) and case["kind"] == "cine"
 
 
@@ -193,7 +193,7 @@ def test_another_sequence_in_the_same_plane_is_not_taken_for_a_slice(tmp_path, s
                 f.unlink()
                 continue
         ds.save_as(str(f))
-    sources, skipped = discover_all([tmp_path / "exam"])
+    sources, skipped = discover([tmp_path / "exam"])
     assert [(s.kind, len(s.paths)) for s in sources] == [("dicom_slices", 5 * 6 - sequence_names)]
     assert len(skipped) == 1 and str(skipped[0].path).endswith("series T1 map")
     assert skipped[0].reason.startswith("one slice position")
@@ -206,7 +206,7 @@ def test_a_mapping_set_of_three_short_axis_slices_is_not_made_a_stack(tmp_path):
     images = np.random.default_rng(0).random((8, 3, 64, 64)).astype(np.float32)
     write_dicom_series(images, _plane(np.array([-1.0, 1.0, -1.0]), (1.5, 1.5, 20.0)), tmp_path / "t1", "MOLLI",
                        layout="series_per_slice")
-    sources, skipped = discover_all([tmp_path / "t1"])
+    sources, skipped = discover([tmp_path / "t1"])
     assert sources == [] and [k.reason.startswith("one slice position") for k in skipped] == [True] * 3
 
 
@@ -234,7 +234,7 @@ def test_an_exam_folder_keeps_the_cine_and_skips_other_short_axis_sequences(tmp_
         elif kind == "cine_without_times":
             del ds.TriggerTime
         ds.save_as(str(f))
-    sources, skipped = discover_all([tmp_path / "series"])
+    sources, skipped = discover([tmp_path / "series"])
     mapping = "8 images per slice position at one trigger time, differing in {} time: a mapping series, not a cine"
     reasons = {"t1_mapping": mapping.format("inversion"), "t2_mapping": mapping.format("echo"),
                "late_enhancement": "one image per slice position, inversion time 300 ms: late enhancement, not a cine"}
@@ -258,7 +258,7 @@ def test_an_enhanced_mapping_file_is_skipped_by_its_per_frame_inversion_times(tm
         modifier.InversionTimes = [100.0 + 80.0 * (i // 6)]
         frame.MRModifierSequence = Sequence([modifier])
     ds.save_as(str(path))
-    sources, skipped = discover_all([tmp_path / "t1"])
+    sources, skipped = discover([tmp_path / "t1"])
     assert sources == [] and [k.reason for k in skipped] == [
         "8 images per slice position at one trigger time, differing in inversion time: a mapping series, not a cine"]
 
@@ -267,7 +267,7 @@ def test_parallel_long_axis_cines_one_per_series_are_not_made_a_stack(tmp_path):
     lax_normal = np.cross([-1.0, 1.0, -1.0], [1.0, 1.0, 0.0])  # a plane that contains the long axis
     frames = np.random.default_rng(0).random((6, 5, 64, 64)).astype(np.float32)
     write_dicom_series(frames, _plane(lax_normal), tmp_path / "lax", "lax cine", layout="series_per_slice")
-    sources, skipped = discover_all([tmp_path / "lax"])
+    sources, skipped = discover([tmp_path / "lax"])
     assert sources == [] and len(skipped) == 5
     assert all(k.reason.startswith("one slice position: a 2D cine of 6 frames") for k in skipped)
 
@@ -281,7 +281,7 @@ def test_ed_and_es_files_pair_into_one_study_with_ef(phantom_dir, smoke_model, t
     es = sorted(p for p in pdir.glob("patient001_frame*.nii.gz") if "_gt" not in p.name)[-1]
     shutil.copy(es, src / "subjectA_ES.nii.gz")
     shutil.copy(es, src / "subjectB-es.nii.gz")
-    sources, _ = discover_all([src])
+    sources, _ = discover([src])
     assert [(s.name, s.phases) for s in sources] == [("subjectA", ["ED", "ES"]), ("subjectB", ["ED", "ES"])]
     study = load_study(sources[0])
     assert (study.ed, study.es) == (0, 1)
@@ -306,7 +306,7 @@ def test_a_lost_image_is_flagged_and_the_rest_segmented(phantom_dir, smoke_model
     out = tmp_path / "out"
     res = _segment("-i", src, "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-2000:]
-    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    case = json.loads(next((out / "studies").glob("*.json")).read_text())
     assert [(f["frame"], f["slice"]) for f in case["flags"] if f["flag"] == "missing_image"] == [("frame 3", 3)]
     assert case["qc"] in ("review", "fail")
 
@@ -315,15 +315,18 @@ def test_2d_inputs_are_refused_with_one_line(tmp_path):
     lax = tmp_path / "lax_4d.nii.gz"
     write_nifti_image(np.random.default_rng(0).random((12, 1, 64, 64)).astype(np.float32) * 100,
                       np.diag([1.5, 1.5, 8.0, 1.0]), lax)
-    sources, _ = discover_all([lax])
+    sources, _ = discover([lax])
     with pytest.raises(InputError, match="one slice per frame"):
         load_study(sources[0])
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, tmp_path, reverse):
-    """An axis-aligned stack (no geometry to go by) written base->apex or apex->base: the
-    written mask keeps the file's order, and the record names the basal slice's k."""
+def test_the_anatomy_checks_the_order_read_and_flags_a_stack_stored_the_other_way(phantom_dir, tmp_path, reverse):
+    """An axis-aligned stack (no geometry to go by: the file's order is kept when it is read)
+    written base->apex or apex->base. The order is decided once, at reading; after segmentation
+    the anatomy (LV and myocardium larger at the base) agrees, or says the base is at the other
+    end and the study is flagged for review (``base_apex_unsure``) with the way out, never
+    reordered; ``--slice-order reverse`` reads it the right way round."""
     pdir = phantom_dir / "acdc" / "patient001"  # the phantom's files run base -> apex
     img = nib.load(str(pdir / "patient001_frame01.nii.gz"))
     label = np.asanyarray(nib.load(str(pdir / "patient001_frame01_gt.nii.gz")).dataobj)
@@ -336,29 +339,31 @@ def test_base_and_apex_come_from_the_anatomy_in_either_file_order(phantom_dir, t
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data), np.diag([*zooms[:3], 1.0])), str(src / "stack.nii.gz"))
     # a stand-in "model" that returns the truth, so the test is about the ordering alone
     from cmrseg.inference.predictor import Prediction
-    from cmrseg.inference.segment import _orient
+    from cmrseg.inference.segment import check_base_apex
 
-    study = load_study(discover_all([src])[0][0])
-    truth = np.ascontiguousarray(label.transpose(2, 1, 0))
-    per_slice = (truth > 0).reshape(truth.shape[0], -1).sum(1).astype(float)  # anything tied to its slice
-    preds = [Prediction(truth.copy(), np.repeat(per_slice[:, None], 3, 1), 0.0, per_slice.copy(),
-                        np.repeat(per_slice[:, None], 4, 1))]
-    said = _orient(study, preds, "auto")
-    assert said.startswith("anatomy")
-    assert study.frames[0].geometry.slices_reversed == reverse
-    heart = np.flatnonzero(((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1))
-    area = ((preds[0].mask == 2) | (preds[0].mask == 3)).reshape(truth.shape[0], -1).sum(1)
-    assert area[heart[0]] >= area[heart[-1]]  # in memory the large (basal) end comes first
-    moved = (preds[0].mask > 0).reshape(truth.shape[0], -1).sum(1)  # per-slice facts turn with the mask
-    np.testing.assert_array_equal(preds[0].expected_errors, moved)
-    np.testing.assert_array_equal(preds[0].class_probs[:, 0], moved)
-    np.testing.assert_array_equal(preds[0].probabilities[:, 0], moved)
+    def said(slice_order):
+        study = load_study(discover([src])[0][0], slice_order=slice_order)
+        truth = np.ascontiguousarray(label.transpose(2, 1, 0))
+        if study.frames[0].geometry.slices_reversed:
+            truth = np.ascontiguousarray(truth[::-1])
+        return study, check_base_apex(study, [Prediction(truth, None, 0.0)], slice_order)
+
+    study, (how, flags) = said("auto")
+    assert not study.frames[0].geometry.slices_reversed  # read in the file's order, whatever the anatomy
+    if reverse:
+        assert how == "geometry (the anatomy disagrees: flagged)" and [f["flag"] for f in flags] == ["base_apex_unsure"]
+        n = study.frames[0].num_slices
+        assert f"larger at k={n - 1}" in flags[0]["detail"] and "--slice-order reverse" in flags[0]["detail"]
+        study, (how, flags) = said("reverse")
+        assert study.frames[0].geometry.slices_reversed and how == "--slice-order reverse" and flags == []
+    else:
+        assert how == "geometry (the anatomy agrees)" and flags == []
 
 
 def test_nifti_masks_made_from_dicom_have_units_and_the_frame_interval(phantom_dir, smoke_model, tmp_path):
     out = tmp_path / "out"
     assert _segment("-i", phantom_dir / "dicom" / "patient003", "-o", out, "--model", smoke_model).returncode == 0
-    case = json.loads(next((out / "cases").glob("*.json")).read_text())
+    case = json.loads(next((out / "studies").glob("*.json")).read_text())
     img = nib.load(str(out / case["outputs"][0]))
     assert img.header.get_xyzt_units() == ("mm", "msec")
     assert img.header.get_zooms()[3] == pytest.approx(40.0)  # the phantom's trigger-time step
@@ -395,7 +400,7 @@ def test_studies_sharing_a_file_name_keep_their_own_masks_across_shards(phantom_
     for shard in ("1/2", "2/2"):
         res = _segment("-i", src, "-o", out, "--model", smoke_model, "--shard", shard)
         assert res.returncode == 0, res.stderr[-2000:]
-    cases = [json.loads(f.read_text()) for f in sorted((out / "cases").glob("*.json"))]
+    cases = [json.loads(f.read_text()) for f in sorted((out / "studies").glob("*.json"))]
     assert len(cases) == 2 and all(c["status"] == "ok" for c in cases)
     assert len({c["outputs"][0] for c in cases}) == 2  # each study its own mask file ...
     for case in cases:  # ... in the geometry of its own input (a 4D cine and a 3D stack here)

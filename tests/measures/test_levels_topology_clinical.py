@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cmrseg.evaluation.clinical import cardiac_measures, structure_volumes_ml
-from cmrseg.evaluation.levels import level_indices, slice_levels
-from cmrseg.evaluation.topology import topology_counts
+from cmrseg.measures.clinical import cardiac_measures, structure_volumes_ml
+from cmrseg.measures.levels import level_indices, slice_levels
+from cmrseg.measures.topology import topology_counts
 
 
 def _stack(heart_slices, above=0, below=0):
@@ -68,7 +68,7 @@ def test_clinical_measures():
 
 
 def test_volume_error_by_level_puts_each_error_on_its_level(tmp_path):
-    from cmrseg.evaluation.evaluate import EvalCase, evaluate_cases, write_report
+    from cmrseg.evaluation.evaluate import EvalVolume, evaluate_volumes, write_report
 
     gt = np.zeros((6, 20, 20), np.uint8)
     gt[:, 2:8, 2:8] = 1  # RV
@@ -81,9 +81,9 @@ def test_volume_error_by_level_puts_each_error_on_its_level(tmp_path):
     es[2, 10:12, 10:12] = 2  # mid: 4 LV pixels become MYO
     spacing = (2.0, 2.0, 5.0)  # 0.02 mL per voxel
     meta = {"patient": "p1"}
-    cases = [EvalCase("p1_ED", ed, gt, spacing, {**meta, "phase": "ED"}),
-             EvalCase("p1_ES", es, gt, spacing, {**meta, "phase": "ES"})]
-    results, summary = evaluate_cases(cases, with_hd95=False)
+    cases = [EvalVolume("p1_ED", ed, gt, spacing, {**meta, "phase": "ED"}),
+             EvalVolume("p1_ES", es, gt, spacing, {**meta, "phase": "ES"})]
+    results, summary = evaluate_volumes(cases, with_hd95=False)
     by = summary["volume_error_by_level"]
     assert by["ED"]["RV"] == pytest.approx({"base": 0.2, "mid": 0.0, "apex": 0.0, "all": 0.2})
     assert by["ED"]["MYO"] == pytest.approx({"base": 0.0, "mid": 0.0, "apex": -0.08, "all": -0.08})

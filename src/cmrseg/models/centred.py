@@ -68,8 +68,8 @@ def _locate(model, x: torch.Tensor, crop: int | None) -> tuple[tuple[int, int] |
     locator = _locator(model)
     first = locator(x)
     logits = first.logits
-    if locator is model and first.stage1_logits is not None and first.stage1_logits.shape == logits.shape:
-        logits = first.stage1_logits  # a whole two-stage model as locator (ONNX): its Seg stage's maps
+    if locator is model and first.seg_logits is not None and first.seg_logits.shape == logits.shape:
+        logits = first.seg_logits  # a whole two-stage model as locator (ONNX): its Seg stage's maps
     center = locate_heart(logits.float().softmax(dim=1))
     if center is None:
         return None, first if locator is model else None
@@ -82,7 +82,7 @@ def _forward_at(model, x: torch.Tensor, corner: tuple[int, int], crop: int) -> S
     y0, x0 = corner
     out = model(x[..., y0:y0 + crop, x0:x0 + crop])
     return SegOutput(_paste(out.logits, corner, size), out.class_logits,
-                     stage1_logits=_paste(out.stage1_logits, corner, size),
+                     seg_logits=_paste(out.seg_logits, corner, size),
                      ungated_logits=_paste(out.ungated_logits, corner, size),
                      extras={**out.extras, "window": corner})
 

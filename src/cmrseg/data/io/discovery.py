@@ -21,12 +21,34 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
-from cmrseg.data.io.acdc import ed_es, is_acdc_patient_folder, phase_of_frame, read_acdc_patient, read_info_cfg
-from cmrseg.data.io.common import mark_blank_slices, parse_frame_name, parse_phase_name, strip_suffix
-from cmrseg.data.io.dicom import (MIN_SLICE_SERIES, classify_series, common_description, read_dicom_series,
-                                  scan_series, series_files, series_name, series_of_file, slice_cine_key,
-                                  stack_slice_series)
+from cmrseg.data.io.acdc import (
+    ed_es,
+    is_acdc_patient_folder,
+    phase_of_frame,
+    read_acdc_patient,
+    read_info_cfg,
+)
+from cmrseg.data.io.common import (
+    is_label_file,
+    mark_blank_slices,
+    parse_frame_name,
+    parse_phase_name,
+    strip_suffix,
+)
+from cmrseg.data.io.dicom import (
+    MIN_SLICE_SERIES,
+    classify_series,
+    common_description,
+    read_dicom_series,
+    scan_series,
+    series_files,
+    series_name,
+    series_of_file,
+    slice_cine_key,
+    stack_slice_series,
+)
 from cmrseg.data.io.formats import described, format_of
 from cmrseg.data.io.readers import read_volumes
 from cmrseg.data.volume import Study
@@ -63,17 +85,15 @@ class Skipped:
     reason: str
 
 
-def _is_label(p: Path) -> bool:
-    return strip_suffix(p).endswith("_gt")
+class TreeWalk:
+    """The one walk of a folder tree every command makes (``cmrseg segment``'s discovery,
+    ``cmrseg evaluate``'s label files): each real file and folder once whatever links point at it
+    (a link back up the tree is not followed round), hidden entries skipped, folders deeper than
+    ``MAX_DEPTH`` listed in ``skipped`` instead of entered."""
 
-
-class _Walk:
     def __init__(self):
-        self.sources: list[StudySource] = []
+        self.seen: set[Path] = set()
         self.skipped: list[Skipped] = []
-        self.frame_groups: dict[tuple[Path, str], list[Path]] = {}
-        self.dicom_files: dict[Path, list[Path]] = {}  # folder -> its DICOM files
-        self.seen: set[Path] = set()  # real paths visited: a symbolic link back up the tree is walked once
 
     def first_visit(self, path: Path) -> bool:
         """Whether ``path`` (by its real path, links resolved) is met for the first time."""
@@ -87,20 +107,39 @@ class _Walk:
         self.seen.add(real)
         return True
 
-    def visit(self, path: Path, depth: int = 0) -> None:
-        if not self.first_visit(path):
+    def paths(self, root: Path, whole: Callable[[Path], bool] = lambda p: False, depth: int = 0) -> Iterator[Path]:
+        """The files under ``root`` (``root`` itself when a file), sorted; a folder for which
+        ``whole`` is true (an ACDC patient folder, for discovery) is yielded itself, not entered."""
+        if not self.first_visit(root):
             return
-        if is_acdc_patient_folder(path):
-            self.sources.append(StudySource(path.name, "acdc", [path]))
-        elif path.is_dir():
+        if root.is_dir() and not whole(root):
             if depth > MAX_DEPTH:
-                self.skipped.append(Skipped(path, f"deeper than {MAX_DEPTH} folders"))
+                self.skipped.append(Skipped(root, f"deeper than {MAX_DEPTH} folders"))
                 return
-            for child in sorted(path.iterdir()):
+            for child in sorted(root.iterdir()):
                 if not child.name.startswith("."):
-                    self.visit(child, depth + 1)
+                    yield from self.paths(child, whole, depth + 1)
+        else:
+            yield root
+
+
+class _Walk(TreeWalk):
+    def __init__(self):
+        super().__init__()
+        self.sources: list[StudySource] = []
+        self.frame_groups: dict[tuple[Path, str], list[Path]] = {}
+        self.dicom_files: dict[Path, list[Path]] = {}  # folder -> its DICOM files
+
+    def visit(self, root: Path) -> None:
+        for path in self.paths(root, is_acdc_patient_folder):
+            self.add(path)
+
+    def add(self, path: Path) -> None:
+        """One path of the walk: an ACDC patient folder, an image file or a DICOM file."""
+        if path.is_dir():
+            self.sources.append(StudySource(path.name, "acdc", [path]))
         elif (fmt := format_of(path)) is not None and not fmt.series:
-            if _is_label(path):
+            if is_label_file(path):
                 return
             name = strip_suffix(path)
             case, frame = parse_frame_name(name)
@@ -168,13 +207,7 @@ def _frame_of(p: Path) -> int:
     return parse_frame_name(strip_suffix(p))[1] or 0
 
 
-def discover(inputs: list[str | Path]) -> list[StudySource]:
-    """All studies under ``inputs`` sorted by name; a missing input raises :class:`InputError`.
-    The inputs that are not short-axis studies are in :func:`discover_all`'s second list."""
-    return discover_all(inputs)[0]
-
-
-def discover_all(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skipped]]:
+def discover(inputs: list[str | Path]) -> tuple[list[StudySource], list[Skipped]]:
     """(studies sorted by name, skipped inputs with the reason)."""
     walk = _Walk()
     for raw in inputs:

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from cmrseg.evaluation.levels import LEVELS, slice_levels
 from cmrseg.labels import CLASS_NAMES, NUM_CLASSES
+from cmrseg.measures.levels import LEVELS, slice_levels
 
 FOREGROUND = (1, 2, 3)
 
@@ -78,7 +78,7 @@ def level_dice_fast(cases: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, dic
 
     Written by hand because training validates every few epochs and the MONAI path with
     its one-hot tensors costs seconds per call; a test checks it equals
-    :func:`cmrseg.evaluation.evaluate.evaluate_cases` to 1e-6 (MONAI runs in float32). Used only for epoch
+    :func:`cmrseg.evaluation.evaluate.evaluate_volumes` to 1e-6 (MONAI runs in float32). Used only for epoch
     selection; reports use the MONAI path.
     """
     per_level: dict[str, list[list[float]]] = {lv: [[], [], []] for lv in (*LEVELS, "volume")}

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cmrseg.losses import GatedRefinementLoss, SegLoss, presence_labels
+from cmrseg.training.losses import GatedRefinementLoss, SegLoss, presence_labels
 
 
 def test_gated_loss_equals_the_hand_computed_value():
