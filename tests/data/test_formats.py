@@ -10,12 +10,7 @@ import pytest
 from cmrseg.data.io import formats
 from cmrseg.data.io.discovery import discover
 from cmrseg.data.io.formats import Format, format_of
-from cmrseg.data.io.readers import (
-    mask_output_path,
-    read_label_volume,
-    read_volumes,
-    write_mask,
-)
+from cmrseg.data.io.readers import mask_output_path, read_label_volume, read_volumes, write_mask
 from cmrseg.data.volume import Geometry, Volume
 from cmrseg.evaluation.evaluate import evaluate_folders
 

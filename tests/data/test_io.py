@@ -7,12 +7,7 @@ from cmrseg.data.io.acdc import read_acdc_patient
 from cmrseg.data.io.dicom import write_dicom_series
 from cmrseg.data.io.nifti import read_nifti, read_nifti_label, write_nifti_image
 from cmrseg.data.orientation import reverse_affine, should_reverse
-from cmrseg.data.preprocessing import (
-    PreprocessConfig,
-    canvas_map,
-    invert_to_input,
-    preprocess_label,
-)
+from cmrseg.data.preprocessing import PreprocessConfig, canvas_map, invert_to_input, preprocess_label
 from cmrseg.errors import InputError
 from cmrseg.measures.metrics import dice_per_class
 

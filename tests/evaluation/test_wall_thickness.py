@@ -4,12 +4,7 @@ thins or averages them."""
 import numpy as np
 import pytest
 
-from cmrseg.evaluation.evaluate import (
-    EvalVolume,
-    evaluate_volumes,
-    wall_slope_table,
-    wall_thickness_table,
-)
+from cmrseg.evaluation.evaluate import EvalVolume, evaluate_volumes, wall_slope_table, wall_thickness_table
 from cmrseg.measures.clinical import mean_wall_mm
 
 PIXEL_MM = 1.5

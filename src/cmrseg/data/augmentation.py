@@ -18,13 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from cmrseg.data.vendor_shifts import (
-    gaussian_blur,
-    per_stack,
-    renormalise,
-    rician_noise,
-    vendor_shifts,
-)
+from cmrseg.data.vendor_shifts import gaussian_blur, per_stack, renormalise, rician_noise, vendor_shifts
 from cmrseg.device import to_device
 
 

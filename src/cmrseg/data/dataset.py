@@ -24,13 +24,7 @@ from torch.utils.data import Dataset
 
 from cmrseg.atomic import atomic_path
 from cmrseg.data.io import load_labelled_dataset
-from cmrseg.data.preprocessing import (
-    PreprocessConfig,
-    derivable_canvas,
-    preprocess_image,
-    preprocess_label,
-    recanvas,
-)
+from cmrseg.data.preprocessing import PreprocessConfig, derivable_canvas, preprocess_image, preprocess_label, recanvas
 from cmrseg.data.volume import Volume
 from cmrseg.errors import InputError
 

@@ -27,12 +27,7 @@ from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
 from cmrseg.evaluation.compare import mean_intervals, per_patient
-from cmrseg.evaluation.figures import (
-    bland_altman,
-    dice_by_level,
-    limits_of_agreement,
-    wall_thickness_scatter,
-)
+from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement, wall_thickness_scatter
 from cmrseg.evaluation.groups import read_groups
 from cmrseg.evaluation.quality_check import check_quality, quality_table
 from cmrseg.labels import (

@@ -27,12 +27,7 @@ from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.device import resolve_device
 from cmrseg.errors import InputError
-from cmrseg.evaluation.compare import (
-    Evaluation,
-    compare_evaluations,
-    summary_table,
-    write_comparison,
-)
+from cmrseg.evaluation.compare import Evaluation, compare_evaluations, summary_table, write_comparison
 from cmrseg.evaluation.evaluate import (
     EvalVolume,
     clinical_table,
@@ -57,20 +52,8 @@ from cmrseg.evaluation.tables import (
 from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.predictor import Predictor
 from cmrseg.models.registry import PROPOSED
-from cmrseg.pipelines.scheduler import (
-    InProcess,
-    Job,
-    Subprocess,
-    job_config,
-    plan,
-    run_jobs,
-)
-from cmrseg.training.run_folder import (
-    is_complete_run,
-    remove_split_caches,
-    resolve_splits,
-    split_caches,
-)
+from cmrseg.pipelines.scheduler import InProcess, Job, Subprocess, job_config, plan, run_jobs
+from cmrseg.training.run_folder import is_complete_run, remove_split_caches, resolve_splits, split_caches
 from cmrseg.visualization import comparison_grid
 
 

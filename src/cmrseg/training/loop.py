@@ -21,13 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json
-from cmrseg.checkpoint import (
-    find_training_state,
-    load_training_state,
-    load_weights,
-    save_training_state,
-    save_weights,
-)
+from cmrseg.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
 from cmrseg.data.dataset import StackDataset
 from cmrseg.errors import CmrsegError
 from cmrseg.measures.levels import LEVELS

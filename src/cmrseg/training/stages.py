@@ -37,12 +37,7 @@ from cmrseg.models.unet import SegmentationNet
 from cmrseg.training.config import TrainConfig
 from cmrseg.training.context import TrainContext
 from cmrseg.training.distill import as_probabilities, check_student
-from cmrseg.training.losses import (
-    DistillationLoss,
-    GatedRefinementLoss,
-    HeartDetectionLoss,
-    SegLoss,
-)
+from cmrseg.training.losses import DistillationLoss, GatedRefinementLoss, HeartDetectionLoss, SegLoss
 
 Batch = dict  # a batch from cmrseg.training.batching.StackBatcher
 

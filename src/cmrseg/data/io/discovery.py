@@ -23,20 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cmrseg.data.io.acdc import (
-    ed_es,
-    is_acdc_patient_folder,
-    phase_of_frame,
-    read_acdc_patient,
-    read_info_cfg,
-)
-from cmrseg.data.io.common import (
-    is_label_file,
-    mark_blank_slices,
-    parse_frame_name,
-    parse_phase_name,
-    strip_suffix,
-)
+from cmrseg.data.io.acdc import ed_es, is_acdc_patient_folder, phase_of_frame, read_acdc_patient, read_info_cfg
+from cmrseg.data.io.common import is_label_file, mark_blank_slices, parse_frame_name, parse_phase_name, strip_suffix
 from cmrseg.data.io.dicom import (
     MIN_SLICE_SERIES,
     classify_series,

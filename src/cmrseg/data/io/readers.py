@@ -9,12 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cmrseg.data.io.acdc import (
-    acdc_label_path,
-    case_facts,
-    is_acdc_patient_folder,
-    read_acdc_patient,
-)
+from cmrseg.data.io.acdc import acdc_label_path, case_facts, is_acdc_patient_folder, read_acdc_patient
 from cmrseg.data.io.common import is_h5, is_nifti, parse_frame_name, strip_suffix
 from cmrseg.data.io.formats import described, format_named, format_of, label_formats
 from cmrseg.data.io.h5 import read_h5
