@@ -16,6 +16,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cmrseg.device import cpu_description
 from cmrseg.models import create_model, list_models
 
 
@@ -59,7 +60,8 @@ def main():
         print(f"| {r['model']} | {r['params_M']:.2f} | {r['gflops_per_stack']:.1f} | {r['forward_s_per_stack']:.3f} |")
     if args.out:
         info = {"device": args.device, "size": args.size, "threads": args.threads, "torch": torch.__version__,
-                "machine": platform.platform(), "processor": platform.processor(), "date": time.strftime("%Y-%m-%d"),
+                "machine": platform.platform(), "cpu": cpu_description(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "rows": rows}
         with open(args.out, "w") as fh:
             json.dump(info, fh, indent=2)

@@ -24,6 +24,7 @@ import torch
 
 from cmrseg.data.io import read_volumes, write_mask
 from cmrseg.data.io.common import is_h5, is_nifti
+from cmrseg.device import cpu_description
 from cmrseg.inference.ensemble import load_predictor
 from cmrseg.inference.options import PRECISIONS, TTA_MODES, InferenceOptions
 
@@ -59,7 +60,7 @@ def main():
            "tta": predictor.options.tta, "precision": args.precision,
            "device": str(predictor.device),
            "threads": args.threads, "volumes": len(files), "median_s_per_10_slices": statistics.median(per10),
-           "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(),
+           "peak_rss_mb": peak_mb, "torch": torch.__version__, "machine": platform.platform(), "cpu": cpu_description(),
            "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(res, indent=2))
     if args.out:

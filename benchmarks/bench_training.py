@@ -37,6 +37,7 @@ import torch
 
 from cmrseg.atomic import write_json, write_text
 from cmrseg.data.augmentation import StackAugmenter
+from cmrseg.device import cpu_description
 from cmrseg.models import create_model
 from cmrseg.training.batching import pack_stacks, stack_ids
 from cmrseg.training.config import load_config
@@ -293,7 +294,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = load_config(protocol=args.protocol, model="seg_as")
-    dev_name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    dev_name = torch.cuda.get_device_name(0) if cuda else cpu_description()
 
     profile = None
 
