@@ -3,7 +3,7 @@ time goes, and the peak memory of the whole command (issue 12 speed, issue 13 me
 
     python benchmarks/bench_segment_cine.py [--format dicom|dicom_enhanced|dicom_slices|nifti]
         [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--tta auto|on|off|fast] [--workers 2]
-        [--save-probabilities] [--out FILE.json]
+        [--frames-per-forward auto|N] [--precision auto|fp32|bf16] [--save-probabilities] [--out FILE.json]
 
 The cine is the phantom's anatomy (cmrseg.data.phantom) rendered at ``--size`` pixels,
 ``--frames`` frames and ``--slices`` slices, written as a DICOM series (``dicom``: one file per
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmrseg.device import cpu_description
 from cmrseg.inference.options import TTA_MODES
 
 
@@ -46,14 +47,14 @@ def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed:
 
 
 def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str, ...] = (),
-                     tta: str = "auto") -> dict[str, float]:
+                     inference: dict[str, str] | None = None) -> dict[str, float]:
     """The steps of one study, timed in this process (one thread per reader is not modelled)."""
     from cmrseg.data.io.discovery import discover, load_study
     from cmrseg.inference.ensemble import load_predictor
     from cmrseg.inference.options import InferenceOptions, SegmentOptions
     from cmrseg.inference.segment import Batch, process_study
 
-    predictor = load_predictor(model, InferenceOptions(device="cpu", tta=tta))  # as cmrseg segment loads it
+    predictor = load_predictor(model, InferenceOptions(device="cpu", **(inference or {})))  # as cmrseg segment does
     t0 = time.perf_counter()
     sources, _ = discover([src])
     t1 = time.perf_counter()
@@ -76,6 +77,8 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--tta", default="auto", choices=TTA_MODES, help="as cmrseg segment --tta")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--frames-per-forward", default="auto", help="as cmrseg segment --frames-per-forward")
+    ap.add_argument("--precision", default="auto", help="as cmrseg segment --precision")
     ap.add_argument("--save-probabilities", action="store_true", help="cmrseg segment --save-probabilities")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -84,7 +87,8 @@ def main():
         tmp = Path(tmp)
         src = make_cine(tmp / "in", args.format, args.frames, args.slices, args.size)
         cmd = [sys.executable, "-m", "cmrseg", "segment", "-i", str(src), "-o", str(tmp / "out"),
-               "--workers", str(args.workers), "--tta", args.tta] + (["--model", args.model] if args.model else [])
+               "--workers", str(args.workers), "--tta", args.tta, "--frames-per-forward", args.frames_per_forward,
+               "--precision", args.precision] + (["--model", args.model] if args.model else [])
         cmd += ["--save-probabilities"] if args.save_probabilities else []
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -92,15 +96,17 @@ def main():
         if res.returncode != 0:
             raise SystemExit(res.stderr[-2000:])
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        inference = {"tta": args.tta, "frames_per_forward": args.frames_per_forward, "precision": args.precision}
         steps = in_process_steps(src, args.model, tmp / "out2", ("probabilities",) if args.save_probabilities else (),
-                                 args.tta)
+                                 inference)
         saved_mb = sum(f.stat().st_size for f in (tmp / "out").glob("*_probabilities.npz")) / 2**20
         files = len(list(src.iterdir())) if src.is_dir() else 1
     result = {"format": args.format, "files": files, "command_wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb),
               **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in steps.items()},
               "probabilities_saved_mb": round(saved_mb, 1) if args.save_probabilities else None,
-              "model": args.model or "default", "tta": args.tta, "workers": args.workers, "torch": torch.__version__,
-              "machine": platform.platform(), "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+              "model": args.model or "default", **inference, "workers": args.workers, "torch": torch.__version__,
+              "machine": platform.platform(), "cpu": cpu_description(), "cpus": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -51,6 +51,8 @@ import h5py
 import numpy as np
 import torch
 
+from cmrseg.device import cpu_description
+
 MEASURES = ("LVM (g)", "LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)", "LVEF (%)", "RVEF (%)")
 SEED = 0
 HERE = Path(__file__).resolve().parent
@@ -205,6 +207,11 @@ def row(shift: str, summary: dict, segmented: dict, seconds: float) -> dict:
            "seconds": seconds, "qc": {v: verdicts.count(v) for v in sorted(set(verdicts), key=str)}}
     for m in MEASURES:
         out[f"{m} bias"], out[f"{m} MAE"] = clin[f"{m} bias"], clin[f"{m} MAE"]
+    perf = (summary.get("quality_control") or {}).get("measures") or {}
+    # the verdict against the studies that really failed (issue 36): failed, of them flagged, good
+    # ones sent to review, gross failures and of them flagged
+    out["qc failures"] = {k: perf.get(k) for k in ("failed", "recall", "good", "good_to_review", "gross",
+                                                   "gross_caught")}
     return out
 
 
@@ -226,15 +233,25 @@ def overall(rows: list[dict]) -> dict:
     return out
 
 
+def _of(share: float | None, n: int | None) -> str:
+    """``3 of 4`` from a share of ``n`` studies."""
+    return "–" if share is None or not n else f"{round(share * n)} of {n}"
+
+
 def markdown(rows: list[dict]) -> str:
     head = ["shift", "vol", "apex"] + [f"{m} bias" for m in MEASURES] + ["LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE",
-                                                                        "QC verdicts (patients)"]
+                                                                        "QC verdicts (patients)",
+                                                                        "failed: flagged", "good: to review",
+                                                                        "gross: flagged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["shift"], f"{r['vol']:.3f}", f"{r['apex']:.3f}"]
         cells += [f"{r[f'{m} bias']:+.2f}" for m in MEASURES]
         cells += [f"{r[c]:.2f}" for c in ("LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE")]
         cells.append(", ".join(f"{n} {v}" for v, n in r["qc"].items()))
+        f = r.get("qc failures") or {}
+        cells += [_of(f.get("recall"), f.get("failed")), _of(f.get("good_to_review"), f.get("good")),
+                  f"{f['gross_caught']} of {f['gross']}" if f.get("gross") is not None else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     summary = overall(rows)
     if summary:
@@ -287,7 +304,8 @@ def main(argv=None) -> int:
                         json.loads((pred / "summary.json").read_text()), seconds))
         (args.out / "shift_benchmark.md").write_text(markdown(rows))
     report = {"rows": rows, "overall": overall(rows), "model": args.model or "default", "segment_args": args.segment_args,
-              "machine": platform.platform(), "processor": platform.processor(), "date": time.strftime("%Y-%m-%d"),
+              "machine": platform.platform(), "cpu": cpu_description(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "torch": torch.__version__}
     (args.out / "shift_benchmark.json").write_text(json.dumps(report, indent=1))
     if args.name:

@@ -63,3 +63,13 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
         qc = summary["quality_control"]
         assert qc["uncertainty"]["studies"] == 1 and sum(v["studies"] for v in qc["verdicts"].values()) == 1
         assert 0 <= qc["bad_slices_flagged"] <= qc["bad_slices"] <= qc["slices"]
+        # ... and its verdict against the study's real failure, or success (issue 36)
+        assert qc["measures"]["studies"] == 1 and qc["measures"]["failed"] + qc["measures"]["good"] == 1
+        assert r["qc failures"]["failed"] == qc["measures"]["failed"]
+    # the calibration script fits every measure's estimate on those segment folders
+    cal = load_script("experiments/calibrate_qc.py")
+    written = tmp_path / "qc_calibration.json"
+    assert cal.main([str(tmp_path), "--write", str(written), "--source", "phantom"]) == 0
+    fitted = json.loads(written.read_text())
+    assert fitted["source"] == "phantom" and fitted["studies"] == 2 and fitted["quantile"] == 0.85
+    assert all(k["a"] >= 0 and k["b"] >= 0 and k["c"] >= 0 for k in fitted["measures"].values())

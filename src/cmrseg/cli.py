@@ -58,6 +58,15 @@ def cmd_evaluate(args) -> int:
         print(f"quality control: {qc['bad_slices_flagged']} of {qc['bad_slices']} bad slices (Dice < "
               f"{qc['bad_slice_dice']:g}) flagged; " + ", ".join(f"{name} {c['bad']} of {c['slices']} on bad slices"
                                                          for name, c in qc["flags"].items()))
+        perf = qc.get("measures") or {}
+        if perf.get("studies"):  # the verdict against the studies that really failed (issue 36)
+            from cmrseg.evaluation.quality_check import percent as pct
+
+            print(f"QC verdict: {perf['failed']} of {perf['studies']} studies failed, {pct(perf['recall'])} of them "
+                  f"sent to review or failed; {pct(perf['good_to_review'])} of the good ones sent; gross failures "
+                  f"caught {perf['gross_caught']} of {perf['gross']}; estimated errors covered the true ones for "
+                  + ", ".join(f"{m.split(' (')[0]} {pct(c['covered'])}" for m, c in perf["coverage"].items()
+                              if c["covered"] is not None))
     print(f"report written to {args.out}")
     if unscored:
         shown = ", ".join(unscored[:5]) + (" ..." if len(unscored) > 5 else "")

@@ -10,6 +10,7 @@ from cmrseg.data.volume import Geometry, Study, Volume
 from cmrseg.inference.predictor import Prediction
 from cmrseg.inference.quality import (
     mid_slice_count,
+    qc_verdict,
     slice_flags,
     study_flags,
     study_uncertainty_flags,
@@ -18,6 +19,7 @@ from cmrseg.inference.quality import (
     verdict,
 )
 from cmrseg.labels import LV
+from cmrseg.measures.clinical import findings
 
 PX = 1.5  # mm
 
@@ -72,12 +74,18 @@ def test_a_hypertrophic_heart_at_end_systole_is_not_a_failure():
     assert "wall_thickness" not in _names(slice_flags(mask, None, "frame 1", PX))
 
 
-def test_one_odd_mid_slice_is_for_review_not_a_failure():
+def test_one_odd_mid_slice_points_the_reader_at_it_without_failing_the_study():
+    """Issue 36: a lone slice flag marks the slice for whoever looks, but it is the estimated
+    errors that send a study to review; half the mid slices wrong fails it."""
     mask = _stack()
     mask[4] = _slice(lv_ring=False)
     flags = slice_flags(mask, None, "frame 1", PX)
     assert [f["slice"] for f in flags if f["flag"] == "lv_not_enclosed"] == [4]
-    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "review"
+    assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "ok"
+    for s in range(2, 7):
+        mask[s] = _slice(lv_ring=False)
+    verdict_, reasons = qc_verdict(slice_flags(mask, None, "frame 1", PX), {"frame 1": mid_slice_count(mask)})
+    assert verdict_ == "fail" and "frame 1: the LV, its wall or the RV implausible on" in reasons[0]
 
 
 def test_no_heart_and_a_gap():
@@ -95,10 +103,11 @@ def test_study_level_checks():
     assert _names(study_flags(base, True, frames=25, ed=0, es=1)) == {"ed_es_adjacent"}
     assert _names(study_flags(base, True, frames=25, ed=0, es=24)) == {"ed_es_adjacent"}  # the cine wraps
     assert _names(study_flags({**base, "RVSV (mL)": 40.0}, True, 25, 0, 10)) == {"stroke_volume_mismatch"}
-    # the failed seg_ss study of issue 12: LVEF 37.8 %, LV mass 147 g -> at least review
-    failed = {**base, "LVEF (%)": 37.8, "LVM (g)": 147.0}
-    flags = study_flags(failed, True, 25, 0, 10)
-    assert "outside_normal_range" in _names(flags) and verdict(flags) == "review"
+    # measures outside the adult normal ranges are findings about the heart, not flags (issue 36)
+    abnormal = {**base, "LVEF (%)": 37.8, "LVM (g)": 147.0}
+    assert study_flags(abnormal, True, 25, 0, 10) == []
+    assert findings(abnormal) == ["LVEF 37.8 % below the adult normal 50-80"]
+    assert findings({**base, "LVM (g)": 403.0}) == ["LVM 403.0 g above the adult normal 50-200"]
     # a real hypertrophic heart the experts drew at 403 g and LVEF 85 % is never failed (issue 39) ...
     flags = study_flags({**base, "LVM (g)": 403.0, "LVEF (%)": 84.6}, True, 25, 0, 10)
     assert "implausible_measure" not in _names(flags) and verdict(flags) != "fail"
@@ -106,10 +115,11 @@ def test_study_level_checks():
     for wrong in ({"LVM (g)": 1200.0}, {"LVEDV (mL)": 8.0}):
         flags = study_flags({**base, **wrong}, True, 25, 0, 10)
         assert "implausible_measure" in _names(flags) and verdict(flags) == "fail", wrong
-    # ejection fractions the ACDC experts' own contours give (RVEF 1.9 %, 85.9 %): disease, for review
+    # ejection fractions the ACDC experts' own contours give (RVEF 1.9 %, 85.9 %): disease, a finding
     for ef in ({"RVEF (%)": 1.9}, {"RVEF (%)": 85.9}, {"LVEF (%)": 10.7}):
         flags = study_flags({**base, **ef}, True, 25, 0, 10)
-        assert "implausible_measure" not in _names(flags) and verdict(flags) == "review", ef
+        assert "implausible_measure" not in _names(flags) and verdict(flags) == "ok", ef
+        assert findings({**base, **ef}), ef
     # ... but no ejection, or no end-systolic cavity, cannot come from right masks
     for ef in ({"RVEF (%)": -0.1}, {"LVEF (%)": 0.0}, {"LVEF (%)": 95.0}, {"RVEF (%)": 99.0}):
         assert verdict(study_flags({**base, **ef}, True, 25, 0, 10)) == "fail", ef

@@ -25,6 +25,8 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
     cases = [
         {"study": "a", "status": "ok", "qc": "review", "uncertainty": 0.123, "frames": 3, "ed_frame": 1, "es_frame": 3, "measures": measures,
          "montage": "figures/a_montage.png", "curve": "figures/a_volumes.png", "outputs": ["a.nii.gz"], "seconds": 1.5,
+         "estimated_errors": {REPORT_MEASURES[1]: 2.5}, "qc_reasons": ["RVEF possibly off by more than 10 points"],
+         "findings": ["LVM 403.0 g above the adult normal 50-200"],
          "flags": [{"flag": "lv_not_enclosed", "frame": "ED", "slice": 4, "detail": "LV touches <background>"}]},
         {"study": "<b>evil</b>", "status": "failed", "error": "x.nii.gz: unknown format"},
         {"study": "b", "status": "ok", "qc": "ok", "frames": 3, "ed_frame": 1, "es_frame": 3, "outputs": ["b.nii.gz"],
@@ -36,18 +38,22 @@ def test_report_shows_measures_verdicts_failures_and_skips(tmp_path):
     assert "2 studies segmented, 1 failed" in text
     assert "<b>evil</b>" not in text and "&lt;b&gt;evil&lt;/b&gt;" in text  # names are escaped
     assert "x.nii.gz: unknown format" in text and "localiser" in text
-    header = re.search(r"<h2>Measures</h2><table><tr>(.*?)</tr>", text).group(1)
+    header = re.search(r"<h2>Measures</h2><p>.*?</p><table><tr>(.*?)</tr>", text).group(1)
     # the body-surface-area columns appear because one study has them
     assert re.findall(r"<th>(.*?)</th>", header)[4:-1] == [*REPORT_MEASURES, "BSA (m2)", "LVEDVi (mL/m2)"]
     row = re.search(r"<tr><td class='l'><a href='#a'>a</a></td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
     assert cells[0] == "review" and cells[1] == "12 %"  # the share of its masks the model expects wrong
-    assert cells[5:5 + len(REPORT_MEASURES)] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "–"]
+    # each measure with its estimated error where one was made (issue 36)
+    assert cells[5:5 + len(REPORT_MEASURES)] == ["1.0", "2.0 ± 2.5", "3.0", "4.0", "5.0", "6.0", "–"]
     assert cells[5 + len(REPORT_MEASURES):-1] == ["–", "–"]
     row_b = re.findall(r"<td[^>]*>(.*?)</td>", re.search(r"<a href='#b'>b</a></td>(.*?)</tr>", text).group(1))
     assert row_b[1] == "–" and row_b[5 + len(REPORT_MEASURES):-1] == ["1.8", "0.5"]  # no uncertainty given
     assert text.count("data:image/png;base64,") == 2  # pictures embedded: the file works alone
     assert "lv_not_enclosed" in text and "LV touches &lt;background&gt;" in text
+    # why it went to review, and the findings apart from the verdict
+    assert re.search(r"<b>Why:</b></p><ul><li class='qc-review'>RVEF possibly off by more than 10 points</li>", text)
+    assert re.search(r"<b>Findings</b>.*?<li>LVM 403.0 g above the adult normal 50-200</li>", text)
 
 
 def test_montage_frames_the_slices_quality_control_flagged(tmp_path):

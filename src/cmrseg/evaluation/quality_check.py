@@ -10,7 +10,11 @@ and uncertainty. Against the truth this tells a reader whether the flags deserve
   bad slices any flag names;
 * per verdict (ok / review / fail), the studies' volume Dice;
 * the share of its masks the model expected to be wrong (``uncertainty``) against the share
-  that is (the pixels where mask and truth differ over the mask's pixels).
+  that is (the pixels where mask and truth differ over the mask's pixels);
+* the verdict against the studies that really failed (issue 36, :func:`qc_performance`): a study
+  fails when a measure is off by more than :data:`FAILURE_LIMITS` or a structure's Dice is below
+  :data:`FAILURE_DICE`; recall, good studies sent to review, gross failures caught, AUROC of the
+  estimated errors, and per measure how often the estimated interval covered the true error.
 
 Only the frames quality control checked (ED and ES of a cine) count.
 """
@@ -23,9 +27,19 @@ from typing import Any
 
 import numpy as np
 
+from cmrseg.inference.error_estimates import DEFAULT_LIMITS
+from cmrseg.labels import CLASS_NAMES
+from cmrseg.measures.clinical import cardiac_measures
 from cmrseg.measures.metrics import dice_per_class, share_of_mask
 
 BAD_SLICE_DICE = 0.7
+#: a study fails (issue 36) when a measure is off by more than these (points, g, mL: the limits
+#: the verdict sends a study to review beyond) ...
+FAILURE_LIMITS = DEFAULT_LIMITS
+#: ... or a structure's volume Dice is below this in either phase
+FAILURE_DICE = 0.80
+#: a gross failure: a structure's Dice below this, or an ejection fraction off by more than ``GROSS_EF``
+GROSS_DICE, GROSS_EF = 0.6, 15.0
 
 
 def slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -99,6 +113,15 @@ def check_quality(cases: list, results: list, pred_dir: Path) -> dict[str, Any] 
     ``pred_dir`` against the truth of ``cases`` (:class:`~cmrseg.evaluation.evaluate.EvalVolume`
     with ``source``; ``results`` their :class:`VolumeResult` s); ``None`` when ``pred_dir`` holds
     no such records or none of them matches a case."""
+    tally = tally_studies(cases, results, pred_dir)
+    if tally is None:
+        return None
+    return {**_summary(tally), "measures": qc_performance(study_outcomes(tally["studies"]))}
+
+
+def tally_studies(cases: list, results: list, pred_dir: Path) -> dict[str, Any] | None:
+    """:func:`check_quality`'s tally: slices, flags, and per study its record, its checked
+    phases' results and volume Dice; ``None`` when nothing matches a ``cmrseg segment`` record."""
     records = segment_records(pred_dir)
     if records is None:
         return None
@@ -107,10 +130,13 @@ def check_quality(cases: list, results: list, pred_dir: Path) -> dict[str, Any] 
         found = records.get((case.source[0], case.source[1])) if case.source else None
         if found is not None:
             _tally_case(case, *found, tally)
-            tally["studies"][found[0]["study"]]["volume_dice"].append(float(np.nanmean(result.volume_dice)))
-    if not tally["studies"]:
-        return None
-    return _summary(tally)
+            study = tally["studies"][found[0]["study"]]
+            study["volume_dice"].append(float(np.nanmean(result.volume_dice)))
+            phase = {label: ph for ph, label in (found[0].get("phase_frames") or {}).items()}.get(found[1])
+            if phase and result.pred_volumes is not None:
+                study.setdefault("record", found[0])
+                study.setdefault("phases", {})[phase] = result
+    return tally if tally["studies"] else None
 
 
 def _summary(tally: dict[str, Any]) -> dict[str, Any]:
@@ -149,4 +175,87 @@ def quality_table(qc: dict[str, Any]) -> list[str]:
     if u["studies"]:
         md.append(f"\nShare of the masks the model expected to be wrong: {100 * u['expected']:.1f} %; "
                   f"wrong: {100 * u['actual']:.1f} % (mean over {u['studies']} studies).")
+    return md + (performance_table(qc["measures"]) if qc.get("measures") else [])
+
+
+def study_outcomes(studies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per study with its ED and ES volumes scored: the verdict and estimated errors ``cmrseg
+    segment`` gave, the true errors of the measures (prediction - truth), the structures' volume
+    Dice per phase, and whether and why it failed (:data:`FAILURE_LIMITS`, :data:`FAILURE_DICE`)
+    or failed grossly (:data:`GROSS_DICE`, :data:`GROSS_EF`)."""
+    out = []
+    for name, st in sorted(studies.items()):
+        phases = st.get("phases") or {}
+        if set(phases) != {"ED", "ES"}:
+            continue
+        pred = cardiac_measures(phases["ED"].pred_volumes, phases["ES"].pred_volumes)
+        true = cardiac_measures(phases["ED"].gt_volumes, phases["ES"].gt_volumes)
+        errors = {m: pred[m] - true[m] for m in FAILURE_LIMITS}
+        dice = {ph: dict(zip(CLASS_NAMES, (float(v) for v in r.volume_dice))) for ph, r in phases.items()}
+        why = [f"{m} off by {errors[m]:+.1f}" for m, lim in FAILURE_LIMITS.items() if abs(errors[m]) > lim]
+        why += [f"{c} Dice {d:.2f} at {ph}" for ph, ds in dice.items() for c, d in ds.items() if d < FAILURE_DICE]
+        gross = any(d < GROSS_DICE for ds in dice.values() for d in ds.values()) or \
+            any(abs(errors[m]) > GROSS_EF for m in ("LVEF (%)", "RVEF (%)"))
+        rec = st["record"]
+        out.append({"study": name, "qc": rec.get("qc"), "qc_reasons": rec.get("qc_reasons") or [],
+                    "flags": sorted({f["flag"] for f in rec.get("flags") or []}),
+                    "estimates": rec.get("estimated_errors") or {}, "features": rec.get("error_features"),
+                    "measures": rec.get("measures") or {}, "errors": errors, "dice": dice, "failed": bool(why),
+                    "why": why, "gross": gross})
+    return out
+
+
+def _auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """The area under the ROC curve of ``scores`` for ``labels`` (the Mann-Whitney U over the
+    product of the two groups' sizes); None without both groups."""
+    from scipy.stats import mannwhitneyu
+
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+
+
+def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | None = None) -> dict[str, Any]:
+    """How well the verdict and the estimated errors did (issue 36): per measure, how often the
+    estimated interval covered the true error; the share of failed studies sent to review or
+    failed (recall), the share of good ones sent (the reader's wasted time), the gross failures
+    caught, and the AUROC of the largest estimated error over its limit as a failure score."""
+    limits = limits or FAILURE_LIMITS
+    coverage = {}
+    for m in limits:
+        hits = [abs(o["errors"][m]) <= o["estimates"][m] for o in outcomes if m in o["estimates"]]
+        coverage[m] = {"studies": len(hits), "covered": float(np.mean(hits)) if hits else None}
+    failed = [o for o in outcomes if o["failed"]]
+    good = [o for o in outcomes if not o["failed"]]
+    gross = [o for o in outcomes if o["gross"]]
+    flagged = [o for o in outcomes if o["qc"] in ("review", "fail")]
+    scores = [max((o["estimates"].get(m, 0.0) / lim for m, lim in limits.items()), default=0.0) for o in outcomes]
+    return {"studies": len(outcomes), "failed": len(failed), "good": len(good),
+            "recall": len([o for o in failed if o in flagged]) / len(failed) if failed else None,
+            "good_to_review": len([o for o in good if o in flagged]) / len(good) if good else None,
+            "gross": len(gross), "gross_caught": len([o for o in gross if o in flagged]),
+            "auroc": _auroc(scores, [o["failed"] for o in outcomes]), "coverage": coverage}
+
+
+def percent(share: float | None) -> str:
+    """``85 %``, or ``–`` for no share."""
+    return "–" if share is None else f"{100 * share:.0f} %"
+
+
+def performance_table(perf: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`qc_performance`."""
+    if not perf["studies"]:
+        return []
+    pct = percent
+    auroc = "–" if perf["auroc"] is None else f"{perf['auroc']:.2f}"
+    md = [f"\nThe verdict against real failures ({perf['studies']} studies with ED and ES; a study fails when "
+          "|LVEF error| > 8 or |RVEF error| > 10 points, |LV mass error| > 20 g, a volume is off by more than 25 mL, "
+          "or a structure's Dice is below 0.80 in either phase): "
+          f"{perf['failed']} failed, {pct(perf['recall'])} of them sent to review or failed; "
+          f"{pct(perf['good_to_review'])} of the {perf['good']} good ones sent to review or failed; "
+          f"gross failures caught {perf['gross_caught']} of {perf['gross']}; AUROC of the estimated error {auroc}.\n",
+          "| measure | studies | true error inside the estimated interval |", "|---|---|---|"]
+    md += [f"| {m} | {c['studies']} | {pct(c['covered'])} |" for m, c in perf["coverage"].items()]
     return md

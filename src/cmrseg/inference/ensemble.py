@@ -29,12 +29,7 @@ from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import POSTPROCESS
-from cmrseg.inference.predictor import (
-    ENSEMBLE_FILE,
-    Prediction,
-    Predictor,
-    resolve_model,
-)
+from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
 
 
 def _member_label(m: Predictor) -> str:
@@ -144,6 +139,10 @@ class EnsemblePredictor:
         t0 = time.perf_counter()
         return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0,
                                              keep_probabilities)
+
+    def predict_volumes(self, volumes: list[Volume], keep_probabilities: bool = False) -> list[Prediction]:
+        """Segment every stack of a study, one at a time (the members are heart-centred)."""
+        return [self.predict_volume(v, keep_probabilities) for v in volumes]
 
 
 def load_predictor(spec: str | Path | list | tuple | None = None,

@@ -49,6 +49,9 @@ class InferenceOptions:
                        choices=("auto", *GATES))
     tta: str = option("auto", "average over in-plane flips (auto: the model's choice in model.json); fast: flips "
                               "with the heart located once, about a third less CPU time", choices=TTA_MODES)
+    frames_per_forward: str = option("auto", "how many frames of a cine a whole-canvas model (the student) segments in "
+                                             "one forward pass: a number, or auto (8 on a GPU; 1 on a CPU, where "
+                                             "batching frames measured no faster: docs/RESULTS.md)", metavar="N")
 
     def __post_init__(self) -> None:
         for name, allowed in (("backend", BACKENDS), ("precision", PRECISIONS), ("gate", ("auto", *GATES)),
@@ -56,6 +59,9 @@ class InferenceOptions:
             if getattr(self, name) not in allowed:
                 what = {"postprocess": "post-processing", "tta": "test-time augmentation"}.get(name, name)
                 raise CmrsegError(f"unknown {what} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        if self.frames_per_forward != "auto" and not (str(self.frames_per_forward).isdigit()
+                                                      and int(self.frames_per_forward) >= 1):
+            raise CmrsegError(f"--frames-per-forward {self.frames_per_forward!r}: a whole number >= 1, or auto")
 
     def merged(self, meta: dict) -> "InferenceOptions":
         """These options with every ``auto`` choice of clean-up, gate and flips replaced by the
@@ -92,6 +98,9 @@ class SegmentOptions:
     dicom_seg: bool = option(False, "also write a DICOM study's ED and ES masks as DICOM SEG objects referencing its "
                                     "images (<mask>_seg_ED.dcm, <mask>_seg_ES.dcm), for PACS viewers, OHIF or 3D "
                                     "Slicer", action="store_true")
+    qc_limits: str | None = option(None, "the estimated errors beyond which a study goes to review, e.g. "
+                                         "LVEF=8,RVEF=10,LVM=20,volume=25 (the defaults: points, g, mL; names LVEF, "
+                                         "RVEF, LVM, LVEDV, LVESV, RVEDV, RVESV, volume)", metavar="LIMITS")
     save_probabilities: bool = option(False, "also write each mask's class probabilities as "
                                              "<mask>_probabilities.npz (float16 [frames, 4, slices, rows, columns], "
                                              "the mask file's slice order)", action="store_true")

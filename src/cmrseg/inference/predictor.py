@@ -17,11 +17,7 @@ import numpy as np
 import torch
 
 from cmrseg.checkpoint import load_weights, tensor_shapes
-from cmrseg.data.preprocessing import (
-    PreprocessConfig,
-    invert_to_input,
-    preprocess_image,
-)
+from cmrseg.data.preprocessing import PreprocessConfig, invert_to_input, preprocess_image
 from cmrseg.data.volume import Volume
 from cmrseg.device import cpu_has_fast_bf16, resolve_device
 from cmrseg.errors import CmrsegError, InputError
@@ -75,6 +71,16 @@ def resolve_model(spec: str | Path | None, default: str = DEFAULT_MODEL) -> tupl
                       f"(shipped: {', '.join(shipped_models()) or 'none'})")
 
 
+#: ``--frames-per-forward auto``: frames of a cine in one forward pass of a whole-canvas model,
+#: on a CPU and on a GPU. One on a CPU: there a batch of several stacks took the same time per
+#: slice or more (docs/RESULTS.md, "Speed"); a GPU is kept busy by larger batches.
+FRAMES_PER_FORWARD = {False: 1, True: 8}
+
+#: the probabilities that bound a structure's pixels as the model sees them: at least ``BAND[0]``
+#: possibly the structure's, at least ``BAND[1]`` surely (:attr:`Prediction.bands`)
+BAND = (0.25, 0.75)
+
+
 @dataclass
 class Prediction:
     """Attributes:
@@ -87,6 +93,10 @@ class Prediction:
         with the mask's area (:func:`cmrseg.inference.quality.uncertainty_share`).
     probabilities: float16 ``[S, 4, H, W]``, the class probabilities the mask is the cleaned
         argmax of, when asked for (``keep_probabilities``; ``cmrseg segment --save-probabilities``).
+    bands: ``[S, 3, 2]`` per slice and structure (RV, MYO, LV) the pixels the model is sure of
+        (probability at least ``BAND[1]``) and the pixels it thinks possible (at least
+        ``BAND[0]``): their volumes bound each structure's volume as the model sees it
+        (:mod:`cmrseg.inference.error_estimates`).
     """
 
     mask: np.ndarray
@@ -94,6 +104,7 @@ class Prediction:
     seconds: float
     expected_errors: np.ndarray | None = None
     probabilities: np.ndarray | None = None
+    bands: np.ndarray | None = None
 
     @classmethod
     def from_probabilities(cls, probs: torch.Tensor, presence: torch.Tensor | None, method: str,
@@ -104,8 +115,10 @@ class Prediction:
         mask = postprocess(top.indices.to(torch.uint8).cpu().numpy(), method)
         expected = (1.0 - top.values.float()).sum(dim=(1, 2)).cpu().numpy().astype(np.float64)
         kept = probs.to(torch.float16).cpu().numpy() if keep_probabilities else None
+        fg = probs[:, 1:]
+        bands = torch.stack([(fg >= BAND[1]).sum(dim=(2, 3)), (fg >= BAND[0]).sum(dim=(2, 3))], dim=-1)
         return cls(mask, None if presence is None else presence.cpu().numpy(), time.perf_counter() - started,
-                   expected, kept)
+                   expected, kept, bands.cpu().numpy().astype(np.int64))
 
 
 #: the most parameters a model folder may describe: the shipped networks have 4-8 M; a damaged or
@@ -152,7 +165,9 @@ class Predictor:
     flip: :func:`~cmrseg.models.centred.heart_centred_flips`); ``amp`` (the autocast dtype or
     None); ``memory_format`` (:func:`inference_memory_format`); ``inference_crop``, the
     heart-centred crop (pixels) of :mod:`cmrseg.models.centred`, or ``None`` to run the model on
-    the whole canvas (models trained without a crop, the distilled student).
+    the whole canvas (models trained without a crop, the distilled student);
+    ``frames_per_forward``, how many stacks such a model takes in one pass
+    (:meth:`predict_volumes`; :data:`FRAMES_PER_FORWARD` for ``auto``).
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict, options: InferenceOptions = InferenceOptions()):
@@ -174,6 +189,8 @@ class Predictor:
                                                and (self.device.type == "cuda" or cpu_has_fast_bf16()))
         self.amp = torch.bfloat16 if bf16 and meta.get("backend") != "onnx" else None
         self.inference_crop: int | None = meta.get("inference_crop")
+        self.frames_per_forward = (int(self.options.frames_per_forward) if self.options.frames_per_forward != "auto"
+                                   else FRAMES_PER_FORWARD[self.device.type == "cuda"])
 
     @classmethod
     def from_path(cls, path: str | Path, options: InferenceOptions = InferenceOptions()) -> "Predictor":
@@ -222,14 +239,22 @@ class Predictor:
         return self.meta["model"]
 
     @torch.no_grad()
-    def predict_canvas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict_canvas(self, x: torch.Tensor,
+                       stack_sizes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[S, 1, C, C]`` canvas stack -> (probabilities ``[S, 4, C, C]``, presence ``[S, 3]``):
-        heart-centred, averaged over flips when ``tta``, then gated (``gate``)."""
+        heart-centred, averaged over flips when ``tta``, then gated (``gate``). ``stack_sizes``:
+        ``x`` holds several stacks one after another (whole-canvas models only: the heart-centred
+        crop is one window per stack)."""
         x = x.to(self.device).contiguous(memory_format=self.memory_format)
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
         probs, presence, seg = [], [], []
-        passes = heart_centred_flips(self.model, x, self.inference_crop, FLIPS if self.tta else ((),),
-                                     self.locate_once)
+        flips = FLIPS if self.tta else ((),)
+        if stack_sizes is not None and len(stack_sizes) > 1:
+            if self.inference_crop is not None:
+                raise CmrsegError("several stacks in one forward pass need a whole-canvas model (no inference_crop)")
+            passes = ((dims, self.model(x.flip(dims) if dims else x, stack_sizes=list(stack_sizes))) for dims in flips)
+        else:
+            passes = heart_centred_flips(self.model, x, self.inference_crop, flips, self.locate_once)
         while True:
             with ctx:  # the networks run in autocast (inside next()); probabilities are taken in float32
                 step = next(passes, None)
@@ -264,3 +289,27 @@ class Predictor:
         t0 = time.perf_counter()
         return Prediction.from_probabilities(*self.predict_probabilities(volume), self.postprocess, t0,
                                              keep_probabilities)
+
+    def predict_volumes(self, volumes: list[Volume], keep_probabilities: bool = False) -> list[Prediction]:
+        """Segment every stack of a study (its frames). A whole-canvas model runs up to
+        :attr:`frames_per_forward` of them in one forward pass (``--frames-per-forward``: larger
+        batches keep a GPU busy); a heart-centred or ONNX model, one stack per pass."""
+        per = self.frames_per_forward
+        if per <= 1 or self.inference_crop is not None or self.meta.get("backend") == "onnx":
+            return [self.predict_volume(v, keep_probabilities) for v in volumes]
+        out: list[Prediction] = []
+        for i in range(0, len(volumes), per):
+            group = volumes[i:i + per]
+            t0 = time.perf_counter()
+            prepared = [preprocess_image(v.image, v.geometry.inplane_spacing, self.preprocess, v.path) for v in group]
+            if len({tuple(x.shape[1:]) for x, _ in prepared}) > 1:  # canvases differ: one stack at a time
+                out += [self.predict_volume(v, keep_probabilities) for v in group]
+                continue
+            sizes = [x.shape[0] for x, _ in prepared]
+            probs, cls = self.predict_canvas(torch.cat([x for x, _ in prepared]), sizes)
+            each = (time.perf_counter() - t0) / len(group)  # the pass's time, shared among its stacks
+            presence = cls.split(sizes) if cls is not None else [None] * len(sizes)
+            for (_, cmap), p, c in zip(prepared, probs.split(sizes), presence):
+                out.append(Prediction.from_probabilities(invert_to_input(p, cmap), c, self.postprocess,
+                                                         time.perf_counter() - each, keep_probabilities))
+        return out

@@ -1,29 +1,34 @@
-"""Quality control of a segmented study: flags that say where a human should look, and a verdict.
+"""Quality control of a segmented study: a verdict a reader can act on, the reasons for it, and
+flags that say where to look.
 
-The checks hold for any model (they look at the masks and the measures, not at a model's own
-classifier alone), so a failed model is caught whatever it is (issue 12):
+The verdict (:func:`qc_verdict`, issue 36):
 
-Per slice (``slice_flags``; ``slice`` is the voxel index k of the written mask, ``frame`` the
-cine frame): no heart at all; a class missing on a mid-ventricular slice; a slice without heart
-between heart slices; the LV cavity not a single blob enclosed by myocardium on a
-mid-ventricular slice; myocardial thickness outside a plausible range (mm); the RV away from
-the LV; fragments and holes; a multitask classifier and the mask disagreeing.
+* ``fail``: the masks cannot be a heart or a measurement: nothing segmented, a measure beyond
+  loose physiological limits (``implausible_measure``: no heart experts have drawn comes near),
+  the model expecting half its masks wrong (``unreliable_study``), or an anatomy flag on at least
+  half of a phase's mid-ventricular slices;
+* ``review``: a measure's estimated error (:mod:`.error_estimates`: from the model's own
+  probability bands and the two ventricles' stroke volumes, calibrated on studies with experts'
+  masks) exceeds its limit (``--qc-limits``, by default the issue's definition of a failed study:
+  LVEF 8, RVEF 10 points, LV mass 20 g, any volume 25 mL), or the measures rest on something
+  uncertain (:data:`REVIEW_FLAGS`: the base and apex, the ED and ES frames, a study the model
+  doubts as a whole, no voxel size, a heart slice left empty between heart slices);
+* ``ok`` otherwise.
 
-Per study (``study_flags``): ED and ES adjacent frames of a cine, LV and RV stroke volumes that
-disagree, measures outside loose physiological limits (``fail``) or outside adult normal ranges
-(``review``), no voxel size (no volumes at all).
+Measures outside the adult normal ranges are findings about the heart
+(:func:`cmrseg.measures.clinical.findings`), reported apart; they never set the verdict.
 
-One more pair of checks asks the model itself (``uncertainty_flags``, from the probabilities
+The flags, for a reader (they point at slices; only those above set the verdict). Per slice
+(``slice_flags``; ``slice`` is the voxel index k of the written mask, ``frame`` the cine
+frame): no heart at all; a class missing on a mid-ventricular slice; a slice without heart
+between heart slices; the LV cavity not a single blob enclosed by myocardium on a mid slice;
+myocardial thickness outside a plausible range (mm); the RV away from the LV; fragments and
+holes; a multitask classifier and the mask disagreeing. Per study (``study_flags``): ED and ES
+adjacent frames of a cine, LV and RV stroke volumes that disagree, implausible measures, no
+voxel size. From the model itself (``uncertainty_flags``, the probabilities
 :class:`~cmrseg.inference.predictor.Prediction` sums into ``expected_errors``): a slice whose
-expected errors reach half its mask (``uncertain_slice``), and a study whose expected errors
-reach a fifth (``uncertain_study``, review) or half (``unreliable_study``, fail) of its masks.
-A model confidently wrong passes them, so they add to the checks above and replace none; on
-ACDC val the share the default expects is 9.8 % of its masks against 10.9 % actually wrong
-(``docs/RESULTS.md``, "The model's own uncertainty").
-
-``verdict``: ``fail`` when any flag is a failure (``FAIL_FLAGS``, or a per-slice anatomy flag on
-at least half of the mid-ventricular slices of a phase), ``review`` when any flag is raised,
-``ok`` otherwise. Ranges flag results for review; they are not diagnostic limits.
+expected errors reach half its mask (``uncertain_slice``), a study whose expected errors reach a
+fifth (``uncertain_study``) or half (``unreliable_study``) of its masks.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
-from cmrseg.measures.clinical import NORMAL, PLAUSIBLE, mean_wall_mm
+from cmrseg.measures.clinical import PLAUSIBLE, mean_wall_mm
 from cmrseg.measures.metrics import share_of_mask
 from cmrseg.measures.topology import slice_topology
 
@@ -49,6 +54,9 @@ MIN_PIXELS = 5  # a "present" class with fewer mask pixels disagrees with its cl
 #: flags that fail a study on their own; the per-slice anatomy flags fail it when they hit at
 #: least half of a phase's mid-ventricular slices
 FAIL_FLAGS = {"no_heart", "implausible_measure", "unreliable_study"}
+#: flags that send a study to review on their own: the measures rest on an ordering, a phase, a
+#: voxel size or a whole study the model itself doubts, or miss a whole slice inside the heart
+REVIEW_FLAGS = {"base_apex_unsure", "ed_es_adjacent", "uncertain_study", "no_spacing", "slice_gap"}
 ANATOMY_FLAGS = {"lv_not_enclosed", "wall_thickness", "rv_not_beside_lv"}
 #: share of a mask the model expects to be wrong (:func:`uncertainty_share`) from which a slice
 #: is flagged, and a study sent to review / failed (round values, not fitted: half of a slice's
@@ -150,7 +158,9 @@ def _anatomy_flags(sl: np.ndarray, frame: str, s: int, pixel_mm: float | None) -
 
 def study_flags(measures: dict[str, float], spacing_known: bool, frames: int = 1, ed: int = 0,
                 es: int = 0) -> list[dict[str, Any]]:
-    """Study-level flags from the clinical measures and the cine's ED / ES frames."""
+    """Study-level flags from the clinical measures and the cine's ED / ES frames. Measures
+    outside the adult normal ranges are findings (:func:`cmrseg.measures.clinical.findings`),
+    not flags: they report the heart, not the measurement."""
     if not spacing_known:
         return [_flag("", None, "no_spacing", "volumes not computed")]
     out = []
@@ -158,9 +168,6 @@ def study_flags(measures: dict[str, float], spacing_known: bool, frames: int = 1
         v = measures.get(key)
         if v is not None and np.isfinite(v) and not lo < v < hi:
             out.append(_flag("", None, "implausible_measure", f"{key} = {v:.1f}, not between {lo:g} and {hi:g}"))
-        elif v is not None and np.isfinite(v) and not NORMAL[key][0] <= v <= NORMAL[key][1]:
-            out.append(_flag("", None, "outside_normal_range",
-                             f"{key} = {v:.1f} outside the adult normal {NORMAL[key][0]:g}-{NORMAL[key][1]:g}"))
     if frames > 4 and ed != es and min(abs(ed - es), frames - abs(ed - es)) <= 1:
         out.append(_flag("", None, "ed_es_adjacent", f"ED frame {ed + 1} and ES frame {es + 1} are neighbours"))
     lsv, rsv = measures.get("LVSV (mL)"), measures.get("RVSV (mL)")
@@ -171,16 +178,37 @@ def study_flags(measures: dict[str, float], spacing_known: bool, frames: int = 1
     return out
 
 
-def verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = None) -> str:
-    """``fail`` | ``review`` | ``ok`` (module docstring). ``mid_slices``: per frame label, its
-    number of mid-ventricular slices (for the share of anatomy flags)."""
-    if any(f["flag"] in FAIL_FLAGS for f in flags):
-        return "fail"
+def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = None,
+               estimates: dict[str, float] | None = None,
+               limits: dict[str, float] | None = None) -> tuple[str, list[str]]:
+    """(``fail`` | ``review`` | ``ok``, the reasons a reader is given). ``fail`` when the masks
+    cannot be a heart or a measurement (:data:`FAIL_FLAGS`, or an anatomy flag on at least half
+    of a phase's mid-ventricular slices); ``review`` when a measure's estimated error
+    (:mod:`.error_estimates`) exceeds its limit, or a flag of :data:`REVIEW_FLAGS` says the
+    measures rest on something uncertain; ``ok`` otherwise. The other flags point a reader at
+    slices; they do not set the verdict."""
+    fails = sorted({f["detail"] for f in flags if f["flag"] in FAIL_FLAGS})
     for frame, n_mid in (mid_slices or {}).items():
         hit = {f["slice"] for f in flags if f["frame"] == frame and f["flag"] in ANATOMY_FLAGS}
         if n_mid and len(hit) * 2 >= n_mid:
-            return "fail"
-    return "review" if flags else "ok"
+            fails.append(f"{frame}: the LV, its wall or the RV implausible on {len(hit)} of {n_mid} mid slices")
+    if fails:
+        return "fail", fails
+    reasons = [f"{m.split(' (')[0]} possibly off by more than {limit:g} {_unit(m)} (estimated +-{estimates[m]:.1f})"
+               for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
+    reasons += sorted({f"{f['flag']}: {f['detail']}" for f in flags if f["flag"] in REVIEW_FLAGS})
+    return ("review" if reasons else "ok"), reasons
+
+
+def _unit(measure: str) -> str:
+    unit = measure.split("(")[1].rstrip(")")
+    return "points" if unit == "%" else unit
+
+
+def verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = None,
+            estimates: dict[str, float] | None = None, limits: dict[str, float] | None = None) -> str:
+    """The verdict of :func:`qc_verdict` alone."""
+    return qc_verdict(flags, mid_slices, estimates, limits)[0]
 
 
 def mid_slices(mask: np.ndarray) -> np.ndarray:

@@ -140,14 +140,15 @@ def write_html(out_dir: Path, cases: list[dict[str, Any]], info: dict[str, Any],
 def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
     esc = html.escape
     columns = [*REPORT_MEASURES, *(k for k in REPORT_BODY_MEASURES if any(k in c.get("measures", {}) for c in ok))]
-    parts = ["<h2>Measures</h2><table><tr><th class='l'>study</th><th>QC</th>"
+    parts = ["<h2>Measures</h2><p>Each measure with its estimated error (± in its units: the interval that "
+             "covered the true error of 85 % of the studies the estimate was calibrated on).</p>"
+             "<table><tr><th class='l'>study</th><th>QC</th>"
              "<th title='share of the masks the model expects to be wrong'>uncertainty</th>"
              "<th>frames</th><th>ED</th><th>ES</th>"
              + "".join(f"<th>{esc(c)}</th>" for c in columns) + "<th>flags</th></tr>"]
     for c in ok:
-        m = c.get("measures", {})
-        cells = "".join(f"<td>{m[k]:.1f}</td>" if isinstance(m.get(k), (int, float)) and np.isfinite(m[k])
-                        else "<td>–</td>" for k in columns)
+        m, est = c.get("measures", {}), c.get("estimated_errors") or {}
+        cells = "".join(_measure_cell(m.get(k), est.get(k)) for k in columns)
         qc, share = str(c.get("qc", "")), c.get("uncertainty")
         parts.append(f"<tr><td class='l'><a href='#{esc(c['study'])}'>{esc(c['study'])}</a></td>"
                      f"<td class='qc-{esc(qc)}'>{esc(qc)}</td>"
@@ -159,11 +160,24 @@ def _measures_table(ok: list[dict[str, Any]]) -> list[str]:
     return parts
 
 
+def _measure_cell(value, error) -> str:
+    """A measure with its estimated error: ``41.5 ± 9.0``."""
+    if not isinstance(value, (int, float)) or not np.isfinite(value):
+        return "<td>–</td>"
+    return f"<td>{value:.1f}" + (f" ± {error:.1f}" if error is not None else "") + "</td>"
+
+
 def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
     esc = html.escape
     qc = str(c.get("qc", ""))
     parts = [f"<div class='study' id='{esc(c['study'])}'><h3>{esc(c['study'])} "
              f"<span class='qc-{esc(qc)}'>QC: {esc(qc)}</span></h3>"]
+    if c.get("qc_reasons"):
+        parts.append("<p><b>Why:</b></p><ul>" + "".join(f"<li class='qc-{esc(qc)}'>{esc(r)}</li>"
+                                                       for r in c["qc_reasons"]) + "</ul>")
+    if c.get("findings"):
+        parts.append("<p><b>Findings</b> (outside the adult normal ranges: what the heart shows, not a fault of the "
+                     "measurement):</p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in c["findings"]) + "</ul>")
     if c.get("note"):
         parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
     for key in ("montage", "curve"):
@@ -183,24 +197,32 @@ def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- batch tables
 
+#: the measures whose estimated error (``<measure> +-``) measures.csv and the report give
+ESTIMATED = ("LVEDV (mL)", "LVESV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "RVESV (mL)", "RVEF (%)")
+
+
 def measures_csv(cases: list[dict[str, Any]]) -> str:
+    """One row per study: the verdict and its reasons, the measures, each estimated measure's
+    estimated error beside it (``LVEF (%) +-``), the findings, the note and the flags."""
     buf = io.StringIO()
-    cols = ["study", "qc", "uncertainty (%)", "frames", "ED frame", "ES frame", "ED/ES from", *MEASURE_COLUMNS,
-            *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS, "note", "flags"]
+    measures = [c for k in MEASURE_COLUMNS for c in ((k, f"{k} +-") if k in ESTIMATED else (k,))]
+    cols = ["study", "qc", "qc reasons", "uncertainty (%)", "frames", "ED frame", "ES frame", "ED/ES from", *measures,
+            *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS, "findings", "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
         if c.get("status") != "ok":
-            w.writerow([c["study"], "failed"] + [""] * (len(cols) - 4) + [f"failed: {c.get('error', '')}", ""])
+            w.writerow([c["study"], "failed", ""] + [""] * (len(cols) - 6) + ["", f"failed: {c.get('error', '')}", ""])
             continue
-        m = c["measures"]
+        m = {**c["measures"], **{f"{k} +-": v for k, v in (c.get("estimated_errors") or {}).items()}}
         flags = sorted({f["flag"] for f in c["flags"]})
         share = c.get("uncertainty")
-        w.writerow([c["study"], c.get("qc", ""), "" if share is None else f"{100 * share:.1f}", c["frames"],
-                    c["ed_frame"], c["es_frame"], c["ed_es_source"],
-                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
-                      for k in (*MEASURE_COLUMNS, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
-                    c.get("note", ""), ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
+        w.writerow([c["study"], c.get("qc", ""), "; ".join(c.get("qc_reasons") or []),
+                    "" if share is None else f"{100 * share:.1f}", c["frames"], c["ed_frame"], c["es_frame"],
+                    c["ed_es_source"], *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
+                                         for k in (*measures, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
+                    "; ".join(c.get("findings") or []), c.get("note", ""),
+                    ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
     return buf.getvalue()
 
 
@@ -218,17 +240,20 @@ def volumes_csv(cases: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+#: what summary.json keeps of each study record
+SUMMARY_KEYS = ("status", "qc", "qc_reasons", "estimated_errors", "error_features", "findings", "uncertainty",
+                "seconds", "model_seconds", "outputs", "output_frames", "qc_frames", "phase_frames", "error", "measures",
+                "note", "ed_frame", "es_frame", "flags", "error_calibration")
+
+
 def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """measures.csv, volumes.csv, summary.json and report.html from every case record."""
+    """measures.csv, volumes.csv, summary.json and report.html from every study record."""
     cases = study_records(out)
     write_text(out / "measures.csv", measures_csv(cases))
     write_text(out / "volumes.csv", volumes_csv(cases))
     shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
     summary = {**info, "shards": shards, "label_map": label_map_json(),
-               "studies": {c["study"]: {k: c.get(k) for k in ("status", "qc", "uncertainty", "seconds", "model_seconds",
-                                                              "outputs", "output_frames", "qc_frames", "error",
-                                                              "measures", "note", "ed_frame", "es_frame", "flags")}
-                         for c in cases},
+               "studies": {c["study"]: {k: c.get(k) for k in SUMMARY_KEYS} for c in cases},
                "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
     write_json(out / "summary.json", summary)
     write_html(out, cases, info, out / "report.html")

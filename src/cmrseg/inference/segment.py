@@ -41,6 +41,7 @@ from cmrseg.data.orientation import anatomy_reversed
 from cmrseg.data.volume import Study
 from cmrseg.errors import CmrsegError
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
+from cmrseg.inference.error_estimates import DEFAULT_LIMITS, error_features, estimate, load_calibration, parse_limits
 from cmrseg.inference.options import SegmentOptions, parse_shard
 from cmrseg.inference.output_folder import (
     check_location,
@@ -54,21 +55,16 @@ from cmrseg.inference.output_folder import (
 from cmrseg.inference.predictor import Predictor
 from cmrseg.inference.quality import (
     mid_slice_count,
+    qc_verdict,
     slice_flags,
     study_flags,
     study_uncertainty_flags,
     uncertainty_flags,
     uncertainty_share,
-    verdict,
 )
 from cmrseg.inference.report import qc_line, rebuild_reports
 from cmrseg.inference.study_outputs import StudyWriter, frames_by_file
-from cmrseg.measures.clinical import (
-    body_measures,
-    cardiac_measures,
-    frame_measures,
-    structure_volumes_ml,
-)
+from cmrseg.measures.clinical import body_measures, cardiac_measures, findings, frame_measures, structure_volumes_ml
 
 
 class _StudyReader(torch.utils.data.Dataset):
@@ -123,6 +119,8 @@ class Batch:
     predictor: Predictor | EnsemblePredictor
     shard: tuple[int, int] = (0, 1)
     spacing: tuple[float, float, float] | None = None  # --spacing as (slice, row, column) mm
+    calibration: dict[str, Any] = field(default_factory=dict)  # the error estimates' (error_estimates)
+    limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))  # --qc-limits
     owned: set[Path] = field(default_factory=set)
     taken: set[Path] = field(default_factory=set)
 
@@ -211,41 +209,53 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
     writer = writer or batch.writer()
     t0 = time.perf_counter()
     extras = batch.options.extras
-    preds = [batch.predictor.predict_volume(v, keep_probabilities="probabilities" in extras) for v in study.frames]
+    preds = batch.predictor.predict_volumes(study.frames, keep_probabilities="probabilities" in extras)
     order_from, order_flags = check_base_apex(study, preds, batch.options.slice_order)
     _blank_missing_slices(study, preds)
     masks = [p.mask for p in preds]
     meas = study_measures(study, masks)
     flags, mid, uncertainty = _quality_flags(study, preds, meas)
     flags += order_flags
+    qc = _verdict(study, preds, meas, flags, mid, batch) | {"uncertainty": uncertainty, "base_apex_from": order_from}
     try:
         outputs = _write_outputs(study, preds, meas, writer, batch)
         montage_path, curve_path = writer.figures(study, masks, meas, flags)
     except BaseException:
         writer.undo()
         raise
-    return _record(study, meas, flags, mid, uncertainty, order_from, outputs, (montage_path, curve_path), batch) | {
+    return _record(study, meas, flags, qc, outputs, (montage_path, curve_path), batch) | {
         "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0}
 
 
-def _record(study: Study, meas: dict[str, Any], flags: list[dict[str, Any]], mid: dict[str, int],
-            uncertainty: float | None, order_from: str, outputs: list[Path], figures: tuple[Path, Path | None],
-            batch: Batch) -> dict[str, Any]:
-    """A segmented study's JSON record (``OUT/cases/<study>.json``)."""
+def _verdict(study: Study, preds: list, meas: dict[str, Any], flags: list[dict[str, Any]], mid: dict[str, int],
+             batch: Batch) -> dict[str, Any]:
+    """The verdict and its reasons (:func:`~cmrseg.inference.quality.qc_verdict`), each measure's
+    estimated error and what it came from (:mod:`.error_estimates`), and the findings."""
+    features = error_features(study, preds, meas)
+    estimates = estimate(features, meas["measures"], batch.calibration) if features and batch.calibration else {}
+    verdict_, reasons = qc_verdict(flags, mid, estimates, batch.limits)
+    return {"qc": verdict_, "qc_reasons": reasons, "estimated_errors": estimates, "error_features": features,
+            "findings": findings(meas["measures"]), "qc_frames": sorted(mid)}
+
+
+def _record(study: Study, meas: dict[str, Any], flags: list[dict[str, Any]], qc: dict[str, Any], outputs: list[Path],
+            figures: tuple[Path, Path | None], batch: Batch) -> dict[str, Any]:
+    """A segmented study's JSON record (``OUT/studies/<study>.json``)."""
     geom, out = study.frames[0].geometry, batch.out
     return {
         "study": study.name, "status": "ok", "source": str(study.source), "kind": study.kind,
         "frames": len(study.frames), "ed_frame": _frame_number(study, meas["ed"]),
         "es_frame": _frame_number(study, meas["es"]), "ed_es_source": meas["ed_es_source"],
+        "phase_frames": {"ED": study.frame_label(meas["ed"]), "ES": study.frame_label(meas["es"])},
         "spacing_mm": list(geom.spacing) if geom.spacing is not None else None,
         "spacing_source": geom.spacing_source, "measures": meas["measures"], "note": meas["note"],
-        "base_slice_k": study.file_k(0), "base_apex_from": order_from,
-        "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"], "qc": verdict(flags, mid),
-        "uncertainty": uncertainty, "flags": [_file_order(f, study) for f in flags],
+        "base_slice_k": study.file_k(0), **qc,
+        "frame_volumes_ml": meas["volumes"], "lv_voxels": meas["lv_voxels"],
+        "flags": [_file_order(f, study) for f in flags],
         "outputs": [str(p.relative_to(out)) for p in outputs],
         "output_frames": {str(p.relative_to(out)): [study.frame_label(t) for t in idx]
                           for p, idx in zip(outputs, frames_by_file(study))},
-        "qc_frames": sorted(mid), "extras": list(batch.options.extras),
+        "extras": list(batch.options.extras), "error_calibration": batch.calibration.get("source"),
         "montage": str(figures[0].relative_to(out)), "curve": str(figures[1].relative_to(out)) if figures[1] else None,
     }
 
@@ -274,6 +284,8 @@ def _blank_missing_slices(study: Study, preds: list) -> None:
             p.expected_errors[gaps] = 0.0
         if p.probabilities is not None:
             p.probabilities[gaps] = np.array([1.0, 0.0, 0.0, 0.0], dtype=p.probabilities.dtype)[:, None, None]
+        if p.bands is not None:
+            p.bands[gaps] = 0
 
 
 def _quality_flags(study: Study, preds: list, meas: dict[str, Any]) -> tuple[list[dict], dict[str, int], float | None]:
@@ -328,6 +340,7 @@ def segment(inputs: list[str | Path], out: str | Path, options: SegmentOptions =
     out = Path(out)
     shard, shard_from = parse_shard(options.shard)
     spacing = spacing_from_option(options.spacing)
+    parse_limits(options.qc_limits)  # a malformed --qc-limits is refused before anything is read
     check_location(out, [Path(i) for i in inputs])
     check_reports_ours(out)
     sources, skipped = discover(inputs)
@@ -336,7 +349,9 @@ def segment(inputs: list[str | Path], out: str | Path, options: SegmentOptions =
         raise CmrsegError("no short-axis studies found in the inputs" + (f" (skipped {why})" if why else ""))
     predictor = load_predictor(options.model, options.inference)
     ensure_writable(out)  # only once the inputs and the model are known good
-    batch = Batch(out, options, predictor, shard, spacing, owned_files(out))
+    paths = [str(predictor.meta.get("path", "")), *(predictor.meta.get("members") or [])]
+    batch = Batch(out, options, predictor, shard, spacing, owned=owned_files(out), calibration=load_calibration(paths),
+                  limits=parse_limits(options.qc_limits))
     with writer_lock(out, shard):
         return _run_batch(batch, sources[shard[0]::shard[1]], inputs, skipped, shard_from)
 

@@ -42,7 +42,7 @@ PLAUSIBLE = {"LVEF (%)": (0.0, 95.0), "RVEF (%)": (0.0, 95.0), "LVM (g)": (12.0,
              "LVEDV (mL)": (15.0, 1000.0), "RVEDV (mL)": (15.0, 1000.0)}
 #: measure -> (low, high): adult normal ranges, both sexes pooled and rounded outward, of the
 #: order CMR reference-value reviews report (e.g. Kawel-Boehm et al., JCMR 2020); outside them a
-#: study is for review: a disease or a segmentation error, a reader tells which
+#: measure is a finding about the heart (:func:`findings`), never a quality-control verdict
 NORMAL = {"LVEF (%)": (50.0, 80.0), "RVEF (%)": (45.0, 80.0), "LVM (g)": (50.0, 200.0),
           "LVEDV (mL)": (80.0, 240.0), "RVEDV (mL)": (80.0, 260.0)}
 
@@ -71,14 +71,34 @@ def structure_volumes_ml(mask: np.ndarray, voxel_ml: float, missing: list[int] |
     for a missing disc, instead of counting them empty."""
     mask = np.asarray(mask, dtype=np.int64)
     per_slice = np.stack([np.bincount(m.ravel(), minlength=4)[:4] for m in mask]).astype(float)  # [S, 4]
-    present = np.array([k for k in range(mask.shape[0]) if k not in set(missing)])
+    counts = disc_sum(per_slice, missing)
+    return {"LV": counts[LV] * voxel_ml, "MYO": counts[MYO] * voxel_ml, "RV": counts[RV] * voxel_ml}
+
+
+def disc_sum(per_slice: np.ndarray, missing: list[int] | tuple[int, ...] = ()) -> np.ndarray:
+    """Per-slice counts ``[S, ...]`` summed over the slices, a ``missing`` slice's counts taken
+    linearly between its nearest present neighbours (:func:`structure_volumes_ml`)."""
+    per_slice = np.array(per_slice, dtype=float)
+    present = np.array([k for k in range(per_slice.shape[0]) if k not in set(missing)])
     for k in missing:
         below, above = present[present < k], present[present > k]
         if below.size and above.size:
             lo, hi = below.max(), above.min()
             per_slice[k] = per_slice[lo] + (per_slice[hi] - per_slice[lo]) * (k - lo) / (hi - lo)
-    counts = per_slice.sum(axis=0)
-    return {"LV": counts[LV] * voxel_ml, "MYO": counts[MYO] * voxel_ml, "RV": counts[RV] * voxel_ml}
+    return per_slice.sum(axis=0)
+
+
+def findings(measures: dict[str, float]) -> list[str]:
+    """The measures outside the adult normal ranges (:data:`NORMAL`), one sentence each: what the
+    heart shows (disease, or an athlete's heart), reported apart from quality control, which asks
+    whether the measurement can be trusted."""
+    out = []
+    for key, (lo, hi) in NORMAL.items():
+        v = measures.get(key)
+        if v is not None and np.isfinite(v) and not lo <= v <= hi:
+            out.append(f"{key.split(' (')[0]} {v:.1f} {key.split('(')[1].rstrip(')')} "
+                       f"{'below' if v < lo else 'above'} the adult normal {lo:g}-{hi:g}")
+    return out
 
 
 def mean_wall_mm(sl: np.ndarray, pixel_mm: float) -> float:

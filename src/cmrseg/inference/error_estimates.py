@@ -1,0 +1,165 @@
+"""How far off each measure of a study may be, in the measure's own units (issue 36).
+
+From what the model and the masks say about one study:
+
+* the **band** of each structure: its volume from the pixels the model is sure of against the
+  pixels it thinks possible (:attr:`~cmrseg.inference.predictor.Prediction.bands`; for an
+  ensemble the members' probabilities averaged, so their disagreement widens it; with flips,
+  the flips' too), at ED and ES: half its width is the raw spread of EDV, ESV and LV mass, and
+  propagated through EF = 100 (1 - ESV / EDV) the raw spread of LVEF and RVEF;
+* the **stroke-volume mismatch** |LVSV - RVSV|: without a shunt or a leaking valve the two
+  ventricles eject the same volume, so a mismatch says one of them (most often a basal
+  end-systolic RV slice taken or dropped whole) is measured wrong;
+
+an estimate ``a + b x raw + c x mismatch`` (mismatch in mL for volumes, in points of the EDV
+for ejection fractions) with constants fitted as the 85th percentile of the true errors
+(:func:`fit_calibration`: quantile regression) on studies with experts' masks:
+``qc_calibration.json`` beside the model's ``model.json`` / ``ensemble.json``
+(``experiments/calibrate_qc.py`` makes it). A model without one takes the shipped default's, and
+says so; without any, no estimates are made and the verdict rests on the flags alone.
+
+The verdict of :mod:`.quality` sends a study to review when an estimate exceeds its limit
+(:data:`DEFAULT_LIMITS`, ``--qc-limits``): e.g. "RVEF possibly off by more than 10 points".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmrseg.data.volume import Study
+from cmrseg.errors import CmrsegError
+from cmrseg.inference.predictor import DEFAULT_MODEL, WEIGHTS_DIR
+from cmrseg.measures.clinical import MYOCARDIUM_DENSITY_G_PER_ML, disc_sum
+
+CALIBRATION_FILE = "qc_calibration.json"
+#: the error estimates' limits beyond which a study goes to review: the issue's definition of a
+#: failed study (|LVEF error| > 8 or |RVEF error| > 10 points, |LV mass error| > 20 g, any
+#: volume off by more than 25 mL)
+DEFAULT_LIMITS = {"LVEF (%)": 8.0, "RVEF (%)": 10.0, "LVM (g)": 20.0, "LVEDV (mL)": 25.0, "LVESV (mL)": 25.0,
+                  "RVEDV (mL)": 25.0, "RVESV (mL)": 25.0}
+MEASURES = tuple(DEFAULT_LIMITS)
+#: ``--qc-limits`` names: a measure's short name, or ``volume`` for the four volumes
+SHORT = {"LVEF": ("LVEF (%)",), "RVEF": ("RVEF (%)",), "LVM": ("LVM (g)",), "LVEDV": ("LVEDV (mL)",),
+         "LVESV": ("LVESV (mL)",), "RVEDV": ("RVEDV (mL)",), "RVESV": ("RVESV (mL)",),
+         "volume": ("LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)")}
+#: the percentile of the true errors an estimate is fitted to (an interval covering 85 % of
+#: studies where it was fitted, so that it covers the goal's 80 % on others)
+QUANTILE = 0.85
+#: the fewest studies with a measure's true error that its estimate is fitted on
+MIN_STUDIES = 2
+
+
+def parse_limits(text: str | None) -> dict[str, float]:
+    """``--qc-limits LVEF=8,RVEF=10,LVM=20,volume=25`` over :data:`DEFAULT_LIMITS` (a name left
+    out keeps its default)."""
+    limits = dict(DEFAULT_LIMITS)
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = float("nan")
+        if name.strip() not in SHORT or not np.isfinite(limit) or limit <= 0:
+            raise CmrsegError(f"--qc-limits: {item.strip()!r} is not NAME=number > 0 with NAME one of "
+                              f"{', '.join(SHORT)}")
+        limits.update({m: limit for m in SHORT[name.strip()]})
+    return limits
+
+
+def _ef_spread(edv: float, esv: float, d_edv: float, d_esv: float) -> float:
+    """The spread of EF = 100 (1 - ESV / EDV) from spreads of EDV and ESV (first order)."""
+    if edv <= 0:
+        return float("nan")
+    return 100.0 * float(np.hypot(d_esv / edv, esv * d_edv / edv ** 2))
+
+
+def error_features(study: Study, preds: list, meas: dict[str, Any]) -> dict[str, Any] | None:
+    """The raw spread of each measure (:data:`MEASURES`) from the structures' bands at ED and
+    ES, and the stroke-volume mismatch; None for a single frame or without a voxel size."""
+    voxel_ml, ed, es, m = meas["voxel_ml"], meas["ed"], meas["es"], meas["measures"]
+    if not voxel_ml or ed == es or any(p.bands is None for p in (preds[ed], preds[es])):
+        return None
+
+    def half_band(t: int) -> np.ndarray:  # [RV, MYO, LV] half-widths in mL
+        sums = disc_sum(preds[t].bands, study.frames[t].meta.get("missing_slices") or ()) * voxel_ml  # [3, 2]
+        return (sums[:, 1] - sums[:, 0]) / 2.0
+
+    d_ed, d_es = half_band(ed), half_band(es)
+    raw = {"LVEDV (mL)": d_ed[2], "LVESV (mL)": d_es[2], "RVEDV (mL)": d_ed[0], "RVESV (mL)": d_es[0],
+           "LVM (g)": MYOCARDIUM_DENSITY_G_PER_ML * d_ed[1],
+           "LVEF (%)": _ef_spread(m["LVEDV (mL)"], m["LVESV (mL)"], d_ed[2], d_es[2]),
+           "RVEF (%)": _ef_spread(m["RVEDV (mL)"], m["RVESV (mL)"], d_ed[0], d_es[0])}
+    return {"raw": {k: float(v) for k, v in raw.items() if np.isfinite(v)},
+            "sv_mismatch (mL)": float(abs(m["LVSV (mL)"] - m["RVSV (mL)"]))}
+
+
+def consistency(measure: str, features: dict[str, Any], measures: dict[str, float]) -> float:
+    """The stroke-volume mismatch in the measure's units: mL for volumes, points of the
+    ventricle's EDV for an ejection fraction, none for LV mass."""
+    mismatch = features["sv_mismatch (mL)"]
+    if measure == "LVM (g)":
+        return 0.0
+    if measure.endswith("EF (%)"):
+        edv = measures.get(measure.replace("EF (%)", "EDV (mL)"), 0.0)
+        return 100.0 * mismatch / edv if edv > 0 else 0.0
+    return mismatch
+
+
+def estimate(features: dict[str, Any], measures: dict[str, float], calibration: dict[str, Any]) -> dict[str, float]:
+    """Each measure's estimated error (its units): ``a + b raw + c consistency`` with the
+    calibration's constants."""
+    out = {}
+    for m in MEASURES:
+        if m not in features["raw"] or m not in calibration["measures"]:
+            continue
+        a, b, c = (calibration["measures"][m][k] for k in ("a", "b", "c"))
+        value = a + b * features["raw"][m] + c * consistency(m, features, measures)
+        if np.isfinite(value):
+            out[m] = float(value)
+    return out
+
+
+def load_calibration(model_paths: list[str]) -> dict[str, Any]:
+    """The calibration beside the model (the first of ``model_paths`` with one: an ensemble's
+    folder, then its members), else the shipped default's, marked as such; ``{}`` when there is
+    none at all (no estimates)."""
+    for path in model_paths:
+        found = Path(path) / CALIBRATION_FILE
+        if found.is_file():
+            return json.loads(found.read_text())
+    shipped = WEIGHTS_DIR / DEFAULT_MODEL / CALIBRATION_FILE
+    if not shipped.is_file():
+        return {}
+    default = json.loads(shipped.read_text())
+    return {**default, "source": f"the shipped default's ({default.get('source', '')}), not this model's"}
+
+
+def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE) -> dict[str, Any]:
+    """Constants ``a, b, c >= 0`` per measure with ``a + b raw + c consistency`` the ``quantile``
+    of the absolute errors (quantile regression as a linear programme, scipy's HiGHS; written here
+    because statsmodels' QuantReg, the usual tool, is not a dependency and allows no sign
+    constraints). ``rows``: one per study, ``{"features", "measures", "errors"}`` (signed errors
+    of the measures against the experts')."""
+    from scipy.optimize import linprog
+
+    out = {}
+    for m in MEASURES:
+        use = [r for r in rows
+               if np.isfinite(r["errors"].get(m, np.nan)) and np.isfinite(r["features"]["raw"].get(m, np.nan))]
+        if len(use) < MIN_STUDIES:
+            continue  # too few to fit: no estimate of this measure
+        x = np.array([[1.0, r["features"]["raw"][m], consistency(m, r["features"], r["measures"])] for r in use])
+        y = np.abs([r["errors"][m] for r in use])
+        n = len(y)
+        cost = np.concatenate([np.zeros(3), quantile * np.ones(n), (1 - quantile) * np.ones(n)])
+        a_eq = np.hstack([x, np.eye(n), -np.eye(n)])  # x beta + over - under = y
+        res = linprog(cost, A_eq=a_eq, b_eq=y, bounds=[(0, None)] * (3 + 2 * n), method="highs")
+        a, b, c = (float(v) for v in res.x[:3])
+        out[m] = {"a": a, "b": b, "c": c, "studies": n}
+    return {"quantile": quantile, "measures": out}

@@ -1,0 +1,144 @@
+"""Each measure's estimated error (issue 36): the raw spreads from the model's probability bands,
+the stroke-volume mismatch, the calibration fitted to a quantile of true errors, the limits a user
+sets, and how ``cmrseg evaluate`` scores the verdict against real failures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmrseg.data.volume import Geometry, Study, Volume
+from cmrseg.errors import CmrsegError
+from cmrseg.evaluation.quality_check import qc_performance
+from cmrseg.inference.error_estimates import (
+    CALIBRATION_FILE,
+    DEFAULT_LIMITS,
+    MEASURES,
+    error_features,
+    estimate,
+    fit_calibration,
+    load_calibration,
+    parse_limits,
+)
+from cmrseg.inference.predictor import BAND, Prediction
+from cmrseg.inference.quality import qc_verdict
+
+
+def test_limits_default_to_the_failure_definition_and_take_overrides():
+    assert parse_limits(None) == DEFAULT_LIMITS
+    limits = parse_limits("LVEF=5, volume=15")
+    assert limits["LVEF (%)"] == 5.0 and limits["RVEF (%)"] == 10.0
+    assert {limits[m] for m in ("LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)")} == {15.0}
+    for bad in ("LVEF", "LVEF=x", "EF=8", "LVM=-1", "RVEF=nan"):
+        with pytest.raises(CmrsegError, match="--qc-limits"):
+            parse_limits(bad)
+
+
+def _band_prediction(sure, possible):
+    """A prediction whose RV, MYO and LV each have ``sure`` pixels at probability 0.9 and
+    ``possible - sure`` more at 0.4, on each of 2 slices."""
+    probs = torch.zeros(2, 4, 40, 40)
+    probs[:, 0] = 1.0
+    for c in (1, 2, 3):
+        row = 10 * c
+        probs[:, :, row, :possible] = torch.tensor([0.6, 0, 0, 0]).view(4, 1)
+        probs[:, c, row, :possible] = 0.4
+        probs[:, 0, row, :sure] = 0.1
+        probs[:, c, row, :sure] = 0.9
+    return Prediction.from_probabilities(probs, None, "none", 0.0)
+
+
+def test_bands_count_the_sure_and_the_possible_pixels_and_give_each_measure_its_spread():
+    assert BAND == (0.25, 0.75)
+    ed, es = _band_prediction(30, 40), _band_prediction(10, 14)
+    np.testing.assert_array_equal(ed.bands[0], [[30, 40]] * 3)
+    geom = Geometry(spacing=(10.0, 1.0, 1.0))
+    frames = [Volume(np.zeros((2, 40, 40), np.float32), geom, None, f"f{t}", "nifti") for t in range(2)]
+    study = Study("s", frames, None, "cine")
+    voxel_ml = 0.01
+    meas = {"voxel_ml": voxel_ml, "ed": 0, "es": 1,
+            "measures": {"LVEDV (mL)": 0.7, "LVESV (mL)": 0.24, "RVEDV (mL)": 0.7, "RVESV (mL)": 0.24,
+                         "LVSV (mL)": 0.46, "RVSV (mL)": 0.36}}
+    features = error_features(study, [ed, es], meas)
+    raw = features["raw"]
+    # half the band: (possible - sure) pixels on 2 slices, halved, in mL
+    assert raw["LVEDV (mL)"] == pytest.approx(10 * 2 / 2 * voxel_ml)
+    assert raw["RVESV (mL)"] == pytest.approx(4 * 2 / 2 * voxel_ml)
+    assert raw["LVM (g)"] == pytest.approx(1.05 * raw["LVEDV (mL)"])
+    d_ed, d_es = raw["LVEDV (mL)"], raw["LVESV (mL)"]
+    assert raw["LVEF (%)"] == pytest.approx(100 * np.hypot(d_es / 0.7, 0.24 * d_ed / 0.7 ** 2))
+    assert features["sv_mismatch (mL)"] == pytest.approx(0.1)
+    assert error_features(study, [ed, ed], {**meas, "es": 0}) is None  # one frame: no ejection
+    assert error_features(study, [ed, es], {**meas, "voxel_ml": None}) is None
+
+
+def test_the_estimate_adds_the_mismatch_in_each_measures_units():
+    features = {"raw": {m: 1.0 for m in MEASURES}, "sv_mismatch (mL)": 20.0}
+    measures = {"LVEDV (mL)": 200.0, "RVEDV (mL)": 100.0}
+    calibration = {"measures": {m: {"a": 0.5, "b": 2.0, "c": 1.0} for m in MEASURES}}
+    est = estimate(features, measures, calibration)
+    assert est["LVEDV (mL)"] == pytest.approx(0.5 + 2 + 20)  # mL
+    assert est["LVEF (%)"] == pytest.approx(0.5 + 2 + 10)  # 20 mL of a 200 mL EDV: 10 points
+    assert est["RVEF (%)"] == pytest.approx(0.5 + 2 + 20)  # of a 100 mL EDV: 20 points
+    assert est["LVM (g)"] == pytest.approx(0.5 + 2)  # mass has no stroke volume
+    verdict, reasons = qc_verdict([], {}, est, DEFAULT_LIMITS)
+    assert verdict == "review"
+    assert "RVEF possibly off by more than 10 points (estimated +-22.5)" in reasons
+    assert not any(r.startswith("LVM") for r in reasons)  # 2.5 g is within 20 g
+    assert qc_verdict([], {}, est, {**DEFAULT_LIMITS, **{m: 100.0 for m in MEASURES}}) == ("ok", [])
+
+
+def test_the_fit_is_the_85th_percentile_and_covers_85_percent_of_new_studies():
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            raw = rng.uniform(0, 10)
+            features = {"raw": {m: raw for m in MEASURES}, "sv_mismatch (mL)": 0.0}
+            err = rng.uniform(0, 1) * (2.0 + 1.5 * raw) * rng.choice([-1, 1])
+            out.append({"features": features, "measures": {}, "errors": {m: err for m in MEASURES}})
+        return out
+
+    fitted = fit_calibration(rows(400))
+    k = fitted["measures"]["LVEF (%)"]
+    assert fitted["quantile"] == 0.85 and k["studies"] == 400
+    assert k["a"] == pytest.approx(0.85 * 2.0, abs=0.5) and k["b"] == pytest.approx(0.85 * 1.5, abs=0.15)
+    fresh = rows(2000)
+    covered = np.mean([abs(r["errors"]["LVEF (%)"]) <= estimate(r["features"], r["measures"], fitted)["LVEF (%)"]
+                       for r in fresh])
+    assert 0.80 <= covered <= 0.90
+
+
+def test_a_model_uses_its_own_calibration_else_the_defaults_else_none(tmp_path, monkeypatch):
+    own = tmp_path / "model"
+    own.mkdir()
+    (own / CALIBRATION_FILE).write_text(json.dumps({"source": "val", "measures": {}}))
+    assert load_calibration(["", str(tmp_path / "none"), str(own)])["source"] == "val"
+    import cmrseg.inference.error_estimates as ee
+
+    shipped = tmp_path / "weights"
+    (shipped / ee.DEFAULT_MODEL).mkdir(parents=True)
+    monkeypatch.setattr(ee, "WEIGHTS_DIR", shipped)
+    assert load_calibration([str(tmp_path / "none")]) == {}  # nothing shipped: no estimates
+    (shipped / ee.DEFAULT_MODEL / CALIBRATION_FILE).write_text(json.dumps({"source": "acdc val", "measures": {}}))
+    assert "the shipped default's (acdc val)" in load_calibration([str(tmp_path / "none")])["source"]
+
+
+def _outcome(failed, qc, estimate_, true_error, gross=False):
+    return {"failed": failed, "gross": gross, "qc": qc, "estimates": {"LVEF (%)": estimate_},
+            "errors": {m: 0.0 for m in DEFAULT_LIMITS} | {"LVEF (%)": true_error}}
+
+
+def test_qc_performance_counts_recall_wasted_reviews_coverage_and_auroc():
+    outcomes = [_outcome(True, "review", 12.0, 11.0, gross=True), _outcome(True, "ok", 4.0, 9.0),
+                _outcome(False, "ok", 3.0, 1.0), _outcome(False, "review", 9.0, 2.0), _outcome(False, "ok", 2.0, 2.5)]
+    perf = qc_performance(outcomes)
+    assert perf["studies"] == 5 and perf["failed"] == 2 and perf["good"] == 3
+    assert perf["recall"] == 0.5 and perf["good_to_review"] == pytest.approx(1 / 3)
+    assert perf["gross"] == 1 and perf["gross_caught"] == 1
+    assert perf["coverage"]["LVEF (%)"] == {"studies": 5, "covered": 0.6}  # 9 > 4 and 2.5 > 2 missed
+    assert perf["coverage"]["RVEF (%)"] == {"studies": 0, "covered": None}
+    # scores 12, 4 for the failures against 3, 9, 2: pairs ranked right 3 + 2 of 6
+    assert perf["auroc"] == pytest.approx(5 / 6)
