@@ -58,7 +58,12 @@ def main() -> None:
         run(str(HERE / "bench_training.py"), "--device", "cpu", "--protocol", "fast", "--amp", "off",
             "--out", str(out / "training_fast.json"), env=env)
         written.append(out / "training_fast.json")
+    from cmrseg.inference.predictor import shipped_models
+
     for name, model in MODELS.items():
+        if model and model not in shipped_models():
+            print(f"skipped {name}: no shipped model named {model!r}", flush=True)
+            continue
         pick = ["--model", model] if model else []
         if "segment" in wanted and Path(args.data).is_dir():
             run(str(HERE / "bench_segment.py"), args.data, "--n", "20", *pick,

@@ -15,14 +15,17 @@ from cmrseg.inference.error_estimates import (
     CALIBRATION_FILE,
     DEFAULT_LIMITS,
     MEASURES,
+    basal_stake,
     error_features,
     estimate,
     fit_calibration,
+    fit_qc_calibration,
     load_calibration,
     parse_limits,
 )
 from cmrseg.inference.predictor import BAND, Prediction
 from cmrseg.inference.quality import qc_verdict
+from cmrseg.labels import LV, RV
 
 
 def test_limits_default_to_the_failure_definition_and_take_overrides():
@@ -73,6 +76,23 @@ def test_bands_count_the_sure_and_the_possible_pixels_and_give_each_measure_its_
     assert error_features(study, [ed, es], {**meas, "voxel_ml": None}) is None
 
 
+def test_the_basal_stake_is_the_slice_a_model_may_take_or_drop_whole():
+    ed, es = np.zeros((4, 10, 10), np.uint8), np.zeros((4, 10, 10), np.uint8)
+    ed[0:3, :5, :4] = RV  # 20 px on slices 0-2
+    es[1, :2, :5] = RV  # at ES the RV starts a slice lower, 10 px there
+    es[2, :3, :3] = RV
+    ed[1:3, 6:, 6:] = LV  # 16 px
+    es[1, 6:8, 6:9] = LV  # 6 px
+    m = {"LVEDV (mL)": 100.0, "LVESV (mL)": 40.0, "RVEDV (mL)": 100.0, "RVESV (mL)": 50.0}
+    stake = basal_stake(ed, es, 0.5, m)
+    assert stake["RVEDV (mL)"] == 10.0  # ED's most basal RV slice: 20 px x 0.5 mL
+    # ES's most basal RV slice holds 10 px, but ED has the RV one slice higher (20 px): that one
+    assert stake["RVESV (mL)"] == 10.0
+    # the LV starts on slice 1 in both phases: each phase's own most basal slice
+    assert stake["LVEDV (mL)"] == 8.0 and stake["LVESV (mL)"] == 3.0
+    assert stake["LVM (g)"] == 0.0 and stake["RVEF (%)"] > 0
+
+
 def test_the_estimate_adds_the_mismatch_in_each_measures_units():
     features = {"raw": {m: 1.0 for m in MEASURES}, "sv_mismatch (mL)": 20.0}
     measures = {"LVEDV (mL)": 200.0, "RVEDV (mL)": 100.0}
@@ -84,7 +104,7 @@ def test_the_estimate_adds_the_mismatch_in_each_measures_units():
     assert est["LVM (g)"] == pytest.approx(0.5 + 2)  # mass has no stroke volume
     verdict, reasons = qc_verdict([], {}, est, DEFAULT_LIMITS)
     assert verdict == "review"
-    assert "RVEF possibly off by more than 10 points (estimated +-22.5)" in reasons
+    assert "RVEF likely off by more than 10 points (likely error 22.5)" in reasons
     assert not any(r.startswith("LVM") for r in reasons)  # 2.5 g is within 20 g
     assert qc_verdict([], {}, est, {**DEFAULT_LIMITS, **{m: 100.0 for m in MEASURES}}) == ("ok", [])
 
@@ -109,6 +129,25 @@ def test_the_fit_is_the_85th_percentile_and_covers_85_percent_of_new_studies():
     covered = np.mean([abs(r["errors"]["LVEF (%)"]) <= estimate(r["features"], r["measures"], fitted)["LVEF (%)"]
                        for r in fresh])
     assert 0.80 <= covered <= 0.90
+
+
+def test_the_verdicts_likely_error_is_a_lower_percentile_than_the_interval():
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(400):
+        raw = rng.uniform(0, 10)
+        err = rng.uniform(0, 1) * (2.0 + 1.5 * raw)
+        rows.append({"features": {"raw": {m: raw for m in MEASURES}, "sv_mismatch (mL)": 0.0}, "measures": {},
+                     "errors": {m: err for m in MEASURES}})
+    fitted = fit_qc_calibration(rows)
+    assert fitted["quantile"] == 0.85 and fitted["verdict_quantile"] == 0.6
+    features = {"raw": {m: 8.0 for m in MEASURES}, "sv_mismatch (mL)": 0.0}
+    interval = estimate(features, {}, fitted)["RVEF (%)"]
+    likely = estimate(features, {}, fitted, part="verdict")["RVEF (%)"]
+    assert interval == pytest.approx(0.85 * 14.0, abs=1.0) and likely == pytest.approx(0.6 * 14.0, abs=1.0)
+    # an error that may exceed 10 points (interval 11.9) but more likely does not (8.4): no review
+    assert qc_verdict([], {}, {"RVEF (%)": likely}, DEFAULT_LIMITS)[0] == "ok"
+    assert estimate(features, {}, {"measures": fitted["measures"]}, part="verdict") == {}  # older files: none
 
 
 def test_a_model_uses_its_own_calibration_else_the_defaults_else_none(tmp_path, monkeypatch):

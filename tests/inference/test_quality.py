@@ -76,12 +76,20 @@ def test_a_hypertrophic_heart_at_end_systole_is_not_a_failure():
 
 def test_one_odd_mid_slice_points_the_reader_at_it_without_failing_the_study():
     """Issue 36: a lone slice flag marks the slice for whoever looks, but it is the estimated
-    errors that send a study to review; half the mid slices wrong fails it."""
+    errors that send a study to review; half the mid slices wrong fails it. A class missing on a
+    mid slice is not such a flag: the measures rest on it."""
     mask = _stack()
-    mask[4] = _slice(lv_ring=False)
+    odd = _slice()
+    odd[:, 64:][odd[:, 64:] == 2] = 0  # half the wall gone: the cavity not enclosed
+    mask[4] = odd
     flags = slice_flags(mask, None, "frame 1", PX)
     assert [f["slice"] for f in flags if f["flag"] == "lv_not_enclosed"] == [4]
+    assert "class_missing_mid" not in _names(flags)
     assert verdict(flags, {"frame 1": mid_slice_count(mask)}) == "ok"
+    mask[4] = _slice(lv_ring=False)
+    flags = slice_flags(mask, None, "frame 1", PX)
+    verdict_, reasons = qc_verdict(flags, {"frame 1": mid_slice_count(mask)})
+    assert verdict_ == "review" and any(r.startswith("class_missing_mid") for r in reasons)
     for s in range(2, 7):
         mask[s] = _slice(lv_ring=False)
     verdict_, reasons = qc_verdict(slice_flags(mask, None, "frame 1", PX), {"frame 1": mid_slice_count(mask)})

@@ -199,7 +199,8 @@ def study_outcomes(studies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rec = st["record"]
         out.append({"study": name, "qc": rec.get("qc"), "qc_reasons": rec.get("qc_reasons") or [],
                     "flags": sorted({f["flag"] for f in rec.get("flags") or []}),
-                    "estimates": rec.get("estimated_errors") or {}, "features": rec.get("error_features"),
+                    "estimates": rec.get("estimated_errors") or {}, "likely": rec.get("likely_errors") or {},
+                    "features": rec.get("error_features"),
                     "measures": rec.get("measures") or {}, "errors": errors, "dice": dice, "failed": bool(why),
                     "why": why, "gross": gross})
     return out
@@ -221,7 +222,8 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
     """How well the verdict and the estimated errors did (issue 36): per measure, how often the
     estimated interval covered the true error; the share of failed studies sent to review or
     failed (recall), the share of good ones sent (the reader's wasted time), the gross failures
-    caught, and the AUROC of the largest estimated error over its limit as a failure score."""
+    caught, and the AUROC of the largest likely error over its limit (the verdict's score; the
+    interval where a record has no likely error) as a failure score."""
     limits = limits or FAILURE_LIMITS
     coverage = {}
     for m in limits:
@@ -231,7 +233,8 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
     good = [o for o in outcomes if not o["failed"]]
     gross = [o for o in outcomes if o["gross"]]
     flagged = [o for o in outcomes if o["qc"] in ("review", "fail")]
-    scores = [max((o["estimates"].get(m, 0.0) / lim for m, lim in limits.items()), default=0.0) for o in outcomes]
+    scores = [max(((o.get("likely") or o["estimates"]).get(m, 0.0) / lim for m, lim in limits.items()), default=0.0)
+              for o in outcomes]
     return {"studies": len(outcomes), "failed": len(failed), "good": len(good),
             "recall": len([o for o in failed if o in flagged]) / len(failed) if failed else None,
             "good_to_review": len([o for o in good if o in flagged]) / len(good) if good else None,

@@ -7,12 +7,14 @@ The verdict (:func:`qc_verdict`, issue 36):
   loose physiological limits (``implausible_measure``: no heart experts have drawn comes near),
   the model expecting half its masks wrong (``unreliable_study``), or an anatomy flag on at least
   half of a phase's mid-ventricular slices;
-* ``review``: a measure's estimated error (:mod:`.error_estimates`: from the model's own
-  probability bands and the two ventricles' stroke volumes, calibrated on studies with experts'
-  masks) exceeds its limit (``--qc-limits``, by default the issue's definition of a failed study:
-  LVEF 8, RVEF 10 points, LV mass 20 g, any volume 25 mL), or the measures rest on something
-  uncertain (:data:`REVIEW_FLAGS`: the base and apex, the ED and ES frames, a study the model
-  doubts as a whole, no voxel size, a heart slice left empty between heart slices);
+* ``review``: a measure's likely error (:mod:`.error_estimates`: from the model's own
+  probability bands, the two ventricles' stroke volumes and the basal slices, calibrated on
+  studies with experts' masks) exceeds its limit (``--qc-limits``, by default the issue's
+  definition of a failed study: LVEF 8, RVEF 10 points, LV mass 20 g, any volume 25 mL), or the
+  measures rest on something uncertain or inconsistent (:data:`REVIEW_FLAGS`: the base and apex,
+  the ED and ES frames, a study the model doubts as a whole, no voxel size, a heart slice left
+  empty between heart slices, a class missing on a mid-ventricular slice, LV and RV stroke
+  volumes apart);
 * ``ok`` otherwise.
 
 Measures outside the adult normal ranges are findings about the heart
@@ -56,7 +58,8 @@ MIN_PIXELS = 5  # a "present" class with fewer mask pixels disagrees with its cl
 FAIL_FLAGS = {"no_heart", "implausible_measure", "unreliable_study"}
 #: flags that send a study to review on their own: the measures rest on an ordering, a phase, a
 #: voxel size or a whole study the model itself doubts, or miss a whole slice inside the heart
-REVIEW_FLAGS = {"base_apex_unsure", "ed_es_adjacent", "uncertain_study", "no_spacing", "slice_gap"}
+REVIEW_FLAGS = {"base_apex_unsure", "ed_es_adjacent", "uncertain_study", "no_spacing", "slice_gap",
+                "class_missing_mid", "stroke_volume_mismatch"}
 ANATOMY_FLAGS = {"lv_not_enclosed", "wall_thickness", "rv_not_beside_lv"}
 #: share of a mask the model expects to be wrong (:func:`uncertainty_share`) from which a slice
 #: is flagged, and a study sent to review / failed (round values, not fitted: half of a slice's
@@ -183,8 +186,8 @@ def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = 
                limits: dict[str, float] | None = None) -> tuple[str, list[str]]:
     """(``fail`` | ``review`` | ``ok``, the reasons a reader is given). ``fail`` when the masks
     cannot be a heart or a measurement (:data:`FAIL_FLAGS`, or an anatomy flag on at least half
-    of a phase's mid-ventricular slices); ``review`` when a measure's estimated error
-    (:mod:`.error_estimates`) exceeds its limit, or a flag of :data:`REVIEW_FLAGS` says the
+    of a phase's mid-ventricular slices); ``review`` when a measure's likely error
+    (``estimates``, :mod:`.error_estimates`) exceeds its limit, or a flag of :data:`REVIEW_FLAGS` says the
     measures rest on something uncertain; ``ok`` otherwise. The other flags point a reader at
     slices; they do not set the verdict."""
     fails = sorted({f["detail"] for f in flags if f["flag"] in FAIL_FLAGS})
@@ -194,7 +197,7 @@ def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = 
             fails.append(f"{frame}: the LV, its wall or the RV implausible on {len(hit)} of {n_mid} mid slices")
     if fails:
         return "fail", fails
-    reasons = [f"{m.split(' (')[0]} possibly off by more than {limit:g} {_unit(m)} (estimated +-{estimates[m]:.1f})"
+    reasons = [f"{m.split(' (')[0]} likely off by more than {limit:g} {_unit(m)} (likely error {estimates[m]:.1f})"
                for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
     reasons += sorted({f"{f['flag']}: {f['detail']}" for f in flags if f["flag"] in REVIEW_FLAGS})
     return ("review" if reasons else "ok"), reasons
