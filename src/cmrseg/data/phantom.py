@@ -260,6 +260,43 @@ def oblique_affine(p: HeartParams, rng: np.random.Generator) -> np.ndarray:
     return aff
 
 
+def regional_wall(angle_deg: np.ndarray, thickening: float = 0.0) -> np.ndarray:
+    """The wall thickness (mm) of :func:`regional_heart` at display angles (degrees; x right, y
+    up; the septum at 180, anterior at 90): 9 mm with a septum 3 mm thicker and the lateral
+    wall 3 mm thinner, a thin infarct-like inferolateral wall (2.9 mm at 330 degrees), times
+    ``1 + thickening``."""
+    a = np.radians(np.asarray(angle_deg, dtype=float))
+    wall = 9.0 + 3.0 * np.cos(a - np.pi) - 3.5 * np.exp(-((np.degrees(a) % 360.0 - 330.0) / 18.0) ** 2)
+    return wall * (1.0 + thickening)
+
+
+def regional_heart(size: int = 160, slices: int = 12, pixel_mm: float = 1.5, slice_mm: float = 8.0,
+                   thickening: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled stack (base -> apex) whose LV wall has a known thickness at every angle
+    (:func:`regional_wall`), for the AHA segment analysis (issue 37): an LV cavity on the first
+    ``slices - 2`` slices, narrowing to the apex; the apical cap (myocardium, no cavity) on the
+    next; nothing on the last. The RV is a 10-mm shell against the septum from 120 to 240
+    degrees (its insertion points), shown as the standard view shows it, from the apex, anterior
+    up. Returns (mask ``[S, H, W]`` uint8, voxel (column, row, slice) -> RAS+ affine: columns
+    to the patient's left, rows to posterior)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    x, y = (xx - size / 2.0) * pixel_mm, -(yy - size / 2.0) * pixel_mm
+    radius, angle = np.hypot(x, y), np.degrees(np.arctan2(y, x)) % 360.0
+    wall = regional_wall(angle, thickening)
+    mask = np.zeros((slices, size, size), np.uint8)
+    cavity_slices = slices - 2
+    for s in range(cavity_slices):
+        endo = 26.0 * (1.0 - 0.6 * s / cavity_slices) * (1.0 - 0.35 * thickening)
+        epi = endo + wall
+        septal = (angle >= 120.0) & (angle < 240.0)
+        mask[s][(radius >= epi) & (radius < epi + 10.0) & septal] = RV
+        mask[s][(radius >= endo) & (radius < epi)] = MYO
+        mask[s][radius < endo] = LV
+    mask[cavity_slices][radius < 10.0] = MYO
+    affine = np.diag([-pixel_mm, -pixel_mm, slice_mm, 1.0])
+    return mask, affine
+
+
 GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
 
 

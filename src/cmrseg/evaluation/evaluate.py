@@ -26,6 +26,7 @@ from cmrseg.data.io.discovery import TreeWalk
 from cmrseg.data.io.formats import described, label_formats
 from cmrseg.data.io.readers import read_label_volumes
 from cmrseg.errors import InputError
+from cmrseg.evaluation.aha_agreement import aha_agreement, aha_csv, aha_table, segment_pairs
 from cmrseg.evaluation.compare import mean_intervals, per_patient
 from cmrseg.evaluation.figures import bland_altman, dice_by_level, limits_of_agreement, wall_thickness_scatter
 from cmrseg.evaluation.groups import read_groups
@@ -84,6 +85,9 @@ class VolumeResult:
     #: slices of each level where truth and prediction both have LV and MYO: ``[n, 3]`` (slice,
     #: truth, prediction) per level; None without spacing
     wall_mm: dict[str, np.ndarray] | None = None
+    #: {AHA segment: (truth, prediction) mean wall thickness in mm} where both masks measured it
+    #: (:func:`cmrseg.evaluation.aha_agreement.segment_pairs`); None without spacing
+    aha_mm: dict[int, tuple[float, float]] | None = None
 
 
 def _has_wall(sl: np.ndarray) -> bool:
@@ -126,6 +130,7 @@ def evaluate_case(case: EvalVolume, with_hd95: bool = True) -> VolumeResult:
         level_volume_error=_level_volume_error(case.pred, case.gt, levels, voxel_ml) if voxel_ml else None,
         wall_mm=_wall_thickness(case.pred, case.gt, levels, float(np.sqrt(case.spacing[1] * case.spacing[2])))
         if voxel_ml else None,
+        aha_mm=segment_pairs(case.pred, case.gt, (case.spacing[1], case.spacing[2])) if voxel_ml else None,
     )
 
 
@@ -257,7 +262,7 @@ def wall_thickness_csv(results: Sequence[VolumeResult]) -> str:
 def summarize(results: Sequence[VolumeResult], units: str = "mm") -> dict[str, Any]:
     """The ``summary.json`` structure: ``levels`` (base/mid/apex/volume -> RV/MYO/LV/avg),
     ``fragment_rate``, ``hole_rate``, ``hd95``, ``clinical``, ``volume_error_by_level``,
-    ``wall_thickness`` and the label map."""
+    ``wall_thickness``, ``aha`` (per-segment wall agreement) and the label map."""
     topo = sum((r.topology for r in results), TopologyCounts())
     hd = {c: _mean(r.hd95[i] for r in results) for i, c in enumerate(CLASS_NAMES)}
     by_group: dict[str, Any] = {}
@@ -275,6 +280,7 @@ def summarize(results: Sequence[VolumeResult], units: str = "mm") -> dict[str, A
         "clinical": _clinical_summary(clinical_rows(results)),
         "volume_error_by_level": volume_error_by_level(results),
         "wall_thickness": wall_thickness_agreement(results),
+        "aha": aha_agreement(results),
         "label_map": label_map_json(),
     }
 
@@ -433,8 +439,8 @@ def interval_table(intervals: dict[str, dict[str, float]]) -> list[str]:
 
 
 def write_report(out_dir: str | Path, results: Sequence[VolumeResult], summary: dict, model_name: str = "prediction") -> None:
-    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``wall_thickness.csv``
-    (with spacing), ``table.md``, ``summary.json`` (with ``intervals``:
+    """Write ``per_volume.csv``, ``clinical.csv`` (when measurable), ``wall_thickness.csv`` and
+    ``aha_segments.csv`` (with spacing), ``table.md``, ``summary.json`` (with ``intervals``:
     :func:`cmrseg.evaluation.compare.mean_intervals` over patients) and the pictures
     (:mod:`.figures`: ``dice_by_level.png``; with spacing ``wall_thickness.png``; with clinical
     measures ``bland_altman.png``) into ``out_dir`` (each atomically)."""
@@ -447,6 +453,8 @@ def write_report(out_dir: str | Path, results: Sequence[VolumeResult], summary: 
         write_text(out / "clinical.csv", clinical_csv(rows))
     if summary.get("wall_thickness"):
         write_text(out / "wall_thickness.csv", wall_thickness_csv(results))
+    if summary.get("aha"):
+        write_text(out / "aha_segments.csv", aha_csv(results))
     unscored = summary.get("predictions_without_truth") or []
     md = [f"# Evaluation ({summary['n_volumes']} volumes)\n"]
     if unscored:
@@ -472,6 +480,7 @@ def write_report(out_dir: str | Path, results: Sequence[VolumeResult], summary: 
     md += interval_table(summary["intervals"])
     md += volume_error_table(summary.get("volume_error_by_level") or {})
     md += wall_thickness_table(summary.get("wall_thickness") or {})
+    md += aha_table(summary.get("aha") or {})
     md += quality_table(summary["quality_control"]) if summary.get("quality_control") else []
     md += _figures(out, results, rows, summary)
     write_text(out / "table.md", "\n".join(md))

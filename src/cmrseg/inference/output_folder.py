@@ -40,7 +40,7 @@ def check_location(out: Path, inputs: list[Path]) -> None:
             raise CmrsegError(f"{out}: the output folder holds the input {raw}; choose a folder that holds no inputs")
 
 
-REPORT_FILES = ("measures.csv", "volumes.csv", "summary.json", "report.html")
+REPORT_FILES = ("measures.csv", "volumes.csv", "aha.csv", "aha_slices.csv", "summary.json", "report.html")
 RECORDS = "studies"  # OUT/studies/<study>.json: one record per study
 LEGACY_RECORDS = "cases"  # where runs before the renaming kept them; still read, so such folders resume
 

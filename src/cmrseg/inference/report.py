@@ -24,6 +24,7 @@ import numpy as np
 from cmrseg.atomic import write_json, write_text
 from cmrseg.inference.output_folder import shard_records, study_records
 from cmrseg.labels import label_map_json
+from cmrseg.measures.aha import segment_row
 from cmrseg.measures.clinical import (
     BODY_COLUMNS,
     FRAME_MEASURE_COLUMNS,
@@ -31,6 +32,7 @@ from cmrseg.measures.clinical import (
     REPORT_BODY_MEASURES,
     REPORT_MEASURES,
     STRUCTURE_COLUMNS,
+    WALL_COLUMNS,
 )
 from cmrseg.visualization import heart_box, overlay, pyplot, save_figure
 
@@ -91,6 +93,44 @@ def volume_curve(volumes: dict[str, list[float]], x: list[float], xlabel: str, e
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+#: the bull's-eye's rings, outside in reversed: (first segment, sectors, inner radius); segment 1
+#: centred at the top and the numbers turning counterclockwise, as the AHA figure draws them
+BULLSEYE_RINGS = ((1, 6, 0.75), (7, 6, 0.5), (13, 4, 0.25))
+
+
+def bullseye(panels: Sequence[tuple[str, dict[int, float | None], str, str, tuple[float, float]]],
+             path: str | Path, title: str = "") -> Path:
+    """AHA 17-segment bull's-eye plots side by side. ``panels``: (title, {segment: value}, unit,
+    colour map, (low, high) of the colour scale). A segment without a value (absent, or not
+    measurable: the apical cap has no radial thickness) is drawn hatched grey, never as zero."""
+    plt = pyplot()
+    from matplotlib import cm, colors
+
+    fig = plt.figure(figsize=(3.3 * len(panels), 3.6))
+    for i, (name, values, unit, cmap_name, (lo, hi)) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1, projection="polar")
+        cmap, norm = plt.get_cmap(cmap_name), colors.Normalize(lo, hi)
+        cells = [(first + j, np.radians(90.0 + j * 360.0 / n), 2 * np.pi / n, inner)
+                 for first, n, inner in BULLSEYE_RINGS for j in range(n)]
+        cells.append((17, 0.0, 2 * np.pi, 0.0))
+        for seg, centre, width, inner in cells:
+            v = values.get(seg)
+            known = v is not None and np.isfinite(v)
+            ax.bar(centre, 0.25, width=width, bottom=inner, color=cmap(norm(v)) if known else "0.88",
+                   edgecolor="white", linewidth=1.2, hatch=None if known else "///")
+            r = inner + 0.125 if seg != 17 else 0.0
+            ax.text(centre if seg != 17 else 0.0, r, f"{seg}\n{v:.1f}" if known else f"{seg}\n–", ha="center",
+                    va="center", fontsize=6.5)
+        ax.set_ylim(0, 1.0)
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8.5)
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, orientation="horizontal", fraction=0.05,
+                     pad=0.04).set_label(unit, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=100)
 
 
@@ -180,9 +220,11 @@ def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
                      "measurement):</p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in c["findings"]) + "</ul>")
     if c.get("note"):
         parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
-    for key in ("montage", "curve"):
+    for key in ("montage", "curve", "bullseye"):
         if c.get(key):
-            parts.append(_img_tag(out_dir / c[key], out_dir, 1100 if key == "montage" else 520))
+            parts.append(_img_tag(out_dir / c[key], out_dir, {"montage": 1100, "curve": 520}.get(key, 900)))
+    if c.get("aha"):
+        parts.append(_wall_line(c["aha"]))
     if c.get("flags"):
         parts.append("<table><tr><th class='l'>flag</th><th>frame</th><th>slice k (in the mask file)</th>"
                      "<th class='l'>detail</th></tr>")
@@ -193,6 +235,16 @@ def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
     outs = " ".join(f"<a href='{esc(o)}'>{esc(o)}</a>" for o in c.get("outputs", []))
     parts.append(f"<p>masks: {outs} &middot; {c.get('seconds', 0):.1f} s</p></div>")
     return parts
+
+
+def _wall_line(aha: dict[str, Any]) -> str:
+    """The regional wall in one paragraph: the thickest segment at ED, how the segments were
+    oriented, and what could not be measured."""
+    esc = html.escape
+    top = aha.get("max ED wall segment")
+    text = (f"AHA segments: maximal ED wall {aha['max ED wall (mm)']:.1f} mm in segment {top} "
+            f"({esc(segment_row(aha, top)['name'])}); " if top else "AHA segments: no wall measured; ")
+    return f"<p>{text}{esc(aha['orientation'])}{''.join('; ' + esc(n) for n in aha.get('notes') or [])}.</p>"
 
 
 # ----------------------------------------------------------------------------- batch tables
@@ -207,7 +259,7 @@ def measures_csv(cases: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     measures = [c for k in MEASURE_COLUMNS for c in ((k, f"{k} +-") if k in ESTIMATED else (k,))]
     cols = ["study", "qc", "qc reasons", "uncertainty (%)", "frames", "ED frame", "ES frame", "ED/ES from", *measures,
-            *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS, "findings", "note", "flags"]
+            *FRAME_MEASURE_COLUMNS, *WALL_COLUMNS, "max ED wall segment", *BODY_COLUMNS, "findings", "note", "flags"]
     w = csv.writer(buf)
     w.writerow(cols)
     for c in cases:
@@ -220,10 +272,55 @@ def measures_csv(cases: list[dict[str, Any]]) -> str:
         w.writerow([c["study"], c.get("qc", ""), "; ".join(c.get("qc_reasons") or []),
                     "" if share is None else f"{100 * share:.1f}", c["frames"], c["ed_frame"], c["es_frame"],
                     c["ed_es_source"], *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else ""
-                                         for k in (*measures, *FRAME_MEASURE_COLUMNS, *BODY_COLUMNS)],
+                                         for k in (*measures, *FRAME_MEASURE_COLUMNS, *WALL_COLUMNS)],
+                    _top_segment(c.get("aha")),
+                    *[f"{m[k]:.2f}" if k in m and np.isfinite(m[k]) else "" for k in BODY_COLUMNS],
                     "; ".join(c.get("findings") or []), c.get("note", ""),
                     ";".join(f"{f}({sum(x['flag'] == f for x in c['flags'])})" for f in flags)])
     return buf.getvalue()
+
+
+def _top_segment(aha: dict[str, Any] | None) -> str:
+    top = (aha or {}).get("max ED wall segment")
+    return f"{top} ({segment_row(aha, top)['name']})" if top else ""
+
+
+#: aha.csv: one row per study and AHA segment
+AHA_COLUMNS = ("study", "segment", "name", "present", "ED wall (mm)", "ES wall (mm)", "thickening (mm)",
+               "thickening (%)", "orientation")
+
+
+def aha_csv(cases: list[dict[str, Any]]) -> str:
+    """Per study and AHA segment (:mod:`cmrseg.measures.aha`): ED and ES wall thickness,
+    absolute and relative thickening; empty cells where a segment was not measured."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(AHA_COLUMNS)
+    for c in cases:
+        aha = c.get("aha") if c.get("status") == "ok" else None
+        for n, row in sorted(((int(k), v) for k, v in (aha or {}).get("segments", {}).items())):
+            w.writerow([c["study"], n, row["name"], "yes" if row["present"] else "no",
+                        *[_number(row.get(k)) for k in ("ED (mm)", "ES (mm)", "thickening (mm)", "thickening (%)")],
+                        aha["orientation"]])
+    return buf.getvalue()
+
+
+def aha_slices_csv(cases: list[dict[str, Any]]) -> str:
+    """Per study, phase, slice (k in the mask file) and AHA segment: the wall thickness on that
+    slice (mm), the slice's ring, and the slice whose RV insertion points oriented it."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["study", "phase", "slice k", "ring", "segment", "wall (mm)", "insertion points from slice k"])
+    for c in cases:
+        for row in ((c.get("aha") or {}).get("slices") or []) if c.get("status") == "ok" else []:
+            w.writerow([c["study"], row["phase"], row["slice"], row["ring"], row["segment"],
+                        _number(row["thickness (mm)"]), "" if row["insertion from slice"] is None
+                        else row["insertion from slice"]])
+    return buf.getvalue()
+
+
+def _number(v) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) and np.isfinite(v) else ""
 
 
 def volumes_csv(cases: list[dict[str, Any]]) -> str:
@@ -240,10 +337,16 @@ def volumes_csv(cases: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _summarised(key: str, value: Any) -> Any:
+    """A record's value as summary.json keeps it: the AHA analysis without its per-slice rows
+    (those are in aha_slices.csv and the study's record)."""
+    return {k: v for k, v in value.items() if k != "slices"} if key == "aha" and value else value
+
+
 #: what summary.json keeps of each study record
-SUMMARY_KEYS = ("status", "qc", "qc_reasons", "estimated_errors", "error_features", "findings", "uncertainty",
-                "seconds", "model_seconds", "outputs", "output_frames", "qc_frames", "phase_frames", "error", "measures",
-                "note", "ed_frame", "es_frame", "flags", "error_calibration")
+SUMMARY_KEYS = ("status", "qc", "qc_reasons", "estimated_errors", "likely_errors", "error_features", "findings",
+                "uncertainty", "seconds", "model_seconds", "outputs", "output_frames", "qc_frames", "phase_frames",
+                "error", "measures", "note", "ed_frame", "es_frame", "flags", "error_calibration", "aha", "bullseye")
 
 
 def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -251,9 +354,11 @@ def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     cases = study_records(out)
     write_text(out / "measures.csv", measures_csv(cases))
     write_text(out / "volumes.csv", volumes_csv(cases))
+    write_text(out / "aha.csv", aha_csv(cases))
+    write_text(out / "aha_slices.csv", aha_slices_csv(cases))
     shards = sorted({r["shard"] for r in shard_records(out)} | {info["shard"]})
     summary = {**info, "shards": shards, "label_map": label_map_json(),
-               "studies": {c["study"]: {k: c.get(k) for k in SUMMARY_KEYS} for c in cases},
+               "studies": {c["study"]: {k: _summarised(k, c.get(k)) for k in SUMMARY_KEYS} for c in cases},
                "failed": [c["study"] for c in cases if c.get("status") != "ok"]}
     write_json(out / "summary.json", summary)
     write_html(out, cases, info, out / "report.html")

@@ -64,6 +64,7 @@ from cmrseg.inference.quality import (
 )
 from cmrseg.inference.report import qc_line, rebuild_reports
 from cmrseg.inference.study_outputs import StudyWriter, frames_by_file
+from cmrseg.measures.aha import aha_analysis
 from cmrseg.measures.clinical import body_measures, cardiac_measures, findings, frame_measures, structure_volumes_ml
 
 
@@ -174,10 +175,28 @@ def study_measures(study: Study, masks: list[np.ndarray]) -> dict[str, Any]:
     else:
         measures = cardiac_measures(volumes[ed], volumes[es])
     measures.update(body_measures(measures, {**study.info, **study.frames[0].meta}))
+    wall = study_wall(study, masks, ed, es)
+    if wall and wall["max ED wall (mm)"] is not None:
+        measures["max ED wall (mm)"] = wall["max ED wall (mm)"]
     read_notes = dict.fromkeys(n for v in study.frames for n in v.geometry.notes)  # what the readers decided
     note = "; ".join(n for n in (note, *read_notes) if n)
     return {"ed": ed, "es": es, "ed_es_source": source, "volumes": volumes, "measures": measures,
-            "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note}
+            "lv_voxels": lv_voxels, "voxel_ml": voxel_ml, "note": note, "aha": wall}
+
+
+def study_wall(study: Study, masks: list[np.ndarray], ed: int, es: int) -> dict[str, Any] | None:
+    """The AHA 17-segment analysis (:func:`~cmrseg.measures.aha.aha_analysis`) of the ED and ES
+    masks (ED alone for a single frame), slices numbered as in the mask files; ``None`` without
+    an in-plane voxel size (no thickness in mm)."""
+    geom = study.frames[0].geometry
+    if geom.inplane_spacing is None:
+        return None
+    result = aha_analysis(masks[ed], masks[es] if es != ed else None, geom.inplane_spacing, geom.affine)
+    for row in result["slices"]:
+        row["slice"] = study.file_k(row["slice"])
+        if row["insertion from slice"] is not None:
+            row["insertion from slice"] = study.file_k(row["insertion from slice"])
+    return result
 
 
 def check_base_apex(study: Study, preds: list, slice_order: str) -> tuple[str, list[dict[str, Any]]]:
@@ -219,11 +238,11 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
     qc = _verdict(study, preds, meas, flags, mid, batch) | {"uncertainty": uncertainty, "base_apex_from": order_from}
     try:
         outputs = _write_outputs(study, preds, meas, writer, batch)
-        montage_path, curve_path = writer.figures(study, masks, meas, flags)
+        figures = writer.figures(study, masks, meas, flags)
     except BaseException:
         writer.undo()
         raise
-    return _record(study, meas, flags, qc, outputs, (montage_path, curve_path), batch) | {
+    return _record(study, meas, flags, qc, outputs, figures, batch) | {
         "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0}
 
 
@@ -232,14 +251,18 @@ def _verdict(study: Study, preds: list, meas: dict[str, Any], flags: list[dict[s
     """The verdict and its reasons (:func:`~cmrseg.inference.quality.qc_verdict`), each measure's
     estimated error and what it came from (:mod:`.error_estimates`), and the findings."""
     features = error_features(study, preds, meas)
-    estimates = estimate(features, meas["measures"], batch.calibration) if features and batch.calibration else {}
-    verdict_, reasons = qc_verdict(flags, mid, estimates, batch.limits)
-    return {"qc": verdict_, "qc_reasons": reasons, "estimated_errors": estimates, "error_features": features,
+    estimates, likely = {}, {}
+    if features and batch.calibration:
+        estimates = estimate(features, meas["measures"], batch.calibration)
+        likely = estimate(features, meas["measures"], batch.calibration, part="verdict")
+    verdict_, reasons = qc_verdict(flags, mid, likely, batch.limits)
+    return {"qc": verdict_, "qc_reasons": reasons, "estimated_errors": estimates, "likely_errors": likely,
+            "error_features": features,
             "findings": findings(meas["measures"]), "qc_frames": sorted(mid)}
 
 
 def _record(study: Study, meas: dict[str, Any], flags: list[dict[str, Any]], qc: dict[str, Any], outputs: list[Path],
-            figures: tuple[Path, Path | None], batch: Batch) -> dict[str, Any]:
+            figures: dict[str, Path | None], batch: Batch) -> dict[str, Any]:
     """A segmented study's JSON record (``OUT/studies/<study>.json``)."""
     geom, out = study.frames[0].geometry, batch.out
     return {
@@ -256,7 +279,7 @@ def _record(study: Study, meas: dict[str, Any], flags: list[dict[str, Any]], qc:
         "output_frames": {str(p.relative_to(out)): [study.frame_label(t) for t in idx]
                           for p, idx in zip(outputs, frames_by_file(study))},
         "extras": list(batch.options.extras), "error_calibration": batch.calibration.get("source"),
-        "montage": str(figures[0].relative_to(out)), "curve": str(figures[1].relative_to(out)) if figures[1] else None,
+        "aha": meas["aha"], **{key: str(p.relative_to(out)) if p else None for key, p in figures.items()},
     }
 
 

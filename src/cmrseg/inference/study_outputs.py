@@ -22,7 +22,7 @@ from cmrseg.data.io.readers import mask_output_path, write_mask
 from cmrseg.data.volume import Study
 from cmrseg.errors import InputError
 from cmrseg.inference.output_folder import check_target
-from cmrseg.inference.report import montage, volume_curve
+from cmrseg.inference.report import bullseye, montage, volume_curve
 
 
 def frames_by_file(study: Study) -> list[list[int]]:
@@ -114,8 +114,26 @@ class StudyWriter:
         return paths, ""
 
     def figures(self, study: Study, masks: list[np.ndarray], meas: dict[str, Any],
-                flags: list[dict[str, Any]]) -> tuple[Path, Path | None]:
-        """The ED/ES montage (the slices ``flags`` name framed) and, for a cine, the volume curve."""
+                flags: list[dict[str, Any]]) -> dict[str, Path | None]:
+        """``montage``: the ED/ES montage (the slices ``flags`` name framed); ``curve``: for a
+        cine, the volume curve; ``bullseye``: the AHA bull's-eye plots of the wall, where it was
+        measured."""
+        paths = self._montage_and_curve(study, masks, meas, flags)
+        aha = meas.get("aha")
+        if not aha or not any(row["present"] for row in aha["segments"].values()):
+            return {**paths, "bullseye": None}
+        path = self._target(self.out / "figures" / f"{study.name}_bullseye.png")
+        seg = aha["segments"]
+        panels = [("ED wall thickness", {n: r["ED (mm)"] for n, r in seg.items()}, "mm", "viridis", (0.0, 20.0))]
+        if any(r["ES (mm)"] is not None for r in seg.values()):
+            panels += [("ES wall thickness", {n: r["ES (mm)"] for n, r in seg.items()}, "mm", "viridis", (0.0, 20.0)),
+                       ("systolic thickening", {n: r.get("thickening (%)") for n, r in seg.items()}, "%", "RdYlGn",
+                        (-20.0, 100.0))]
+        self.written.append(bullseye(panels, path, title=f"{study.name}: AHA segments"))
+        return {**paths, "bullseye": path}
+
+    def _montage_and_curve(self, study: Study, masks: list[np.ndarray], meas: dict[str, Any],
+                           flags: list[dict[str, Any]]) -> dict[str, Path | None]:
         ed, es, volumes = meas["ed"], meas["es"], meas["volumes"]
         shown = ([(f"ED ({study.frame_label(ed)})", ed), (f"ES ({study.frame_label(es)})", es)] if ed != es
                  else [(study.frame_label(ed), ed)])
@@ -126,7 +144,7 @@ class StudyWriter:
                                     title=study.name, slice_numbers=[study.file_k(s) for s in range(n)],
                                     flagged=montage_flags(study, [t for _, t in shown], flags)))
         if len(masks) <= 2:
-            return paths[0], None
+            return {"montage": paths[0], "curve": None}
         trig = [f.meta.get("trigger_time_ms") for f in study.frames]
         x, xlabel = (trig, "trigger time (ms)") if all(v is not None for v in trig) else \
             (list(range(1, len(masks) + 1)), "frame")
@@ -135,7 +153,7 @@ class StudyWriter:
         else:
             curves, unit = {"LV": meas["lv_voxels"], "RV": [int((m == 1).sum()) for m in masks]}, "voxels"
         self.written.append(volume_curve(curves, x, xlabel, ed, es, unit, paths[1], study.name))
-        return paths[0], paths[1]
+        return {"montage": paths[0], "curve": paths[1]}
 
 
 def montage_flags(study: Study, shown: list[int], flags: list[dict[str, Any]]) -> set[tuple[int, int]]:

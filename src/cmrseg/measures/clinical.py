@@ -25,6 +25,11 @@ MEASURE_COLUMNS = (
 )
 #: a single frame's measures (no ED/ES pair)
 FRAME_MEASURE_COLUMNS = ("LV volume (mL)", "RV volume (mL)", "MYO volume (mL)", "MYO mass (g)")
+#: the regional wall (:mod:`cmrseg.measures.aha`): the thickest AHA segment at ED
+WALL_COLUMNS = ("max ED wall (mm)",)
+#: a maximal end-diastolic wall thickness from which the wall is in the hypertrophic range (the
+#: ESC's diagnostic threshold for hypertrophic cardiomyopathy in adults)
+HYPERTROPHY_WALL_MM = 15.0
 #: per-frame structure volume columns (volume curves)
 STRUCTURE_COLUMNS = {"LV": "LV (mL)", "RV": "RV (mL)", "MYO": "MYO (mL)"}
 #: the measures a study report's table shows
@@ -98,6 +103,9 @@ def findings(measures: dict[str, float]) -> list[str]:
         if v is not None and np.isfinite(v) and not lo <= v <= hi:
             out.append(f"{key.split(' (')[0]} {v:.1f} {key.split('(')[1].rstrip(')')} "
                        f"{'below' if v < lo else 'above'} the adult normal {lo:g}-{hi:g}")
+    wall = measures.get("max ED wall (mm)")
+    if wall is not None and np.isfinite(wall) and wall >= HYPERTROPHY_WALL_MM:
+        out.append(f"maximal ED wall thickness {wall:.1f} mm: {HYPERTROPHY_WALL_MM:g} mm or more (hypertrophic range)")
     return out
 
 
