@@ -25,9 +25,9 @@ Two estimates per measure, of the same form, fitted to two percentiles: the **in
 shown to a reader (``RVEF 41.5 +- 13``; the 85th percentile, :data:`QUANTILE`) and the
 **likely error** the verdict of :mod:`.quality` compares with its limit (:data:`DEFAULT_LIMITS`,
 ``--qc-limits``; the 60th percentile, :data:`VERDICT_QUANTILE`): a study goes to review when
-its error is more likely than not beyond a limit, with a margin, e.g. "RVEF likely off by more
-than 10 points". An 85th-percentile bound over a limit says only that a large error cannot be
-ruled out; on val under the shift benchmark that held for nine good studies in ten.
+its error is estimated to exceed a limit with a chance of 40 % or more, e.g. "RVEF likely off by
+more than 10 points". An 85th-percentile bound over a limit says only that a large error cannot
+be ruled out; on val under the shift benchmark, patient left out, that held for every good study.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ SHORT = {"LVEF": ("LVEF (%)",), "RVEF": ("RVEF (%)",), "LVM": ("LVM (g)",), "LVE
 #: studies where it was fitted, so that it covers the goal's 80 % on others)
 QUANTILE = 0.85
 #: the percentile the verdict's likely error is fitted to: above the median, so that a study
-#: whose error is as likely under a limit as over it goes to review (chosen on the shift
-#: benchmark of val, patient left out: see docs/explanation/quality-control.md)
+#: whose error exceeds a limit with a chance of 40 % or more goes to review (chosen on the
+#: shift benchmark of val, patient left out: see docs/explanation/quality-control.md)
 VERDICT_QUANTILE = 0.6
 #: the fewest studies with a measure's true error that its estimate is fitted on
 MIN_STUDIES = 2
