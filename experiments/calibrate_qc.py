@@ -31,13 +31,7 @@ import numpy as np
 
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
 from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
-from cmrseg.inference.error_estimates import (
-    VERDICT_QUANTILE,
-    basal_stake,
-    estimate,
-    fit_calibration,
-    fit_qc_calibration,
-)
+from cmrseg.inference.error_estimates import VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
 from cmrseg.inference.quality import REVIEW_FLAGS
 
 
@@ -81,7 +75,7 @@ def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDIC
     out = []
     for patient in sorted({o["patient"] for o in outcomes}):
         rest = measured([o for o in outcomes if o["patient"] != patient])
-        calibration = {**fit_calibration(rest), "verdict": fit_calibration(rest, verdict_quantile)["measures"]}
+        calibration = fit_qc_calibration(rest, verdict_quantile)
         for o in (o for o in outcomes if o["patient"] == patient):
             if o["qc"] == "fail":  # no measures to estimate: the verdict is fail whatever they say
                 out.append({**o, "estimates": {}, "likely": {}})

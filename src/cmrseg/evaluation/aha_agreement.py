@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cmrseg.evaluation.figures import limits_of_agreement
 from cmrseg.measures.aha import SEGMENT_NAMES, aha_analysis
 
 SEGMENTS = tuple(range(1, 17))
@@ -30,11 +31,11 @@ def segment_pairs(pred: np.ndarray, gt: np.ndarray, spacing_rc: tuple[float, flo
 
 
 def _stats(pairs: np.ndarray) -> dict[str, float]:
-    diff = pairs[:, 1] - pairs[:, 0]
-    sd = float(diff.std(ddof=1)) if diff.size > 1 else float("nan")
-    bias = float(diff.mean())
-    return {"n": int(diff.size), "truth mm": float(pairs[:, 0].mean()), "prediction mm": float(pairs[:, 1].mean()),
-            "bias mm": bias, "loa low mm": bias - 1.96 * sd, "loa high mm": bias + 1.96 * sd}
+    """Means, bias and limits of agreement (:func:`~cmrseg.evaluation.figures.limits_of_agreement`)
+    of ``[n, (truth, prediction)]`` pairs."""
+    bias, low, high = limits_of_agreement(pairs[:, 1] - pairs[:, 0])
+    return {"n": int(pairs.shape[0]), "truth mm": float(pairs[:, 0].mean()), "prediction mm": float(pairs[:, 1].mean()),
+            "bias mm": bias, "loa low mm": low, "loa high mm": high}
 
 
 def aha_agreement(results: Sequence[Any]) -> dict[str, Any]:

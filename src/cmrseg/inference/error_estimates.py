@@ -196,11 +196,11 @@ def load_calibration(model_paths: list[str]) -> dict[str, Any]:
     return {**default, "source": f"the shipped default's ({default.get('source', '')}), not this model's"}
 
 
-def fit_qc_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def fit_qc_calibration(rows: list[dict[str, Any]], verdict_quantile: float = VERDICT_QUANTILE) -> dict[str, Any]:
     """Both estimates' constants (:func:`fit_calibration`): the interval's at :data:`QUANTILE`
-    (``measures``), the verdict's at :data:`VERDICT_QUANTILE` (``verdict``)."""
-    return {**fit_calibration(rows, QUANTILE), "verdict_quantile": VERDICT_QUANTILE,
-            "verdict": fit_calibration(rows, VERDICT_QUANTILE)["measures"]}
+    (``measures``), the verdict's at ``verdict_quantile`` (``verdict``)."""
+    return {**fit_calibration(rows, QUANTILE), "verdict_quantile": verdict_quantile,
+            "verdict": fit_calibration(rows, verdict_quantile)["measures"]}
 
 
 def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE) -> dict[str, Any]:

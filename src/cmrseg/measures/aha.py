@@ -242,10 +242,9 @@ def aha_analysis(ed: np.ndarray, es: np.ndarray | None, spacing_rc: tuple[float,
                    "no image geometry: slices taken as viewed from the apex (standard display)")
     masks = {"ED": ed, "ES": es}
     notes = [f"{phase}: the RV touches the myocardium on no slice, so the segments cannot be numbered"
-             for phase, w in walls.items()
-             if any(r in RINGS for r in slice_rings(masks[phase])) and not any(x.ring in RINGS for x in w)]
+             for phase, w in walls.items() if (masks[phase] == LV).any() and not any(x.ring in RINGS for x in w)]
     return {"segments": segments, "orientation": orientation,
-            "max ED wall (mm)": ed_values[top] if top else None, "max ED wall segment": top,
+            "max ED wall (mm)": ed_values[top] if top is not None else None, "max ED wall segment": top,
             "slices": [{"phase": phase, "slice": w.slice, "ring": w.ring, "segment": n, "thickness (mm)": _finite(v),
                         "insertion from slice": w.insertion_from}
                        for phase, ws in walls.items() for w in ws for n, v in sorted(w.thickness.items())],
