@@ -29,7 +29,7 @@ demo: setup
 # then the tests marked `serial`, which hold a job to wall-clock budgets, alone.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not serial" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not serial" tests
 	$(PY) -m pytest -q -p no:cacheprovider -m serial tests
 
 bench: setup

@@ -1,9 +1,10 @@
-"""Rules 14 and 15 of docs/RESULTS.md ("Rules fixed before the CPU runs of issue 11"), applied
-to `cmrseg evaluate` outputs, bar by bar, so that a GPU call's candidates are judged exactly as
-the rules were written before the call.
+"""Rules 14, 15 and 17 of docs/RESULTS.md, applied to `cmrseg evaluate` outputs, bar by bar, so
+that candidates are judged exactly as the rules were written before they were scored.
 
     python experiments/ship_decision.py R                      # rule 14: candidate A
     python experiments/ship_decision.py R --b R2 --seconds-b S --seconds-default D   # rule 15: B against A
+    python experiments/ship_decision.py R_STUDENT --rule 17 --default R_DEFAULT \
+        --shift S_STUDENT.json --shift-default benchmarks/results/shift_default.json  # rule 17: the student
 
 R, R2: folders written by ``cmrseg evaluate --pred P --gt ../shared/data/acdc/val -o R``
 (``summary.json``). Rule 15's time bar needs B's and the shipped default's seconds per 10-slice
@@ -33,6 +34,9 @@ DEFAULT_MAE = {"LVM (g)": 6.03, "LVEF (%)": 1.98, "RVEF (%)": 7.39}
 DEFAULT_VOLUME, DEFAULT_APEX = 0.917, 0.829
 MAX_LVM_BIAS, MAE_MARGIN, B_MAE_MARGIN = 2.0, 1.10, 1.05
 SECONDS_WITH_BF16, SECONDS_FACTOR = 2.5, 2.8
+# rule 17 (issue 35, item 4): the distilled student against the default scored beside it
+STUDENT_VOLUME_MARGIN, STUDENT_APEX_MARGIN, STUDENT_MAE_MARGIN = 0.005, 0.01, 1.05
+RULE17_MAE = ("LVEF (%)", "RVEF (%)", "LVM (g)", "LVEDV (mL)", "LVESV (mL)", "RVEDV (mL)", "RVESV (mL)")
 
 
 def scores(folder: Path) -> dict[str, float]:
@@ -43,8 +47,13 @@ def scores(folder: Path) -> dict[str, float]:
     # the default itself, 0.9173 / 0.8288 here, is "0.917 / 0.829", which a candidate must beat / reach
     out = {"volume": round(s["levels"]["volume"]["avg"], 3), "apex": round(s["levels"]["apex"]["avg"], 3),
            "fragment": s["fragment_rate"], "hole": s["hole_rate"], "LVM (g) bias": clinical["LVM (g) bias"]}
-    out.update({f"{k} MAE": clinical[f"{k} MAE"] for k in DEFAULT_MAE})
+    out.update({f"{k} MAE": clinical[f"{k} MAE"] for k in (*DEFAULT_MAE, *RULE17_MAE) if f"{k} MAE" in clinical})
     return out
+
+
+def shift_mean(path: Path) -> float:
+    """The shift benchmark's one number (mean volume Dice over the scanner-like shifts) from its JSON."""
+    return float(json.loads(path.read_text())["overall"]["mean volume Dice"])
 
 
 def rule14_bars(c: dict[str, float]) -> list[tuple[str, float, bool]]:
@@ -68,6 +77,24 @@ def rule15_bars(a: dict[str, float], b: dict[str, float], seconds_b: float, seco
     bars += [(f"{k} MAE <= {B_MAE_MARGIN:g} x A's {a[f'{k} MAE']:.2f}", b[f"{k} MAE"],
               b[f"{k} MAE"] <= B_MAE_MARGIN * a[f"{k} MAE"]) for k in DEFAULT_MAE]
     bars.append((f"s per 10-slice stack <= {limit:.2f}", seconds_b, seconds_b <= limit))
+    return bars
+
+
+def rule17_bars(student: dict[str, float], default: dict[str, float], shift_student: float,
+                shift_default: float) -> list[tuple[str, float, bool]]:
+    """(bar, value, holds) for rule 17: the student becomes the default only if every bar holds."""
+    vol = round(default["volume"] - STUDENT_VOLUME_MARGIN, 3)
+    apex = round(default["apex"] - STUDENT_APEX_MARGIN, 3)
+    bars = [(f"volume Dice >= {vol:.3f} (the default's {default['volume']:.3f} - {STUDENT_VOLUME_MARGIN})",
+             student["volume"], student["volume"] >= vol),
+            (f"apex Dice >= {apex:.3f} (the default's {default['apex']:.3f} - {STUDENT_APEX_MARGIN})",
+             student["apex"], student["apex"] >= apex)]
+    bars += [(f"{k} MAE <= {STUDENT_MAE_MARGIN:g} x the default's {default[f'{k} MAE']:.2f}", student[f"{k} MAE"],
+              student[f"{k} MAE"] <= STUDENT_MAE_MARGIN * default[f"{k} MAE"]) for k in RULE17_MAE]
+    bars += [("fragment rate 0", student["fragment"], student["fragment"] == 0),
+             ("hole rate 0", student["hole"], student["hole"] == 0),
+             (f"shift benchmark mean volume Dice above the default's {shift_default:.4f}", shift_student,
+              shift_student > shift_default)]
     return bars
 
 
@@ -111,7 +138,17 @@ def wall_slopes(folders: dict[str, Path]) -> str:
 
 
 def decide(args, ap: argparse.ArgumentParser) -> None:
-    """Rule 14 on A, then rule 15 on B where given; prints the bars and the decision."""
+    """Rule 14 on A, then rule 15 on B where given (or rule 17 on A as the student); prints the
+    bars and the decision."""
+    if args.rule == 17:
+        if args.default is None or args.shift is None or args.shift_default is None:
+            ap.error("--rule 17 needs --default, --shift and --shift-default")
+        ships = report(f"rule 17, the student ({args.a}) against the default ({args.default}):",
+                       rule17_bars(scores(args.a), scores(args.default), shift_mean(args.shift),
+                                   shift_mean(args.shift_default)))
+        print("decision: " + ("the student becomes the default" if ships
+                              else "the student ships as `student`; the default stays"))
+        return
     a = scores(args.a)
     a_ships = report(f"rule 14, candidate A ({args.a}):", rule14_bars(a))
     if args.b is None:
@@ -132,6 +169,10 @@ def main() -> None:
     ap.add_argument("--b", type=Path, help="rule 15's B: its cmrseg evaluate folder")
     ap.add_argument("--seconds-b", type=float, help="B's seconds per 10-slice stack (bench_segment.py)")
     ap.add_argument("--seconds-default", type=float, help="the shipped default's, measured beside B's")
+    ap.add_argument("--rule", type=int, choices=(14, 17), default=14, help="17: judge A as rule 17's student")
+    ap.add_argument("--default", type=Path, help="rule 17: the default's cmrseg evaluate folder, scored beside A")
+    ap.add_argument("--shift", type=Path, help="rule 17: the student's shift benchmark JSON")
+    ap.add_argument("--shift-default", type=Path, help="rule 17: the default's shift benchmark JSON")
     ap.add_argument("--against", type=Path, help="the shipped default's cmrseg evaluate folder (same patients): "
                     "adds the paired comparison, for information")
     ap.add_argument("--compare-out", type=Path, default=Path("ship_compare"), help="where --against writes it")

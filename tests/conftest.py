@@ -18,6 +18,15 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longer integration tests (``slow``) first, in their files' order: with ``make test``'s
+    ``--dist worksteal`` the workers start on them and share out the short ones at the end,
+    instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 REPO = Path(__file__).resolve().parents[1]
 ACDC = REPO.parent / "shared" / "data" / "acdc"
 

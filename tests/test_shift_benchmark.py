@@ -7,6 +7,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from cmrseg.data.io.readers import read_label_volume
 
@@ -37,6 +38,7 @@ def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path, load_script):
     assert [(m["height"], m["width"]) for m in manifest] == [(2 * m["height"], 2 * m["width"]) for m in before]
 
 
+@pytest.mark.slow
 def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script):
     sb = load_script("benchmarks/shift_benchmark.py")
     assert sb.main([str(phantom_dir / "h5" / "val"), str(tmp_path), "--model", str(smoke_model),

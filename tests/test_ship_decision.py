@@ -3,9 +3,10 @@
 import json
 
 
-def _evaluation(folder, volume=0.925, apex=0.84, lvm_bias=0.5, lvm=6.0, lvef=1.9, rvef=7.0, fragment=0.0):
+def _evaluation(folder, volume=0.925, apex=0.84, lvm_bias=0.5, lvm=6.0, lvef=1.9, rvef=7.0, fragment=0.0, **volumes):
     folder.mkdir()
     clinical = {"LVM (g) bias": lvm_bias, "LVM (g) MAE": lvm, "LVEF (%) MAE": lvef, "RVEF (%) MAE": rvef}
+    clinical.update({f"{k} (mL) MAE": volumes.get(k, 5.0) for k in ("LVEDV", "LVESV", "RVEDV", "RVESV")})
     (folder / "summary.json").write_text(json.dumps({
         "levels": {"volume": {"avg": volume}, "apex": {"avg": apex}}, "fragment_rate": fragment, "hole_rate": 0.0,
         "clinical": {"all": clinical}}))
@@ -31,6 +32,27 @@ def test_rule_14_bars_and_rule_15_against_a(tmp_path, load_script):
     worse = rules.scores(_evaluation(tmp_path / "worse", volume=0.927, lvef=1.9 * 1.05 + 0.01))
     assert not holds(rules.rule15_bars(a, worse, 2.0, 0.9, native_bf16=True))  # an MAE more than 5 % above A's
     assert not holds(rules.rule15_bars(a, rules.scores(_evaluation(tmp_path / "tie")), 2.0, 0.9, native_bf16=True))
+
+
+def test_rule_17_the_student_against_the_default_beside_it(tmp_path, load_script):
+    rules = load_script("experiments/ship_decision.py")
+
+    def holds(bars):
+        return all(ok for _, _, ok in bars)
+
+    default = rules.scores(_evaluation(tmp_path / "default", volume=0.9173, apex=0.8288))
+    shift = tmp_path / "shift.json"
+    shift.write_text(json.dumps({"overall": {"mean volume Dice": 0.9066}}))
+    assert rules.shift_mean(shift) == 0.9066
+    # 0.005 below the default's 0.917 and 0.01 below its 0.829 still pass, with a better shift mean
+    ok = rules.scores(_evaluation(tmp_path / "ok", volume=0.9116, apex=0.8186, lvef=1.9 * 1.05))
+    assert holds(rules.rule17_bars(ok, default, 0.91, 0.9066))
+    assert not holds(rules.rule17_bars(ok, default, 0.9066, 0.9066))  # the shift mean must rise
+    for i, bad in enumerate(({"volume": 0.9114}, {"apex": 0.8184}, {"rvef": 7.0 * 1.05 + 0.01},
+                             {"RVESV": 5.0 * 1.05 + 0.01}, {"fragment": 0.05})):
+        student = rules.scores(_evaluation(tmp_path / f"bad{i}", **bad))
+        failed = [name for name, _, ok in rules.rule17_bars(student, default, 0.92, 0.9066) if not ok]
+        assert len(failed) == 1, (bad, failed)
 
 
 def _report(folder, volume_dice, lvm_errors):

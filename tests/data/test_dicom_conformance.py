@@ -130,6 +130,7 @@ def test_philips_classic_and_enhanced_exports_agree_with_dcm2niix(export, tmp_pa
     assert agrees(frames, [folder.parents[1] / "Ref" / ref]) == compared
 
 
+@pytest.mark.slow
 def test_ge_classic_images_without_a_dcm_extension_agree_with_dcm2niix(tmp_path):
     """GE's export: 130 classic images named iNNN.MRDC.N (no .dcm), found by content; an
     oblique 3D series whose file order runs against its slice direction."""

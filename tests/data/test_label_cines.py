@@ -67,6 +67,7 @@ def _evaluate(pred, gt, out, *extra):
                            "-o", str(out), *extra], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cmrseg_evaluate_scores_a_label_cine_as_its_labelled_frames(phantom_dir, mnms, tmp_path):
     import json
 

@@ -99,6 +99,7 @@ def _thin_myocardium(label):
     return out
 
 
+@pytest.mark.slow
 def test_cmrseg_compare_end_to_end_on_real_masks(acdc_val, tmp_path):
     patients = sorted({f.name.split("_")[0] for f in acdc_val.glob("*.h5")})[:8]
     gt, thin = tmp_path / "gt", tmp_path / "thin"

@@ -68,6 +68,7 @@ def _segment(*args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_segment_with_an_ensemble_folder_or_two_models(phantom_dir, tmp_path):
     folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "seg_ss"], "postprocess": "clean"})
     ens = load_predictor(folder, CPU)

@@ -176,6 +176,7 @@ def test_a_corrupt_file_fails_alone_and_leaves_nothing(phantom_dir, smoke_model,
     assert "broken" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_shards_partition_and_finished_studies_are_skipped(phantom_dir, smoke_model, tmp_path):
     out = tmp_path / "out"
     inputs = [phantom_dir / "acdc" / p for p in ("patient001", "patient002", "patient003")]

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +41,7 @@ STUDENT = ["--model", "seg_as", "--protocol", "smoke", "--set", "progress=false"
            "hot_spot: 1.5, curve: 0.7, rician: 0.05, vendor_prob: 0.5, renormalise: true}"]
 
 
+@pytest.mark.slow
 def test_a_student_learns_from_a_teacher_and_reuses_its_targets(phantom_dir, smoke_model, tmp_path):
     out = tmp_path / "student"
     res = _train("--data", phantom_dir / "h5", "--out", out, *STUDENT, "--set", f"teacher={smoke_model}",

@@ -13,7 +13,7 @@ import torch
 
 from cmrseg.checkpoint import read_tensors
 
-EPOCHS = 12
+EPOCHS = 8
 
 
 def _args(data, out):

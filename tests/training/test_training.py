@@ -40,6 +40,7 @@ def test_config_layers_protocol_model_and_overrides(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
+@pytest.mark.slow
 def test_train_kill_resume_predict_evaluate(phantom_dir, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--model", "seg_as+ref_as_mt", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(run),
@@ -89,6 +90,7 @@ def test_train_kill_resume_predict_evaluate(phantom_dir, tmp_path):
         assert summary["levels"]["volume"][c] == pytest.approx(sum(values) / len(values), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_retrained(phantom_dir, tmp_path):
     run = tmp_path / "r"
     args = ["train", "--model", "seg_ss", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(run),
@@ -188,9 +190,31 @@ def test_demo_chain_on_the_phantom_learns(tmp_path):
 
 
 @pytest.mark.slow
+def _acdc_with_fewer_val_patients(acdc_val, folder, patients: int):
+    """The real ACDC layout with all of train and the first ``patients`` of val (symlinks, their
+    metadata rows and manifest entries): a run on real files, scored on fewer patients."""
+    import csv
+
+    rows = list(csv.DictReader((acdc_val / "metadata.csv").open()))[:patients]
+    keep = {r["patient"] for r in rows}
+    (folder / "val").mkdir(parents=True)
+    (folder / "train").symlink_to(acdc_val.parent / "train", target_is_directory=True)
+    for h5 in acdc_val.glob("*.h5"):
+        if h5.name.split("_")[0] in keep:
+            (folder / "val" / h5.name).symlink_to(h5)
+    with (folder / "val" / "metadata.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    manifest = [e for e in json.loads((acdc_val / "manifest.json").read_text()) if e["patient"] in keep]
+    (folder / "val" / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_path):
     out = tmp_path / "repro"
-    res = _cli("reproduce", "--data", str(acdc_val.parent), "--protocol", "smoke", "--out", str(out),
+    data = _acdc_with_fewer_val_patients(acdc_val, tmp_path / "acdc", patients=5)
+    res = _cli("reproduce", "--data", str(data), "--protocol", "smoke", "--out", str(out),
                "--models", "seg_as+ref_as_mt", "--set", "progress=false", "--set", "epochs=1")
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("table1.md", "table1.csv", "report.md", "fig4.png", "timings.csv", "summary.json"):
@@ -200,12 +224,12 @@ def test_reproduce_smoke_on_real_acdc_writes_tables_and_figure(acdc_val, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"seg_as", "seg_as+ref_as_mt"}
     assert all(r["status"] == "done" and r["seconds"] > 1 for r in summary["runs"].values())  # timed in-process
-    assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 20
+    assert summary["summaries"]["seg_as+ref_as_mt"]["n_volumes"] == 10
     # the splits were preprocessed once for both runs, and the cache went once they had finished
     assert res.stderr.count("preprocess:") >= 1 and not (out / "cache").exists()
     # the other run against the proposed model, patient by patient, in the report and in full beside it
     report = (out / "report.md").read_text()
-    assert "against the proposed model, patient by patient (10 patients)" in report
+    assert "against the proposed model, patient by patient (5 patients)" in report
     walls = report.split("## Wall thickness per slice")[1].split("##")[0]
     assert "| Proposed | " in walls and "| AS After-UNet | " in walls  # each model's bias and slope
     assert "(model - Proposed)" in report and "| AS After-UNet | " in report.split("patient by patient")[1]
