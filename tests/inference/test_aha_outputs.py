@@ -33,11 +33,19 @@ def _stored(mask: np.ndarray, affine: np.ndarray, how: str) -> tuple[np.ndarray,
     if how == "transpose":
         affine[:, [0, 1]] = affine[:, [1, 0]]
         return np.swapaxes(mask, -1, -2), affine
+    if how == "oblique":  # a double-oblique short-axis stack: the plane tilted 30 degrees about the
+        # anterior-posterior axis, then 20 about the left-right one (the heart's axis as planned)
+        a, b = np.radians(30.0), np.radians(20.0)
+        about_ap = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        about_lr = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+        affine[:3] = about_lr @ about_ap @ affine[:3]
+        return mask, affine
     return mask, affine
 
 
 @pytest.mark.parametrize("fmt, how", [("nifti", "as_is"), ("nifti", "flip_rows"), ("nifti", "transpose"),
-                                      ("dicom", "as_is"), ("dicom", "transpose")])
+                                      ("nifti", "oblique"), ("dicom", "as_is"), ("dicom", "transpose"),
+                                      ("dicom", "oblique")])
 def test_segments_follow_the_patient_through_the_readers(tmp_path, fmt, how):
     ed, affine = regional_heart(size=120, pixel_mm=1.6)
     es, _ = regional_heart(size=120, pixel_mm=1.6, thickening=0.4)
@@ -58,6 +66,20 @@ def test_segments_follow_the_patient_through_the_readers(tmp_path, fmt, how):
     assert set(sorted(ed_wall, key=ed_wall.get)[:3]) == THIN, how
     assert all(r["thickening (%)"] == pytest.approx(40.0, abs=8.0) for n, r in aha["segments"].items() if n != 17)
     assert study_measures(study, masks)["measures"]["max ED wall (mm)"] == pytest.approx(max(ed_wall.values()))
+
+
+def test_a_single_frame_gives_its_wall_and_no_thickening(tmp_path):
+    """One frame (a single ED volume): each segment's ED wall, nothing invented for ES."""
+    ed, affine = regional_heart(size=120, pixel_mm=1.6)
+    write_nifti_image(ed.astype(np.float32), affine, tmp_path / "ed.nii.gz")
+    sources, _ = discover([tmp_path])
+    study = load_study(sources[0])
+    assert len(study.frames) == 1
+    aha = study_measures(study, [np.rint(study.frames[0].image).astype(np.uint8)])["aha"]
+    walls = {n: r["ED (mm)"] for n, r in aha["segments"].items() if n != 17}
+    assert set(walls) == set(range(1, 17)) and all(w is not None and w > 0 for w in walls.values())
+    assert set(sorted(walls, key=walls.get)[-5:]) == SEPTAL and set(sorted(walls, key=walls.get)[:3]) == THIN
+    assert all(r.get("ES (mm)") is None and r.get("thickening (%)") is None for r in aha["segments"].values())
 
 
 def _record(name: str, aha: dict | None) -> dict:
