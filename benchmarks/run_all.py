@@ -7,7 +7,8 @@ never compared across machines by accident.
 
 ``--as-avx2`` holds torch and oneDNN to AVX2 kernels and float32 (``ATEN_CPU_CAPABILITY=avx2``,
 ``ONEDNN_MAX_CPU_ISA=AVX2``): a newer CPU run as a laptop's AVX2 one, written to ``cpu_avx2/``
-with ``"emulated": true``. The shift benchmark (hours) runs apart: ``benchmarks/shift_benchmark.py``.
+with ``"emulated": ...`` and ``_emulated`` in the file names, beside (never over) a real AVX2 CPU's
+records. The shift benchmark (hours) runs apart: ``benchmarks/shift_benchmark.py``.
 """
 
 import argparse
@@ -46,18 +47,19 @@ def main() -> None:
     kind = subprocess.run([sys.executable, "-c", "from cmrseg.device import cpu_kind; print(cpu_kind())"],
                           check=True, capture_output=True, text=True, env=env).stdout.strip()
     out = HERE / "results" / f"cpu_{kind}"
+    tag = "_emulated" if args.as_avx2 else ""  # a newer CPU held to AVX2 keeps apart from a real one
     out.mkdir(parents=True, exist_ok=True)
     wanted = set(args.only or ("models", "training", "segment", "cine"))
     written = []
     if "models" in wanted:
         run(str(HERE / "bench_models.py"), "--device", "cpu", "--widths", "8", "16", "32", "64", "128", "--size",
-            "192", "--out", str(out / "models_fast.json"), env=env)
-        run(str(HERE / "bench_models.py"), "--device", "cpu", "--out", str(out / "models_paper.json"), env=env)
-        written += [out / "models_fast.json", out / "models_paper.json"]
+            "192", "--out", str(out / f"models_fast{tag}.json"), env=env)
+        run(str(HERE / "bench_models.py"), "--device", "cpu", "--out", str(out / f"models_paper{tag}.json"), env=env)
+        written += [out / f"models_fast{tag}.json", out / f"models_paper{tag}.json"]
     if "training" in wanted:
         run(str(HERE / "bench_training.py"), "--device", "cpu", "--protocol", "fast", "--amp", "off",
-            "--out", str(out / "training_fast.json"), env=env)
-        written.append(out / "training_fast.json")
+            "--out", str(out / f"training_fast{tag}.json"), env=env)
+        written.append(out / f"training_fast{tag}.json")
     from cmrseg.inference.predictor import shipped_models
 
     for name, model in MODELS.items():
@@ -67,12 +69,12 @@ def main() -> None:
         pick = ["--model", model] if model else []
         if "segment" in wanted and Path(args.data).is_dir():
             run(str(HERE / "bench_segment.py"), args.data, "--n", "20", *pick,
-                "--out", str(out / f"segment_{name}.json"), env=env)
-            written.append(out / f"segment_{name}.json")
+                "--out", str(out / f"segment_{name}{tag}.json"), env=env)
+            written.append(out / f"segment_{name}{tag}.json")
         if "cine" in wanted:
             run(str(HERE / "bench_segment_cine.py"), "--format", "dicom", *pick,
-                "--out", str(out / f"cine_{name}.json"), env=env)
-            written.append(out / f"cine_{name}.json")
+                "--out", str(out / f"cine_{name}{tag}.json"), env=env)
+            written.append(out / f"cine_{name}{tag}.json")
     if args.as_avx2:
         for path in written:
             mark_emulated(path)

@@ -56,13 +56,20 @@ def cpu_description() -> str:
     import platform
 
     name = platform.processor() or platform.machine()
+    fields = {}
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.lower().startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family", "model"):
+                fields.setdefault(key.strip(), value.strip())
+            if not line.strip() and fields:  # the first processor's block is enough
                 break
     except OSError:
         pass
+    name = fields.get("model name", name)
+    if not any(ch.isdigit() for ch in name) and "cpu family" in fields:
+        # a virtual machine's bare "AMD EPYC": the family and model tell Zen 3 (25/1) from Zen 5 (26/2)
+        name += f" family {fields['cpu family']} model {fields.get('model', '?')}"
     return f"{name} (bf16 {'native' if cpu_has_fast_bf16() else 'emulated'})"
 
 

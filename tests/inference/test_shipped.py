@@ -76,3 +76,16 @@ def test_predictor_gate_can_be_switched_off_for_ablations():
     ungated, cls = Predictor(model, meta, InferenceOptions(device="cpu", gate="off")).predict_canvas(x)
     assert (cls[:, 0] < 0.5).all()
     assert not (gated.argmax(1) == 1).any() and (ungated.argmax(1) == 1).all()
+
+
+def test_the_shipped_student_runs_once_per_stack_on_the_whole_canvas(phantom_dir):
+    """``--model student`` (issue 35): one network, no heart-centred second pass, no flips, the
+    default's clean-up; a stack comes back in its own geometry."""
+    student = load_predictor(["student"], InferenceOptions(device="cpu"))
+    assert isinstance(student, Predictor) and "student" in shipped_models()
+    assert student.inference_crop is None and student.meta["model"] == "seg_as"
+    assert student.meta["postprocess"] == "clean" and student.meta["tta"] is False
+    assert student.meta["teacher"] == DEFAULT_MODEL and student.meta["shipped"]["name"] == "student"
+    vol = load_labelled_dataset(phantom_dir / "h5" / "val")[0]
+    pred = student.predict_volume(vol)
+    assert pred.mask.shape == vol.image.shape and pred.mask.dtype == np.uint8
