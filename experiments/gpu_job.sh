@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU job in one device call (see experiments/gpu_job.py for what it does and in which order):
 #   bash experiments/gpu_job.sh $OUT [SECONDS] [extra gpu_job.py options]
-# Carry .gpu (python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc) and .whl
-# (the MONAI wheel: the device's python has no MONAI, which evaluation uses), made with
+# Carry .gpu (python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc), and .whl (the
+# MONAI wheel: the device's python has no MONAI, which the end-of-call evaluation uses) only where
+# it fits: tree + .gpu + .whl <= 64 MiB. With four shipped models it does not (13.2 + 49.4 + 1.6
+# MiB, 2026-12-07): the evaluation then fails in the log, and the models come back all the same,
+# to be scored on the CPU machine as every candidate is (docs/RESULTS.md). Wheel made with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl monai==1.6.1
 # The first device call (2026-11-27, docs/RESULTS.md) ran
 #   bash experiments/gpu_job.sh $OUT 430 --bench-seconds 0 --eval-reserve 55 --proposed-share 0.85

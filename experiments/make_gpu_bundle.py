@@ -4,9 +4,9 @@ git-ignored): the ACDC training split preprocessed for the paper protocol (uint8
 as uint8 h5 files with its ``metadata.csv`` / ``manifest.json`` (7.9 MB), and ``train.json``
 (the training split's stack and slice counts, for the job's epoch planning), so evaluation there
 runs on the original validation geometry. The working tree travels too (11.2 MB with the
-shipped weights, 2026-11-28), and so does the MONAI wheel (1.7 MB): all together must stay
-under the device's 64 MiB (64.6 MB = 61.6 MiB then; with the plain LZMA npz of before,
-47.5 MB, it was 65.1 MiB).
+shipped weights, 2026-11-28; 13.2 MiB with four shipped models, 2026-12-07): tree and bundle
+must stay under the device's 64 MiB (``tests/test_gpu_carry_size.py``). The MONAI wheel (1.7 MB)
+goes too only where it still fits (``experiments/gpu_job.sh``).
 
     python experiments/make_gpu_bundle.py ../shared/data/acdc .gpu/acdc
 """
