@@ -25,6 +25,7 @@ from cmrseg.inference.gating import FLIPS, GATE_MODES, apply_gate
 from cmrseg.inference.onnx import OnnxModel
 from cmrseg.inference.options import InferenceOptions
 from cmrseg.inference.postprocessing import POSTPROCESS, postprocess
+from cmrseg.labels import NUM_CLASSES
 from cmrseg.models import create_model
 from cmrseg.models.centred import heart_centred_flips
 from cmrseg.models.registry import PROPOSED
@@ -148,6 +149,19 @@ def checked_model(meta: dict, meta_path: Path, weights: Path) -> torch.nn.Module
     return create_model(meta["model"], **meta.get("model_kwargs", {}))
 
 
+def _class_bias(meta: dict) -> torch.Tensor | None:
+    """``model.json``'s ``class_bias``: one constant per class added to the logits before the
+    softmax (a prior correction fitted on the training data by ``experiments/fit_class_bias.py``),
+    shaped ``[1, 4, 1, 1]``; None without one."""
+    bias = meta.get("class_bias")
+    if bias is None:
+        return None
+    values = np.asarray(bias, dtype=np.float32)
+    if values.shape != (NUM_CLASSES,) or not np.isfinite(values).all():
+        raise InputError(meta.get("path"), f"model.json: class_bias must be one finite number per class, not {bias!r}")
+    return torch.from_numpy(values).view(1, -1, 1, 1)
+
+
 class Predictor:
     """Segment volumes with one model, loaded once.
 
@@ -189,6 +203,7 @@ class Predictor:
                                                and (self.device.type == "cuda" or cpu_has_fast_bf16()))
         self.amp = torch.bfloat16 if bf16 and meta.get("backend") != "onnx" else None
         self.inference_crop: int | None = meta.get("inference_crop")
+        self.class_bias = _class_bias(meta)
         self.frames_per_forward = (int(self.options.frames_per_forward) if self.options.frames_per_forward != "auto"
                                    else FRAMES_PER_FORWARD[self.device.type == "cuda"])
 
@@ -263,10 +278,11 @@ class Predictor:
             dims, out = step
             logits = out.ungated_logits if out.ungated_logits is not None else out.logits
 
-            def back(t):
-                return t.float().softmax(dim=1).flip(dims) if dims else t.float().softmax(dim=1)
+            def back(t, bias=None):
+                t = t.float() if bias is None else t.float() + bias.to(t.device)
+                return t.softmax(dim=1).flip(dims) if dims else t.softmax(dim=1)
 
-            probs.append(back(logits))
+            probs.append(back(logits, self.class_bias))
             if out.class_logits is not None:
                 presence.append(torch.sigmoid(out.class_logits.float()))
             if out.seg_logits is not None and out.seg_logits.shape == logits.shape:
