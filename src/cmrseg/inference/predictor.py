@@ -156,7 +156,10 @@ def _class_bias(meta: dict) -> torch.Tensor | None:
     bias = meta.get("class_bias")
     if bias is None:
         return None
-    values = np.asarray(bias, dtype=np.float32)
+    try:
+        values = np.asarray(bias, dtype=np.float32)
+    except (TypeError, ValueError):
+        values = np.full(1, np.nan, np.float32)
     if values.shape != (NUM_CLASSES,) or not np.isfinite(values).all():
         raise InputError(meta.get("path"), f"model.json: class_bias must be one finite number per class, not {bias!r}")
     return torch.from_numpy(values).view(1, -1, 1, 1)
