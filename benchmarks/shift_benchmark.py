@@ -209,9 +209,9 @@ def row(shift: str, summary: dict, segmented: dict, seconds: float) -> dict:
         out[f"{m} bias"], out[f"{m} MAE"] = clin[f"{m} bias"], clin[f"{m} MAE"]
     perf = (summary.get("quality_control") or {}).get("measures") or {}
     # the verdict against the studies that really failed (issue 36): failed, of them flagged, good
-    # ones sent to review, gross failures and of them flagged
+    # ones sent to review, gross failures, of them flagged, and flagged with the measure named
     out["qc failures"] = {k: perf.get(k) for k in ("failed", "recall", "good", "good_to_review", "gross",
-                                                   "gross_caught")}
+                                                   "gross_caught", "gross_named")}
     return out
 
 
@@ -238,11 +238,20 @@ def _of(share: float | None, n: int | None) -> str:
     return "–" if share is None or not n else f"{round(share * n)} of {n}"
 
 
+def _gross(f: dict) -> str:
+    """``2 of 2 (2)``: gross failures flagged of all, and of them with the measure named (records
+    written before the reasons named measures have no count: ``2 of 2``)."""
+    if f.get("gross") is None:
+        return "–"
+    named = f" ({f['gross_named']})" if f.get("gross_named") is not None else ""
+    return f"{f['gross_caught']} of {f['gross']}{named}"
+
+
 def markdown(rows: list[dict]) -> str:
     head = ["shift", "vol", "apex"] + [f"{m} bias" for m in MEASURES] + ["LVM (g) MAE", "LVEF (%) MAE", "RVEF (%) MAE",
                                                                         "QC verdicts (patients)",
                                                                         "failed: flagged", "good: to review",
-                                                                        "gross: flagged"]
+                                                                        "gross: flagged (measure named)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["shift"], f"{r['vol']:.3f}", f"{r['apex']:.3f}"]
@@ -251,7 +260,7 @@ def markdown(rows: list[dict]) -> str:
         cells.append(", ".join(f"{n} {v}" for v, n in r["qc"].items()))
         f = r.get("qc failures") or {}
         cells += [_of(f.get("recall"), f.get("failed")), _of(f.get("good_to_review"), f.get("good")),
-                  f"{f['gross_caught']} of {f['gross']}" if f.get("gross") is not None else "–"]
+                  _gross(f)]
         lines.append("| " + " | ".join(cells) + " |")
     summary = overall(rows)
     if summary:

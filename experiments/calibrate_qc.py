@@ -32,7 +32,7 @@ import numpy as np
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
 from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
 from cmrseg.inference.error_estimates import VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
-from cmrseg.inference.quality import REVIEW_FLAGS
+from cmrseg.inference.quality import REVIEW_FLAGS, qc_verdict
 
 
 def outcomes_of(pred: Path, gt: Path, group: str) -> list[dict]:
@@ -59,14 +59,16 @@ def outcomes_of(pred: Path, gt: Path, group: str) -> list[dict]:
     return out
 
 
-def simulated_verdict(outcome: dict, estimates: dict[str, float], limits: dict[str, float]) -> str:
-    """The verdict ``cmrseg segment`` gives with ``estimates`` (its ``fail`` kept: that does not
-    depend on the estimates)."""
+def simulated_verdict(outcome: dict, estimates: dict[str, float], limits: dict[str, float]) -> tuple[str, list[str]]:
+    """The verdict and reasons ``cmrseg segment`` gives with ``estimates`` (its ``fail`` kept: that
+    does not depend on the estimates; its review flags' reasons kept as the record wrote them)."""
     if outcome["qc"] == "fail":
-        return "fail"
-    if any(estimates.get(m, 0.0) > lim for m, lim in limits.items()) or REVIEW_FLAGS & set(outcome["flags"]):
-        return "review"
-    return "ok"
+        return "fail", outcome["qc_reasons"]
+    reasons = qc_verdict([], None, estimates, limits)[1]
+    reasons += [r for r in outcome["qc_reasons"] if r.split(":")[0] in REVIEW_FLAGS]
+    if REVIEW_FLAGS & set(outcome["flags"]) and not reasons:  # a record whose reasons were not kept
+        reasons = sorted(REVIEW_FLAGS & set(outcome["flags"]))
+    return ("review" if reasons else "ok"), reasons
 
 
 def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDICT_QUANTILE) -> list[dict]:
@@ -82,7 +84,8 @@ def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDIC
                 continue
             est = estimate(o["features"], o["measures"], calibration)
             likely = estimate(o["features"], o["measures"], calibration, part="verdict")
-            out.append({**o, "estimates": est, "likely": likely, "qc": simulated_verdict(o, likely, FAILURE_LIMITS)})
+            qc, reasons = simulated_verdict(o, likely, FAILURE_LIMITS)
+            out.append({**o, "estimates": est, "likely": likely, "qc": qc, "qc_reasons": reasons})
     return out
 
 
@@ -96,7 +99,8 @@ def measured(outcomes: list[dict]) -> list[dict]:
 def verdict_row(name: str, perf: dict) -> str:
     auroc = "–" if perf["auroc"] is None else f"{perf['auroc']:.2f}"
     return (f"| {name} | {perf['studies']} | {perf['failed']} | {percent(perf['recall'])} | "
-            f"{percent(perf['good_to_review'])} | {perf['gross_caught']} of {perf['gross']} | {auroc} |")
+            f"{percent(perf['good_to_review'])} | {perf['gross_caught']} of {perf['gross']} "
+            f"({perf['gross_named']}) | {auroc} |")
 
 
 def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dict, groups: list[str],
@@ -110,7 +114,7 @@ def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dic
         lines.append(f"| {m} | {k['a']:.2f} | {k['b']:.2f} | {k['c']:.2f} | {k['d']:.2f} "
                      f"| {pct(in_sample['coverage'][m]['covered'])} | {pct(held_out['coverage'][m]['covered'])} |")
     lines += ["", "| verdicts, patient left out: likely error's percentile | studies | failed | recall "
-              "| good sent to review | gross caught | AUROC |",
+              "| good sent to review | gross caught (measure named) | AUROC |",
               "|---|---|---|---|---|---|---|",
               verdict_row(f"**{VERDICT_QUANTILE:.2f}** (shipped)", held_out),
               verdict_row(f"{VERDICT_QUANTILE:.2f}, the studies not `fail`", held_out_measured)]

@@ -64,7 +64,8 @@ def cmd_evaluate(args) -> int:
 
             print(f"QC verdict: {perf['failed']} of {perf['studies']} studies failed, {pct(perf['recall'])} of them "
                   f"sent to review or failed; {pct(perf['good_to_review'])} of the good ones sent; gross failures "
-                  f"caught {perf['gross_caught']} of {perf['gross']}; estimated errors covered the true ones for "
+                  f"caught {perf['gross_caught']} of {perf['gross']} ({perf['gross_named']} with the measure named); "
+                  "estimated errors covered the true ones for "
                   + ", ".join(f"{m.split(' (')[0]} {pct(c['covered'])}" for m, c in perf["coverage"].items()
                               if c["covered"] is not None))
     print(f"report written to {args.out}")

@@ -10,7 +10,7 @@ import torch
 
 from cmrseg.data.volume import Geometry, Study, Volume
 from cmrseg.errors import CmrsegError
-from cmrseg.evaluation.quality_check import qc_performance
+from cmrseg.evaluation.quality_check import names_gross_measure, qc_performance
 from cmrseg.inference.error_estimates import (
     CALIBRATION_FILE,
     DEFAULT_LIMITS,
@@ -181,3 +181,21 @@ def test_qc_performance_counts_recall_wasted_reviews_coverage_and_auroc():
     assert perf["coverage"]["RVEF (%)"] == {"studies": 0, "covered": None}
     # scores 12, 4 for the failures against 3, 9, 2: pairs ranked right 3 + 2 of 6
     assert perf["auroc"] == pytest.approx(5 / 6)
+
+
+def test_a_gross_failure_counts_as_named_only_when_a_reason_names_its_measure():
+    """Issue 36: every gross failure flagged *with that measure named*: an EF off by more than 15
+    points, or a measure of a structure whose Dice is below 0.6; ``fail`` rejects them all."""
+    def gross(qc, reasons, rvef=-18.0, rv_dice=0.54):
+        return {**_outcome(True, qc, 3.0, 0.0, gross=True), "qc_reasons": reasons,
+                "errors": {m: 0.0 for m in DEFAULT_LIMITS} | {"RVEF (%)": rvef},
+                "dice": {"ED": {"RV": 0.9, "MYO": 0.9, "LV": 0.9}, "ES": {"RV": rv_dice, "MYO": 0.9, "LV": 0.9}}}
+
+    named = gross("review", ["class_missing_mid: RV; in doubt: RVEF, RVEDV, RVESV"])
+    other = gross("review", ["class_missing_mid: MYO; in doubt: LVM"])
+    dice_only = gross("review", ["RVESV likely off by more than 25 mL (likely error 30.0)"], rvef=-5.0)
+    lv_instead = gross("review", ["LVEF likely off by more than 8 points (likely error 9.0)"])
+    assert names_gross_measure(named) and names_gross_measure(dice_only) and names_gross_measure(gross("fail", []))
+    assert not names_gross_measure(other) and not names_gross_measure(lv_instead)
+    perf = qc_performance([named, other, gross("ok", [])])
+    assert perf["gross"] == 3 and perf["gross_caught"] == 2 and perf["gross_named"] == 1

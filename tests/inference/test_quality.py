@@ -188,3 +188,18 @@ def test_the_console_line_counts_verdicts_and_names_the_failed_studies():
              "c": {"status": "ok", "qc": "review"}, "d": {"status": "ok", "qc": "ok"}, "e": {"status": "failed"}}
     assert qc_line(cases) == "quality control: 2 ok, 1 review, 1 fail; QC failed: b"
     assert qc_line({"e": {"status": "failed"}}) == "quality control: no study segmented"
+
+
+def test_review_reasons_name_the_measures_they_put_in_doubt():
+    """Issue 36: a reader told which measure to check: a class missing on a mid slice puts that
+    class's measures in doubt, LV and RV stroke volumes apart both ventricles'."""
+    flags = [{"frame": "ES", "slice": 4, "flag": "class_missing_mid", "detail": "RV"},
+             {"frame": "ES", "slice": 5, "flag": "class_missing_mid", "detail": "MYO"},
+             {"frame": "", "slice": None, "flag": "stroke_volume_mismatch", "detail": "LV 63 mL vs RV 102 mL"},
+             {"frame": "ES", "slice": 2, "flag": "fragments", "detail": "RV: 2 pieces"}]
+    verdict_, reasons = qc_verdict(flags)
+    assert verdict_ == "review"
+    assert "class_missing_mid: RV; in doubt: RVEF, RVEDV, RVESV" in reasons
+    assert "class_missing_mid: MYO; in doubt: LVM" in reasons
+    assert "stroke_volume_mismatch: LV 63 mL vs RV 102 mL; in doubt: LVEF, RVEF, LVEDV, LVESV, RVEDV, RVESV" in reasons
+    assert not any(r.startswith("fragments") for r in reasons)  # not a review flag: it points at a slice only

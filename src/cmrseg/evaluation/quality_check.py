@@ -22,12 +22,14 @@ Only the frames quality control checked (ED and ES of a cine) count.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cmrseg.inference.error_estimates import DEFAULT_LIMITS
+from cmrseg.inference.quality import CLASS_MEASURES
 from cmrseg.labels import CLASS_NAMES
 from cmrseg.measures.clinical import cardiac_measures
 from cmrseg.measures.metrics import dice_per_class, share_of_mask
@@ -206,6 +208,20 @@ def study_outcomes(studies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def names_gross_measure(outcome: dict[str, Any]) -> bool:
+    """Whether the verdict's reasons name a measure the study got grossly wrong (issue 36): an
+    ejection fraction off by more than :data:`GROSS_EF`, or a measure of a structure whose Dice
+    is below :data:`GROSS_DICE` (:data:`~cmrseg.inference.quality.CLASS_MEASURES`). A ``fail``
+    rejects every measure, so it names them all."""
+    if outcome["qc"] == "fail":
+        return True
+    off = [m.split(" ")[0] for m in ("LVEF (%)", "RVEF (%)") if abs(outcome["errors"][m]) > GROSS_EF]
+    off += [m for ds in (outcome.get("dice") or {}).values() for c, d in ds.items() if d < GROSS_DICE
+            for m in CLASS_MEASURES[c]]
+    text = " ".join(outcome.get("qc_reasons") or [])
+    return any(re.search(rf"\b{m}\b", text) for m in off)
+
+
 def _auroc(scores: list[float], labels: list[bool]) -> float | None:
     """The area under the ROC curve of ``scores`` for ``labels`` (the Mann-Whitney U over the
     product of the two groups' sizes); None without both groups."""
@@ -233,12 +249,13 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
     good = [o for o in outcomes if not o["failed"]]
     gross = [o for o in outcomes if o["gross"]]
     flagged = [o for o in outcomes if o["qc"] in ("review", "fail")]
+    named = [o for o in gross if o in flagged and names_gross_measure(o)]
     scores = [max(((o.get("likely") or o["estimates"]).get(m, 0.0) / lim for m, lim in limits.items()), default=0.0)
               for o in outcomes]
     return {"studies": len(outcomes), "failed": len(failed), "good": len(good),
             "recall": len([o for o in failed if o in flagged]) / len(failed) if failed else None,
             "good_to_review": len([o for o in good if o in flagged]) / len(good) if good else None,
-            "gross": len(gross), "gross_caught": len([o for o in gross if o in flagged]),
+            "gross": len(gross), "gross_caught": len([o for o in gross if o in flagged]), "gross_named": len(named),
             "auroc": _auroc(scores, [o["failed"] for o in outcomes]), "coverage": coverage}
 
 
@@ -258,7 +275,8 @@ def performance_table(perf: dict[str, Any]) -> list[str]:
           "or a structure's Dice is below 0.80 in either phase): "
           f"{perf['failed']} failed, {pct(perf['recall'])} of them sent to review or failed; "
           f"{pct(perf['good_to_review'])} of the {perf['good']} good ones sent to review or failed; "
-          f"gross failures caught {perf['gross_caught']} of {perf['gross']}; AUROC of the estimated error {auroc}.\n",
+          f"gross failures caught {perf['gross_caught']} of {perf['gross']} ({perf['gross_named']} with the measure "
+          f"named); AUROC of the estimated error {auroc}.\n",
           "| measure | studies | true error inside the estimated interval |", "|---|---|---|"]
     md += [f"| {m} | {c['studies']} | {pct(c['covered'])} |" for m, c in perf["coverage"].items()]
     return md

@@ -14,7 +14,8 @@ The verdict (:func:`qc_verdict`, issue 36):
   measures rest on something uncertain or inconsistent (:data:`REVIEW_FLAGS`: the base and apex,
   the ED and ES frames, a study the model doubts as a whole, no voxel size, a heart slice left
   empty between heart slices, a class missing on a mid-ventricular slice, LV and RV stroke
-  volumes apart);
+  volumes apart), each reason naming the measures it puts in doubt (``RVEF likely off by more
+  than 10 points``; ``class_missing_mid: RV; in doubt: RVEF, RVEDV, RVESV``);
 * ``ok`` otherwise.
 
 Measures outside the adult normal ranges are findings about the heart
@@ -61,6 +62,14 @@ FAIL_FLAGS = {"no_heart", "implausible_measure", "unreliable_study"}
 REVIEW_FLAGS = {"base_apex_unsure", "ed_es_adjacent", "uncertain_study", "no_spacing", "slice_gap",
                 "class_missing_mid", "stroke_volume_mismatch"}
 ANATOMY_FLAGS = {"lv_not_enclosed", "wall_thickness", "rv_not_beside_lv"}
+ALL_MEASURES = ("LVEF", "RVEF", "LVM", "LVEDV", "LVESV", "RVEDV", "RVESV")
+#: the measures a review flag puts in doubt, named in its reason so that a reader knows what to
+#: check (issue 36); ``class_missing_mid`` names those of the missing class (its detail)
+IN_DOUBT = {"stroke_volume_mismatch": ("LVEF", "RVEF", "LVEDV", "LVESV", "RVEDV", "RVESV"),
+            "ed_es_adjacent": ("LVEF", "RVEF", "LVESV", "RVESV"),
+            "base_apex_unsure": ALL_MEASURES, "uncertain_study": ALL_MEASURES, "no_spacing": ALL_MEASURES,
+            "slice_gap": ALL_MEASURES}
+CLASS_MEASURES = {"RV": ("RVEF", "RVEDV", "RVESV"), "MYO": ("LVM",), "LV": ("LVEF", "LVEDV", "LVESV")}
 #: share of a mask the model expects to be wrong (:func:`uncertainty_share`) from which a slice
 #: is flagged, and a study sent to review / failed (round values, not fitted: half of a slice's
 #: mask, and twice / five times the 10 % the default expects of a whole ACDC study)
@@ -199,8 +208,21 @@ def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = 
         return "fail", fails
     reasons = [f"{m.split(' (')[0]} likely off by more than {limit:g} {_unit(m)} (likely error {estimates[m]:.1f})"
                for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
-    reasons += sorted({f"{f['flag']}: {f['detail']}" for f in flags if f["flag"] in REVIEW_FLAGS})
+    reasons += sorted({_review_reason(f) for f in flags if f["flag"] in REVIEW_FLAGS})
     return ("review" if reasons else "ok"), reasons
+
+
+def measures_in_doubt(flag: dict[str, Any]) -> tuple[str, ...]:
+    """The measures (short names: ``LVEF``, ``RVESV``, ...) a review flag puts in doubt
+    (:data:`IN_DOUBT`, :data:`CLASS_MEASURES`)."""
+    if flag["flag"] == "class_missing_mid":
+        return CLASS_MEASURES.get(str(flag["detail"]), ())
+    return IN_DOUBT.get(flag["flag"], ())
+
+
+def _review_reason(flag: dict[str, Any]) -> str:
+    named = measures_in_doubt(flag)
+    return f"{flag['flag']}: {flag['detail']}" + (f"; in doubt: {', '.join(named)}" if named else "")
 
 
 def _unit(measure: str) -> str:

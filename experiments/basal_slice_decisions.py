@@ -1,0 +1,59 @@
+"""The basal slices a model and the experts decide differently, and how sure the model was
+(issue 36: why some failures are invisible to quality control).
+
+For every labelled study of a folder: per structure and phase, the first slices (base first) with
+the model's mask pixels, the experts' and the pixels the model thought possible (probability
+>= 0.25, :attr:`cmrseg.inference.predictor.Prediction.bands`), and whether the two disagree on a
+whole slice (one has the structure there, the other nothing). A whole-slice disagreement where
+the model thought nothing possible cannot be seen in its probabilities: no estimate built on them
+flags it.
+
+    python experiments/basal_slice_decisions.py ../shared/data/acdc/val [--model NAME] [--slices 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from cmrseg.data.io.readers import load_labelled_dataset
+from cmrseg.inference.ensemble import load_predictor
+from cmrseg.inference.options import InferenceOptions
+from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
+
+
+def decisions(truth: np.ndarray, mask: np.ndarray, bands: np.ndarray, slices: int) -> list[dict]:
+    """Per structure, its first ``slices`` slices: ``(mask px, truth px, possible px)``, and the
+    whole-slice disagreements among them with the model's possible pixels there."""
+    out = []
+    for k, c in enumerate((RV, MYO, LV)):
+        rows = [(int((mask[s] == c).sum()), int((truth[s] == c).sum()), int(bands[s, k, 1])) for s in range(slices)]
+        whole = [(s, m, t, p) for s, (m, t, p) in enumerate(rows) if (m == 0) != (t == 0)]
+        out.append({"structure": CLASS_NAMES[k], "rows": rows, "whole_slice": whole})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", help="a labelled folder (the val split)")
+    ap.add_argument("--model", default=None, help="shipped model or run folder (default: the shipped default)")
+    ap.add_argument("--slices", type=int, default=3, help="how many basal slices to show")
+    args = ap.parse_args(argv)
+    predictor = load_predictor(args.model, InferenceOptions())
+    print("| volume | structure | basal slices: mask / experts / possible (px) | whole-slice disagreement |")
+    print("|---|---|---|---|")
+    for vol in load_labelled_dataset(args.data):
+        pred = predictor.predict_volume(vol)
+        for d in decisions(vol.label, pred.mask, pred.bands, min(args.slices, vol.label.shape[0])):
+            if d["structure"] == "MYO" and not d["whole_slice"]:
+                continue
+            cells = "; ".join(f"{m} / {t} / {p}" for m, t, p in d["rows"])
+            whole = ", ".join(f"slice {s}: mask {m}, experts {t}, possible {p}" for s, m, t, p in d["whole_slice"])
+            print(f"| {vol.name} | {d['structure']} | {cells} | {whole or '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
