@@ -13,7 +13,7 @@ verdict's percentile also at other values, to show the trade-off.
 
     python experiments/calibrate_qc.py BENCH_OUT [BENCH_OUT ...] [--pairs PRED GT ...] \\
         [--write MODEL_FOLDER/qc_calibration.json --source "what it was fitted on"] [--report FILE.md] \\
-        [--cache OUTCOMES.json]
+        [--cache OUTCOMES.json] [--held-out OTHER_BENCH_OUT ... --held-out-name "what they are"]
 
 BENCH_OUT: a folder ``benchmarks/shift_benchmark.py`` wrote (its ``pred/<shift>`` against its
 ``data/<shift>``), made with the code that records ``error_features``.
@@ -32,7 +32,7 @@ import numpy as np
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
 from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
 from cmrseg.inference.error_estimates import VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
-from cmrseg.inference.quality import REVIEW_FLAGS, qc_verdict
+from cmrseg.inference.quality import REVIEW_FLAGS, SV_TOLERANCE, qc_verdict
 
 
 def outcomes_of(pred: Path, gt: Path, group: str) -> list[dict]:
@@ -65,10 +65,33 @@ def simulated_verdict(outcome: dict, estimates: dict[str, float], limits: dict[s
     if outcome["qc"] == "fail":
         return "fail", outcome["qc_reasons"]
     reasons = qc_verdict([], None, estimates, limits)[1]
-    reasons += [r for r in outcome["qc_reasons"] if r.split(":")[0] in REVIEW_FLAGS]
-    if REVIEW_FLAGS & set(outcome["flags"]) and not reasons:  # a record whose reasons were not kept
-        reasons = sorted(REVIEW_FLAGS & set(outcome["flags"]))
+    reasons += [r for r in outcome["qc_reasons"] if r.split(":")[0] in REVIEW_FLAGS and _still_review(r, outcome)]
     return ("review" if reasons else "ok"), reasons
+
+
+def _still_review(reason: str, outcome: dict) -> bool:
+    """Whether a record's review reason still sends a study to review: before 2026-12-07
+    ``stroke_volume_mismatch`` was raised whichever ventricle ejected more; now only when the RV
+    does (the LV's larger is ``lv_stroke_volume_above_rv``, for the reader only)."""
+    if not reason.startswith("stroke_volume_mismatch"):
+        return True
+    m = outcome["measures"]
+    return m.get("RVSV (mL)", 0.0) > m.get("LVSV (mL)", 0.0)
+
+
+def scored_with(calibration: dict, outcomes: list[dict]) -> list[dict]:
+    """``outcomes`` with the intervals, likely errors and verdicts of ``calibration`` (fitted on
+    other studies)."""
+    out = []
+    for o in outcomes:
+        if o["qc"] == "fail":
+            out.append({**o, "estimates": {}, "likely": {}})
+            continue
+        likely = estimate(o["features"], o["measures"], calibration, part="verdict")
+        qc, reasons = simulated_verdict(o, likely, FAILURE_LIMITS)
+        out.append({**o, "estimates": estimate(o["features"], o["measures"], calibration), "likely": likely,
+                    "qc": qc, "qc_reasons": reasons})
+    return out
 
 
 def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDICT_QUANTILE) -> list[dict]:
@@ -76,16 +99,8 @@ def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDIC
     its patient (the likely error at ``verdict_quantile``)."""
     out = []
     for patient in sorted({o["patient"] for o in outcomes}):
-        rest = measured([o for o in outcomes if o["patient"] != patient])
-        calibration = fit_qc_calibration(rest, verdict_quantile)
-        for o in (o for o in outcomes if o["patient"] == patient):
-            if o["qc"] == "fail":  # no measures to estimate: the verdict is fail whatever they say
-                out.append({**o, "estimates": {}, "likely": {}})
-                continue
-            est = estimate(o["features"], o["measures"], calibration)
-            likely = estimate(o["features"], o["measures"], calibration, part="verdict")
-            qc, reasons = simulated_verdict(o, likely, FAILURE_LIMITS)
-            out.append({**o, "estimates": est, "likely": likely, "qc": qc, "qc_reasons": reasons})
+        calibration = fit_qc_calibration(measured([o for o in outcomes if o["patient"] != patient]), verdict_quantile)
+        out += scored_with(calibration, [o for o in outcomes if o["patient"] == patient])
     return out
 
 
@@ -122,6 +137,61 @@ def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dic
     return "\n".join(lines) + "\n"
 
 
+def _scored_studies(benches: list[Path], pairs: list[Path], cache: Path | None) -> list[dict]:
+    """The studies of shift benchmark folders (the shifts it finished: evaluated) and PRED GT
+    pairs against their truth (:func:`outcomes_of`), from ``cache`` when it exists (else kept there)."""
+    if cache and cache.is_file():
+        return json.loads(cache.read_text())
+    found = [(b / "pred" / s.name, b / "data" / s.name, f"{b.name}/{s.name}")
+             for b in benches for s in sorted((b / "pred").iterdir())
+             if (b / "eval" / s.name / "summary.json").is_file()]
+    found += [(p, g, p.name) for p, g in zip(pairs[::2], pairs[1::2])]
+    outcomes = [o for pred, gt, group in found for o in outcomes_of(pred, gt, group)]
+    if cache:
+        cache.write_text(json.dumps(outcomes, default=float))
+    return outcomes
+
+
+def stroke_volume_line(outcomes: list[dict]) -> str:
+    """How often LV and RV stroke volumes lay more than ``SV_TOLERANCE`` apart, in the masks (by
+    which ventricle ejected more, with the share of those studies that failed) and in the experts'
+    own masks: whether the mismatch tells an error from the heart on these studies."""
+    rows = [o for o in measured(outcomes) if {"LVSV (mL)", "RVSV (mL)"} <= set(o["measures"])]
+    if not rows:
+        return ""
+
+    def apart(lsv: float, rsv: float) -> bool:
+        return max(lsv, rsv) > 0 and abs(lsv - rsv) / max(lsv, rsv) > SV_TOLERANCE
+
+    def truth(o: dict, v: str) -> float:  # the experts' stroke volume: the masks' minus their error
+        e, m = o["errors"], o["measures"]
+        return (m[f"{v}EDV (mL)"] - e[f"{v}EDV (mL)"]) - (m[f"{v}ESV (mL)"] - e[f"{v}ESV (mL)"])
+
+    parts = []
+    for name, larger in (("the LV", "LVSV (mL)"), ("the RV", "RVSV (mL)")):
+        other = "RVSV (mL)" if larger == "LVSV (mL)" else "LVSV (mL)"
+        hit = [o for o in rows if apart(o["measures"]["LVSV (mL)"], o["measures"]["RVSV (mL)"])
+               and o["measures"][larger] > o["measures"][other]]
+        parts.append(f"{name} ejecting more in {len(hit)} ({percent(np.mean([o['failed'] for o in hit]) if hit else None)}"
+                     " failed)")
+    rest = [o for o in rows if not apart(o["measures"]["LVSV (mL)"], o["measures"]["RVSV (mL)"])]
+    experts = np.mean([apart(truth(o, "LV"), truth(o, "RV")) for o in rows])
+    return (f"Stroke volumes more than {100 * SV_TOLERANCE:.0f} % apart in the masks of the {len(rows)} studies not "
+            f"`fail`: {'; '.join(parts)}; the others: {percent(np.mean([o['failed'] for o in rest]) if rest else None)} "
+            f"failed. In the experts' own masks: {percent(experts)} of the studies.\n")
+
+
+def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
+    """The report's lines on studies of other patients scored with the calibration (never fitted on)."""
+    lines = ["", f"Scored with this calibration, never fitted on: {name}", "",
+             "| studies | number | failed | recall | good sent to review | gross caught (measure named) | AUROC | "
+             "coverage LVEF / RVEF / LVM |", "|---|---|---|---|---|---|---|---|"]
+    for label, p in (("all", perf), ("not `fail`", perf_measured)):
+        cov = " / ".join(percent(p["coverage"][m]["covered"]) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
+        lines.append(verdict_row(label, p).rstrip(" |") + f" | {cov} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path, nargs="*", help="shift benchmark output folders")
@@ -130,18 +200,12 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="", help="what the calibration was fitted on, for the records")
     ap.add_argument("--report", type=Path, help="also write the report here")
     ap.add_argument("--cache", type=Path, help="keep the scored studies here and reuse them (scoring takes minutes)")
+    ap.add_argument("--held-out", type=Path, nargs="+", default=[], metavar="BENCH_OUT",
+                    help="shift benchmark folders of other patients: scored with the calibration fitted on BENCH_OUT, "
+                         "never fitted on (their scores cached beside --cache, as CACHE.held_out.json)")
+    ap.add_argument("--held-out-name", default="held out", help="what the --held-out studies are, for the report")
     args = ap.parse_args(argv)
-    # the shifts the benchmark finished (evaluated), not one it is still segmenting
-    pairs = [(b / "pred" / s.name, b / "data" / s.name, f"{b.name}/{s.name}")
-             for b in args.bench for s in sorted((b / "pred").iterdir())
-             if (b / "eval" / s.name / "summary.json").is_file()]
-    pairs += [(p, g, p.name) for p, g in zip(args.pairs[::2], args.pairs[1::2])]
-    if args.cache and args.cache.is_file():
-        outcomes = json.loads(args.cache.read_text())
-    else:
-        outcomes = [o for pred, gt, group in pairs for o in outcomes_of(pred, gt, group)]
-        if args.cache:
-            args.cache.write_text(json.dumps(outcomes, default=float))
+    outcomes = _scored_studies(args.bench, args.pairs, args.cache)
     if not outcomes:
         raise SystemExit("no study with error features and truth found (segment with the current code)")
     fitted = fit_qc_calibration(measured(outcomes))
@@ -152,6 +216,12 @@ def main(argv=None) -> int:
     trade_off = {q: qc_performance(leave_one_patient_out(outcomes, q)) for q in (0.5, 0.7, 0.85)}
     text = report(fitted, held_out, qc_performance(measured(left_out)), in_sample,
                   sorted({o["group"] for o in outcomes}), trade_off)
+    if args.held_out:
+        cache = args.cache.with_suffix(".held_out.json") if args.cache else None
+        other = scored_with(fitted, _scored_studies(args.held_out, [], cache))
+        text += held_out_section(args.held_out_name, qc_performance(other), qc_performance(measured(other)))
+        text += "\nThe studies never fitted on. " + stroke_volume_line(other)
+    text += "\nThe fitted studies. " + stroke_volume_line(outcomes)
     print(text)
     if args.report:
         args.report.write_text(text)

@@ -75,3 +75,23 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
     fitted = json.loads(written.read_text())
     assert fitted["source"] == "phantom" and fitted["studies"] == 2 and fitted["quantile"] == 0.85
     assert all(k["a"] >= 0 and k["b"] >= 0 and k["c"] >= 0 for k in fitted["measures"].values())
+    # other patients' benchmark scored with that calibration, never fitted on (here the same folder)
+    report = tmp_path / "report.md"
+    assert cal.main([str(tmp_path), "--held-out", str(tmp_path), "--held-out-name", "the phantom again",
+                     "--report", str(report)]) == 0
+    text = report.read_text()
+    assert "never fitted on: the phantom again" in text and "| all | 2 |" in text
+
+
+def test_a_record_written_before_the_flag_took_its_direction_is_judged_by_todays_rule(load_script):
+    """``experiments/calibrate_qc.py`` replays old records: their ``stroke_volume_mismatch`` was
+    raised whichever ventricle ejected more; now only the RV ejecting more sends to review."""
+    cal = load_script("experiments/calibrate_qc.py")
+    reason = "stroke_volume_mismatch: LV 90 mL vs RV 40 mL (more than 35 % apart)"
+    old = {"qc": "review", "qc_reasons": [reason], "flags": ["stroke_volume_mismatch"],
+           "measures": {"LVSV (mL)": 90.0, "RVSV (mL)": 40.0}}
+    assert cal.simulated_verdict(old, {}, {"RVEF (%)": 10.0}) == ("ok", [])
+    rv_more = {**old, "measures": {"LVSV (mL)": 40.0, "RVSV (mL)": 90.0}}
+    assert cal.simulated_verdict(rv_more, {}, {"RVEF (%)": 10.0}) == ("review", [reason])
+    verdict, reasons = cal.simulated_verdict(old, {"RVEF (%)": 12.0}, {"RVEF (%)": 10.0})
+    assert verdict == "review" and reasons == ["RVEF likely off by more than 10 points (likely error 12.0)"]

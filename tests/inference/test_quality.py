@@ -110,7 +110,12 @@ def test_study_level_checks():
             "LVSV (mL)": 90.0, "RVSV (mL)": 88.0}
     assert _names(study_flags(base, True, frames=25, ed=0, es=1)) == {"ed_es_adjacent"}
     assert _names(study_flags(base, True, frames=25, ed=0, es=24)) == {"ed_es_adjacent"}  # the cine wraps
-    assert _names(study_flags({**base, "RVSV (mL)": 40.0}, True, 25, 0, 10)) == {"stroke_volume_mismatch"}
+    # the RV ejecting far more than the LV sends a study to review (an RV slice dropped at ES, most
+    # often); the LV ejecting far more is flagged for the reader only (regurgitation does that)
+    rv_more = study_flags({**base, "LVSV (mL)": 40.0}, True, 25, 0, 10)
+    lv_more = study_flags({**base, "RVSV (mL)": 40.0}, True, 25, 0, 10)
+    assert _names(rv_more) == {"stroke_volume_mismatch"} and verdict(rv_more) == "review"
+    assert _names(lv_more) == {"lv_stroke_volume_above_rv"} and verdict(lv_more) == "ok"
     # measures outside the adult normal ranges are findings about the heart, not flags (issue 36)
     abnormal = {**base, "LVEF (%)": 37.8, "LVM (g)": 147.0}
     assert study_flags(abnormal, True, 25, 0, 10) == []
