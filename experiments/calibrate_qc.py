@@ -181,6 +181,20 @@ def stroke_volume_line(outcomes: list[dict]) -> str:
             f"failed. In the experts' own masks: {percent(experts)} of the studies.\n")
 
 
+def missed_line(scored: list[dict]) -> str:
+    """The failures the verdict let through (``ok``), by patient, each patient with why one of its
+    studies failed: whether the misses are many patients or a few under many shifts."""
+    missed = [o for o in measured(scored) if o["failed"] and o["qc"] == "ok"]
+    if not missed:
+        return "No failure let through.\n"
+    by_patient: dict[str, list[dict]] = {}
+    for o in missed:
+        by_patient.setdefault(o["patient"], []).append(o)
+    parts = [f"{p} {len(os_)} ({', '.join(os_[0]['why'])})"
+             for p, os_ in sorted(by_patient.items(), key=lambda kv: -len(kv[1]))]
+    return f"Failures let through ({len(missed)}), by patient: " + "; ".join(parts) + ".\n"
+
+
 def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
     """The report's lines on studies of other patients scored with the calibration (never fitted on)."""
     lines = ["", f"Scored with this calibration, never fitted on: {name}", "",
@@ -221,6 +235,7 @@ def main(argv=None) -> int:
         other = scored_with(fitted, _scored_studies(args.held_out, [], cache))
         text += held_out_section(args.held_out_name, qc_performance(other), qc_performance(measured(other)))
         text += "\nThe studies never fitted on. " + stroke_volume_line(other)
+    text += "\nThe fitted studies, patient left out. " + missed_line(left_out)
     text += "\nThe fitted studies. " + stroke_volume_line(outcomes)
     print(text)
     if args.report:

@@ -95,3 +95,17 @@ def test_a_record_written_before_the_flag_took_its_direction_is_judged_by_todays
     assert cal.simulated_verdict(rv_more, {}, {"RVEF (%)": 10.0}) == ("review", [reason])
     verdict, reasons = cal.simulated_verdict(old, {"RVEF (%)": 12.0}, {"RVEF (%)": 10.0})
     assert verdict == "review" and reasons == ["RVEF likely off by more than 10 points (likely error 12.0)"]
+
+
+def test_the_failures_let_through_are_listed_by_patient_most_first(load_script):
+    cal = load_script("experiments/calibrate_qc.py")
+
+    def study(patient, failed, qc, why=()):
+        return {"patient": patient, "failed": failed, "qc": qc, "why": list(why)}
+
+    scored = [study("p1", True, "ok", ["RVESV (mL) off by -38.0"]), study("p1", True, "ok", ["RVEF (%) off by +12.6"]),
+              study("p2", True, "ok", ["RV Dice 0.79 at ES"]), study("p3", True, "review", ["LVM (g) off by +25.0"]),
+              study("p4", False, "ok"), study("p5", True, "fail", ["no heart"])]
+    assert cal.missed_line(scored) == ("Failures let through (3), by patient: p1 2 (RVESV (mL) off by -38.0); "
+                                       "p2 1 (RV Dice 0.79 at ES).\n")
+    assert cal.missed_line(scored[3:]) == "No failure let through.\n"
