@@ -81,6 +81,12 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
                      "--report", str(report)]) == 0
     text = report.read_text()
     assert "never fitted on: the phantom again" in text and "| all | 2 |" in text
+    assert "| widened by |" in text and "median interval, patient left out" in text
+    # one patient: nothing to leave out, so --widen leaves the intervals as fitted
+    wide = tmp_path / "wide.json"
+    assert cal.main([str(tmp_path), "--widen", "--write", str(wide)]) == 0
+    assert json.loads(wide.read_text())["measures"] == fitted["measures"]
+    assert not any("widened_by" in k for k in fitted["measures"].values())
 
 
 def test_a_record_written_before_the_flag_took_its_direction_is_judged_by_todays_rule(load_script):

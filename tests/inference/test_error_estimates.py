@@ -150,6 +150,49 @@ def test_the_verdicts_likely_error_is_a_lower_percentile_than_the_interval():
     assert estimate(features, {}, {"measures": fitted["measures"]}, part="verdict") == {}  # older files: none
 
 
+def _patients(rng, scales, per_patient=30):
+    """Studies of patients whose true errors are ``scale`` x (2 + 1.5 raw) x uniform(0, 1)."""
+    out = []
+    for p, scale in enumerate(scales):
+        for _ in range(per_patient):
+            raw = rng.uniform(0, 10)
+            err = scale * rng.uniform(0, 1) * (2.0 + 1.5 * raw)
+            out.append({"features": {"raw": {m: raw for m in MEASURES}, "sv_mismatch (mL)": 0.0}, "measures": {},
+                        "errors": {m: err for m in MEASURES}, "patient": f"p{p}"})
+    return out
+
+
+def test_intervals_are_widened_to_cover_a_patient_left_out():
+    rng = np.random.default_rng(2)
+    rows = _patients(rng, [1, 1, 1, 1, 6])  # one patient's errors six times the others'
+    plain = fit_qc_calibration(rows)
+    wide = fit_qc_calibration(rows, widen=True)
+    k, k0 = wide["measures"]["RVEF (%)"], plain["measures"]["RVEF (%)"]
+    # fitted without the outlier patient, the others' intervals cover few of its studies, a fifth
+    # of all studies: the 85th percentile of the left-out ratios lies among them
+    assert k["widened_by"] > 1.5
+    assert k["a"] == pytest.approx(k0["a"] * k["widened_by"]) and k["b"] == pytest.approx(k0["b"] * k["widened_by"])
+    assert wide["verdict"] == plain["verdict"]  # the verdict's likely error is never widened
+    # the factor makes 85 % of the studies' left-out ratios fall inside, and the next smaller ratio
+    # would not reach split-conformal's rank, ceil(0.85 (n + 1)) of n
+    ratios = []
+    for p in sorted({r["patient"] for r in rows}):
+        other = fit_calibration([r for r in rows if r["patient"] != p])
+        ratios += [abs(r["errors"]["RVEF (%)"]) / estimate(r["features"], {}, other)["RVEF (%)"]
+                   for r in rows if r["patient"] == p]
+    assert np.mean(np.array(ratios) <= k["widened_by"] + 1e-9) >= 0.85
+    assert np.sum(np.array(ratios) < k["widened_by"] - 1e-9) < np.ceil(0.85 * (len(ratios) + 1))
+
+
+def test_alike_patients_barely_widen_and_rows_without_patients_not_at_all():
+    rng = np.random.default_rng(3)
+    rows = _patients(rng, [1] * 6)
+    assert 0.8 < fit_qc_calibration(rows, widen=True)["measures"]["LVEF (%)"]["widened_by"] < 1.3
+    anonymous = [{k: v for k, v in r.items() if k != "patient"} for r in rows]
+    assert "widened_by" not in fit_qc_calibration(anonymous, widen=True)["measures"]["LVEF (%)"]
+    assert fit_qc_calibration(anonymous, widen=True)["measures"] == fit_qc_calibration(rows)["measures"]
+
+
 def test_a_model_uses_its_own_calibration_else_the_defaults_else_none(tmp_path, monkeypatch):
     own = tmp_path / "model"
     own.mkdir()
@@ -177,8 +220,9 @@ def test_qc_performance_counts_recall_wasted_reviews_coverage_and_auroc():
     assert perf["studies"] == 5 and perf["failed"] == 2 and perf["good"] == 3
     assert perf["recall"] == 0.5 and perf["good_to_review"] == pytest.approx(1 / 3)
     assert perf["gross"] == 1 and perf["gross_caught"] == 1
-    assert perf["coverage"]["LVEF (%)"] == {"studies": 5, "covered": 0.6}  # 9 > 4 and 2.5 > 2 missed
-    assert perf["coverage"]["RVEF (%)"] == {"studies": 0, "covered": None}
+    # 9 > 4 and 2.5 > 2 missed; the intervals 12, 4, 3, 9, 2
+    assert perf["coverage"]["LVEF (%)"] == {"studies": 5, "covered": 0.6, "median": 4.0}
+    assert perf["coverage"]["RVEF (%)"] == {"studies": 0, "covered": None, "median": None}
     # scores 12, 4 for the failures against 3, 9, 2: pairs ranked right 3 + 2 of 6
     assert perf["auroc"] == pytest.approx(5 / 6)
 

@@ -244,7 +244,9 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
     coverage = {}
     for m in limits:
         hits = [abs(o["errors"][m]) <= o["estimates"][m] for o in outcomes if m in o["estimates"]]
-        coverage[m] = {"studies": len(hits), "covered": float(np.mean(hits)) if hits else None}
+        widths = [o["estimates"][m] for o in outcomes if m in o["estimates"]]
+        coverage[m] = {"studies": len(hits), "covered": float(np.mean(hits)) if hits else None,
+                       "median": float(np.median(widths)) if widths else None}
     failed = [o for o in outcomes if o["failed"]]
     good = [o for o in outcomes if not o["failed"]]
     gross = [o for o in outcomes if o["gross"]]
@@ -257,6 +259,10 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
             "good_to_review": len([o for o in good if o in flagged]) / len(good) if good else None,
             "gross": len(gross), "gross_caught": len([o for o in gross if o in flagged]), "gross_named": len(named),
             "auroc": _auroc(scores, [o["failed"] for o in outcomes]), "coverage": coverage}
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def percent(share: float | None) -> str:
@@ -277,6 +283,7 @@ def performance_table(perf: dict[str, Any]) -> list[str]:
           f"{pct(perf['good_to_review'])} of the {perf['good']} good ones sent to review or failed; "
           f"gross failures caught {perf['gross_caught']} of {perf['gross']} ({perf['gross_named']} with the measure "
           f"named); AUROC of the estimated error {auroc}.\n",
-          "| measure | studies | true error inside the estimated interval |", "|---|---|---|"]
-    md += [f"| {m} | {c['studies']} | {pct(c['covered'])} |" for m, c in perf["coverage"].items()]
+          "| measure | studies | true error inside the estimated interval | median interval (+-) |", "|---|---|---|---|"]
+    md += [f"| {m} | {c['studies']} | {pct(c['covered'])} | {_number(c['median'])} |"
+           for m, c in perf["coverage"].items()]
     return md
