@@ -31,13 +31,7 @@ import numpy as np
 
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
 from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
-from cmrseg.inference.error_estimates import (
-    MISMATCH_KINDS,
-    VERDICT_QUANTILE,
-    basal_stake,
-    estimate,
-    fit_qc_calibration,
-)
+from cmrseg.inference.error_estimates import MISMATCH_KINDS, VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
 from cmrseg.inference.quality import REVIEW_FLAGS, SV_TOLERANCE, qc_verdict
 
 
@@ -218,7 +212,8 @@ def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
     """The report's lines on studies of other patients scored with the calibration (never fitted on)."""
     lines = ["", f"Scored with this calibration, never fitted on: {name}", "",
              "| studies | number | failed | recall | good sent to review | gross caught (measure named) | AUROC | "
-             "coverage LVEF / RVEF / LVM | median interval LVEF / RVEF / LVM |", "|---|---|---|---|---|---|---|---|---|"]
+             "coverage LVEF / RVEF / LVM | median interval LVEF / RVEF / LVM |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, p in (("all", perf), ("not `fail`", perf_measured)):
         cov = " / ".join(percent(p["coverage"][m]["covered"]) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
         width = " / ".join(_median(p, m) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
@@ -244,7 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--widen", action="store_true",
                     help="widen each interval to cover 85 %% of a patient left out of the fit (conformal; rule 20 of "
                          "docs/RESULTS.md, not shipped: on ACDC val it made the LVEF interval 1.69 times as wide for 4 "
-                         "points of coverage, 78 to 82 %%); scored nested, the widening found again without the patient it is scored on")
+                         "points of coverage, 78 to 82 %%); scored nested, the widening found again without the "
+                         "patient it is scored on")
     args = ap.parse_args(argv)
     outcomes = _scored_studies(args.bench, args.pairs, args.cache)
     if not outcomes:

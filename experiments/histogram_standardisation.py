@@ -5,8 +5,9 @@ maps each stack's intensity landmarks (percentiles 1, 10, ..., 90 of its foregro
 above its mean, after the shipped 0.5/99.5 normalisation) piecewise-linearly onto the mean
 landmarks of all training stacks. A monotonic intensity curve (``other_contrast``, ``gamma_*``
 of ``benchmarks/shift_benchmark.py``) then gives nearly the same network input as the clean image
-(not quite: the foreground, the voxels above the mean, moves a little with the curve); the price is what it does to clean images (the networks never saw standardised ones) and to images
-whose foreground histogram changes with their field of view (``wide_fov``).
+(not quite: the foreground, the voxels above the mean, moves a little with the curve); the price
+is what it does to clean images (the networks never saw standardised ones) and to images whose
+foreground histogram changes with their field of view (``wide_fov``).
 
 Every ninth patient of ``train`` (both phases; ``--every``) is copied, shifted as the shift benchmark does,
 segmented with the default as shipped and with the standardisation patched into the
@@ -31,8 +32,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-import cmrseg.data.preprocessing as preprocessing
 from cmrseg.cli import main as cmrseg
+from cmrseg.data import preprocessing
 
 LANDMARKS = np.array([1, 10, 20, 30, 40, 50, 60, 70, 80, 90.0])
 SHIFTS = ("none", "other_contrast", "gamma_1.5", "wide_fov")
@@ -66,7 +67,8 @@ def subset(split: Path, dst: Path, every: int) -> None:
     for f in files:
         if f.name.split("_")[0] in patients:
             shutil.copy(f, dst / f.name)
-    rows = list(csv.DictReader(open(split / "metadata.csv", newline="")))
+    with open(split / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     with open(dst / "metadata.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
             bench.write_shifted(src, data, shift)
         cells = {}
         for mode in ("shipped", "standardised"):
-            preprocessing.normalize_intensity = standardiser(standard) if mode == "standardised" else shipped_normalisation
+            standardised = mode == "standardised"
+            preprocessing.normalize_intensity = standardiser(standard) if standardised else shipped_normalisation
             pred, report = args.out / mode / "pred" / shift, args.out / mode / "eval" / shift
             for command in (["segment", "-i", str(data), "-o", str(pred)],
                             ["evaluate", "--pred", str(pred), "--gt", str(data), "-o", str(report)]):

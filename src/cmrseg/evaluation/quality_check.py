@@ -283,7 +283,8 @@ def performance_table(perf: dict[str, Any]) -> list[str]:
           f"{pct(perf['good_to_review'])} of the {perf['good']} good ones sent to review or failed; "
           f"gross failures caught {perf['gross_caught']} of {perf['gross']} ({perf['gross_named']} with the measure "
           f"named); AUROC of the estimated error {auroc}.\n",
-          "| measure | studies | true error inside the estimated interval | median interval (+-) |", "|---|---|---|---|"]
+          "| measure | studies | true error inside the estimated interval | median interval (+-) |",
+          "|---|---|---|---|"]
     md += [f"| {m} | {c['studies']} | {pct(c['covered'])} | {_number(c['median'])} |"
            for m, c in perf["coverage"].items()]
     return md
