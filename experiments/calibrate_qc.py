@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from cmrseg.atomic import write_text
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
 from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
 from cmrseg.inference.error_estimates import MISMATCH_KINDS, VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
@@ -159,9 +161,10 @@ def _scored_studies(benches: list[Path], pairs: list[Path], cache: Path | None) 
              for b in benches for s in sorted((b / "pred").iterdir())
              if (b / "eval" / s.name / "summary.json").is_file()]
     found += [(p, g, p.name) for p, g in zip(pairs[::2], pairs[1::2])]
-    outcomes = [o for pred, gt, group in found for o in outcomes_of(pred, gt, group)]
+    outcomes = [o for pred, gt, group in tqdm(found, desc="scoring", unit="folder")
+                for o in outcomes_of(pred, gt, group)]
     if cache:
-        cache.write_text(json.dumps(outcomes, default=float))
+        write_text(cache, json.dumps(outcomes, default=float))
     return outcomes
 
 
@@ -264,12 +267,12 @@ def main(argv=None) -> int:
     text += "\nThe fitted studies. " + stroke_volume_line(outcomes)
     print(text)
     if args.report:
-        args.report.write_text(text)
+        write_text(args.report, text)
     if args.write:
         fitted.update(source=args.source, fitted=time.strftime("%Y-%m-%d"), studies=len(outcomes),
                       leave_one_patient_out={k: held_out[k] for k in ("recall", "good_to_review", "auroc")},
                       coverage_left_out={m: c["covered"] for m, c in held_out["coverage"].items()})
-        args.write.write_text(json.dumps(fitted, indent=1) + "\n")
+        write_text(args.write, json.dumps(fitted, indent=1) + "\n")
     return 0
 
 
