@@ -208,3 +208,17 @@ def test_review_reasons_name_the_measures_they_put_in_doubt():
     assert "class_missing_mid: MYO; in doubt: LVM" in reasons
     assert "stroke_volume_mismatch: LV 63 mL vs RV 102 mL; in doubt: LVEF, RVEF, LVEDV, LVESV, RVEDV, RVESV" in reasons
     assert not any(r.startswith("fragments") for r in reasons)  # not a review flag: it points at a slice only
+
+
+def test_a_volume_likely_off_puts_its_ejection_fraction_in_doubt():
+    """A gross RVEF error whose only sign is RVESV's likely error is named as such: the EF is
+    computed from the volume (the training patients' benchmark had two such studies unnamed)."""
+    limits = {"RVEF (%)": 10.0, "RVESV (mL)": 25.0, "LVEDV (mL)": 25.0, "LVM (g)": 20.0}
+    verdict_, reasons = qc_verdict([], None, {"RVEF (%)": 6.1, "RVESV (mL)": 28.4, "LVM (g)": 21.0}, limits)
+    assert verdict_ == "review"
+    assert reasons == ["RVESV likely off by more than 25 mL (likely error 28.4); in doubt: RVEF",
+                       "LVM likely off by more than 20 g (likely error 21.0)"]  # mass is not a volume's EF
+    # an EF over its own limit is named by its own reason, not twice
+    _, both = qc_verdict([], None, {"RVEF (%)": 12.0, "RVESV (mL)": 28.4}, limits)
+    assert both == ["RVEF likely off by more than 10 points (likely error 12.0)",
+                    "RVESV likely off by more than 25 mL (likely error 28.4)"]

@@ -75,6 +75,9 @@ IN_DOUBT = {"stroke_volume_mismatch": ("LVEF", "RVEF", "LVEDV", "LVESV", "RVEDV"
             "base_apex_unsure": ALL_MEASURES, "uncertain_study": ALL_MEASURES, "no_spacing": ALL_MEASURES,
             "slice_gap": ALL_MEASURES}
 CLASS_MEASURES = {"RV": ("RVEF", "RVEDV", "RVESV"), "MYO": ("LVM",), "LV": ("LVEF", "LVEDV", "LVESV")}
+#: the ejection fraction computed from each volume, EF = 100 (EDV - ESV) / EDV: a volume likely off
+#: by its limit puts that EF in doubt too (25 mL of a 150 mL EDV is 17 points of EF)
+DERIVED = {"LVEDV": "LVEF", "LVESV": "LVEF", "RVEDV": "RVEF", "RVESV": "RVEF"}
 #: share of a mask the model expects to be wrong (:func:`uncertainty_share`) from which a slice
 #: is flagged, and a study sent to review / failed (round values, not fitted: half of a slice's
 #: mask, and twice / five times the 10 % the default expects of a whole ACDC study)
@@ -214,10 +217,19 @@ def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = 
             fails.append(f"{frame}: the LV, its wall or the RV implausible on {len(hit)} of {n_mid} mid slices")
     if fails:
         return "fail", fails
-    reasons = [f"{m.split(' (')[0]} likely off by more than {limit:g} {_unit(m)} (likely error {estimates[m]:.1f})"
-               for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
+    over = [m for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
+    reasons = [_likely_reason(m, limits[m], estimates[m], {o.split(" (")[0] for o in over}) for m in over]
     reasons += sorted({_review_reason(f) for f in flags if f["flag"] in REVIEW_FLAGS})
     return ("review" if reasons else "ok"), reasons
+
+
+def _likely_reason(measure: str, limit: float, likely: float, named: set[str]) -> str:
+    """``RVESV likely off by more than 25 mL (likely error 28.4); in doubt: RVEF``: the EF of a
+    volume (:data:`DERIVED`) named unless a reason of its own names it (``named``)."""
+    short = measure.split(" (")[0]
+    text = f"{short} likely off by more than {limit:g} {_unit(measure)} (likely error {likely:.1f})"
+    derived = DERIVED.get(short)
+    return text + (f"; in doubt: {derived}" if derived and derived not in named else "")
 
 
 def measures_in_doubt(flag: dict[str, Any]) -> tuple[str, ...]:
