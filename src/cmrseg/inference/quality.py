@@ -217,7 +217,8 @@ def qc_verdict(flags: list[dict[str, Any]], mid_slices: dict[str, int] | None = 
             fails.append(f"{frame}: the LV, its wall or the RV implausible on {len(hit)} of {n_mid} mid slices")
     if fails:
         return "fail", fails
-    over = [m for m, limit in (limits or {}).items() if estimates and estimates.get(m, 0.0) > limit]
+    limits, estimates = limits or {}, estimates or {}
+    over = [m for m, limit in limits.items() if estimates.get(m, 0.0) > limit]
     reasons = [_likely_reason(m, limits[m], estimates[m], {o.split(" (")[0] for o in over}) for m in over]
     reasons += sorted({_review_reason(f) for f in flags if f["flag"] in REVIEW_FLAGS})
     return ("review" if reasons else "ok"), reasons
