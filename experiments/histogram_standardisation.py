@@ -13,7 +13,11 @@ Every ninth patient of ``train`` (both phases; ``--every``) is copied, shifted a
 segmented with the default as shipped and with the standardisation patched into the
 preprocessing, and evaluated:
 
-    python experiments/histogram_standardisation.py ../shared/data/acdc/train OUT
+    python experiments/histogram_standardisation.py ../shared/data/acdc/train OUT [--window-mm 120]
+
+With ``--window-mm`` the landmarks, the stack's and the training stacks', are taken in the central
+square of that size, where a short-axis field of view puts the heart: a wider field of view then
+adds background the landmarks never see. Folders already evaluated in OUT are reused.
 
 (Written here, not taken from TorchIO's ``HistogramStandardization``: that trains on image files
 through its own readers and would be a new dependency for one ``np.interp``.)
@@ -33,11 +37,24 @@ import h5py
 import numpy as np
 
 from cmrseg.cli import main as cmrseg
+import cmrseg.inference.predictor as predictor
 from cmrseg.data import preprocessing
 
 LANDMARKS = np.array([1, 10, 20, 30, 40, 50, 60, 70, 80, 90.0])
 SHIFTS = ("none", "other_contrast", "gamma_1.5", "wide_fov")
 shipped_normalisation = preprocessing.normalize_intensity
+shipped_preprocess = predictor.preprocess_image
+
+
+def central(x: np.ndarray, spacing: tuple[float, float] | None, window_mm: float | None) -> np.ndarray:
+    """The central ``window_mm`` square of every slice of ``x`` (all of it without a window or a
+    pixel size): where a short-axis field of view puts the heart, whatever its size."""
+    if window_mm is None or spacing is None:
+        return x
+    h, w = x.shape[-2:]
+    ph, pw = min(h, int(round(window_mm / spacing[0]))), min(w, int(round(window_mm / spacing[1])))
+    y0, x0 = (h - ph) // 2, (w - pw) // 2
+    return x[..., y0:y0 + ph, x0:x0 + pw]
 
 
 def landmarks(x: np.ndarray) -> np.ndarray | None:
@@ -46,10 +63,12 @@ def landmarks(x: np.ndarray) -> np.ndarray | None:
     return np.percentile(foreground, LANDMARKS) if foreground.size else None
 
 
-def standardiser(standard: np.ndarray):
+def standardiser(standard: np.ndarray, spacing: tuple[float, float] | None = None, window_mm: float | None = None):
+    """The shipped normalisation followed by the map of the stack's landmarks (in its central
+    ``window_mm``, :func:`central`) onto ``standard``."""
     def normalise(image, percentiles=(0.5, 99.5)):
         x = shipped_normalisation(image, percentiles)
-        found = landmarks(x)
+        found = landmarks(central(x, spacing, window_mm))
         if found is None:
             return x  # a flat stack: nothing to map
         xp = np.concatenate([[0.0], found, [1.0]])
@@ -82,13 +101,26 @@ def main(argv=None) -> int:
     ap.add_argument("train", type=Path, help="the training split (h5), for the landmarks and the patients")
     ap.add_argument("out", type=Path, help="working folder")
     ap.add_argument("--every", type=int, default=9, help="every how many-th training patient to segment")
+    ap.add_argument("--window-mm", type=float,
+                    help="take the landmarks in the central square of this size (mm) instead of the whole slice")
     args = ap.parse_args(argv)
     spec = importlib.util.spec_from_file_location("shift_benchmark", Path(__file__).parents[1] / "benchmarks"
                                                   / "shift_benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    standard = np.mean([landmarks(shipped_normalisation(np.asarray(h5py.File(f)["image"])))
+    with open(args.train / "metadata.csv", newline="") as f:
+        pixel_mm = {r["patient"]: float(r["pixel_mm"]) for r in csv.DictReader(f)}
+    standard = np.mean([landmarks(central(shipped_normalisation(np.asarray(h5py.File(f)["image"])),
+                                          (pixel_mm[f.name.split("_")[0]],) * 2, args.window_mm))
                         for f in sorted(args.train.glob("*.h5"))], axis=0)
+
+    def standardised_preprocess(image, spacing, cfg, where=None):
+        preprocessing.normalize_intensity = standardiser(standard, spacing, args.window_mm)
+        try:
+            return shipped_preprocess(image, spacing, cfg, where)
+        finally:
+            preprocessing.normalize_intensity = shipped_normalisation
+
     src = args.out / "src"
     if not src.exists():
         subset(args.train, src, args.every)
@@ -101,17 +133,19 @@ def main(argv=None) -> int:
         cells = {}
         for mode in ("shipped", "standardised"):
             standardised = mode == "standardised"
-            preprocessing.normalize_intensity = standardiser(standard) if standardised else shipped_normalisation
-            pred, report = args.out / mode / "pred" / shift, args.out / mode / "eval" / shift
-            for command in (["segment", "-i", str(data), "-o", str(pred)],
-                            ["evaluate", "--pred", str(pred), "--gt", str(data), "-o", str(report)]):
+            predictor.preprocess_image = standardised_preprocess if standardised else shipped_preprocess
+            folder = args.out / (f"{mode}_{args.window_mm:g}mm" if standardised and args.window_mm else mode)
+            pred, report = folder / "pred" / shift, folder / "eval" / shift
+            done = (report / "summary.json").is_file()  # a folder already evaluated is reused
+            for command in () if done else (["segment", "-i", str(data), "-o", str(pred)],
+                                            ["evaluate", "--pred", str(pred), "--gt", str(data), "-o", str(report)]):
                 try:
                     code = cmrseg(command)
                 except SystemExit as stop:
                     code = stop.code
                 if code not in (0, 1, None):  # 1: some studies flagged; the summary is written
                     raise SystemExit(f"cmrseg {command[0]} on {shift} ({mode}) exited {code}")
-            preprocessing.normalize_intensity = shipped_normalisation
+            predictor.preprocess_image = shipped_preprocess
             summary = json.loads((report / "summary.json").read_text())
             cells[mode] = (summary["levels"]["volume"]["avg"], summary["levels"]["apex"]["avg"],
                            summary["clinical"]["all"]["LVM (g) bias"])
@@ -119,7 +153,8 @@ def main(argv=None) -> int:
         lines.append(f"| {shift} | {v0:.3f} | {v1:.3f} | {a0:.3f} | {a1:.3f} | {m0:+.2f} | {m1:+.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    (args.out / "histogram_standardisation.md").write_text(text)
+    name = f"histogram_standardisation_{args.window_mm:g}mm.md" if args.window_mm else "histogram_standardisation.md"
+    (args.out / name).write_text(text)
     return 0
 
 
