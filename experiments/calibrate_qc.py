@@ -32,8 +32,15 @@ from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_text
 from cmrseg.evaluation.evaluate import evaluate_volumes, paired_volumes
-from cmrseg.evaluation.quality_check import FAILURE_LIMITS, percent, qc_performance, study_outcomes, tally_studies
-from cmrseg.inference.error_estimates import MISMATCH_KINDS, VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
+from cmrseg.evaluation.quality_check import (
+    FAILURE_LIMITS,
+    number,
+    percent,
+    qc_performance,
+    study_outcomes,
+    tally_studies,
+)
+from cmrseg.inference.error_estimates import VERDICT_QUANTILE, basal_stake, estimate, fit_qc_calibration
 from cmrseg.inference.quality import REVIEW_FLAGS, SV_TOLERANCE, qc_verdict
 
 
@@ -97,15 +104,14 @@ def scored_with(calibration: dict, outcomes: list[dict]) -> list[dict]:
 
 
 def leave_one_patient_out(outcomes: list[dict], verdict_quantile: float = VERDICT_QUANTILE,
-                          widen: bool = False, mismatch: str = "either") -> list[dict]:
+                          widen: bool = False) -> list[dict]:
     """Every outcome with the interval, likely error and verdict of a calibration fitted without
-    its patient (the likely error at ``verdict_quantile``, the stroke-volume term of the kind
-    ``mismatch``; the intervals widened, or not, as :func:`fit_qc_calibration` does, the
-    widening's own leave-one-out again without that patient)."""
+    its patient (the likely error at ``verdict_quantile``; the intervals widened, or not, as
+    :func:`fit_qc_calibration` does, the widening's own leave-one-out again without that patient)."""
     out = []
     for patient in sorted({o["patient"] for o in outcomes}):
         calibration = fit_qc_calibration(measured([o for o in outcomes if o["patient"] != patient]), verdict_quantile,
-                                         widen, mismatch)
+                                         widen)
         out += scored_with(calibration, [o for o in outcomes if o["patient"] == patient])
     return out
 
@@ -124,17 +130,11 @@ def verdict_row(name: str, perf: dict) -> str:
             f"({perf['gross_named']}) | {auroc} |")
 
 
-def _median(perf: dict, measure: str) -> str:
-    value = perf["coverage"][measure].get("median")
-    return "–" if value is None else f"{value:.1f}"
-
-
 def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dict, groups: list[str],
            trade_off: dict[float, dict]) -> str:
     pct = percent
 
-    term = {"either": "|LVSV - RVSV|", "rv-above-lv": "max(RVSV - LVSV, 0)"}[fitted.get("mismatch", "either")]
-    lines = [f"Calibration on {in_sample['studies']} studies ({', '.join(groups)}); the mismatch term {term}", "",
+    lines = [f"Calibration on {in_sample['studies']} studies ({', '.join(groups)})", "",
              "| measure | a | b (raw) | c (mismatch) | d (stake) | widened by | coverage, fitted "
              "| coverage, patient left out | median interval, patient left out |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -142,7 +142,7 @@ def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dic
         widened = f"{k['widened_by']:.2f}" if "widened_by" in k else "–"
         lines.append(f"| {m} | {k['a']:.2f} | {k['b']:.2f} | {k['c']:.2f} | {k['d']:.2f} | {widened} "
                      f"| {pct(in_sample['coverage'][m]['covered'])} | {pct(held_out['coverage'][m]['covered'])} "
-                     f"| {_median(held_out, m)} |")
+                     f"| {number(held_out['coverage'][m]['median'])} |")
     lines += ["", "| verdicts, patient left out: likely error's percentile | studies | failed | recall "
               "| good sent to review | gross caught (measure named) | AUROC |",
               "|---|---|---|---|---|---|---|",
@@ -219,7 +219,7 @@ def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for label, p in (("all", perf), ("not `fail`", perf_measured)):
         cov = " / ".join(percent(p["coverage"][m]["covered"]) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
-        width = " / ".join(_median(p, m) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
+        width = " / ".join(number(p["coverage"][m]["median"]) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
         lines.append(verdict_row(label, p).rstrip(" |") + f" | {cov} | {width} |")
     return "\n".join(lines) + "\n"
 
@@ -236,26 +236,22 @@ def main(argv=None) -> int:
                     help="shift benchmark folders of other patients: scored with the calibration fitted on BENCH_OUT, "
                          "never fitted on (their scores cached beside --cache, as CACHE.held_out.json)")
     ap.add_argument("--held-out-name", default="held out", help="what the --held-out studies are, for the report")
-    ap.add_argument("--mismatch", choices=MISMATCH_KINDS, default="either",
-                    help="the estimates' stroke-volume term: |LVSV - RVSV| (either, the shipped calibrations before "
-                         "rule 21 of docs/RESULTS.md) or only the RV ejecting more (rv-above-lv)")
     ap.add_argument("--widen", action="store_true",
-                    help="widen each interval to cover 85 %% of a patient left out of the fit (conformal; rule 20 of "
-                         "docs/RESULTS.md, not shipped: on ACDC val it made the LVEF interval 1.69 times as wide for 4 "
+                    help="widen each interval to cover 85 %% of a patient left out of the fit (conformal; rule 20 in "
+                         "docs/decisions.md, not shipped: on ACDC val it made the LVEF interval 1.69 times as wide for 4 "
                          "points of coverage, 78 to 82 %%); scored nested, the widening found again without the "
                          "patient it is scored on")
     args = ap.parse_args(argv)
     outcomes = _scored_studies(args.bench, args.pairs, args.cache)
     if not outcomes:
         raise SystemExit("no study with error features and truth found (segment with the current code)")
-    widen, mismatch = args.widen, args.mismatch
-    fitted = fit_qc_calibration(measured(outcomes), widen=widen, mismatch=mismatch)
+    fitted = fit_qc_calibration(measured(outcomes), widen=args.widen)
     in_sample = qc_performance([{**o, "estimates": estimate(o["features"], o["measures"], fitted)}
                                 for o in measured(outcomes)])
-    left_out = leave_one_patient_out(outcomes, widen=widen, mismatch=mismatch)
+    left_out = leave_one_patient_out(outcomes, widen=args.widen)
     held_out = qc_performance(left_out)
     # the verdict does not depend on the intervals: its trade-off without the widening's refits
-    trade_off = {q: qc_performance(leave_one_patient_out(outcomes, q, False, mismatch)) for q in (0.5, 0.7, 0.85)}
+    trade_off = {q: qc_performance(leave_one_patient_out(outcomes, q, widen=False)) for q in (0.5, 0.7, 0.85)}
     text = report(fitted, held_out, qc_performance(measured(left_out)), in_sample,
                   sorted({o["group"] for o in outcomes}), trade_off)
     if args.held_out:

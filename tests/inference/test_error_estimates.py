@@ -109,25 +109,6 @@ def test_the_estimate_adds_the_mismatch_in_each_measures_units():
     assert qc_verdict([], {}, est, {**DEFAULT_LIMITS, **{m: 100.0 for m in MEASURES}}) == ("ok", [])
 
 
-def test_the_mismatch_term_can_count_only_the_rv_ejecting_more():
-    features = {"raw": {m: 0.0 for m in MEASURES}, "sv_mismatch (mL)": 20.0}
-    lv_more = {"LVEDV (mL)": 200.0, "RVEDV (mL)": 100.0, "LVSV (mL)": 90.0, "RVSV (mL)": 70.0}
-    rv_more = {**lv_more, "LVSV (mL)": 70.0, "RVSV (mL)": 90.0}
-    constants = {m: {"a": 0.0, "b": 0.0, "c": 1.0} for m in MEASURES}
-    either, rv_only = {"measures": constants}, {"mismatch": "rv-above-lv", "measures": constants}
-    # the LV ejecting more (as with mitral regurgitation) counts as a mismatch only for "either"
-    assert estimate(features, lv_more, either)["RVEF (%)"] == pytest.approx(20.0)
-    assert estimate(features, lv_more, rv_only)["RVEF (%)"] == 0.0
-    assert estimate(features, rv_more, rv_only)["RVEF (%)"] == pytest.approx(20.0)  # 20 mL of a 100 mL EDV
-    assert estimate(features, rv_more, rv_only)["RVESV (mL)"] == pytest.approx(20.0)
-    # the fit keeps the kind it was fitted with, and a file with another is refused by name
-    rows = [{"features": features, "measures": rv_more, "errors": {m: 1.0 for m in MEASURES}}] * 4
-    assert fit_qc_calibration(rows, mismatch="rv-above-lv")["mismatch"] == "rv-above-lv"
-    assert fit_qc_calibration(rows)["mismatch"] == "either"
-    with pytest.raises(CmrsegError, match="mismatch must be one of either, rv-above-lv"):
-        estimate(features, rv_more, {"mismatch": "lv", "measures": constants})
-
-
 def test_the_fit_is_the_85th_percentile_and_covers_85_percent_of_new_studies():
     rng = np.random.default_rng(0)
 
@@ -217,10 +198,6 @@ def test_a_model_uses_its_own_calibration_else_the_defaults_else_none(tmp_path, 
     own.mkdir()
     (own / CALIBRATION_FILE).write_text(json.dumps({"source": "val", "measures": {}}))
     assert load_calibration(["", str(tmp_path / "none"), str(own)])["source"] == "val"
-    (own / CALIBRATION_FILE).write_text(json.dumps({"source": "val", "mismatch": "both", "measures": {}}))
-    with pytest.raises(CmrsegError, match=f"{CALIBRATION_FILE}: mismatch must be one of"):
-        load_calibration([str(own)])
-    (own / CALIBRATION_FILE).write_text(json.dumps({"source": "val", "measures": {}}))
     import cmrseg.inference.error_estimates as ee
 
     shipped = tmp_path / "weights"

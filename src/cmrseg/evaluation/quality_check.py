@@ -261,7 +261,8 @@ def qc_performance(outcomes: list[dict[str, Any]], limits: dict[str, float] | No
             "auroc": _auroc(scores, [o["failed"] for o in outcomes]), "coverage": coverage}
 
 
-def _number(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """``4.6``, or ``–`` for none."""
     return "–" if value is None else f"{value:.1f}"
 
 
@@ -285,6 +286,6 @@ def performance_table(perf: dict[str, Any]) -> list[str]:
           f"named); AUROC of the estimated error {auroc}.\n",
           "| measure | studies | true error inside the estimated interval | median interval (+-) |",
           "|---|---|---|---|"]
-    md += [f"| {m} | {c['studies']} | {pct(c['covered'])} | {_number(c['median'])} |"
+    md += [f"| {m} | {c['studies']} | {pct(c['covered'])} | {number(c['median'])} |"
            for m, c in perf["coverage"].items()]
     return md

@@ -18,7 +18,7 @@ an estimate ``a + b raw + c mismatch + d stake`` (mismatch in mL for volumes, in
 EDV for ejection fractions) with constants fitted as the 85th percentile of the true errors
 (:func:`fit_calibration`: quantile regression) on studies with experts' masks (optionally
 widened until they cover 85 % of a patient left out of the fit, :func:`widened`; the shipped
-calibrations are not: rule 20 of docs/RESULTS.md):
+calibrations are not: rule 20 in docs/decisions.md):
 ``qc_calibration.json`` beside the model's ``model.json`` / ``ensemble.json``
 (``experiments/calibrate_qc.py`` makes it). A model without one takes the shipped default's, and
 says so; without any, no estimates are made and the verdict rests on the flags alone.
@@ -143,33 +143,21 @@ def basal_stake(ed_mask: np.ndarray, es_mask: np.ndarray, voxel_ml: float, m: di
 
 #: the features an estimate adds up, each with its constant (``a`` is the constant term)
 TERMS = ("b", "c", "d")
-#: what the stroke-volume term measures (a calibration's ``mismatch``; ``either`` where a file has
-#: none): ``either`` |LVSV - RVSV|, ``rv-above-lv`` max(RVSV - LVSV, 0), the RV ejecting more
-#: only (rule 21 of docs/RESULTS.md: the LV ejecting more is often physiological, as with mitral
-#: regurgitation, and as the flag ``lv_stroke_volume_above_rv`` it sends no study to review)
-MISMATCH_KINDS = ("either", "rv-above-lv")
 
 
-def terms(measure: str, features: dict[str, Any], measures: dict[str, float],
-          mismatch: str = "either") -> list[float] | None:
-    """The estimate's terms for ``measure``: raw spread, stroke-volume mismatch (of the kind
-    ``mismatch``), basal stake (0 where a record made before the stake was added has none);
-    ``None`` without a raw spread."""
+def terms(measure: str, features: dict[str, Any], measures: dict[str, float]) -> list[float] | None:
+    """The estimate's terms for ``measure``: raw spread, stroke-volume mismatch, basal stake (0
+    where a record made before the stake was added has none); ``None`` without a raw spread."""
     if measure not in features["raw"]:
         return None
-    return [features["raw"][measure], consistency(measure, features, measures, mismatch),
+    return [features["raw"][measure], consistency(measure, features, measures),
             (features.get("stake") or {}).get(measure, 0.0)]
 
 
-def consistency(measure: str, features: dict[str, Any], measures: dict[str, float], kind: str = "either") -> float:
-    """The stroke-volume mismatch (:data:`MISMATCH_KINDS`) in the measure's units: mL for
-    volumes, points of the ventricle's EDV for an ejection fraction, none for LV mass."""
-    if kind == "rv-above-lv":
-        mismatch = max(measures.get("RVSV (mL)", 0.0) - measures.get("LVSV (mL)", 0.0), 0.0)
-    elif kind == "either":
-        mismatch = features["sv_mismatch (mL)"]
-    else:
-        raise CmrsegError(f"a QC calibration's mismatch must be one of {', '.join(MISMATCH_KINDS)}, not {kind!r}")
+def consistency(measure: str, features: dict[str, Any], measures: dict[str, float]) -> float:
+    """The stroke-volume mismatch in the measure's units: mL for volumes, points of the
+    ventricle's EDV for an ejection fraction, none for LV mass."""
+    mismatch = features["sv_mismatch (mL)"]
     if measure == "LVM (g)":
         return 0.0
     if measure.endswith("EF (%)"):
@@ -186,7 +174,7 @@ def estimate(features: dict[str, Any], measures: dict[str, float], calibration: 
     out = {}
     constants = calibration.get(part) or {}
     for m in MEASURES:
-        x = terms(m, features, measures, calibration.get("mismatch", "either"))
+        x = terms(m, features, measures)
         if x is None or m not in constants:
             continue
         k = constants[m]
@@ -203,11 +191,7 @@ def load_calibration(model_paths: list[str]) -> dict[str, Any]:
     for path in model_paths:
         found = Path(path) / CALIBRATION_FILE
         if found.is_file():
-            calibration = json.loads(found.read_text())
-            if calibration.get("mismatch", "either") not in MISMATCH_KINDS:
-                raise CmrsegError(f"{found}: mismatch must be one of {', '.join(MISMATCH_KINDS)}, "
-                                  f"not {calibration['mismatch']!r}")
-            return calibration
+            return json.loads(found.read_text())
     shipped = WEIGHTS_DIR / DEFAULT_MODEL / CALIBRATION_FILE
     if not shipped.is_file():
         return {}
@@ -216,22 +200,21 @@ def load_calibration(model_paths: list[str]) -> dict[str, Any]:
 
 
 def fit_qc_calibration(rows: list[dict[str, Any]], verdict_quantile: float = VERDICT_QUANTILE,
-                       widen: bool = False, mismatch: str = "either") -> dict[str, Any]:
-    """Both estimates' constants (:func:`fit_calibration`, the stroke-volume term of the kind
-    ``mismatch``): the interval's at :data:`QUANTILE` (``measures``; with ``widen``, widened
-    to that coverage of a patient left out: :func:`widened`), and the verdict's at
-    ``verdict_quantile`` (``verdict``)."""
-    interval = fit_calibration(rows, QUANTILE, mismatch)
+                       widen: bool = False) -> dict[str, Any]:
+    """Both estimates' constants (:func:`fit_calibration`): the interval's at :data:`QUANTILE`
+    (``measures``; with ``widen``, widened to that coverage of a patient left out:
+    :func:`widened`), and the verdict's at ``verdict_quantile`` (``verdict``)."""
+    interval = fit_calibration(rows, QUANTILE)
     if widen:
         interval = widened(interval, rows)
     return {**interval, "verdict_quantile": verdict_quantile,
-            "verdict": fit_calibration(rows, verdict_quantile, mismatch)["measures"]}
+            "verdict": fit_calibration(rows, verdict_quantile)["measures"]}
 
 
 def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``fitted`` (the intervals of :func:`fit_calibration` on ``rows``) with each measure's
     constants multiplied by the factor that makes it cover its quantile of a patient it was
-    not fitted on (rule 20 of docs/RESULTS.md): a study's |true error| / estimate, with the fit
+    not fitted on (rule 20 in docs/decisions.md): a study's |true error| / estimate, with the fit
     made without its patient (``row["patient"]``, all of that patient's copies), and of those
     ratios the ``ceil(q (n + 1))``-th smallest of n, split-conformal's finite-sample rank
     (written here: one sort and one rank; a conformal library such as MAPIE would be a new
@@ -244,8 +227,7 @@ def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     quantile = fitted["quantile"]
     ratios: dict[str, list[float]] = {m: [] for m in fitted["measures"]}
     for patient in patients:
-        other = fit_calibration([r for r in rows if r.get("patient") != patient], quantile,
-                                fitted.get("mismatch", "either"))
+        other = fit_calibration([r for r in rows if r.get("patient") != patient], quantile)
         for r in (r for r in rows if r.get("patient") == patient):
             for m, est in estimate(r["features"], r["measures"], other).items():
                 err = abs(r["errors"].get(m, np.nan))
@@ -266,19 +248,18 @@ def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     return {**fitted, "measures": out}
 
 
-def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE, mismatch: str = "either") -> dict[str, Any]:
+def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE) -> dict[str, Any]:
     """Constants ``a, b, c, d >= 0`` per measure with ``a + b raw + c mismatch + d stake`` the
     ``quantile`` of the absolute errors (quantile regression as a linear programme, scipy's HiGHS; written here
     because statsmodels' QuantReg, the usual tool, is not a dependency and allows no sign
     constraints). ``rows``: one per study, ``{"features", "measures", "errors"}`` (signed errors
-    of the measures against the experts'); ``mismatch``: the stroke-volume term's kind
-    (:data:`MISMATCH_KINDS`), kept in the result."""
+    of the measures against the experts')."""
     from scipy.optimize import linprog
 
     out = {}
     k = 1 + len(TERMS)
     for m in MEASURES:
-        use = [(terms(m, r["features"], r["measures"], mismatch), abs(r["errors"][m])) for r in rows
+        use = [(terms(m, r["features"], r["measures"]), abs(r["errors"][m])) for r in rows
                if np.isfinite(r["errors"].get(m, np.nan))]
         use = [(x, y) for x, y in use if x is not None and np.all(np.isfinite(x))]
         if len(use) < MIN_STUDIES:
@@ -290,4 +271,4 @@ def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE, mism
         a_eq = np.hstack([x, np.eye(n), -np.eye(n)])  # x beta + over - under = y
         res = linprog(cost, A_eq=a_eq, b_eq=y, bounds=[(0, None)] * (k + 2 * n), method="highs")
         out[m] = {"a": float(res.x[0]), **{t: float(v) for t, v in zip(TERMS, res.x[1:k])}, "studies": n}
-    return {"quantile": quantile, "mismatch": mismatch, "measures": out}
+    return {"quantile": quantile, "measures": out}
