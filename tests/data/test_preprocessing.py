@@ -110,3 +110,50 @@ def test_blur_augmentation_is_one_draw_per_stack():
     off = StackAugmenter(AugmentConfig(**{**cfg.to_dict(), "blur_prob": 0.0}))
     same, _, _ = off(img, None, [2, 3], generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(same, img, atol=1e-5, rtol=0)
+
+
+def _heart_like_stack(rng, curve=lambda x: x):
+    """A stack with a bright disc (blood pool), a mid-grey ring (muscle) and a noisy background,
+    then an intensity curve."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    img = np.where(r < 12, 0.9, np.where(r < 18, 0.45, 0.15)) + rng.normal(0, 0.03, (3, 96, 96))
+    return curve(np.clip(img, 0, 1)).astype(np.float32)
+
+
+def test_histogram_standardisation_undoes_a_monotonic_intensity_curve():
+    from cmrseg.data.preprocessing import intensity_landmarks, standardise_histogram
+    rng = np.random.default_rng(0)
+    clean = normalize_intensity(_heart_like_stack(rng))
+    steep = normalize_intensity(_heart_like_stack(np.random.default_rng(0), curve=lambda x: x ** 2.5))
+    standard = intensity_landmarks(clean, (1.0, 1.0), 60.0)
+    heart = clean > clean.mean()  # the foreground the landmarks describe (the background is not matched)
+    assert np.abs(steep - clean)[heart].mean() > 0.1  # the curve changes the network's input ...
+    back = standardise_histogram(steep, standard, (1.0, 1.0), 60.0)
+    assert np.abs(back - clean)[heart].mean() < 0.4 * np.abs(steep - clean)[heart].mean()  # ... standardised, far less
+    assert back.dtype == np.float32 and back.min() >= 0 and back.max() <= 1
+    flat = np.full((2, 32, 32), 0.5, np.float32)
+    assert standardise_histogram(flat, standard) is flat  # no foreground: left as it is
+
+
+def test_landmark_window_ignores_the_background_a_wider_field_of_view_adds():
+    from cmrseg.data.preprocessing import central_window, intensity_landmarks
+    rng = np.random.default_rng(1)
+    img = normalize_intensity(_heart_like_stack(rng))
+    wide = np.pad(img, ((0, 0), (48, 48), (48, 48)), constant_values=0.15)  # twice the field of view
+    assert central_window(wide, (1.0, 1.0), 96.0).shape == img.shape
+    np.testing.assert_allclose(intensity_landmarks(wide, (1.0, 1.0), 60.0), intensity_landmarks(img, (1.0, 1.0), 60.0))
+
+
+def test_landmarks_in_the_configuration_reach_preprocess_image_and_round_trip():
+    from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, derivable_canvas
+    standard = tuple(np.linspace(0.3, 0.75, len(LANDMARK_PERCENTILES)))
+    plain = PreprocessConfig(target_spacing=None, canvas=96)
+    hs = PreprocessConfig(target_spacing=None, canvas=96, landmarks=standard, landmark_window_mm=60.0)
+    assert "landmarks" not in plain.to_dict()  # model.json and caches without them read as before
+    assert PreprocessConfig.from_dict(hs.to_dict()) == hs
+    img = _heart_like_stack(np.random.default_rng(2), curve=lambda x: x ** 2.5)
+    a, _ = preprocess_image(img, None, plain)
+    b, _ = preprocess_image(img, None, hs)
+    assert not torch.equal(a, b)
+    assert not derivable_canvas(PreprocessConfig(1.3, 256), PreprocessConfig(1.6, 192, landmarks=standard))

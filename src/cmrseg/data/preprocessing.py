@@ -2,7 +2,11 @@
 
 1. In-plane resampling to ``target_spacing`` mm (the paper: 1.3 mm) when the spacing is
    known; without spacing the native grid is used (pixel units, reported as such).
-2. Robust intensity normalisation: clip to the volume's 0.5/99.5 percentiles, scale to [0, 1].
+2. Robust intensity normalisation: clip to the volume's 0.5/99.5 percentiles, scale to [0, 1];
+   for a model whose configuration holds ``landmarks``, then histogram standardisation
+   (:func:`standardise_histogram`: the stack's foreground percentiles mapped onto its
+   training stacks' mean ones, so another sequence's intensity curve gives the network the
+   intensities it was trained on).
 3. Centre crop/pad to a square ``canvas`` (the network size). The crop never looks at labels.
 
 :func:`invert_to_input` maps per-class probabilities from the canvas back to the input grid
@@ -30,20 +34,34 @@ class PreprocessConfig:
     target_spacing: in-plane mm per pixel after resampling (``None``: keep the native grid).
     canvas: square crop/pad size in pixels the networks see.
     percentiles: intensity clipping percentiles before scaling to [0, 1].
+    landmarks: the training stacks' mean foreground percentiles :data:`LANDMARK_PERCENTILES`
+        after normalisation (``None``: no histogram standardisation); fitted by
+        ``experiments/fit_intensity_landmarks.py``.
+    landmark_window_mm: the landmarks are taken in the central square of this size (mm), where
+        a short-axis field of view puts the heart (``None``: the whole slice).
     """
 
     target_spacing: float | None = 1.3
     canvas: int = 256
     percentiles: tuple[float, float] = (0.5, 99.5)
+    landmarks: tuple[float, ...] | None = None
+    landmark_window_mm: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without the histogram standardisation ones when unused (the form every
+        model.json, cache and run fingerprint had before them)."""
+        d = asdict(self)
+        for key in ("landmarks", "landmark_window_mm"):
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
         d = dict(d)
-        if "percentiles" in d:
-            d["percentiles"] = tuple(d["percentiles"])
+        for key in ("percentiles", "landmarks"):
+            if d.get(key) is not None:
+                d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
 
@@ -89,6 +107,50 @@ def normalize_intensity(image: np.ndarray, percentiles: tuple[float, float] = (0
     return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+#: the foreground percentiles histogram standardisation maps (Nyul, Udupa and Zhang, IEEE TMI 2000)
+LANDMARK_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
+
+
+def central_window(x: np.ndarray, spacing: tuple[float, float] | None, window_mm: float | None) -> np.ndarray:
+    """The central ``window_mm`` square of every slice of ``x`` ``[..., H, W]``; all of it without a
+    window or a pixel size."""
+    if window_mm is None or spacing is None:
+        return x
+    h, w = x.shape[-2:]
+    ph, pw = min(h, max(1, round(window_mm / spacing[0]))), min(w, max(1, round(window_mm / spacing[1])))
+    y0, x0 = (h - ph) // 2, (w - pw) // 2
+    return x[..., y0:y0 + ph, x0:x0 + pw]
+
+
+def intensity_landmarks(x: np.ndarray, spacing: tuple[float, float] | None = None,
+                        window_mm: float | None = None) -> np.ndarray | None:
+    """The percentiles :data:`LANDMARK_PERCENTILES` of a normalised stack's foreground (the voxels
+    above the mean of its central ``window_mm``, :func:`central_window`); ``None`` without one."""
+    x = central_window(x, spacing, window_mm)
+    foreground = x[x > x.mean()]
+    return np.percentile(foreground, LANDMARK_PERCENTILES) if foreground.size else None
+
+
+def standardise_histogram(x: np.ndarray, landmarks, spacing: tuple[float, float] | None = None,
+                          window_mm: float | None = None) -> np.ndarray:
+    """Nyul-Udupa histogram standardisation of a stack normalised to [0, 1]: its landmarks
+    (:func:`intensity_landmarks`) mapped piecewise-linearly onto ``landmarks``, 0 and 1 kept. A
+    monotonic change of the intensity curve (another sequence, another gamma) then gives nearly
+    the same result as the original. A stack without a one-to-one map (flat, or tied landmarks)
+    is returned as it is.
+
+    Written here (one ``np.interp``): TorchIO's ``HistogramStandardization`` trains on image files
+    through its own readers and would be a new dependency for it."""
+    found = intensity_landmarks(x, spacing, window_mm)
+    if found is None:
+        return x
+    src = np.concatenate([[0.0], found, [1.0]])
+    dst = np.concatenate([[0.0], np.asarray(landmarks, dtype=np.float64), [1.0]])
+    if np.any(np.diff(src) <= 0) or np.any(np.diff(dst) <= 0):
+        return x
+    return np.interp(x, src, dst).astype(np.float32)
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -123,7 +185,10 @@ def preprocess_image(
     ``where`` names the file in the error when the stack is too large (:func:`check_working_set`)."""
     cmap = canvas_map(image.shape[-2:], spacing, cfg)
     check_working_set(image.shape[0], cmap, where)
-    x = torch.from_numpy(normalize_intensity(image, cfg.percentiles))[:, None]
+    x = normalize_intensity(image, cfg.percentiles)
+    if cfg.landmarks is not None:
+        x = standardise_histogram(x, cfg.landmarks, spacing, cfg.landmark_window_mm)
+    x = torch.from_numpy(x)[:, None]
     x = _resize(x, cmap.resampled_shape, "bilinear").clamp_(0.0, 1.0)
     return _to_canvas(x, cmap), cmap
 
@@ -140,9 +205,10 @@ def preprocess_label(label: np.ndarray, cmap: CanvasMap) -> torch.Tensor:
 
 def derivable_canvas(src: PreprocessConfig, dst: PreprocessConfig) -> bool:
     """Whether canvases preprocessed with ``src`` can stand in for ``dst``'s by resampling
-    (:func:`recanvas`): the same intensity percentiles, pixels at least as coarse (no detail
+    (:func:`recanvas`): the same intensity percentiles and landmarks, pixels at least as coarse (no detail
     invented) and a field of view no wider (no image beyond the source canvas needed)."""
-    if src.target_spacing is None or dst.target_spacing is None or tuple(src.percentiles) != tuple(dst.percentiles):
+    if (src.target_spacing is None or dst.target_spacing is None or tuple(src.percentiles) != tuple(dst.percentiles)
+            or (src.landmarks, src.landmark_window_mm) != (dst.landmarks, dst.landmark_window_mm)):
         return False
     return (dst.target_spacing >= src.target_spacing
             and dst.canvas * dst.target_spacing <= src.canvas * src.target_spacing + 1e-6)

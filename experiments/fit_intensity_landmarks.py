@@ -1,0 +1,86 @@
+"""Fit a model's histogram-standardisation landmarks on its training data: ``landmarks`` in the
+``preprocess`` of its ``model.json``.
+
+With them, :func:`cmrseg.data.preprocessing.preprocess_image` maps every stack's foreground
+percentiles (after the usual 0.5/99.5 normalisation, in its central ``--window-mm``) onto the
+training stacks' mean ones (Nyul-Udupa), so another sequence's intensity curve (the shift
+benchmark's ``other_contrast``, ``gamma_*``) reaches the network as the intensities it was
+trained on. This script computes those means from the TRAINING stacks, read as ``cmrseg
+segment`` reads any input; val is never looked at (docs/RESULTS.md, rule 22).
+
+    python experiments/fit_intensity_landmarks.py MODEL --data ../shared/data/acdc/train \\
+        [--window-mm 120] [--write]
+
+MODEL: a model folder (one network) or an ensemble folder (``--write`` then writes into each
+member's ``model.json``, atomically). Without ``--write`` the landmarks are printed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cmrseg.atomic import write_json
+from cmrseg.data.io.readers import load_labelled_dataset
+from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, intensity_landmarks, normalize_intensity
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The ``model.json`` of a model folder, or of each member of an ensemble folder."""
+    if (folder / "ensemble.json").is_file():
+        members = json.loads((folder / "ensemble.json").read_text())["members"]
+        return [(folder / m / "model.json").resolve() for m in members]
+    if (folder / "model.json").is_file():
+        return [folder / "model.json"]
+    raise SystemExit(f"{folder}: neither model.json nor ensemble.json there")
+
+
+def mean_landmarks(volumes, percentiles: tuple[float, float], window_mm: float | None) -> np.ndarray:
+    """The mean over ``volumes`` of their landmarks after normalisation (stacks without a
+    foreground skipped)."""
+    found = [intensity_landmarks(normalize_intensity(v.image, percentiles), v.geometry.inplane_spacing, window_mm)
+             for v in tqdm(volumes, desc="landmarks of the training stacks", leave=False)]
+    found = [f for f in found if f is not None]
+    if not found:
+        raise SystemExit("no training stack has a foreground")
+    return np.mean(found, axis=0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path, help="a model folder or an ensemble folder")
+    ap.add_argument("--data", required=True, help="the training data (a labelled folder) the model was trained on")
+    ap.add_argument("--window-mm", type=float, default=120.0,
+                    help="landmarks in the central square of this size (mm); 0: the whole slice")
+    ap.add_argument("--write", action="store_true", help="write the landmarks into each model.json")
+    args = ap.parse_args(argv)
+    window = args.window_mm or None
+    files = model_files(args.model)
+    metas = [json.loads(f.read_text()) for f in files]
+    if any(m["preprocess"].get("landmarks") for m in metas):
+        raise SystemExit(f"{args.model}: a model.json already has landmarks; fit on a copy without them")
+    percentiles = {tuple(m["preprocess"].get("percentiles", (0.5, 99.5))) for m in metas}
+    if len(percentiles) > 1:
+        raise SystemExit(f"{args.model}: the members normalise differently ({percentiles}); fit each on its own")
+    volumes = load_labelled_dataset(args.data)
+    standard = mean_landmarks(volumes, percentiles.pop(), window)
+    print(f"{len(volumes)} training stacks; landmarks at percentiles {LANDMARK_PERCENTILES}:")
+    print(" ".join(f"{v:.4f}" for v in standard))
+    if args.write:
+        for f, meta in zip(files, metas):
+            meta["preprocess"]["landmarks"] = [round(float(v), 5) for v in standard]
+            meta["preprocess"]["landmark_window_mm"] = window
+            meta["landmarks_fitted"] = (f"experiments/fit_intensity_landmarks.py on {len(volumes)} training stacks "
+                                        f"of {Path(args.data).name}")
+            write_json(f, meta)
+            print(f"written to {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

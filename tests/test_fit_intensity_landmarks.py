@@ -1,0 +1,44 @@
+"""experiments/fit_intensity_landmarks.py: landmarks from the training stacks into every member's model.json."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, PreprocessConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("fit_intensity_landmarks",
+                                                  ROOT / "experiments" / "fit_intensity_landmarks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_writes_the_same_landmarks_into_each_member(phantom_dir, tmp_path):
+    weights = ROOT / "src" / "cmrseg" / "weights"
+    for name in ("seg_as+ref_as_mt", "seg_as+ref_as_mt_long"):  # model.json only: the weights are not read
+        (tmp_path / name).mkdir()
+        shutil.copy(weights / name / "model.json", tmp_path / name / "model.json")
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps({"members": ["../seg_as+ref_as_mt",
+                                                                            "../seg_as+ref_as_mt_long"]}))
+    fit = _script()
+    assert fit.main([str(tmp_path / "ens"), "--data", str(phantom_dir / "h5" / "train"), "--write"]) == 0
+    metas = [json.loads((tmp_path / n / "model.json").read_text()) for n in ("seg_as+ref_as_mt", "seg_as+ref_as_mt_long")]
+    found = [m["preprocess"]["landmarks"] for m in metas]
+    assert found[0] == found[1] and len(found[0]) == len(LANDMARK_PERCENTILES)
+    assert np.all(np.diff(found[0]) > 0) and 0 < found[0][0] and found[0][-1] < 1
+    cfg = PreprocessConfig.from_dict(metas[0]["preprocess"])
+    assert cfg.landmark_window_mm == 120.0 and cfg.landmarks == tuple(found[0])
+    try:  # a second fit on the fitted copy is refused: it would standardise twice
+        fit.main([str(tmp_path / "ens"), "--data", str(phantom_dir / "h5" / "train")])
+    except SystemExit as stop:
+        assert "already has landmarks" in str(stop)
+    else:
+        raise AssertionError("a second fit was not refused")
