@@ -112,6 +112,22 @@ def test_finished_run_is_not_retrained(phantom_dir, tmp_path):
     assert res.returncode == 2 and "init_weights" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_run_with_landmarks_trains_on_standardised_stacks_and_ships_them(phantom_dir, tmp_path):
+    from cmrseg.inference.predictor import Predictor
+
+    run = tmp_path / "hs"
+    res = _cli("train", "--model", "seg_ss", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(run),
+               "--epochs", "1", "--set", "progress=false",
+               "--set", "preprocess.landmarks=[0.3,0.32,0.36,0.4,0.44,0.49,0.54,0.6,0.66,0.75]",
+               "--set", "preprocess.landmark_window_mm=120")
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["preprocess"]["landmarks"][-1] == 0.75 and meta["preprocess"]["landmark_window_mm"] == 120
+    assert load_config(run / "config.yaml").preprocess.landmarks[0] == 0.3  # the run's config reads back
+    predictor = Predictor.from_path(run, InferenceOptions(device="cpu"))
+    assert predictor.preprocess.landmarks[0] == 0.3 and predictor.preprocess.landmark_window_mm == 120
+
+
 def test_ref_stage_on_online_seg_outputs_keeps_the_final_seg_weights(phantom_dir, tmp_path):
     run = tmp_path / "online"
     res = _cli("train", "--model", "seg_as+ref_as_mt", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(run),

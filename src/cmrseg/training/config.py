@@ -168,7 +168,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["preprocess"]["percentiles"] = list(d["preprocess"]["percentiles"])
+        d["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.to_dict().items()}
         return d
 
     @classmethod
