@@ -112,7 +112,7 @@ def test_finished_run_is_not_retrained(phantom_dir, tmp_path):
     assert res.returncode == 2 and "init_weights" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_a_run_with_landmarks_trains_on_standardised_stacks_and_ships_them(phantom_dir, tmp_path):
+def test_landmarks_set_for_a_run_reach_its_config_model_json_and_predictor(phantom_dir, tmp_path):
     from cmrseg.inference.predictor import Predictor
 
     run = tmp_path / "hs"
@@ -126,6 +126,10 @@ def test_a_run_with_landmarks_trains_on_standardised_stacks_and_ships_them(phant
     assert load_config(run / "config.yaml").preprocess.landmarks[0] == 0.3  # the run's config reads back
     predictor = Predictor.from_path(run, InferenceOptions(device="cpu"))
     assert predictor.preprocess.landmarks[0] == 0.3 and predictor.preprocess.landmark_window_mm == 120
+    bad = _cli("train", "--model", "seg_ss", *SMOKE, "--data", str(phantom_dir / "h5"), "--out", str(tmp_path / "bad"),
+               "--set", "preprocess.landmarks=[0.5,0.4]")
+    assert bad.returncode == 2 and "preprocess.landmarks must be 10 increasing values" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_ref_stage_on_online_seg_outputs_keeps_the_final_seg_weights(phantom_dir, tmp_path):

@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from cmrseg.data.validation import MAX_STACK_VOXELS
-from cmrseg.errors import InputError
+from cmrseg.errors import CmrsegError, InputError
 from cmrseg.labels import NUM_CLASSES
+
+
+#: the foreground percentiles histogram standardisation maps (Nyul, Udupa and Zhang, IEEE TMI 2000)
+LANDMARK_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,16 @@ class PreprocessConfig:
     percentiles: tuple[float, float] = (0.5, 99.5)
     landmarks: tuple[float, ...] | None = None
     landmark_window_mm: float | None = None
+
+    def __post_init__(self):
+        if self.landmarks is not None:
+            values = np.asarray(self.landmarks, dtype=np.float64)
+            if (values.shape != (len(LANDMARK_PERCENTILES),) or np.any(np.diff(values) <= 0)
+                    or values[0] <= 0 or values[-1] >= 1):
+                raise CmrsegError(f"preprocess.landmarks must be {len(LANDMARK_PERCENTILES)} increasing values "
+                                  f"between 0 and 1 (the percentiles {LANDMARK_PERCENTILES}), got {list(self.landmarks)}")
+        if self.landmark_window_mm is not None and not self.landmark_window_mm > 0:
+            raise CmrsegError(f"preprocess.landmark_window_mm must be positive, got {self.landmark_window_mm}")
 
     def to_dict(self) -> dict:
         """The fields, without the histogram standardisation ones when unused (the form every
@@ -105,10 +119,6 @@ def normalize_intensity(image: np.ndarray, percentiles: tuple[float, float] = (0
     if hi <= lo:
         return np.zeros_like(image, dtype=np.float32)
     return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
-#: the foreground percentiles histogram standardisation maps (Nyul, Udupa and Zhang, IEEE TMI 2000)
-LANDMARK_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 
 
 def central_window(x: np.ndarray, spacing: tuple[float, float] | None, window_mm: float | None) -> np.ndarray:
