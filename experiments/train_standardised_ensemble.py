@@ -1,0 +1,88 @@
+"""The default's two members fine-tuned on histogram-standardised stacks, averaged as the default
+is: rule 23's candidate (docs/RESULTS.md) in one command, for longer budgets or other data.
+
+    python experiments/train_standardised_ensemble.py DATA OUT [--seg-min 18] [--ref-min 10]
+
+1. the landmarks: the mean foreground percentiles of DATA/train's stacks in their central 120 mm
+   (:func:`fit_intensity_landmarks.mean_landmarks`; val is not read);
+2. each shipped member continued by ``experiments/train_cpu_2h.sh`` (the recipe that trained it,
+   ``fast`` protocol, ``dice_weight 0.5``) with those landmarks in its preprocessing, into
+   ``OUT/<member>/``; a rerun resumes or skips finished stages, as the trainer does;
+3. ``OUT/ensemble/ensemble.json`` naming the two runs, each run given the shipped member's
+   inference settings (gate, flips, clean-up): ``cmrseg segment --model OUT/ensemble``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cmrseg.atomic import write_json
+from cmrseg.data.io.readers import load_labelled_dataset
+from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, WEIGHTS_DIR
+
+HERE = Path(__file__).resolve().parent
+INFERENCE_KEYS = ("postprocess", "gate", "tta")
+
+
+def _fit_module():
+    spec = importlib.util.spec_from_file_location("fit_intensity_landmarks", HERE / "fit_intensity_landmarks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shipped_members() -> list[Path]:
+    spec = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / ENSEMBLE_FILE).read_text())
+    return [(WEIGHTS_DIR / DEFAULT_MODEL / m).resolve() for m in spec["members"]]
+
+
+def assemble(runs: list[Path], shipped: list[Path], folder: Path) -> Path:
+    """Give each run the inference settings of the shipped member it continues, then write
+    ``folder/ensemble.json`` averaging them with the default's clean-up."""
+    for run, member in zip(runs, shipped):
+        meta = json.loads((run / "model.json").read_text())
+        if not meta.get("complete"):
+            raise SystemExit(f"{run}: the run is not complete")
+        settings = json.loads((member / "model.json").read_text())
+        meta.update({k: settings[k] for k in INFERENCE_KEYS if k in settings})
+        write_json(run / "model.json", meta)
+    default = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / ENSEMBLE_FILE).read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / ENSEMBLE_FILE, {"members": [os.path.relpath(r, folder) for r in runs],
+                                        "postprocess": default.get("postprocess", "clean")})
+    return folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path, help="a folder with train/ and val/ (../shared/data/acdc)")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seg-min", type=int, default=18, help="minutes of Seg stage per member")
+    ap.add_argument("--ref-min", type=int, default=10, help="minutes of Ref stage per member")
+    ap.add_argument("--window-mm", type=float, default=120.0)
+    args = ap.parse_args(argv)
+    landmarks = _fit_module().mean_landmarks(load_labelled_dataset(args.data / "train"), (0.5, 99.5), args.window_mm)
+    sets = ("dice_weight=0.5 seed=23 preprocess.landmarks=[" + ",".join(f"{v:.5f}" for v in landmarks) + "]"
+            f" preprocess.landmark_window_mm={args.window_mm:g}")
+    shipped = shipped_members()
+    runs = []
+    for member in shipped:
+        out = args.out / member.name
+        env = {**os.environ, "INIT": str(member), "EXTRA_SETS": sets, "PYTHON": sys.executable,
+               "CMRSEG": f"{sys.executable} -m cmrseg"}
+        subprocess.run(["bash", str(HERE / "train_cpu_2h.sh"), str(args.data), str(out), str(args.seg_min),
+                        str(args.ref_min), "0"], check=True, env=env)
+        runs.append(out / "seg_as+ref_as_mt")
+    folder = assemble(runs, shipped, args.out / "ensemble")
+    print(f"cmrseg segment --model {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
