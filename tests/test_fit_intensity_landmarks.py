@@ -1,6 +1,5 @@
 """experiments/fit_intensity_landmarks.py: landmarks from the training stacks into every member's model.json."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,15 +11,7 @@ from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, PreprocessConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("fit_intensity_landmarks",
-                                                  ROOT / "experiments" / "fit_intensity_landmarks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_fit_writes_the_same_landmarks_into_each_member(phantom_dir, tmp_path):
+def test_fit_writes_the_same_landmarks_into_each_member(phantom_dir, tmp_path, load_script):
     weights = ROOT / "src" / "cmrseg" / "weights"
     for name in ("seg_as+ref_as_mt", "seg_as+ref_as_mt_long"):  # model.json only: the weights are not read
         (tmp_path / name).mkdir()
@@ -28,7 +19,7 @@ def test_fit_writes_the_same_landmarks_into_each_member(phantom_dir, tmp_path):
     (tmp_path / "ens").mkdir()
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps({"members": ["../seg_as+ref_as_mt",
                                                                             "../seg_as+ref_as_mt_long"]}))
-    fit = _script()
+    fit = load_script("experiments/fit_intensity_landmarks.py")
     assert fit.main([str(tmp_path / "ens"), "--data", str(phantom_dir / "h5" / "train"), "--write"]) == 0
     metas = [json.loads((tmp_path / n / "model.json").read_text()) for n in ("seg_as+ref_as_mt", "seg_as+ref_as_mt_long")]
     found = [m["preprocess"]["landmarks"] for m in metas]

@@ -1,7 +1,6 @@
 """experiments/train_standardised_ensemble.py: the two runs become an ensemble cmrseg segment loads,
 with the shipped members' inference settings."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,19 +10,9 @@ import pytest
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
 from cmrseg.inference.options import InferenceOptions
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_standardised_ensemble",
-                                                  ROOT / "experiments" / "train_standardised_ensemble.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_assemble_gives_the_runs_the_members_settings_and_an_ensemble(tmp_path):
-    script = _script()
+def test_assemble_gives_the_runs_the_members_settings_and_an_ensemble(tmp_path, load_script):
+    script = load_script("experiments/train_standardised_ensemble.py")
     shipped = script.shipped_members()
     runs = []
     for member in shipped:  # stand-ins for finished runs: the shipped weights without inference settings
