@@ -22,12 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json
 from cmrseg.data.io.readers import load_labelled_dataset
-from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, intensity_landmarks, normalize_intensity
+from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, mean_intensity_landmarks
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -38,17 +37,6 @@ def model_files(folder: Path) -> list[Path]:
     if (folder / "model.json").is_file():
         return [folder / "model.json"]
     raise SystemExit(f"{folder}: neither model.json nor ensemble.json there")
-
-
-def mean_landmarks(volumes, percentiles: tuple[float, float], window_mm: float | None) -> np.ndarray:
-    """The mean over ``volumes`` of their landmarks after normalisation (stacks without a
-    foreground skipped)."""
-    found = [intensity_landmarks(normalize_intensity(v.image, percentiles), v.geometry.inplane_spacing, window_mm)
-             for v in tqdm(volumes, desc="landmarks of the training stacks", leave=False)]
-    found = [f for f in found if f is not None]
-    if not found:
-        raise SystemExit("no training stack has a foreground")
-    return np.mean(found, axis=0)
 
 
 def main(argv=None) -> int:
@@ -68,7 +56,9 @@ def main(argv=None) -> int:
     if len(percentiles) > 1:
         raise SystemExit(f"{args.model}: the members normalise differently ({percentiles}); fit each on its own")
     volumes = load_labelled_dataset(args.data)
-    standard = mean_landmarks(volumes, percentiles.pop(), window)
+    stacks = ((v.image, v.geometry.inplane_spacing)
+              for v in tqdm(volumes, desc="landmarks of the training stacks", leave=False))
+    standard = mean_intensity_landmarks(stacks, percentiles.pop(), window)
     print(f"{len(volumes)} training stacks; landmarks at percentiles {LANDMARK_PERCENTILES}:")
     print(" ".join(f"{v:.4f}" for v in standard))
     if args.write:

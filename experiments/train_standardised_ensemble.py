@@ -4,7 +4,7 @@ is: rule 23's candidate (docs/RESULTS.md) in one command, for longer budgets or 
     python experiments/train_standardised_ensemble.py DATA OUT [--seg-min 18] [--ref-min 10]
 
 1. the landmarks: the mean foreground percentiles of DATA/train's stacks in their central 120 mm
-   (:func:`fit_intensity_landmarks.mean_landmarks`; val is not read);
+   (:func:`cmrseg.data.preprocessing.mean_intensity_landmarks`; val is not read);
 2. each shipped member continued by ``experiments/train_cpu_2h.sh`` (the recipe that trained it,
    ``fast`` protocol, ``dice_weight 0.5``) with those landmarks in its preprocessing, into
    ``OUT/<member>/``; a rerun resumes or skips finished stages, as the trainer does;
@@ -15,7 +15,6 @@ is: rule 23's candidate (docs/RESULTS.md) in one command, for longer budgets or 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,17 +23,11 @@ from pathlib import Path
 
 from cmrseg.atomic import write_json
 from cmrseg.data.io.readers import load_labelled_dataset
+from cmrseg.data.preprocessing import PreprocessConfig, mean_intensity_landmarks
 from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, WEIGHTS_DIR
 
 HERE = Path(__file__).resolve().parent
 INFERENCE_KEYS = ("postprocess", "gate", "tta")
-
-
-def _fit_module():
-    spec = importlib.util.spec_from_file_location("fit_intensity_landmarks", HERE / "fit_intensity_landmarks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def shipped_members() -> list[Path]:
@@ -67,10 +60,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-min", type=int, default=10, help="minutes of Ref stage per member")
     ap.add_argument("--window-mm", type=float, default=120.0)
     args = ap.parse_args(argv)
-    landmarks = _fit_module().mean_landmarks(load_labelled_dataset(args.data / "train"), (0.5, 99.5), args.window_mm)
+    shipped = shipped_members()
+    percentiles = PreprocessConfig.from_dict(json.loads((shipped[0] / "model.json").read_text())["preprocess"]).percentiles
+    landmarks = mean_intensity_landmarks(((v.image, v.geometry.inplane_spacing)
+                                          for v in load_labelled_dataset(args.data / "train")), percentiles, args.window_mm)
     sets = ("dice_weight=0.5 seed=23 preprocess.landmarks=[" + ",".join(f"{v:.5f}" for v in landmarks) + "]"
             f" preprocess.landmark_window_mm={args.window_mm:g}")
-    shipped = shipped_members()
     runs = []
     for member in shipped:
         out = args.out / member.name

@@ -157,3 +157,17 @@ def test_landmarks_in_the_configuration_reach_preprocess_image_and_round_trip():
     b, _ = preprocess_image(img, None, hs)
     assert not torch.equal(a, b)
     assert not derivable_canvas(PreprocessConfig(1.3, 256), PreprocessConfig(1.6, 192, landmarks=standard))
+
+
+def test_mean_landmarks_average_the_stacks_with_a_foreground_and_refuse_none():
+    import pytest
+
+    from cmrseg.data.preprocessing import intensity_landmarks, mean_intensity_landmarks
+    from cmrseg.errors import CmrsegError
+    a, b = (_heart_like_stack(np.random.default_rng(s), curve=lambda x, g=g: x ** g) for s, g in ((4, 1.0), (5, 2.0)))
+    flat = np.full((2, 96, 96), 0.5, np.float32)
+    want = np.mean([intensity_landmarks(normalize_intensity(x), (1.0, 1.0), 60.0) for x in (a, b)], axis=0)
+    got = mean_intensity_landmarks([(a, (1.0, 1.0)), (flat, (1.0, 1.0)), (b, (1.0, 1.0))], window_mm=60.0)
+    np.testing.assert_allclose(got, want)  # the flat stack skipped, not averaged in
+    with pytest.raises(CmrsegError, match="no training stack has a foreground"):
+        mean_intensity_landmarks([(flat, None)])

@@ -17,6 +17,7 @@ runs batched over slices on the CPU or the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -139,6 +140,19 @@ def intensity_landmarks(x: np.ndarray, spacing: tuple[float, float] | None = Non
     x = central_window(x, spacing, window_mm)
     foreground = x[x > x.mean()]
     return np.percentile(foreground, LANDMARK_PERCENTILES) if foreground.size else None
+
+
+def mean_intensity_landmarks(stacks: Iterable[tuple[np.ndarray, tuple[float, float] | None]],
+                             percentiles: tuple[float, float] = (0.5, 99.5),
+                             window_mm: float | None = None) -> np.ndarray:
+    """The mean of :func:`intensity_landmarks` over training ``stacks`` (image, in-plane spacing),
+    each normalised as :func:`preprocess_image` does: the ``landmarks`` a model standardises
+    onto. Stacks without a foreground are skipped; none with one is an error."""
+    found = [intensity_landmarks(normalize_intensity(image, percentiles), spacing, window_mm) for image, spacing in stacks]
+    found = [f for f in found if f is not None]
+    if not found:
+        raise CmrsegError("no training stack has a foreground to take intensity landmarks from")
+    return np.mean(found, axis=0)
 
 
 def standardise_histogram(x: np.ndarray, landmarks, spacing: tuple[float, float] | None = None,
