@@ -35,3 +35,30 @@ def test_assemble_gives_the_runs_the_members_settings_and_an_ensemble(tmp_path, 
     (runs[0] / "model.json").write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match="not complete"):
         script.assemble(runs, shipped, tmp_path / "again")
+
+
+def test_init_continues_an_ensemble_with_its_own_landmarks(tmp_path, load_script):
+    """--init (rule 24): the ensemble's members in the shipped members' order, with the landmarks
+    and window they were trained with; members that disagree, or a folder that is no ensemble, stop."""
+    script = load_script("experiments/train_standardised_ensemble.py")
+    shipped = script.shipped_members()
+    assert script.starting_points(None) == (shipped, None)
+    runs = []
+    for i, member in enumerate(shipped):
+        run = tmp_path / f"run{i}" / "seg_as+ref_as_mt"  # both runs' folders share this name, as rule 23's did
+        shutil.copytree(member, run)
+        meta = json.loads((run / "model.json").read_text())
+        meta["preprocess"].update(landmarks=[0.1 * k + 0.05 for k in range(10)], landmark_window_mm=120.0)
+        (run / "model.json").write_text(json.dumps(meta))
+        runs.append(run)
+    folder = script.assemble(runs, shipped, tmp_path / "ensemble")
+    starts, (landmarks, window) = script.starting_points(folder)
+    assert starts == [r.resolve() for r in runs]
+    assert landmarks == [0.1 * k + 0.05 for k in range(10)] and window == 120.0
+    meta = json.loads((runs[1] / "model.json").read_text())
+    meta["preprocess"]["landmark_window_mm"] = 90.0
+    (runs[1] / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="do not share one set of landmarks"):
+        script.starting_points(folder)
+    with pytest.raises(SystemExit, match="no ensemble.json"):
+        script.starting_points(tmp_path / "run0")
