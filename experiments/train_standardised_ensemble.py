@@ -97,8 +97,9 @@ def main(argv=None) -> int:
         landmarks = mean_intensity_landmarks(((v.image, v.geometry.inplane_spacing)
                                               for v in load_labelled_dataset(args.data / "train")), percentiles,
                                              args.window_mm)
-    sets = (f"dice_weight=0.5 seed={args.seed} preprocess.landmarks=[" + ",".join(f"{v:.5f}" for v in landmarks) + "]"
-            f" preprocess.landmark_window_mm={args.window_mm:g}")
+    sets = f"dice_weight=0.5 seed={args.seed} preprocess.landmarks=[" + ",".join(f"{v:.5f}" for v in landmarks) + "]"
+    if args.window_mm is not None:  # None: an --init ensemble standardised on whole slices
+        sets += f" preprocess.landmark_window_mm={args.window_mm:g}"
     runs = []
     for member, start in zip(shipped, starts):
         out = args.out / member.name

@@ -62,3 +62,37 @@ def test_init_continues_an_ensemble_with_its_own_landmarks(tmp_path, load_script
         script.starting_points(folder)
     with pytest.raises(SystemExit, match="no ensemble.json"):
         script.starting_points(tmp_path / "run0")
+
+
+def test_main_with_init_trains_each_member_from_the_ensemble(tmp_path, load_script, monkeypatch):
+    """The --init command line reaches train_cpu_2h.sh: each shipped member's place continued from
+    the ensemble's member, the seed and the ensemble's own landmarks in EXTRA_SETS (the training
+    itself stood in for by a copy)."""
+    script = load_script("experiments/train_standardised_ensemble.py")
+    shipped = script.shipped_members()
+    runs = []
+    for i, member in enumerate(shipped):
+        run = tmp_path / "old" / f"run{i}"
+        shutil.copytree(member, run)
+        meta = json.loads((run / "model.json").read_text())
+        meta["preprocess"].update(landmarks=[0.1 * k + 0.05 for k in range(10)], landmark_window_mm=None)
+        meta["complete"] = True
+        (run / "model.json").write_text(json.dumps(meta))
+        runs.append(run)
+    init = script.assemble(runs, shipped, tmp_path / "old" / "ensemble")
+    calls = []
+
+    def fake_training(cmd, check, env):
+        calls.append((cmd, env["INIT"], env["EXTRA_SETS"]))
+        shutil.copytree(env["INIT"], Path(cmd[3]) / "seg_as+ref_as_mt")
+
+    monkeypatch.setattr(script.subprocess, "run", fake_training)
+    out = tmp_path / "new"
+    assert script.main([str(tmp_path / "data"), str(out), "--init", str(init), "--seed", "24", "--seg-min", "27"]) == 0
+    assert [c[1] for c in calls] == [str(r.resolve()) for r in runs]
+    assert [Path(c[0][3]).name for c in calls] == [m.name for m in shipped]
+    assert all(c[0][4:6] == ["27", "10"] for c in calls)
+    sets = calls[0][2].split()
+    assert "seed=24" in sets and "preprocess.landmarks=[0.05000,0.15000" in sets[2]
+    assert not any(s.startswith("preprocess.landmark_window_mm") for s in sets)  # the ensemble's None kept
+    assert (out / "ensemble" / "ensemble.json").is_file()
