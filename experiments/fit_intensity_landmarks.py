@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 from cmrseg.atomic import write_json
 from cmrseg.data.io.readers import load_labelled_dataset
 from cmrseg.data.preprocessing import LANDMARK_PERCENTILES, mean_intensity_landmarks
+from cmrseg.inference.ensemble import read_ensemble
+from cmrseg.inference.predictor import ENSEMBLE_FILE
 
 
 def model_files(folder: Path) -> list[Path]:
     """The ``model.json`` of a model folder, or of each member of an ensemble folder."""
-    if (folder / "ensemble.json").is_file():
-        members = json.loads((folder / "ensemble.json").read_text())["members"]
-        return [(folder / m / "model.json").resolve() for m in members]
+    if (folder / ENSEMBLE_FILE).is_file():
+        return [m / "model.json" for m in read_ensemble(folder)[0]]
     if (folder / "model.json").is_file():
         return [folder / "model.json"]
     raise SystemExit(f"{folder}: neither model.json nor ensemble.json there")

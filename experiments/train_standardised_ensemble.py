@@ -27,20 +27,15 @@ from pathlib import Path
 from cmrseg.atomic import write_json
 from cmrseg.data.io.readers import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig, mean_intensity_landmarks
+from cmrseg.inference.ensemble import read_ensemble
 from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, WEIGHTS_DIR
 
 HERE = Path(__file__).resolve().parent
 INFERENCE_KEYS = ("postprocess", "gate", "tta")
 
 
-def ensemble_members(folder: Path) -> list[Path]:
-    """The member model folders an ``ensemble.json`` names, resolved against its folder."""
-    spec = json.loads((folder / ENSEMBLE_FILE).read_text())
-    return [(folder / m).resolve() for m in spec["members"]]
-
-
 def shipped_members() -> list[Path]:
-    return ensemble_members(WEIGHTS_DIR / DEFAULT_MODEL)
+    return read_ensemble(WEIGHTS_DIR / DEFAULT_MODEL)[0]
 
 
 def starting_points(init: Path | None) -> tuple[list[Path], tuple[list[float], float] | None]:
@@ -50,7 +45,7 @@ def starting_points(init: Path | None) -> tuple[list[Path], tuple[list[float], f
         return shipped_members(), None
     if not (init / ENSEMBLE_FILE).is_file():
         raise SystemExit(f"{init}: no {ENSEMBLE_FILE} (--init takes an ensemble folder this script wrote)")
-    members = ensemble_members(init)
+    members = read_ensemble(init)[0]
     if len(members) != len(shipped_members()):
         raise SystemExit(f"{init}: {len(members)} members, the default has {len(shipped_members())}")
     prep = [json.loads((m / "model.json").read_text())["preprocess"] for m in members]

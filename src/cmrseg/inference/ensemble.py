@@ -32,6 +32,18 @@ from cmrseg.inference.postprocessing import POSTPROCESS
 from cmrseg.inference.predictor import ENSEMBLE_FILE, Prediction, Predictor, resolve_model
 
 
+def read_ensemble(folder: str | Path) -> tuple[list[Path], dict]:
+    """The member model folders an ensemble folder's ``ensemble.json`` names (resolved against the
+    folder) and the description itself; one :class:`InputError` naming the file when it is not one."""
+    spec_path = Path(folder) / ENSEMBLE_FILE
+    try:
+        spec = json.loads(spec_path.read_text())
+        names = [str(m) for m in spec["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
+    return [(Path(folder) / n).resolve() for n in names], spec
+
+
 def _member_label(m: Predictor) -> str:
     """A member's shipped name, else its folder's name (its architecture name when it has no folder)."""
     shipped = (m.meta.get("shipped") or {}).get("name")
@@ -67,13 +79,8 @@ class EnsemblePredictor:
                     source: str = "folder") -> "EnsemblePredictor":
         """A folder with ``ensemble.json`` (module docstring); every member runs with ``options``."""
         folder = Path(folder)
-        spec_path = folder / ENSEMBLE_FILE
-        try:
-            spec = json.loads(spec_path.read_text())
-            names = [str(m) for m in spec["members"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
-        members = [Predictor.from_path((folder / n).resolve(), replace(options, postprocess="auto")) for n in names]
+        paths, spec = read_ensemble(folder)
+        members = [Predictor.from_path(p, replace(options, postprocess="auto")) for p in paths]
         postprocess = options.postprocess if options.postprocess != "auto" else spec.get("postprocess", "auto")
         return cls(members, postprocess, path=str(folder), source=source)
 
