@@ -87,6 +87,13 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
     assert cal.main([str(tmp_path), "--widen", "--write", str(wide)]) == 0
     assert json.loads(wide.read_text())["measures"] == fitted["measures"]
     assert not any("widened_by" in k for k in fitted["measures"].values())
+    # the stroke-volume term beyond the experts' own mismatch (rule 25): kept in the calibration, said in the report
+    allowed = tmp_path / "allowed.json"
+    assert cal.main([str(tmp_path), "--sv-allowance-from", str(phantom_dir / "h5" / "train"), "--write", str(allowed),
+                     "--report", str(report)]) == 0
+    allowance = json.loads(allowed.read_text())["sv_allowance (mL)"]
+    assert allowance > 0 and "sv_allowance (mL)" not in fitted
+    assert f"mismatch beyond {allowance:.1f} mL" in report.read_text()
 
 
 def test_a_record_written_before_the_flag_took_its_direction_is_judged_by_todays_rule(load_script):

@@ -18,6 +18,7 @@ from cmrseg.inference.error_estimates import (
     basal_stake,
     error_features,
     estimate,
+    experts_sv_allowance,
     fit_calibration,
     fit_qc_calibration,
     load_calibration,
@@ -107,6 +108,54 @@ def test_the_estimate_adds_the_mismatch_in_each_measures_units():
     assert "RVEF likely off by more than 10 points (likely error 22.5)" in reasons
     assert not any(r.startswith("LVM") for r in reasons)  # 2.5 g is within 20 g
     assert qc_verdict([], {}, est, {**DEFAULT_LIMITS, **{m: 100.0 for m in MEASURES}}) == ("ok", [])
+
+
+def test_a_calibration_counts_only_the_mismatch_beyond_its_allowance():
+    features = {"raw": {m: 1.0 for m in MEASURES}, "sv_mismatch (mL)": 20.0}
+    measures = {"LVEDV (mL)": 200.0, "RVEDV (mL)": 100.0}
+    constants = {m: {"a": 0.5, "b": 2.0, "c": 1.0} for m in MEASURES}
+    est = estimate(features, measures, {"sv_allowance (mL)": 15.0, "measures": constants})
+    assert est["LVEDV (mL)"] == pytest.approx(0.5 + 2 + 5)  # 20 mL apart, 15 allowed
+    assert est["RVEF (%)"] == pytest.approx(0.5 + 2 + 5)  # 5 mL of a 100 mL EDV
+    within = estimate({**features, "sv_mismatch (mL)": 9.0}, measures, {"sv_allowance (mL)": 15.0, "measures": constants})
+    assert within["LVEDV (mL)"] == pytest.approx(0.5 + 2)  # never negative
+
+    # the fit sees the same term, and keeps the allowance for every later estimate
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(300):
+        mismatch = rng.uniform(0, 60)
+        err = max(0.0, mismatch - 20.0) * rng.uniform(0, 1)  # only a mismatch beyond 20 mL is an error
+        rows.append({"features": {"raw": {m: 0.0 for m in MEASURES}, "sv_mismatch (mL)": mismatch},
+                     "measures": {"LVEDV (mL)": 100.0}, "errors": {"LVEDV (mL)": err}})
+    fitted = fit_qc_calibration(rows, allowance=20.0)
+    assert fitted["sv_allowance (mL)"] == 20.0
+    k = fitted["measures"]["LVEDV (mL)"]
+    assert k["a"] == pytest.approx(0.0, abs=0.3) and k["c"] == pytest.approx(0.85, abs=0.1)
+    # without the allowance the same errors need a term that overstates small mismatches
+    plain = fit_qc_calibration(rows)
+    assert "sv_allowance (mL)" not in plain
+    small = {"raw": {m: 0.0 for m in MEASURES}, "sv_mismatch (mL)": 15.0}
+    assert estimate(small, {}, fitted)["LVEDV (mL)"] < 0.5 < estimate(small, {}, plain)["LVEDV (mL)"]
+
+
+def _labelled(patient: str, phase: str, lv: int, rv: int) -> Volume:
+    label = np.zeros((2, 10, 10), np.uint8)
+    label[0].flat[:lv] = LV
+    label[1].flat[:rv] = RV
+    return Volume(np.zeros((2, 10, 10), np.float32), Geometry(spacing=(10.0, 1.0, 1.0)), None, f"{patient}_{phase}",
+                  "h5", label, {"patient": patient, "phase": phase})
+
+
+def test_the_allowance_is_the_median_mismatch_of_the_experts_masks():
+    # voxels of 0.01 mL: stroke volumes LV 0.5 / RV 0.1 mL (0.4 apart), 0.3 / 0.3 (0), 0.9 / 0.1 (0.8)
+    volumes = [_labelled("p1", "ED", 60, 30), _labelled("p1", "ES", 10, 20),
+               _labelled("p2", "ED", 50, 50), _labelled("p2", "ES", 20, 20),
+               _labelled("p3", "ED", 90, 20), _labelled("p3", "ES", 0, 10),
+               _labelled("p4", "ED", 90, 20)]  # no ES: not counted
+    assert experts_sv_allowance(volumes) == pytest.approx(0.4)
+    with pytest.raises(CmrsegError, match="stroke-volume allowance"):
+        experts_sv_allowance(volumes[-1:])
 
 
 def test_the_fit_is_the_85th_percentile_and_covers_85_percent_of_new_studies():

@@ -9,7 +9,9 @@ From what the model and the masks say about one study:
   propagated through EF = 100 (1 - ESV / EDV) the raw spread of LVEF and RVEF;
 * the **stroke-volume mismatch** |LVSV - RVSV|: without a shunt or a leaking valve the two
   ventricles eject the same volume, so a mismatch says one of them (most often a basal
-  end-systolic RV slice taken or dropped whole) is measured wrong;
+  end-systolic RV slice taken or dropped whole) is measured wrong; a calibration may count only
+  the part beyond an allowance (``sv_allowance (mL)``: the mismatch the experts' own masks of its
+  training patients show in half the hearts, :data:`ALLOWANCE_KEY`);
 * the **basal stake** (:func:`basal_stake`): the volume on each structure's most basal slice,
   or on the slice further towards the base that the other phase has: the slice an expert and a
   model most often disagree on, whole, and the model may be sure of either way;
@@ -40,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from cmrseg.data.volume import Study
+from cmrseg.data.volume import Study, Volume
 from cmrseg.errors import CmrsegError
 from cmrseg.inference.predictor import DEFAULT_MODEL, WEIGHTS_DIR
-from cmrseg.measures.clinical import MYOCARDIUM_DENSITY_G_PER_ML, disc_sum
+from cmrseg.measures.clinical import MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures, disc_sum, structure_volumes_ml
 
 CALIBRATION_FILE = "qc_calibration.json"
 #: the error estimates' limits beyond which a study goes to review: the issue's definition of a
@@ -66,6 +68,8 @@ QUANTILE = 0.85
 VERDICT_QUANTILE = 0.6
 #: the fewest studies with a measure's true error that its estimate is fitted on
 MIN_STUDIES = 2
+#: a calibration's stroke-volume allowance (mL): the mismatch its term does not count
+ALLOWANCE_KEY = "sv_allowance (mL)"
 
 
 def parse_limits(text: str | None) -> dict[str, float]:
@@ -141,23 +145,47 @@ def basal_stake(ed_mask: np.ndarray, es_mask: np.ndarray, voxel_ml: float, m: di
     return per_measure(stake("ED", "ES"), stake("ES", "ED"), m)
 
 
+def experts_sv_allowance(volumes: list[Volume]) -> float:
+    """The median |LVSV - RVSV| (mL) of the experts' masks of labelled ``volumes`` (each
+    patient's ED and ES frames, ``meta["patient"]`` and ``meta["phase"]``): the mismatch a
+    population's own hearts and its experts' basal slices bring, which a stroke-volume term
+    should not read as an error (docs/RESULTS.md, rule 25). Patients without both phases or a
+    voxel size are skipped; none left is an error."""
+    phases: dict[str, dict[str, Volume]] = {}
+    for v in volumes:
+        if v.label is not None and v.meta.get("phase") in ("ED", "ES") and v.geometry.voxel_volume_ml:
+            phases.setdefault(str(v.meta.get("patient")), {})[v.meta["phase"]] = v
+    mismatch = []
+    for by_phase in phases.values():
+        if len(by_phase) == 2:
+            ed, es = (structure_volumes_ml(by_phase[p].label, by_phase[p].geometry.voxel_volume_ml) for p in ("ED", "ES"))
+            m = cardiac_measures(ed, es)
+            mismatch.append(abs(m["LVSV (mL)"] - m["RVSV (mL)"]))
+    if not mismatch:
+        raise CmrsegError("no patient with experts' masks at ED and ES and a voxel size to take the "
+                          "stroke-volume allowance from")
+    return float(np.median(mismatch))
+
+
 #: the features an estimate adds up, each with its constant (``a`` is the constant term)
 TERMS = ("b", "c", "d")
 
 
-def terms(measure: str, features: dict[str, Any], measures: dict[str, float]) -> list[float] | None:
-    """The estimate's terms for ``measure``: raw spread, stroke-volume mismatch, basal stake (0
-    where a record made before the stake was added has none); ``None`` without a raw spread."""
+def terms(measure: str, features: dict[str, Any], measures: dict[str, float],
+          allowance: float = 0.0) -> list[float] | None:
+    """The estimate's terms for ``measure``: raw spread, stroke-volume mismatch beyond
+    ``allowance`` mL, basal stake (0 where a record made before the stake was added has none);
+    ``None`` without a raw spread."""
     if measure not in features["raw"]:
         return None
-    return [features["raw"][measure], consistency(measure, features, measures),
+    return [features["raw"][measure], consistency(measure, features, measures, allowance),
             (features.get("stake") or {}).get(measure, 0.0)]
 
 
-def consistency(measure: str, features: dict[str, Any], measures: dict[str, float]) -> float:
-    """The stroke-volume mismatch in the measure's units: mL for volumes, points of the
-    ventricle's EDV for an ejection fraction, none for LV mass."""
-    mismatch = features["sv_mismatch (mL)"]
+def consistency(measure: str, features: dict[str, Any], measures: dict[str, float], allowance: float = 0.0) -> float:
+    """The stroke-volume mismatch beyond ``allowance`` mL, in the measure's units: mL for
+    volumes, points of the ventricle's EDV for an ejection fraction, none for LV mass."""
+    mismatch = max(0.0, features["sv_mismatch (mL)"] - allowance)
     if measure == "LVM (g)":
         return 0.0
     if measure.endswith("EF (%)"):
@@ -173,8 +201,9 @@ def estimate(features: dict[str, Any], measures: dict[str, float], calibration: 
     verdict's likely error (``part="verdict"``; ``{}`` from a calibration without one)."""
     out = {}
     constants = calibration.get(part) or {}
+    allowance = calibration.get(ALLOWANCE_KEY, 0.0)
     for m in MEASURES:
-        x = terms(m, features, measures)
+        x = terms(m, features, measures, allowance)
         if x is None or m not in constants:
             continue
         k = constants[m]
@@ -200,15 +229,16 @@ def load_calibration(model_paths: list[str]) -> dict[str, Any]:
 
 
 def fit_qc_calibration(rows: list[dict[str, Any]], verdict_quantile: float = VERDICT_QUANTILE,
-                       widen: bool = False) -> dict[str, Any]:
+                       widen: bool = False, allowance: float = 0.0) -> dict[str, Any]:
     """Both estimates' constants (:func:`fit_calibration`): the interval's at :data:`QUANTILE`
     (``measures``; with ``widen``, widened to that coverage of a patient left out:
-    :func:`widened`), and the verdict's at ``verdict_quantile`` (``verdict``)."""
-    interval = fit_calibration(rows, QUANTILE)
+    :func:`widened`), and the verdict's at ``verdict_quantile`` (``verdict``); the stroke-volume
+    term counting the mismatch beyond ``allowance`` mL."""
+    interval = fit_calibration(rows, QUANTILE, allowance)
     if widen:
         interval = widened(interval, rows)
     return {**interval, "verdict_quantile": verdict_quantile,
-            "verdict": fit_calibration(rows, verdict_quantile)["measures"]}
+            "verdict": fit_calibration(rows, verdict_quantile, allowance)["measures"]}
 
 
 def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -224,10 +254,10 @@ def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     patients = sorted({r["patient"] for r in rows if "patient" in r})
     if len(patients) < 2:
         return fitted
-    quantile = fitted["quantile"]
+    quantile, allowance = fitted["quantile"], fitted.get(ALLOWANCE_KEY, 0.0)
     ratios: dict[str, list[float]] = {m: [] for m in fitted["measures"]}
     for patient in patients:
-        other = fit_calibration([r for r in rows if r.get("patient") != patient], quantile)
+        other = fit_calibration([r for r in rows if r.get("patient") != patient], quantile, allowance)
         for r in (r for r in rows if r.get("patient") == patient):
             for m, est in estimate(r["features"], r["measures"], other).items():
                 err = abs(r["errors"].get(m, np.nan))
@@ -248,18 +278,19 @@ def widened(fitted: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     return {**fitted, "measures": out}
 
 
-def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE) -> dict[str, Any]:
+def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE, allowance: float = 0.0) -> dict[str, Any]:
     """Constants ``a, b, c, d >= 0`` per measure with ``a + b raw + c mismatch + d stake`` the
     ``quantile`` of the absolute errors (quantile regression as a linear programme, scipy's HiGHS; written here
     because statsmodels' QuantReg, the usual tool, is not a dependency and allows no sign
     constraints). ``rows``: one per study, ``{"features", "measures", "errors"}`` (signed errors
-    of the measures against the experts')."""
+    of the measures against the experts'); ``allowance``: the stroke-volume mismatch (mL) the
+    term does not count, kept in the result (:data:`ALLOWANCE_KEY`) when not 0."""
     from scipy.optimize import linprog
 
     out = {}
     k = 1 + len(TERMS)
     for m in MEASURES:
-        use = [(terms(m, r["features"], r["measures"]), abs(r["errors"][m])) for r in rows
+        use = [(terms(m, r["features"], r["measures"], allowance), abs(r["errors"][m])) for r in rows
                if np.isfinite(r["errors"].get(m, np.nan))]
         use = [(x, y) for x, y in use if x is not None and np.all(np.isfinite(x))]
         if len(use) < MIN_STUDIES:
@@ -271,4 +302,4 @@ def fit_calibration(rows: list[dict[str, Any]], quantile: float = QUANTILE) -> d
         a_eq = np.hstack([x, np.eye(n), -np.eye(n)])  # x beta + over - under = y
         res = linprog(cost, A_eq=a_eq, b_eq=y, bounds=[(0, None)] * (k + 2 * n), method="highs")
         out[m] = {"a": float(res.x[0]), **{t: float(v) for t, v in zip(TERMS, res.x[1:k])}, "studies": n}
-    return {"quantile": quantile, "measures": out}
+    return {"quantile": quantile, **({ALLOWANCE_KEY: float(allowance)} if allowance else {}), "measures": out}
