@@ -38,6 +38,26 @@ def test_shifted_copies_keep_the_truth(phantom_dir, tmp_path, load_script):
     assert [(m["height"], m["width"]) for m in manifest] == [(2 * m["height"], 2 * m["width"]) for m in before]
 
 
+def test_a_resampled_truth_lies_on_the_image_it_labels(load_script):
+    """``coarse_grid`` and ``finer_grid`` sample the truth on the image's own new pixels: each
+    structure drawn by its label is where the resampled image shows it (a plain nearest-neighbour
+    truth on the 1.5x coarser grid lay up to a pixel off: Dice 0.92 and 0.95 against the image here)."""
+    sb = load_script("benchmarks/shift_benchmark.py")
+    yy, xx = np.mgrid[:97, :97]
+    label = np.zeros((2, 97, 97), np.uint8)
+    label[:, (yy - 30.3) ** 2 + (xx - 60.7) ** 2 < 15.0 ** 2] = 3
+    label[:, (yy - 70.2) ** 2 + (xx - 25.6) ** 2 < 8.0 ** 2] = 1
+    image = (label == 3) * 1.0 + (label == 1) * 0.5
+    for shift in ("coarse_grid", "finer_grid"):
+        img, lab, factor = sb._shifts()[shift](image.astype(np.float32), label, np.random.default_rng(0))
+        assert img.shape == lab.shape and lab.dtype == np.uint8
+        top = np.arange(img.shape[1])[:, None] < img.shape[1] / 2  # the LV disc above, the RV disc below
+        for c, seen in ((3, (img > 0.5) & top), (1, (img > 0.25) & ~top)):
+            drawn = lab == c
+            dice = 2 * (seen & drawn).sum() / (seen.sum() + drawn.sum())
+            assert dice > 0.97, (shift, c, dice)
+
+
 @pytest.mark.slow
 def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script):
     sb = load_script("benchmarks/shift_benchmark.py")
