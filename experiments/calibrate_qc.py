@@ -251,7 +251,7 @@ def main(argv=None) -> int:
                          "patient it is scored on")
     ap.add_argument("--sv-allowance-from", type=Path, metavar="LABELLED_FOLDER",
                     help="count only the stroke-volume mismatch beyond the median |LVSV - RVSV| of the experts' masks "
-                         "in this folder (the model's training patients; rule 25 in docs/RESULTS.md)")
+                         "in this folder (the model's training patients; rule 25 in docs/decisions.md)")
     args = ap.parse_args(argv)
     allowance = 0.0
     if args.sv_allowance_from:

@@ -9,7 +9,7 @@ four constants (background fixed at 0) for which the model's canvas masks of the
 hold as many pixels of each class as the reference: the teacher's masks (``--match teacher``, the
 run's ``teacher/targets.npz``: what a distilled student was taught) or the experts' labels
 (``--match labels``). Val is never looked at, so scoring the corrected model on val stays one
-look (docs/RESULTS.md, rule 18).
+look (docs/decisions.md, rule 18).
 
     python experiments/fit_class_bias.py MODEL --data ../shared/data/acdc/train \\
         [--match teacher --targets RUN/teacher/targets.npz] [--write]

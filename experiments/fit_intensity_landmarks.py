@@ -6,7 +6,7 @@ percentiles (after the usual 0.5/99.5 normalisation, in its central ``--window-m
 training stacks' mean ones (Nyul-Udupa), so another sequence's intensity curve (the shift
 benchmark's ``other_contrast``, ``gamma_*``) reaches the network as the intensities it was
 trained on. This script computes those means from the TRAINING stacks, read as ``cmrseg
-segment`` reads any input; val is never looked at (docs/RESULTS.md, rule 22).
+segment`` reads any input; val is never looked at (docs/decisions.md, rule 22).
 
     python experiments/fit_intensity_landmarks.py MODEL --data ../shared/data/acdc/train \\
         [--window-mm 120] [--write]

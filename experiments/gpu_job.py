@@ -28,7 +28,7 @@ in docs/RESULTS.md), the call's time shared evenly by the stages; the continued 
 as ``models/seg_as-ref_as_mt_cont<k>/`` and are scored on the CPU machine as an ensemble, as
 the seeds are. Time left once they reached their epoch cap (a fast GPU) goes to further
 continuations of the members, each with its own seed (``_cont3``, ``_cont4``, up to
-``--max-members``): members trained apart, for the ensemble (docs/RESULTS.md, rule 15). The
+``--max-members``): members trained apart, for the ensemble (docs/decisions.md, rule 15). The
 data bundle is made for the paper protocol; a ``fast`` run takes its canvases resampled to its
 coarser pixels (``StackDataset.on_canvas``), once per call for all runs (:func:`stage_data`).
 
@@ -44,7 +44,7 @@ with every run's ``log.csv``, ``model.json``, ``config.yaml`` and the evaluation
 written to ``$OUT`` as soon as it exists, so a call cut short still brings back what finished.
 The seeds are scored back on the CPU machine as an ensemble, as a user runs it:
 ``cmrseg segment --model OUT/models/seg_as-ref_as_mt OUT/models/seg_as-ref_as_mt_seed1 ... -i VAL -o P``
-then ``cmrseg evaluate --pred P --gt VAL -o R`` (docs/RESULTS.md, rule 6).
+then ``cmrseg evaluate --pred P --gt VAL -o R`` (docs/decisions.md, rule 6).
 
 Run on the device machine from the repository root with ``PYTHONPATH=src`` (no install
 needed); the test suite runs it on CPU with the ``smoke`` protocol.

@@ -10,7 +10,7 @@
 # The first device call (2026-11-27, docs/RESULTS.md) ran
 #   bash experiments/gpu_job.sh $OUT 430 --bench-seconds 0 --eval-reserve 55 --proposed-share 0.85
 # The shipped default's members trained further instead, with members trained apart in the time left
-# (docs/RESULTS.md, rules 14 and 15):
+# (docs/decisions.md, rules 14 and 15):
 #   bash experiments/gpu_job.sh $OUT 540 --plan continue
 set -u
 OUT=${1:?usage: gpu_job.sh OUT [SECONDS]}; SECONDS_TOTAL=${2:-540}; shift $(( $# >= 2 ? 2 : 1 ))

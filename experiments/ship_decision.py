@@ -1,4 +1,4 @@
-"""Rules 14, 15 and 17 of docs/RESULTS.md, applied to `cmrseg evaluate` outputs, bar by bar, so
+"""Rules 14, 15 and 17 of docs/decisions.md, applied to `cmrseg evaluate` outputs, bar by bar, so
 that candidates are judged exactly as the rules were written before they were scored.
 
     python experiments/ship_decision.py R                      # rule 14: candidate A

@@ -1,5 +1,5 @@
 """The default's two members fine-tuned on histogram-standardised stacks, averaged as the default
-is: rule 23's candidate (docs/RESULTS.md) in one command, for longer budgets or other data.
+is: rule 23's candidate (docs/decisions.md) in one command, for longer budgets or other data.
 
     python experiments/train_standardised_ensemble.py DATA OUT [--seg-min 18] [--ref-min 10]
         [--init ENSEMBLE_FOLDER] [--seed 23]

@@ -1,4 +1,4 @@
-"""experiments/ship_decision.py: rules 14 and 15 of docs/RESULTS.md, bar by bar."""
+"""experiments/ship_decision.py: rules 14 and 15 of docs/decisions.md, bar by bar."""
 
 import json
 

@@ -109,7 +109,7 @@ def test_bf16_on_the_cpu_labels_as_float32_does(smoke_model, phantom_dir):
 
 
 def test_cpu_inference_runs_channels_last_and_gives_the_channels_first_probabilities(smoke_model):
-    """On the CPU the networks run on NHWC tensors (faster there: docs/RESULTS.md, rule 13): in
+    """On the CPU the networks run on NHWC tensors (faster there: docs/decisions.md, rule 13): in
     float32 the probabilities are those of the channels-first networks to rounding."""
     from cmrseg.inference.predictor import Predictor, inference_memory_format
 

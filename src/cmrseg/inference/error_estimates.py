@@ -149,7 +149,7 @@ def experts_sv_allowance(volumes: list[Volume]) -> float:
     """The median |LVSV - RVSV| (mL) of the experts' masks of labelled ``volumes`` (each
     patient's ED and ES frames, ``meta["patient"]`` and ``meta["phase"]``): the mismatch a
     population's own hearts and its experts' basal slices bring, which a stroke-volume term
-    should not read as an error (docs/RESULTS.md, rule 25). Patients without both phases or a
+    should not read as an error (docs/decisions.md, rule 25). Patients without both phases or a
     voxel size are skipped; none left is an error."""
     phases: dict[str, dict[str, Volume]] = {}
     for v in volumes:

@@ -32,7 +32,7 @@ from cmrseg.models.registry import PROPOSED
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 #: what ``cmrseg segment`` runs without ``--model``: the shipped proposed models averaged
-#: (an ensemble, chosen on val by a rule written before scoring: docs/RESULTS.md, rule 10)
+#: (an ensemble, chosen on val by a rule written before scoring: docs/decisions.md, rule 10)
 DEFAULT_MODEL = "proposed_ensemble"
 #: the single proposed model: the default where one network is needed (``Predictor.load``,
 #: ``cmrseg export-onnx``, benchmarks)
@@ -52,7 +52,7 @@ def inference_memory_format(device: torch.device, backend: str | None) -> torch.
     """How the networks' tensors are laid out at inference: channels-last (NHWC) on the CPU,
     where oneDNN's convolutions and pooling run faster on it (2-core machine, one member's two
     stages on a 10-slice 128-px crop: 0.045 against 0.077 s in bf16, 0.062 against 0.108 s in
-    float32; docs/RESULTS.md, rule 13); channels-first elsewhere (not measured on GPUs) and for
+    float32; docs/decisions.md, rule 13); channels-first elsewhere (not measured on GPUs) and for
     an exported model (onnxruntime has its own layouts)."""
     if device.type == "cpu" and backend != "onnx":
         return torch.channels_last

@@ -115,7 +115,7 @@ def heart_centred_flips(model, x: torch.Tensor, crop: int | None, flips: tuple[t
     heart is located in every flipped stack (the locator runs on the whole canvas once per flip,
     the costliest pass); ``locate_once`` locates it once, on ``x`` as it is, and gives every flip
     the same crop of the stack, mirrored: about a third less CPU time, masks a pixel apart where a
-    located crop moved by a pixel (docs/RESULTS.md, rule 12)."""
+    located crop moved by a pixel (docs/decisions.md, rule 12)."""
     window, first = _locate(model, x, crop) if locate_once else (None, None)
     size = tuple(x.shape[-2:])
     for dims in flips:
