@@ -13,6 +13,17 @@ segment`` reads any input; val is never looked at (docs/decisions.md, rule 22).
 
 MODEL: a model folder (one network) or an ensemble folder (``--write`` then writes into each
 member's ``model.json``, atomically). Without ``--write`` the landmarks are printed only.
+
+``--second-opinion SEGMENTED`` instead writes, into an ensemble folder's ``ensemble.json``, a
+second opinion (:class:`cmrseg.inference.ensemble.SecondOpinion`): the members' networks keep
+reading stacks as they were trained to, and a study whose uncertainty exceeds the
+``--quantile``-th percentile of the uncertainties in SEGMENTED (a ``cmrseg segment`` output
+folder of the same ensemble on the same training data) is segmented again on standardised
+intensities, the surer result kept (docs/decisions.md, rule 26):
+
+    cmrseg segment -i ../shared/data/acdc/train -o SEG --model ENSEMBLE
+    python experiments/fit_intensity_landmarks.py ENSEMBLE --data ../shared/data/acdc/train \
+        --second-opinion SEG [--quantile 90] --write
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from cmrseg.atomic import write_json
@@ -40,6 +52,21 @@ def model_files(folder: Path) -> list[Path]:
     raise SystemExit(f"{folder}: neither model.json nor ensemble.json there")
 
 
+def second_opinion(landmarks, window: float | None, segmented: Path, quantile: float) -> dict:
+    """``ensemble.json``'s ``second_opinion``: the landmarks, and the ``quantile``-th percentile of
+    the study uncertainties ``cmrseg segment`` recorded in ``segmented/summary.json``."""
+    try:
+        studies = json.loads((segmented / "summary.json").read_text())["studies"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{segmented}: not a cmrseg segment output folder ({exc})") from None
+    found = [s["uncertainty"] for s in studies.values() if s.get("uncertainty") is not None]
+    if not found:
+        raise SystemExit(f"{segmented}: no study with an uncertainty")
+    return {"landmarks": [round(float(v), 5) for v in landmarks], "landmark_window_mm": window,
+            "above_uncertainty": round(float(np.percentile(found, quantile)), 4),
+            "fitted": f"the {quantile:g}th percentile of {len(found)} training studies' uncertainties ({segmented.name})"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="a model folder or an ensemble folder")
@@ -47,8 +74,15 @@ def main(argv=None) -> int:
     ap.add_argument("--window-mm", type=float, default=120.0,
                     help="landmarks in the central square of this size (mm); 0: the whole slice")
     ap.add_argument("--write", action="store_true", help="write the landmarks into each model.json")
+    ap.add_argument("--second-opinion", type=Path, metavar="SEGMENTED",
+                    help="write a second opinion into ensemble.json instead, its threshold from the study "
+                         "uncertainties of this cmrseg segment folder (the ensemble on the training data)")
+    ap.add_argument("--quantile", type=float, default=90.0,
+                    help="--second-opinion: the percentile of those uncertainties above which a study is asked again")
     args = ap.parse_args(argv)
     window = args.window_mm or None
+    if args.second_opinion and not (args.model / ENSEMBLE_FILE).is_file():
+        raise SystemExit(f"{args.model}: --second-opinion needs an ensemble folder (ensemble.json)")
     files = model_files(args.model)
     metas = [json.loads(f.read_text()) for f in files]
     if any(m["preprocess"].get("landmarks") for m in metas):
@@ -62,6 +96,14 @@ def main(argv=None) -> int:
     standard = mean_intensity_landmarks(stacks, percentiles.pop(), window)
     print(f"{len(volumes)} training stacks; landmarks at percentiles {LANDMARK_PERCENTILES}:")
     print(" ".join(f"{v:.4f}" for v in standard))
+    if args.second_opinion:
+        opinion = second_opinion(standard, window, args.second_opinion, args.quantile)
+        print(f"second opinion above uncertainty {opinion['above_uncertainty']} ({opinion['fitted']})")
+        if args.write:
+            spec_path = args.model / ENSEMBLE_FILE
+            write_json(spec_path, {**json.loads(spec_path.read_text()), "second_opinion": opinion})
+            print(f"written to {spec_path}")
+        return 0
     if args.write:
         for f, meta in zip(files, metas):
             meta["preprocess"]["landmarks"] = [round(float(v), 5) for v in standard]

@@ -33,3 +33,29 @@ def test_fit_writes_the_same_landmarks_into_each_member(phantom_dir, tmp_path, l
         assert "already has landmarks" in str(stop)
     else:
         raise AssertionError("a second fit was not refused")
+
+
+def test_a_second_opinion_goes_into_ensemble_json_above_the_training_studies_uncertainty(phantom_dir, tmp_path,
+                                                                                         load_script):
+    weights = ROOT / "src" / "cmrseg" / "weights"
+    (tmp_path / "seg_ss").mkdir()
+    shutil.copy(weights / "seg_ss" / "model.json", tmp_path / "seg_ss" / "model.json")
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    (ens / "ensemble.json").write_text(json.dumps({"members": ["../seg_ss"], "postprocess": "clean"}))
+    segmented = tmp_path / "seg"
+    segmented.mkdir()
+    uncertainties = [0.05 + 0.01 * i for i in range(11)]  # 0.05 ... 0.15
+    studies = {f"p{i}": {"uncertainty": u} for i, u in enumerate(uncertainties)}
+    (segmented / "summary.json").write_text(json.dumps({"studies": {**studies, "broken": {"uncertainty": None}}}))
+    fit = load_script("experiments/fit_intensity_landmarks.py")
+    assert fit.main([str(ens), "--data", str(phantom_dir / "h5" / "train"), "--second-opinion", str(segmented),
+                     "--quantile", "90", "--write"]) == 0
+    spec = json.loads((ens / "ensemble.json").read_text())
+    opinion = spec["second_opinion"]
+    assert spec["members"] == ["../seg_ss"] and spec["postprocess"] == "clean"
+    assert opinion["above_uncertainty"] == round(float(np.percentile(uncertainties, 90)), 4) == 0.14
+    assert len(opinion["landmarks"]) == len(LANDMARK_PERCENTILES) and opinion["landmark_window_mm"] == 120.0
+    assert "11 training studies" in opinion["fitted"]
+    # the members' own model.json are left as they were: the networks still read stacks as trained
+    assert "landmarks" not in json.loads((tmp_path / "seg_ss" / "model.json").read_text())["preprocess"]

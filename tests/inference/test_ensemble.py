@@ -104,3 +104,50 @@ def test_bad_ensembles_fail_clearly(phantom_dir, tmp_path):
     other.meta["label_map"] = {"0": "background", "1": "LV"}
     with pytest.raises(CmrsegError, match="label map"):
         EnsemblePredictor([Predictor.load("seg_ss", CPU), other])
+
+
+LANDMARKS = [0.2919, 0.32046, 0.35703, 0.39745, 0.44152, 0.48937, 0.54168, 0.59859, 0.66296, 0.74869]
+
+
+def test_a_second_opinion_reads_stacks_standardised_with_the_same_networks(volume, tmp_path):
+    opinion = {"landmarks": LANDMARKS, "landmark_window_mm": 120, "above_uncertainty": 0.1}
+    folder = _ensemble_folder(tmp_path, {"members": ["seg_as+ref_as_mt", "seg_ss"], "second_opinion": opinion})
+    ens = load_predictor(folder, FP32)
+    second = ens.second_opinion
+    assert second is not None and second.above == 0.1 and second.predictor.postprocess == ens.postprocess
+    for m, s in zip(ens.members, second.predictor.members):
+        assert s.model is m.model  # no second copy of the weights
+        assert m.preprocess.landmarks is None and s.preprocess.landmarks == tuple(LANDMARKS)
+        assert s.preprocess.landmark_window_mm == 120 and s.preprocess.canvas == m.preprocess.canvas
+    as_read, _ = ens.predict_probabilities(volume)
+    standardised, _ = second.predictor.predict_probabilities(volume)
+    assert as_read.shape == standardised.shape and not torch.allclose(as_read, standardised)
+    assert load_predictor(folder, InferenceOptions(device="cpu", second_opinion="off")).second_opinion is None
+    # a broken second opinion is refused naming the file
+    (folder / "ensemble.json").write_text(json.dumps({"members": ["seg_ss"], "second_opinion": {
+        **opinion, "landmarks": LANDMARKS[::-1]}}))
+    with pytest.raises(InputError, match="ensemble.json.*invalid second_opinion"):
+        load_predictor(folder, CPU)
+
+
+@pytest.mark.slow
+def test_segment_keeps_the_opinion_the_networks_are_surer_of(phantom_dir, tmp_path):
+    opinion = {"landmarks": LANDMARKS, "landmark_window_mm": 120, "above_uncertainty": 0.0}  # every study asked
+    folder = _ensemble_folder(tmp_path, {"members": ["seg_ss"], "second_opinion": opinion})
+    res = _segment("-i", phantom_dir / "h5" / "val", "-o", tmp_path / "out", "--model", folder)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "second opinion on standardised intensities for" in res.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["second_opinion"]["above_uncertainty"] == 0.0
+    for study in summary["studies"].values():
+        o = study["second_opinion"]
+        read, std = o["uncertainty as read"], o["uncertainty standardised"]
+        assert o["kept"] == ("standardised" if std < read else "as read")
+        assert study["uncertainty"] == min(read, std)
+        assert ("histogram-standardised" in study["note"]) == (o["kept"] == "standardised")
+    # never asked where the networks are sure enough, or when turned off
+    res = _segment("-i", phantom_dir / "h5" / "val", "-o", tmp_path / "off", "--model", folder, "--second-opinion", "off")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert summary["second_opinion"] is None
+    assert all(s["second_opinion"] is None for s in summary["studies"].values())

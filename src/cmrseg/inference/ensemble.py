@@ -13,18 +13,27 @@ holding ``ensemble.json``, which may be shipped like a model::
     {"members": ["seed0", "seed1", "seed2"], "postprocess": "clean"}
 
 with member model folders relative to it (``postprocess`` optional: the first member's choice
-otherwise).
+otherwise). An optional ``second_opinion`` (:class:`SecondOpinion`)::
+
+    "second_opinion": {"landmarks": [0.29, ...], "landmark_window_mm": 120, "above_uncertainty": 0.117}
+
+has ``cmrseg segment`` segment a study again on histogram-standardised intensities
+(:func:`cmrseg.data.preprocessing.standardise_histogram`, the members' own networks) when the
+share of its masks the networks expect to be wrong exceeds ``above_uncertainty``, and keep the
+result they are surer of (``experiments/fit_second_opinion.py`` fits it on the training data).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from cmrseg.data.preprocessing import PreprocessConfig
 from cmrseg.data.volume import Volume
 from cmrseg.errors import CmrsegError, InputError
 from cmrseg.inference.options import InferenceOptions
@@ -42,6 +51,32 @@ def read_ensemble(folder: str | Path) -> tuple[list[Path], dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(spec_path, f"invalid ensemble description ({type(exc).__name__}: {exc})") from None
     return [(Path(folder) / n).resolve() for n in names], spec
+
+
+@dataclass(frozen=True)
+class SecondOpinion:
+    """The same networks on histogram-standardised intensities, asked when a study's uncertainty
+    (the share of its ED and ES masks the networks expect to be wrong) exceeds ``above``:
+    another sequence's or scanner's intensity curve moves the networks' boundaries and raises
+    their uncertainty, and standardising the stack's histogram onto the training stacks' undoes
+    much of it (docs/decisions.md, rule 26)."""
+
+    predictor: "EnsemblePredictor"
+    above: float
+
+    @classmethod
+    def from_spec(cls, spec: dict, members: list[Predictor], postprocess: str, where: Path) -> "SecondOpinion":
+        try:
+            landmarks = tuple(float(v) for v in spec["landmarks"])
+            window = spec.get("landmark_window_mm")
+            above = float(spec["above_uncertainty"])
+            standardised = [copy.copy(m) for m in members]  # the same networks, another preprocessing
+            for m in standardised:
+                m.preprocess = PreprocessConfig.from_dict({**m.preprocess.to_dict(), "landmarks": landmarks,
+                                                           "landmark_window_mm": window})
+        except (KeyError, TypeError, ValueError, CmrsegError) as exc:
+            raise InputError(where, f"invalid second_opinion ({type(exc).__name__}: {exc})") from None
+        return cls(EnsemblePredictor(standardised, postprocess, path=f"{where} (second opinion: standardised)"), above)
 
 
 def _member_label(m: Predictor) -> str:
@@ -69,6 +104,7 @@ class EnsemblePredictor:
             raise CmrsegError(f"unknown post-processing {postprocess!r}; choose from auto, {', '.join(POSTPROCESS)}")
         self.members = members
         self.postprocess = postprocess
+        self.second_opinion: SecondOpinion | None = None
         paths = [str(m.meta.get("path", m.name)) for m in members]
         self.meta = {"model": self.name, "source": source, "path": path or "; ".join(paths), "members": paths,
                      "protocol": members[0].meta.get("protocol"), "backend": members[0].meta.get("backend"),
@@ -82,7 +118,11 @@ class EnsemblePredictor:
         paths, spec = read_ensemble(folder)
         members = [Predictor.from_path(p, replace(options, postprocess="auto")) for p in paths]
         postprocess = options.postprocess if options.postprocess != "auto" else spec.get("postprocess", "auto")
-        return cls(members, postprocess, path=str(folder), source=source)
+        ensemble = cls(members, postprocess, path=str(folder), source=source)
+        if spec.get("second_opinion") and options.second_opinion == "auto":
+            ensemble.second_opinion = SecondOpinion.from_spec(spec["second_opinion"], members, ensemble.postprocess,
+                                                              folder / ENSEMBLE_FILE)
+        return ensemble
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ POSTPROCESS_METHODS = ("none", "largest_component", "fill_holes", "clean")  # cm
 #: ``--tta``: the model's own choice, flips on or off, or flips with the heart located once
 TTA_MODES = ("auto", "on", "off", "fast")
 SLICE_ORDERS = ("auto", "keep", "reverse")  # cmrseg.data.orientation's
+SECOND_OPINIONS = ("auto", "off")  # cmrseg.inference.ensemble.SecondOpinion
 
 
 def option(default, help: str, **cli) -> Any:
@@ -49,13 +50,18 @@ class InferenceOptions:
                        choices=("auto", *GATES))
     tta: str = option("auto", "average over in-plane flips (auto: the model's choice in model.json); fast: flips "
                               "with the heart located once, about a third less CPU time", choices=TTA_MODES)
+    second_opinion: str = option("auto", "auto: where the model has one (ensemble.json's second_opinion), a study "
+                                         "the networks are unsure of is segmented again on histogram-standardised "
+                                         "intensities and the result they are surer of kept; off: never",
+                                 choices=SECOND_OPINIONS)
     frames_per_forward: str = option("auto", "how many frames of a cine a whole-canvas model (the student) segments in "
                                              "one forward pass: a number, or auto (8 on a GPU; 1 on a CPU, where "
                                              "batching frames measured no faster: docs/RESULTS.md)", metavar="N")
 
     def __post_init__(self) -> None:
         for name, allowed in (("backend", BACKENDS), ("precision", PRECISIONS), ("gate", ("auto", *GATES)),
-                              ("tta", TTA_MODES), ("postprocess", ("auto", *POSTPROCESS_METHODS))):
+                              ("tta", TTA_MODES), ("postprocess", ("auto", *POSTPROCESS_METHODS)),
+                              ("second_opinion", SECOND_OPINIONS)):
             if getattr(self, name) not in allowed:
                 what = {"postprocess": "post-processing", "tta": "test-time augmentation"}.get(name, name)
                 raise CmrsegError(f"unknown {what} {getattr(self, name)!r}; choose from {', '.join(allowed)}")

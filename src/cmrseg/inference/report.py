@@ -346,7 +346,8 @@ def _summarised(key: str, value: Any) -> Any:
 #: what summary.json keeps of each study record
 SUMMARY_KEYS = ("status", "qc", "qc_reasons", "estimated_errors", "likely_errors", "error_features", "findings",
                 "uncertainty", "seconds", "model_seconds", "outputs", "output_frames", "qc_frames", "phase_frames",
-                "error", "measures", "note", "ed_frame", "es_frame", "flags", "error_calibration", "aha", "bullseye")
+                "error", "measures", "note", "ed_frame", "es_frame", "flags", "error_calibration", "aha", "bullseye",
+                "second_opinion")
 
 
 def rebuild_reports(out: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -371,5 +372,8 @@ def qc_line(cases: dict[str, dict[str, Any]]) -> str:
     verdicts = [c.get("qc") for c in cases.values() if c.get("status") == "ok"]
     counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("ok", "review", "fail") if v in verdicts)
     failed = sorted(name for name, c in cases.items() if c.get("status") == "ok" and c.get("qc") == "fail")
+    opinions = [c["second_opinion"] for c in cases.values() if c.get("status") == "ok" and c.get("second_opinion")]
+    kept = sum(o["kept"] == "standardised" for o in opinions)
     return (f"quality control: {counts or 'no study segmented'}"
-            + (f"; QC failed: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}" if failed else ""))
+            + (f"; QC failed: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}" if failed else "")
+            + (f"; second opinion on standardised intensities for {len(opinions)}, kept for {kept}" if opinions else ""))

@@ -227,15 +227,27 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
     run wrote it (``batch.owned``)."""
     writer = writer or batch.writer()
     t0 = time.perf_counter()
-    extras = batch.options.extras
-    preds = batch.predictor.predict_volumes(study.frames, keep_probabilities="probabilities" in extras)
-    order_from, order_flags = check_base_apex(study, preds, batch.options.slice_order)
-    _blank_missing_slices(study, preds)
+    seg = _segmented(study, batch.predictor, batch)
+    second = getattr(batch.predictor, "second_opinion", None)
+    if second is not None and seg["uncertainty"] is not None and seg["uncertainty"] > second.above:
+        other = _segmented(study, second.predictor, batch)
+        kept = other["uncertainty"] is not None and other["uncertainty"] < seg["uncertainty"]
+        opinion = {"uncertainty as read": seg["uncertainty"], "uncertainty standardised": other["uncertainty"],
+                   "kept": "standardised" if kept else "as read"}
+        model_seconds = seg["model_seconds"] + other["model_seconds"]
+        if kept:
+            seg = other
+            seg["meas"]["note"] = "; ".join(n for n in (seg["meas"]["note"], (
+                f"segmented on histogram-standardised intensities: the networks were surer of them (expected wrong "
+                f"{opinion['uncertainty as read']:.1%} of the masks as read, {opinion['uncertainty standardised']:.1%} "
+                "standardised)")) if n)
+        seg["model_seconds"] = model_seconds
+    else:
+        opinion = None
+    preds, meas, flags, mid = seg["preds"], seg["meas"], seg["flags"], seg["mid"]
     masks = [p.mask for p in preds]
-    meas = study_measures(study, masks)
-    flags, mid, uncertainty = _quality_flags(study, preds, meas)
-    flags += order_flags
-    qc = _verdict(study, preds, meas, flags, mid, batch) | {"uncertainty": uncertainty, "base_apex_from": order_from}
+    qc = _verdict(study, preds, meas, flags, mid, batch) | {"uncertainty": seg["uncertainty"],
+                                                            "base_apex_from": seg["order_from"]}
     try:
         outputs = _write_outputs(study, preds, meas, writer, batch)
         figures = writer.figures(study, masks, meas, flags)
@@ -243,7 +255,20 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
         writer.undo()
         raise
     return _record(study, meas, flags, qc, outputs, figures, batch) | {
-        "model_seconds": float(sum(p.seconds for p in preds)), "seconds": time.perf_counter() - t0}
+        "second_opinion": opinion, "model_seconds": seg["model_seconds"], "seconds": time.perf_counter() - t0}
+
+
+def _segmented(study: Study, predictor, batch: Batch) -> dict[str, Any]:
+    """One study segmented by ``predictor``: its predictions, measures, QC flags, mid-slice
+    counts, uncertainty (:func:`_quality_flags`), how base and apex were told, and the networks'
+    seconds."""
+    preds = predictor.predict_volumes(study.frames, keep_probabilities="probabilities" in batch.options.extras)
+    order_from, order_flags = check_base_apex(study, preds, batch.options.slice_order)
+    _blank_missing_slices(study, preds)
+    meas = study_measures(study, [p.mask for p in preds])
+    flags, mid, uncertainty = _quality_flags(study, preds, meas)
+    return {"preds": preds, "meas": meas, "flags": flags + order_flags, "mid": mid, "uncertainty": uncertainty,
+            "order_from": order_from, "model_seconds": float(sum(p.seconds for p in preds))}
 
 
 def _verdict(study: Study, preds: list, meas: dict[str, Any], flags: list[dict[str, Any]], mid: dict[str, int],
@@ -416,6 +441,9 @@ def _run_info(predictor: Predictor | EnsemblePredictor, inputs: list, skipped: l
             "backend": predictor.meta.get("backend"), "postprocess": predictor.postprocess, "gate": predictor.gate,
             "tta": "fast" if options.tta == "fast" else options.tta == "on",
             "precision": "bf16" if predictor.amp is not None else "fp32",
+            "second_opinion": ({"above_uncertainty": predictor.second_opinion.above,
+                                "landmarks": list(predictor.second_opinion.predictor.members[0].preprocess.landmarks)}
+                               if getattr(predictor, "second_opinion", None) else None),
             "shard": shard, "inputs": [str(i) for i in inputs],
             "skipped": [{"path": str(k.path), "reason": k.reason} for k in skipped],
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
