@@ -64,7 +64,7 @@ def second_opinion(landmarks, window: float | None, segmented: Path, quantile: f
         raise SystemExit(f"{segmented}: no study with an uncertainty")
     return {"landmarks": [round(float(v), 5) for v in landmarks], "landmark_window_mm": window,
             "above_uncertainty": round(float(np.percentile(found, quantile)), 4),
-            "fitted": f"the {quantile:g}th percentile of {len(found)} training studies' uncertainties ({segmented.name})"}
+            "fitted": f"the {quantile:g}th percentile of the uncertainties of {len(found)} training studies ({segmented})"}
 
 
 def main(argv=None) -> int:

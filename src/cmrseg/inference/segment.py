@@ -227,23 +227,7 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
     run wrote it (``batch.owned``)."""
     writer = writer or batch.writer()
     t0 = time.perf_counter()
-    seg = _segmented(study, batch.predictor, batch)
-    second = getattr(batch.predictor, "second_opinion", None)
-    if second is not None and seg["uncertainty"] is not None and seg["uncertainty"] > second.above:
-        other = _segmented(study, second.predictor, batch)
-        kept = other["uncertainty"] is not None and other["uncertainty"] < seg["uncertainty"]
-        opinion = {"uncertainty as read": seg["uncertainty"], "uncertainty standardised": other["uncertainty"],
-                   "kept": "standardised" if kept else "as read"}
-        model_seconds = seg["model_seconds"] + other["model_seconds"]
-        if kept:
-            seg = other
-            seg["meas"]["note"] = "; ".join(n for n in (seg["meas"]["note"], (
-                f"segmented on histogram-standardised intensities: the networks were surer of them (expected wrong "
-                f"{opinion['uncertainty as read']:.1%} of the masks as read, {opinion['uncertainty standardised']:.1%} "
-                "standardised)")) if n)
-        seg["model_seconds"] = model_seconds
-    else:
-        opinion = None
+    seg, opinion = _second_opinion(study, _segmented(study, batch.predictor, batch), batch)
     preds, meas, flags, mid = seg["preds"], seg["meas"], seg["flags"], seg["mid"]
     masks = [p.mask for p in preds]
     qc = _verdict(study, preds, meas, flags, mid, batch) | {"uncertainty": seg["uncertainty"],
@@ -256,6 +240,27 @@ def process_study(study: Study, batch: Batch, writer: StudyWriter | None = None)
         raise
     return _record(study, meas, flags, qc, outputs, figures, batch) | {
         "second_opinion": opinion, "model_seconds": seg["model_seconds"], "seconds": time.perf_counter() - t0}
+
+
+def _second_opinion(study: Study, seg: dict[str, Any], batch: Batch) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``seg`` (:func:`_segmented`), or the study segmented again on standardised intensities when
+    the predictor has a second opinion (:class:`~cmrseg.inference.ensemble.SecondOpinion`), ``seg``'s
+    uncertainty exceeds its threshold and the networks are surer of the second reading; with what
+    was asked and kept (``None``: not asked). The networks' seconds count both readings."""
+    second = getattr(batch.predictor, "second_opinion", None)
+    if second is None or seg["uncertainty"] is None or seg["uncertainty"] <= second.above:
+        return seg, None
+    other = _segmented(study, second.predictor, batch)
+    kept = other["uncertainty"] is not None and other["uncertainty"] < seg["uncertainty"]
+    opinion = {"uncertainty as read": seg["uncertainty"], "uncertainty standardised": other["uncertainty"],
+               "kept": "standardised" if kept else "as read"}
+    chosen = other if kept else seg
+    chosen["model_seconds"] = seg["model_seconds"] + other["model_seconds"]
+    if kept:
+        chosen["meas"]["note"] = "; ".join(n for n in (chosen["meas"]["note"], (
+            f"segmented on histogram-standardised intensities: the networks were surer of them (expected wrong "
+            f"{seg['uncertainty']:.1%} of the masks as read, {other['uncertainty']:.1%} standardised)")) if n)
+    return chosen, opinion
 
 
 def _segmented(study: Study, predictor, batch: Batch) -> dict[str, Any]:
