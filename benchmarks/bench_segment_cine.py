@@ -4,7 +4,7 @@ time goes, and the peak memory of the whole command (issue 12 speed, issue 13 me
     python benchmarks/bench_segment_cine.py [--format dicom|dicom_enhanced|dicom_slices|nifti]
         [--frames 20] [--slices 12] [--size 208] [--model NAME|RUN] [--tta auto|on|off|fast] [--workers 2]
         [--frames-per-forward auto|N] [--precision auto|fp32|bf16] [--backend auto|torch|onnx]
-        [--save-probabilities] [--out FILE.json]
+        [--save-probabilities] [--second-opinion auto|off] [--out FILE.json]
 
 The cine is the phantom's anatomy (cmrseg.data.phantom) rendered at ``--size`` pixels,
 ``--frames`` frames and ``--slices`` slices, written as a DICOM series (``dicom``: one file per
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cmrseg.device import cpu_description
-from cmrseg.inference.options import BACKENDS, TTA_MODES
+from cmrseg.inference.options import BACKENDS, SECOND_OPINIONS, TTA_MODES
 
 
 def make_cine(folder: Path, fmt: str, frames: int, slices: int, size: int, seed: int = 0) -> Path:
@@ -66,7 +66,8 @@ def in_process_steps(src: Path, model: str | None, out: Path, extras: tuple[str,
     t3 = time.perf_counter()
     return {"discover_s": t1 - t0, "read_s": t2 - t1, "model_s": record["model_seconds"],
             "measure_write_draw_s": (t3 - t2) - record["model_seconds"], "frames": len(study.frames),
-            "slices": study.frames[0].num_slices, "matrix": list(study.frames[0].shape[1:])}
+            "slices": study.frames[0].num_slices, "matrix": list(study.frames[0].shape[1:]),
+            "read_twice": record.get("second_opinion") is not None}
 
 
 def main():
@@ -83,6 +84,7 @@ def main():
     ap.add_argument("--backend", default="auto", choices=BACKENDS,
                     help="as cmrseg segment --backend (onnx: a folder from cmrseg export-onnx as --model)")
     ap.add_argument("--save-probabilities", action="store_true", help="cmrseg segment --save-probabilities")
+    ap.add_argument("--second-opinion", default="auto", choices=SECOND_OPINIONS, help="as cmrseg segment --second-opinion")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -91,7 +93,8 @@ def main():
         src = make_cine(tmp / "in", args.format, args.frames, args.slices, args.size)
         cmd = [sys.executable, "-m", "cmrseg", "segment", "-i", str(src), "-o", str(tmp / "out"),
                "--workers", str(args.workers), "--tta", args.tta, "--frames-per-forward", args.frames_per_forward,
-               "--precision", args.precision, "--backend", args.backend] + (["--model", args.model] if args.model else [])
+               "--precision", args.precision, "--backend", args.backend, "--second-opinion", args.second_opinion]
+        cmd += ["--model", args.model] if args.model else []
         cmd += ["--save-probabilities"] if args.save_probabilities else []
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,7 +103,7 @@ def main():
             raise SystemExit(res.stderr[-2000:])
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         inference = {"tta": args.tta, "frames_per_forward": args.frames_per_forward, "precision": args.precision,
-                     "backend": args.backend}
+                     "backend": args.backend, "second_opinion": args.second_opinion}
         steps = in_process_steps(src, args.model, tmp / "out2", ("probabilities",) if args.save_probabilities else (),
                                  inference)
         saved_mb = sum(f.stat().st_size for f in (tmp / "out").glob("*_probabilities.npz")) / 2**20

@@ -87,7 +87,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.match == "teacher" and not args.targets:
         ap.error("--match teacher needs --targets RUN/teacher/targets.npz")
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # inference only, and the caller's autograd switch restored (main() runs in tests)
+        return _fit(args)
+
+
+def _fit(args) -> int:
+    """The fit and its report for ``main``'s arguments (its docstring)."""
     predictor = Predictor.load(args.model, InferenceOptions(device="cpu", tta="off", postprocess="none"))
     if predictor.meta.get("class_bias"):
         raise SystemExit(f"{args.model}: model.json already has class_bias {predictor.meta['class_bias']}; "

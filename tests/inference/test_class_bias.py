@@ -70,6 +70,8 @@ def test_the_script_writes_the_bias_into_model_json_once(load_script, smoke_mode
     assert len(meta["class_bias"]) == 4 and meta["class_bias"][0] == 0 and np.isfinite(meta["class_bias"]).all()
     assert "--match labels" in meta["class_bias_fitted"]
     assert "MYO" in capsys.readouterr().out
+    # the fit leaves autograd as it found it: it once switched it off for the whole test process
+    assert torch.is_grad_enabled()
     with pytest.raises(SystemExit, match="already has class_bias"):
         fit.main([str(model), "--data", str(phantom_dir / "h5" / "train"), "--match", "labels"])
     Predictor.from_path(model, InferenceOptions(device="cpu"))  # the written model loads
