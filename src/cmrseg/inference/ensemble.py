@@ -20,7 +20,8 @@ otherwise). An optional ``second_opinion`` (:class:`SecondOpinion`)::
 has ``cmrseg segment`` segment a study again on histogram-standardised intensities
 (:func:`cmrseg.data.preprocessing.standardise_histogram`, the members' own networks) when the
 share of its masks the networks expect to be wrong exceeds ``above_uncertainty``, and keep the
-result they are surer of (``experiments/fit_second_opinion.py`` fits it on the training data).
+result they are surer of (``experiments/fit_intensity_landmarks.py --second-opinion`` fits it on
+the training data).
 """
 
 from __future__ import annotations
