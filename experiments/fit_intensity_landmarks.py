@@ -22,7 +22,7 @@ folder of the same ensemble on the same training data) is segmented again on sta
 intensities, the surer result kept (docs/decisions.md, rule 26):
 
     cmrseg segment -i ../shared/data/acdc/train -o SEG --model ENSEMBLE
-    python experiments/fit_intensity_landmarks.py ENSEMBLE --data ../shared/data/acdc/train \
+    python experiments/fit_intensity_landmarks.py ENSEMBLE --data ../shared/data/acdc/train \\
         --second-opinion SEG [--quantile 90] --write
 """
 
