@@ -139,7 +139,7 @@ def verdict_row(name: str, perf: dict) -> str:
 
 
 def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dict, groups: list[str],
-           trade_off: dict[float, dict]) -> str:
+           trade_off: dict[float, dict], verdict_quantile: float = VERDICT_QUANTILE) -> str:
     pct = percent
 
     lines = [f"Calibration on {in_sample['studies']} studies ({', '.join(groups)})", "",
@@ -154,9 +154,9 @@ def report(fitted: dict, held_out: dict, held_out_measured: dict, in_sample: dic
     lines += ["", "| verdicts, patient left out: likely error's percentile | studies | failed | recall "
               "| good sent to review | gross caught (measure named) | AUROC |",
               "|---|---|---|---|---|---|---|",
-              verdict_row(f"**{VERDICT_QUANTILE:.2f}** (shipped)", held_out),
-              verdict_row(f"{VERDICT_QUANTILE:.2f}, the studies not `fail`", held_out_measured)]
-    lines += [verdict_row(f"{q:.2f}", perf) for q, perf in sorted(trade_off.items()) if q != VERDICT_QUANTILE]
+              verdict_row(f"**{verdict_quantile:.2f}** (this calibration's)", held_out),
+              verdict_row(f"{verdict_quantile:.2f}, the studies not `fail`", held_out_measured)]
+    lines += [verdict_row(f"{q:.2f}", perf) for q, perf in sorted(trade_off.items()) if q != verdict_quantile]
     return "\n".join(lines) + "\n"
 
 
@@ -165,11 +165,11 @@ def _scored_studies(benches: list[Path], pairs: list[Path], cache: Path | None) 
     pairs against their truth (:func:`outcomes_of`), from ``cache`` when it exists (else kept there)."""
     if cache and cache.is_file():
         return json.loads(cache.read_text())
-    found = [(b / "pred" / s.name, b / "data" / s.name, f"{b.name}/{s.name}")
+    found = [(b / "pred" / s.name, b / "data" / s.name, f"{b.name}/{s.name}", str(b))
              for b in benches for s in sorted((b / "pred").iterdir())
              if (b / "eval" / s.name / "summary.json").is_file()]
-    found += [(p, g, p.name) for p, g in zip(pairs[::2], pairs[1::2])]
-    outcomes = [o for pred, gt, group in tqdm(found, desc="scoring", unit="folder")
+    found += [(p, g, p.name, str(p)) for p, g in zip(pairs[::2], pairs[1::2])]
+    outcomes = [{**o, "source": source} for pred, gt, group, source in tqdm(found, desc="scoring", unit="folder")
                 for o in outcomes_of(pred, gt, group)]
     if cache:
         write_text(cache, json.dumps(outcomes, default=float))
@@ -219,9 +219,10 @@ def missed_line(scored: list[dict]) -> str:
     return f"Failures let through ({len(missed)}), by patient: " + "; ".join(parts) + ".\n"
 
 
-def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
-    """The report's lines on studies of other patients scored with the calibration (never fitted on)."""
-    lines = ["", f"Scored with this calibration, never fitted on: {name}", "",
+def held_out_section(name: str, perf: dict, perf_measured: dict, title: str | None = None) -> str:
+    """The report's lines on studies of other patients scored with the calibration (never fitted
+    on), or under ``title`` on any other set of scored studies."""
+    lines = ["", title or f"Scored with this calibration, never fitted on: {name}", "",
              "| studies | number | failed | recall | good sent to review | gross caught (measure named) | AUROC | "
              "coverage LVEF / RVEF / LVM | median interval LVEF / RVEF / LVM |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -230,6 +231,31 @@ def held_out_section(name: str, perf: dict, perf_measured: dict) -> str:
         width = " / ".join(number(p["coverage"][m]["median"]) for m in ("LVEF (%)", "RVEF (%)", "LVM (g)"))
         lines.append(verdict_row(label, p).rstrip(" |") + f" | {cov} | {width} |")
     return "\n".join(lines) + "\n"
+
+
+def source_of(outcome: dict) -> str:
+    """The folder a study came from (a cache written before studies kept it: its group's first part)."""
+    return outcome.get("source") or outcome["group"].split("/")[0]
+
+
+def by_source_sections(left_out: list[dict], names: dict[str, str]) -> str:
+    """The patient-left-out verdicts and coverage of each source's studies apart (val's and the
+    out-of-fold ones, say): whether a calibration fitted on both serves each."""
+    sources = sorted({source_of(o) for o in left_out})
+    if len(sources) < 2:
+        return ""
+    text = ""
+    for src in sources:
+        mine = [o for o in left_out if source_of(o) == src]
+        label = names.get(src, src)
+        text += held_out_section(label, qc_performance(mine), qc_performance(measured(mine)),
+                                 title=f"The studies of {label} alone, patient left out ({len(mine)} studies)")
+    return text
+
+
+def _source_names(benches: list[Path], names: list[str]) -> dict[str, str]:
+    """``--source-names``' names of the bench folders, in order (the rest keep their paths)."""
+    return {str(b): n for b, n in zip(benches, names)}
 
 
 def main(argv=None) -> int:
@@ -244,6 +270,11 @@ def main(argv=None) -> int:
                     help="shift benchmark folders of other patients: scored with the calibration fitted on BENCH_OUT, "
                          "never fitted on (their scores cached beside --cache, as CACHE.held_out.json)")
     ap.add_argument("--held-out-name", default="held out", help="what the --held-out studies are, for the report")
+    ap.add_argument("--verdict-quantile", type=float, default=VERDICT_QUANTILE,
+                    help=f"the likely error's percentile the verdict compares with the limits (default {VERDICT_QUANTILE})")
+    ap.add_argument("--source-names", nargs="+", default=[], metavar="NAME",
+                    help="a name per BENCH_OUT, in order: with two or more sources the report also gives each "
+                         "source's studies apart, patient left out")
     ap.add_argument("--widen", action="store_true",
                     help="widen each interval to cover 85 %% of a patient left out of the fit (conformal; rule 20 in "
                          "docs/decisions.md, not shipped: on ACDC val it multiplied the LVEF constants by 1.69, the median "
@@ -259,16 +290,18 @@ def main(argv=None) -> int:
     outcomes = _scored_studies(args.bench, args.pairs, args.cache)
     if not outcomes:
         raise SystemExit("no study with error features and truth found (segment with the current code)")
-    fitted = fit_qc_calibration(measured(outcomes), widen=args.widen, allowance=allowance)
+    q = args.verdict_quantile
+    fitted = fit_qc_calibration(measured(outcomes), q, widen=args.widen, allowance=allowance)
     in_sample = qc_performance([{**o, "estimates": estimate(o["features"], o["measures"], fitted)}
                                 for o in measured(outcomes)])
-    left_out = leave_one_patient_out(outcomes, widen=args.widen, allowance=allowance)
+    left_out = leave_one_patient_out(outcomes, q, widen=args.widen, allowance=allowance)
     held_out = qc_performance(left_out)
     # the verdict does not depend on the intervals: its trade-off without the widening's refits
-    trade_off = {q: qc_performance(leave_one_patient_out(outcomes, q, widen=False, allowance=allowance))
-                 for q in (0.5, 0.7, 0.85)}
+    trade_off = {other: qc_performance(leave_one_patient_out(outcomes, other, widen=False, allowance=allowance))
+                 for other in sorted({0.5, 0.6, 0.7, 0.85} - {q})}
     text = report(fitted, held_out, qc_performance(measured(left_out)), in_sample,
-                  sorted({o["group"] for o in outcomes}), trade_off)
+                  sorted({o["group"] for o in outcomes}), trade_off, q)
+    text += by_source_sections(left_out, _source_names(args.bench, args.source_names))
     if allowance:
         text += (f"\nThe stroke-volume term counts the mismatch beyond {allowance:.1f} mL, the median of the experts' "
                  f"masks of {args.sv_allowance_from}.\n")

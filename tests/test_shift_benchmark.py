@@ -3,6 +3,7 @@ with the image where the geometry changes), and the whole table comes out of cmr
 evaluate on a phantom split."""
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -114,6 +115,18 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
     allowance = json.loads(allowed.read_text())["sv_allowance (mL)"]
     assert allowance > 0 and "sv_allowance (mL)" not in fitted
     assert f"mismatch beyond {allowance:.1f} mL" in report.read_text()
+    # fitted on two sources (val's benchmark and out-of-fold ones, say), each source's studies also apart
+    other = tmp_path.parent / f"{tmp_path.name}_other"
+    shutil.copytree(tmp_path, other)
+    assert cal.main([str(tmp_path), str(other), "--source-names", "first", "second", "--report", str(report)]) == 0
+    text = report.read_text()
+    for name in ("first", "second"):
+        assert f"The studies of {name} alone, patient left out (2 studies)" in text
+    # another verdict percentile: fitted, scored and named at it
+    other_q = tmp_path / "q50.json"
+    assert cal.main([str(tmp_path), "--verdict-quantile", "0.5", "--write", str(other_q), "--report", str(report)]) == 0
+    assert json.loads(other_q.read_text())["verdict_quantile"] == 0.5 and fitted["verdict_quantile"] == 0.6
+    assert "| **0.50** (this calibration's) |" in report.read_text() and "| 0.60 |" in report.read_text()
 
 
 def test_a_record_written_before_the_flag_took_its_direction_is_judged_by_todays_rule(load_script):
