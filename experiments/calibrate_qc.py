@@ -240,16 +240,17 @@ def source_of(outcome: dict) -> str:
 
 def by_source_sections(left_out: list[dict], names: dict[str, str]) -> str:
     """The patient-left-out verdicts and coverage of each source's studies apart (val's and the
-    out-of-fold ones, say): whether a calibration fitted on both serves each."""
-    sources = sorted({source_of(o) for o in left_out})
-    if len(sources) < 2:
+    out-of-fold ones, say; sources given the same name counted together): whether a calibration
+    fitted on both serves each."""
+    label = {o_src: names.get(o_src, o_src) for o_src in {source_of(o) for o in left_out}}
+    labels = sorted(set(label.values()))
+    if len(labels) < 2:
         return ""
     text = ""
-    for src in sources:
-        mine = [o for o in left_out if source_of(o) == src]
-        label = names.get(src, src)
-        text += held_out_section(label, qc_performance(mine), qc_performance(measured(mine)),
-                                 title=f"The studies of {label} alone, patient left out ({len(mine)} studies)")
+    for name in labels:
+        mine = [o for o in left_out if label[source_of(o)] == name]
+        text += held_out_section(name, qc_performance(mine), qc_performance(measured(mine)),
+                                 title=f"The studies of {name} alone, patient left out ({len(mine)} studies)")
     return text
 
 
@@ -273,8 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--verdict-quantile", type=float, default=VERDICT_QUANTILE,
                     help=f"the likely error's percentile the verdict compares with the limits (default {VERDICT_QUANTILE})")
     ap.add_argument("--source-names", nargs="+", default=[], metavar="NAME",
-                    help="a name per BENCH_OUT, in order: with two or more sources the report also gives each "
-                         "source's studies apart, patient left out")
+                    help="a name per BENCH_OUT, in order (folders of one name counted together): with two or more "
+                         "names the report also gives each name's studies apart, patient left out")
     ap.add_argument("--widen", action="store_true",
                     help="widen each interval to cover 85 %% of a patient left out of the fit (conformal; rule 20 in "
                          "docs/decisions.md, not shipped: on ACDC val it multiplied the LVEF constants by 1.69, the median "

@@ -122,6 +122,8 @@ def test_shift_table_end_to_end(phantom_dir, smoke_model, tmp_path, load_script)
     text = report.read_text()
     for name in ("first", "second"):
         assert f"The studies of {name} alone, patient left out (2 studies)" in text
+    assert cal.main([str(tmp_path), str(other), "--source-names", "same", "same", "--report", str(report)]) == 0
+    assert "alone, patient left out" not in report.read_text()  # one name: nothing apart
     # another verdict percentile: fitted, scored and named at it
     other_q = tmp_path / "q50.json"
     assert cal.main([str(tmp_path), "--verdict-quantile", "0.5", "--write", str(other_q), "--report", str(report)]) == 0
