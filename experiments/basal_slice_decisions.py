@@ -9,6 +9,12 @@ the model thought nothing possible cannot be seen in its probabilities: no estim
 flags it.
 
     python experiments/basal_slice_decisions.py ../shared/data/acdc/val [--model NAME] [--slices 3]
+    python experiments/basal_slice_decisions.py ../shared/data/acdc/train --experts-only
+
+``--experts-only`` reads no model: per patient, whether the experts drew the RV at end-systole on
+the first slice (base first) of their end-diastolic RV, and its volume there. Where experts of one
+population decide that slice both ways, a model can only pick one habit; the studies drawn the
+other way fail by that slice's volume whatever the model's probabilities say.
 """
 
 from __future__ import annotations
@@ -35,12 +41,52 @@ def decisions(truth: np.ndarray, mask: np.ndarray, bands: np.ndarray, slices: in
     return out
 
 
+def basal_es_rv(ed_label: np.ndarray, es_label: np.ndarray, voxel_ml: float) -> tuple[bool, float] | None:
+    """Whether the experts drew the RV at ES on the first slice of their ED RV, and its volume
+    there (mL); None when the ED RV is empty."""
+    slices = np.flatnonzero((ed_label == RV).any(axis=(1, 2)))
+    if not slices.size:
+        return None
+    px = int((es_label[slices[0]] == RV).sum())
+    return px > 0, px * voxel_ml
+
+
+def experts_habit(volumes) -> list[tuple[str, bool, float]]:
+    """``(patient, drawn, mL)`` of :func:`basal_es_rv` for every patient with both phases labelled."""
+    phases: dict[str, dict] = {}
+    for v in volumes:
+        if v.label is not None and v.meta.get("phase") in ("ED", "ES") and v.geometry.voxel_volume_ml:
+            phases.setdefault(str(v.meta.get("patient")), {})[v.meta["phase"]] = v
+    out = []
+    for patient, by in sorted(phases.items()):
+        if len(by) == 2 and (found := basal_es_rv(by["ED"].label, by["ES"].label, by["ED"].geometry.voxel_volume_ml)):
+            out.append((patient, *found))
+    return out
+
+
+def habit_line(rows: list[tuple[str, bool, float]]) -> str:
+    drawn = [ml for _, d, ml in rows if d]
+    if not rows:
+        return "no patient with the RV labelled at ED and ES"
+    where = f"; its volume there median {np.median(drawn):.1f} mL (range {min(drawn):.1f}-{max(drawn):.1f})" if drawn else ""
+    return (f"{len(rows)} patients: the experts drew the RV at ES on the first slice of their ED RV in "
+            f"{len(drawn)} ({100 * len(drawn) / len(rows):.0f} %){where}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="a labelled folder (the val split)")
     ap.add_argument("--model", default=None, help="shipped model or run folder (default: the shipped default)")
     ap.add_argument("--slices", type=int, default=3, help="how many basal slices to show")
+    ap.add_argument("--experts-only", action="store_true",
+                    help="no model: how often the experts drew the RV at ES on their first ED RV slice, and its volume")
     args = ap.parse_args(argv)
+    if args.experts_only:
+        rows = experts_habit(load_labelled_dataset(args.data))
+        for patient, drawn, ml in rows:
+            print(f"{patient}: {'drawn' if drawn else 'left out'}{f' ({ml:.1f} mL)' if drawn else ''}")
+        print(habit_line(rows))
+        return 0
     predictor = load_predictor(args.model, InferenceOptions())
     print("| volume | structure | basal slices: mask / experts / possible (px) | whole-slice disagreement |")
     print("|---|---|---|---|")
