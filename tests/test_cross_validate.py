@@ -43,6 +43,7 @@ def test_splits_are_written_once_and_a_mismatch_refused(tmp_path, load_script):
         cv.load_or_make_splits(tmp_path, dict(list(patients.items())[:-1]), 4)
 
 
+@pytest.mark.slow
 def test_a_fold_is_trained_without_its_patients_and_scored_on_them(phantom_dir, tmp_path, load_script):
     cv = load_script("experiments/cross_validate.py")
     data, out = phantom_dir / "h5" / "train", tmp_path / "cv"
