@@ -75,7 +75,8 @@ def make_splits(patients: dict[str, str], folds: int, seed: int = SEED) -> list[
             held[turn % folds].append(p)
             turn += 1
     everyone = sorted(patients)
-    return [{"train": [p for p in everyone if p not in set(h)], "held_out": sorted(h)} for h in held]
+    return [{"train": [p for p in everyone if p not in set_h], "held_out": sorted(h)}
+            for h, set_h in ((h, set(h)) for h in held)]
 
 
 def load_or_make_splits(out: Path, patients: dict[str, str], folds: int) -> list[dict[str, list[str]]]:
@@ -208,8 +209,13 @@ def main(argv=None) -> int:
         print(f"error: --only takes folds 0-{args.folds - 1}", file=sys.stderr)
         return 2
     for k in wanted:
-        run_fold(k, splits[k], args.data, args.val, args.out, args.protocol, args.set, train=not args.no_train,
-                 shifts=args.shifts)
+        try:
+            run_fold(k, splits[k], args.data, args.val, args.out, args.protocol, args.set, train=not args.no_train,
+                     shifts=args.shifts)
+        except subprocess.CalledProcessError as exc:  # its own error is above; what stopped, in one line
+            print(f"error: fold {k}: {shlex.join(exc.cmd)} exited with {exc.returncode}; rerun to resume",
+                  file=sys.stderr)
+            return 1
     evals = {k: args.out / f"fold_{k}" / "eval" for k in range(args.folds)
              if (args.out / f"fold_{k}" / "eval" / "summary.json").is_file()}
     if evals:

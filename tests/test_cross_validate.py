@@ -73,3 +73,11 @@ def test_a_fold_is_trained_without_its_patients_and_scored_on_them(phantom_dir, 
     bench = json.loads((fold / "bench" / "shift_benchmark.json").read_text())
     assert [r["shift"] for r in bench["rows"]] == ["none"] and bench["model"] == [str(fold / "seg_as+ref_as_mt")]
     assert not (out / "fold_0" / "seg_as").exists()  # --only 1: no other fold trained
+
+
+def test_a_failed_step_stops_with_one_line_naming_the_fold(phantom_dir, tmp_path, load_script, capsys):
+    cv = load_script("experiments/cross_validate.py")
+    code = cv.main([str(phantom_dir / "h5" / "train"), str(tmp_path), "--val", str(phantom_dir / "h5" / "val"),
+                    "--folds", "3", "--only", "0", "--protocol", "no_such_protocol"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("error: fold 0: ") and "rerun to resume" in err
