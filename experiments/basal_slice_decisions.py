@@ -13,8 +13,8 @@ flags it.
 
 ``--experts-only`` reads no model: per patient, whether the experts drew the RV at end-systole on
 the first slice (base first) of their end-diastolic RV, and its volume there. Where experts of one
-population decide that slice both ways, a model can only pick one habit; the studies drawn the
-other way fail by that slice's volume whatever the model's probabilities say.
+population decide that slice both ways, a model reading the image still decides some studies the
+other way, and those fail by that slice's volume whatever the model's probabilities say.
 """
 
 from __future__ import annotations
