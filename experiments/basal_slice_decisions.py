@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from cmrseg.data.io.readers import load_labelled_dataset
+from cmrseg.data.volume import ed_es_by_patient
 from cmrseg.inference.ensemble import load_predictor
 from cmrseg.inference.options import InferenceOptions
 from cmrseg.labels import CLASS_NAMES, LV, MYO, RV
@@ -53,13 +54,9 @@ def basal_es_rv(ed_label: np.ndarray, es_label: np.ndarray, voxel_ml: float) -> 
 
 def experts_habit(volumes) -> list[tuple[str, bool, float]]:
     """``(patient, drawn, mL)`` of :func:`basal_es_rv` for every patient with both phases labelled."""
-    phases: dict[str, dict] = {}
-    for v in volumes:
-        if v.label is not None and v.meta.get("phase") in ("ED", "ES") and v.geometry.voxel_volume_ml:
-            phases.setdefault(str(v.meta.get("patient")), {})[v.meta["phase"]] = v
     out = []
-    for patient, by in sorted(phases.items()):
-        if len(by) == 2 and (found := basal_es_rv(by["ED"].label, by["ES"].label, by["ED"].geometry.voxel_volume_ml)):
+    for patient, by in sorted(ed_es_by_patient(volumes).items()):
+        if found := basal_es_rv(by["ED"].label, by["ES"].label, by["ED"].geometry.voxel_volume_ml):
             out.append((patient, *found))
     return out
 

@@ -47,13 +47,13 @@ from cmrseg.atomic import write_json
 from cmrseg.data.io.acdc import read_manifest, read_metadata_csv
 from cmrseg.device import cpu_has_fast_bf16
 from cmrseg.errors import InputError
+from cmrseg.inference.options import MODEL_CHOICES
 from cmrseg.inference.predictor import WEIGHTS_DIR
+from cmrseg.training.run_folder import is_complete_run
 
 SEED = 0
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("seg_as", "seg_as+ref_as_mt")
-#: what the shipped members' model.json says of how to read them (train_standardised_ensemble.py)
-INFERENCE_KEYS = ("postprocess", "gate", "tta")
 
 
 def make_splits(patients: dict[str, str], folds: int, seed: int = SEED) -> list[dict[str, list[str]]]:
@@ -120,18 +120,13 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _complete(run: Path) -> bool:
-    f = run / "model.json"
-    return f.is_file() and bool(json.loads(f.read_text()).get("complete"))
-
-
 def give_inference_settings(run: Path) -> None:
     """The shipped proposed model's inference settings (clean-up, gate, flips) into the fold's
     ``model.json``, so its masks are read as the default's members read theirs."""
     meta = json.loads((run / "model.json").read_text())
     shipped = json.loads((WEIGHTS_DIR / STAGES[1] / "model.json").read_text())
-    if any(meta.get(k) != shipped[k] for k in INFERENCE_KEYS if k in shipped):
-        meta.update({k: shipped[k] for k in INFERENCE_KEYS if k in shipped})
+    if any(meta.get(k) != shipped[k] for k in MODEL_CHOICES if k in shipped):
+        meta.update({k: shipped[k] for k in MODEL_CHOICES if k in shipped})
         write_json(run / "model.json", meta)
 
 
@@ -146,11 +141,11 @@ def run_fold(k: int, split: dict, data: Path, val: Path, out: Path, protocol: st
     common = ["--protocol", protocol, "--data", str(fold / "data" / "train"), "--val", str(val),
               "--set", "progress=false"] + [a for s in sets for a in ("--set", s)]
     seg, model = fold / STAGES[0], fold / STAGES[1]
-    if not _complete(model):
+    if not is_complete_run(model):
         if not train:
             print(f"fold {k}: not trained yet ({model})")
             return None
-        if not _complete(seg):
+        if not is_complete_run(seg):
             _run(cmrseg + ["train", "--model", STAGES[0], *common, "--out", str(seg)])
         _run(cmrseg + ["train", "--model", STAGES[1], *common, "--set", f"seg_stage_run={seg}", "--out", str(model)])
     give_inference_settings(model)

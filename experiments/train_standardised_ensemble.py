@@ -28,10 +28,10 @@ from cmrseg.atomic import write_json
 from cmrseg.data.io.readers import load_labelled_dataset
 from cmrseg.data.preprocessing import PreprocessConfig, mean_intensity_landmarks
 from cmrseg.inference.ensemble import read_ensemble
+from cmrseg.inference.options import MODEL_CHOICES
 from cmrseg.inference.predictor import DEFAULT_MODEL, ENSEMBLE_FILE, WEIGHTS_DIR
 
 HERE = Path(__file__).resolve().parent
-INFERENCE_KEYS = ("postprocess", "gate", "tta")
 
 
 def shipped_members() -> list[Path]:
@@ -63,7 +63,7 @@ def assemble(runs: list[Path], shipped: list[Path], folder: Path) -> Path:
         if not meta.get("complete"):
             raise SystemExit(f"{run}: the run is not complete")
         settings = json.loads((member / "model.json").read_text())
-        meta.update({k: settings[k] for k in INFERENCE_KEYS if k in settings})
+        meta.update({k: settings[k] for k in MODEL_CHOICES if k in settings})
         write_json(run / "model.json", meta)
     default = json.loads((WEIGHTS_DIR / DEFAULT_MODEL / ENSEMBLE_FILE).read_text())
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cmrseg.inference.ensemble import EnsemblePredictor, load_predictor
-from cmrseg.inference.options import InferenceOptions
+from cmrseg.inference.options import MODEL_CHOICES, InferenceOptions
 
 
 def test_assemble_gives_the_runs_the_members_settings_and_an_ensemble(tmp_path, load_script):
@@ -19,14 +19,14 @@ def test_assemble_gives_the_runs_the_members_settings_and_an_ensemble(tmp_path, 
         run = tmp_path / member.name / "seg_as+ref_as_mt"
         shutil.copytree(member, run)
         meta = json.loads((run / "model.json").read_text())
-        for key in script.INFERENCE_KEYS:
+        for key in MODEL_CHOICES:
             meta.pop(key, None)
         (run / "model.json").write_text(json.dumps(meta))
         runs.append(run)
     folder = script.assemble(runs, shipped, tmp_path / "ensemble")
     for run, member in zip(runs, shipped):
         got, want = (json.loads((p / "model.json").read_text()) for p in (run, member))
-        assert {k: got[k] for k in script.INFERENCE_KEYS} == {k: want[k] for k in script.INFERENCE_KEYS}
+        assert {k: got[k] for k in MODEL_CHOICES} == {k: want[k] for k in MODEL_CHOICES}
     ens = load_predictor(str(folder), InferenceOptions(device="cpu"))
     assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2 and ens.postprocess == "clean"
     assert {Path(m.meta["path"]).resolve() for m in ens.members} == {r.resolve() for r in runs}

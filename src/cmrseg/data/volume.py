@@ -124,3 +124,13 @@ class Study:
         """The voxel index k in the input file (and the written mask) of in-memory slice ``s``
         (memory runs base -> apex: the reader may have reversed the file's order)."""
         return self.frames[0].num_slices - 1 - s if self.frames[0].geometry.slices_reversed else s
+
+
+def ed_es_by_patient(volumes) -> dict[str, dict[str, Volume]]:
+    """``{patient: {"ED": volume, "ES": volume}}`` of the labelled ``volumes`` with a voxel size
+    (``meta["patient"]``, ``meta["phase"]``); a patient without both phases is left out."""
+    phases: dict[str, dict[str, Volume]] = {}
+    for v in volumes:
+        if v.label is not None and v.meta.get("phase") in ("ED", "ES") and v.geometry.voxel_volume_ml:
+            phases.setdefault(str(v.meta.get("patient")), {})[v.meta["phase"]] = v
+    return {p: by for p, by in phases.items() if len(by) == 2}

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrseg.data.volume import Study, Volume
+from cmrseg.data.volume import Study, Volume, ed_es_by_patient
 from cmrseg.errors import CmrsegError
 from cmrseg.inference.predictor import DEFAULT_MODEL, WEIGHTS_DIR
 from cmrseg.measures.clinical import MYOCARDIUM_DENSITY_G_PER_ML, cardiac_measures, disc_sum, structure_volumes_ml
@@ -151,16 +151,11 @@ def experts_sv_allowance(volumes: list[Volume]) -> float:
     population's own hearts and its experts' basal slices bring, which a stroke-volume term
     should not read as an error (docs/decisions.md, rule 25). Patients without both phases or a
     voxel size are skipped; none left is an error."""
-    phases: dict[str, dict[str, Volume]] = {}
-    for v in volumes:
-        if v.label is not None and v.meta.get("phase") in ("ED", "ES") and v.geometry.voxel_volume_ml:
-            phases.setdefault(str(v.meta.get("patient")), {})[v.meta["phase"]] = v
     mismatch = []
-    for by_phase in phases.values():
-        if len(by_phase) == 2:
-            ed, es = (structure_volumes_ml(by_phase[p].label, by_phase[p].geometry.voxel_volume_ml) for p in ("ED", "ES"))
-            m = cardiac_measures(ed, es)
-            mismatch.append(abs(m["LVSV (mL)"] - m["RVSV (mL)"]))
+    for by_phase in ed_es_by_patient(volumes).values():
+        ed, es = (structure_volumes_ml(by_phase[p].label, by_phase[p].geometry.voxel_volume_ml) for p in ("ED", "ES"))
+        m = cardiac_measures(ed, es)
+        mismatch.append(abs(m["LVSV (mL)"] - m["RVSV (mL)"]))
     if not mismatch:
         raise CmrsegError("no patient with experts' masks at ED and ES and a voxel size to take the "
                           "stroke-volume allowance from")

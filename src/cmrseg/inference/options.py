@@ -27,6 +27,8 @@ POSTPROCESS_METHODS = ("none", "largest_component", "fill_holes", "clean")  # cm
 TTA_MODES = ("auto", "on", "off", "fast")
 SLICE_ORDERS = ("auto", "keep", "reverse")  # cmrseg.data.orientation's
 SECOND_OPINIONS = ("auto", "off")  # cmrseg.inference.ensemble.SecondOpinion
+#: the keys of a model's model.json that say how to read it (InferenceOptions.merged takes them)
+MODEL_CHOICES = ("postprocess", "gate", "tta")
 
 
 def option(default, help: str, **cli) -> Any:
