@@ -130,3 +130,30 @@ def test_evaluate_scores_each_segment_against_the_truth():
     assert off["2"]["bias mm"] > off["5"]["bias mm"]  # the thick septum gains more than the thin wall
     lines = aha_table({"ED": same})
     assert any(line.startswith("| 2 basal anteroseptal | 2 |") for line in lines)
+
+
+def test_a_rerun_replaces_the_pictures_it_wrote_the_bullseye_too(tmp_path):
+    """A study's pictures, the AHA bull's-eye among them, are the run's own: a rerun into the
+    folder (resuming, or ``--overwrite``) replaces them instead of refusing them as a user's files
+    (the bull's-eye was missing from the files a record owns)."""
+    from cmrseg.inference.output_folder import FIGURE_KEYS, owned_files, record_file
+    from cmrseg.inference.study_outputs import StudyWriter
+
+    ed, affine = regional_heart(size=120, pixel_mm=1.6)
+    es, _ = regional_heart(size=120, pixel_mm=1.6, thickening=0.4)
+    write_nifti_image(np.stack([ed, es]).astype(np.float32), affine, tmp_path / "in" / "cine.nii.gz")
+    study = load_study(discover([tmp_path / "in"])[0][0])
+    masks = [np.rint(v.image).astype(np.uint8) for v in study.frames]
+    study.ed, study.es = 0, 1
+    meas = {**study_measures(study, masks), "ed": 0, "es": 1}
+    out = tmp_path / "out"
+    figures = StudyWriter(out, out, owned=set(), taken=set()).figures(study, masks, meas, [])
+    assert set(figures) == set(FIGURE_KEYS) and figures["bullseye"].is_file()
+    record = {"study": study.name, "outputs": [],
+              **{k: str(p.relative_to(out)) if p else None for k, p in figures.items()}}
+    record_file(out, study.name).parent.mkdir()
+    record_file(out, study.name).write_text(json.dumps(record))
+    owned = owned_files(out)
+    assert figures["bullseye"].resolve() in owned
+    again = StudyWriter(out, out, owned=owned, taken=set()).figures(study, masks, meas, [])
+    assert again["bullseye"] == figures["bullseye"]

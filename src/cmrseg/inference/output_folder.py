@@ -40,6 +40,7 @@ def check_location(out: Path, inputs: list[Path]) -> None:
             raise CmrsegError(f"{out}: the output folder holds the input {raw}; choose a folder that holds no inputs")
 
 
+FIGURE_KEYS = ("montage", "curve", "bullseye")  # a study record's pictures (StudyWriter.figures)
 REPORT_FILES = ("measures.csv", "volumes.csv", "aha.csv", "aha_slices.csv", "summary.json", "report.html")
 RECORDS = "studies"  # OUT/studies/<study>.json: one record per study
 LEGACY_RECORDS = "cases"  # where runs before the renaming kept them; still read, so such folders resume
@@ -118,7 +119,7 @@ def owned_files(out: Path) -> set[Path]:
     """Files an earlier run wrote into ``out`` (masks and pictures listed in its study records)."""
     owned = set()
     for rec in study_records(out):
-        for rel in [*rec.get("outputs", []), rec.get("montage"), rec.get("curve")]:
+        for rel in [*rec.get("outputs", []), *(rec.get(key) for key in FIGURE_KEYS)]:
             if rel:
                 owned.add((out / rel).resolve())
     return owned

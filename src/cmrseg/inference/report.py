@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cmrseg.atomic import write_json, write_text
-from cmrseg.inference.output_folder import shard_records, study_records
+from cmrseg.inference.output_folder import FIGURE_KEYS, shard_records, study_records
 from cmrseg.labels import label_map_json
 from cmrseg.measures.aha import segment_row
 from cmrseg.measures.clinical import (
@@ -220,7 +220,7 @@ def _study_section(c: dict[str, Any], out_dir: Path) -> list[str]:
                      "measurement):</p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in c["findings"]) + "</ul>")
     if c.get("note"):
         parts.append(f"<p class='flag'>{esc(c['note'])}</p>")
-    for key in ("montage", "curve", "bullseye"):
+    for key in FIGURE_KEYS:
         if c.get(key):
             parts.append(_img_tag(out_dir / c[key], out_dir, {"montage": 1100, "curve": 520}.get(key, 900)))
     if c.get("aha"):
