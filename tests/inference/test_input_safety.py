@@ -94,6 +94,27 @@ def test_a_file_cmrseg_did_not_write_is_never_replaced(phantom_dir, smoke_model,
     assert _segment("-i", src, "-o", out, "--model", smoke_model, "--overwrite").returncode == 0
 
 
+def test_a_failed_rerun_keeps_the_earlier_runs_files_its_own(phantom_dir, smoke_model, tmp_path):
+    """A rerun that fails on a study (its input broken meanwhile) records the failure and keeps
+    the earlier run's files of that study listed as the tool's, so the run after the input is
+    mended replaces them instead of refusing them as a user's files."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    good = (phantom_dir / "acdc" / "patient001" / "patient001_frame01.nii.gz").read_bytes()
+    (src / "stack.nii.gz").write_bytes(good)
+    assert _segment("-i", src, "-o", out, "--model", smoke_model).returncode == 0
+    (src / "stack.nii.gz").write_bytes(good[: len(good) // 2])  # truncated
+    res = _segment("-i", src, "-o", out, "--model", smoke_model, "--overwrite")
+    assert res.returncode == 1 and "stack.nii.gz" in res.stderr
+    record = json.loads((out / "studies" / "stack.json").read_text())
+    assert record["status"] == "failed" and "stack.nii.gz" in record["kept"]
+    assert any(k.startswith("figures/") for k in record["kept"])
+    (src / "stack.nii.gz").write_bytes(good)
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-800:]
+    assert json.loads((out / "studies" / "stack.json").read_text())["status"] == "ok"
+
+
 def test_a_folder_with_someone_elses_measures_csv_is_refused(phantom_dir, smoke_model, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

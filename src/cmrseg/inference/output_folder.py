@@ -3,7 +3,8 @@ state read back from complete records only.
 
 Rules (issue 13): the output folder is never an input, never inside an input folder and never
 holds an input; a file already in it is replaced only when an earlier ``cmrseg segment`` run
-wrote it (it is listed in a study record, ``OUT/studies/<study>.json``); records are read from finished files only, never
+wrote it (it is listed in a study record, ``OUT/studies/<study>.json``; a rerun that fails on a
+study keeps the earlier run's files of it listed); records are read from finished files only, never
 from another writer's temporary file, and a record that cannot be read is skipped with a
 warning instead of ending the run.
 """
@@ -115,14 +116,23 @@ def _records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+def record_files(rec: dict[str, Any]) -> list[str]:
+    """The files (relative to the output folder) a study record says a run wrote: its masks and
+    extras, its pictures, and those an earlier run left that a failed rerun kept (``kept``)."""
+    return [rel for rel in [*rec.get("outputs", []), *(rec.get(key) for key in FIGURE_KEYS), *rec.get("kept", [])]
+            if rel]
+
+
+def kept_files(out: Path, study: str) -> list[str]:
+    """The files the study's current record lists that are still in ``out``: what a failed rerun's
+    record keeps, so they stay this tool's to replace (the failed run removed only its own)."""
+    rec = read_record(out, study)
+    return [rel for rel in record_files(rec) if (out / rel).exists()] if rec else []
+
+
 def owned_files(out: Path) -> set[Path]:
     """Files an earlier run wrote into ``out`` (masks and pictures listed in its study records)."""
-    owned = set()
-    for rec in study_records(out):
-        for rel in [*rec.get("outputs", []), *(rec.get(key) for key in FIGURE_KEYS)]:
-            if rel:
-                owned.add((out / rel).resolve())
-    return owned
+    return {(out / rel).resolve() for rec in study_records(out) for rel in record_files(rec)}
 
 
 def check_target(target: Path, owned: set[Path]) -> None:

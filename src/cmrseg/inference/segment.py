@@ -47,6 +47,7 @@ from cmrseg.inference.output_folder import (
     check_location,
     check_reports_ours,
     ensure_writable,
+    kept_files,
     owned_files,
     read_record,
     record_file,
@@ -476,7 +477,7 @@ def _run_studies(todo: list[StudySource], batch: Batch, shard: str) -> list[dict
                 error = f"{src.paths[0]}: {type(exc).__name__}: {exc}"
         if error is not None:
             record = {"study": src.name, "status": "failed", "error": error, "seconds": time.perf_counter() - t0,
-                      "source": str(src.paths[0])}
+                      "source": str(src.paths[0]), "kept": kept_files(batch.out, src.name)}
             failures.append(record)
         record["shard"] = shard
         write_json(record_file(batch.out, src.name), record)
