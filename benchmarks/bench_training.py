@@ -310,10 +310,13 @@ def main():
                                    on_row=lambda rows: save(rows, best_settings(rows, args.stage_seconds)),
                                    compile_mode=args.compile, stage_seconds=args.stage_seconds)
     else:
-        variants = [(False, None), (True, None)] + ([(True, args.compile)] if args.compile else [])
-        rows = [time_setting(name, cfg, args.device, args.steps, channels_last=cuda, cudnn_benchmark=False,
+        # (channels_last, fixed_shape, compile): as training runs (channels-last), then channels-first
+        # beside it, fixed shapes, and compiled on them when asked
+        variants = [(True, False, None), (False, False, None), (True, True, None)] + (
+            [(True, True, args.compile)] if args.compile else [])
+        rows = [time_setting(name, cfg, args.device, args.steps, channels_last=cl, cudnn_benchmark=False,
                              fixed_shape=fixed, compile_mode=mode, amp=args.amp)
-                for name in FAMILIES for fixed, mode in variants
+                for name in FAMILIES for cl, fixed, mode in variants
                 if not fixed or name != "seg_ss"]  # single-slice batches have one shape already
     print(f"| model | crop | channels_last | cuDNN autotune | fixed shape | compile | real (padded) slices/step | "
           f"warm-up s | training slices/s ({args.device}, protocol {args.protocol}) |")
@@ -325,7 +328,7 @@ def main():
               f"{r['slices_per_s']:.1f} |")
     save(rows, best)
     if args.profile:
-        b = (best or {}).get("seg_as", {"channels_last": cuda, "cudnn_benchmark": False, "batch_factor": 1})
+        b = (best or {}).get("seg_as", {"channels_last": True, "cudnn_benchmark": False, "batch_factor": 1})
         try:  # a profiler that fails on some torch / driver must not cost the settings measured above
             profile, table = profile_setting("seg_as", cfg, args.device, args.profile, b["channels_last"],
                                              b["cudnn_benchmark"], b["batch_factor"], b.get("fixed_shape", False),
