@@ -310,8 +310,9 @@ def main():
                                    on_row=lambda rows: save(rows, best_settings(rows, args.stage_seconds)),
                                    compile_mode=args.compile, stage_seconds=args.stage_seconds)
     else:
-        # (channels_last, fixed_shape, compile): as training runs (channels-last), then channels-first
-        # beside it, fixed shapes, and compiled on them when asked
+        # (channels_last, fixed_shape, compile): channels-last (as CUDA trains), channels-first (as the
+        # CPU trains: a faster lone step there is not a faster epoch, docs/RESULTS.md), fixed shapes,
+        # and compiled on them when asked
         variants = [(True, False, None), (False, False, None), (True, True, None)] + (
             [(True, True, args.compile)] if args.compile else [])
         rows = [time_setting(name, cfg, args.device, args.steps, channels_last=cl, cudnn_benchmark=False,

@@ -52,9 +52,9 @@ class TrainConfig:
         heart_crop_prob: share of training crops centred on the stack's heart (+- shift);
             the rest are centred anywhere on the canvas.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
-        channels_last: NHWC weights and activations, on CUDA and CPU alike (the CPU's oneDNN
-            convolutions prefer them too: ``seg_as`` trains 20 % faster on Zen 5 in bf16, 10 %
-            held to AVX2; ``benchmarks/bench_training.py``, docs/RESULTS.md).
+        channels_last: NHWC weights and activations on CUDA. Not on the CPU: there a lone
+            training step is faster so (``benchmarks/bench_training.py``), whole epochs are not
+            (docs/RESULTS.md, "Training throughput").
         cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for batches of one shape
             (single-slice models, or ``fixed_shape``: all-slice batches otherwise vary with
             the stacks' sizes, and every new shape is tuned anew).
