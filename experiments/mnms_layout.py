@@ -21,6 +21,7 @@ import numpy as np
 
 from cmrseg.data.io import load_labelled_dataset
 from cmrseg.data.io.nifti import write_nifti_image
+from cmrseg.data.volume import ed_es_by_patient
 
 MNMS_VALUES = np.array([0, 3, 2, 1], dtype=np.uint8)  # cmrseg (bg, RV, MYO, LV) -> M&Ms values
 
@@ -38,11 +39,9 @@ def cine_of(ed: np.ndarray, es: np.ndarray, frames: int, es_frame: int) -> np.nd
 
 
 def write_layout(data: Path, out: Path, frames: int = 8, es_frame: int = 4) -> list[str]:
-    """Every patient of the labelled folder ``data`` in the M&Ms layout under ``out``; returns
-    the patients written."""
-    by_patient: dict[str, dict[str, object]] = {}
-    for vol in load_labelled_dataset(data):
-        by_patient.setdefault(vol.meta["patient"], {})[vol.meta["phase"]] = vol
+    """Every patient of the labelled folder ``data`` with both phases labelled in the M&Ms layout
+    under ``out``; returns the patients written."""
+    by_patient = ed_es_by_patient(load_labelled_dataset(data))
     out.mkdir(parents=True, exist_ok=True)
     for patient, phases in sorted(by_patient.items()):
         ed, es = phases["ED"], phases["ES"]
