@@ -9,7 +9,7 @@ RV stroke volumes more than 35 % apart; none of val's): out-of-fold masks give 7
 
     python experiments/cross_validate.py ../shared/data/acdc/train OUT --val ../shared/data/acdc/val \\
         [--folds 5] [--only 0 1] [--protocol fast] [--set KEY=VALUE ...] [--no-train] \\
-        [--shifts none blur coarse_grid thick_slices other_contrast gamma_1.5]
+        [--shifts none blur coarse_grid thick_slices other_contrast gamma_1.5] [--models-from GPU_OUT/models]
 
 For each fold ``k`` (all, or those of ``--only``), in ``OUT/fold_k/``:
 
@@ -22,6 +22,10 @@ For each fold ``k`` (all, or those of ``--only``), in ``OUT/fold_k/``:
    shipped proposed model is: its clean-up, gate and flips) and ``cmrseg evaluate``;
 4. with ``--shifts``, ``bench``: ``benchmarks/shift_benchmark.py`` on the held-out patients with
    those shifts, the studies ``experiments/calibrate_qc.py OUT/fold_*/bench`` reads.
+
+With ``--models-from`` a fold whose model is not trained yet takes it from that folder when it
+holds one (``seg_as-ref_as_mt_fold<k>``: what ``experiments/gpu_job.py --plan folds --splits
+OUT/splits.json`` brings back from a GPU call) instead of training it here.
 
 ``OUT/splits.json`` holds the folds (patients drawn per ACDC group, so each fold has every
 disease; seeded): written once and reused, as nnU-Net's ``splits_final.json``, so a rerun or a
@@ -36,6 +40,7 @@ import csv
 import json
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -130,10 +135,17 @@ def give_inference_settings(run: Path) -> None:
         write_json(run / "model.json", meta)
 
 
+def trained_elsewhere(models: Path, k: int) -> Path | None:
+    """Fold ``k``'s model in ``models`` (``gpu_job.py --plan folds``' model folders), if complete."""
+    folder = models / f"{STAGES[1].replace('+', '-')}_fold{k}"
+    return folder if is_complete_run(folder) else None
+
+
 def run_fold(k: int, split: dict, data: Path, val: Path, out: Path, protocol: str, sets: list[str],
-             train: bool = True, shifts: list[str] | None = None) -> Path | None:
-    """One fold's data, training and out-of-fold evaluation (and its shift benchmark with
-    ``shifts``); returns its ``eval`` folder, or None when its model is not trained (``train=False``)."""
+             train: bool = True, shifts: list[str] | None = None, models_from: Path | None = None) -> Path | None:
+    """One fold's data, training (or its model from ``models_from``) and out-of-fold evaluation
+    (and its shift benchmark with ``shifts``); returns its ``eval`` folder, or None when its model
+    is not trained (``train=False``)."""
     fold = out / f"fold_{k}"
     write_subset(data, fold / "data" / "train", split["train"])
     write_subset(data, fold / "data" / "held_out", split["held_out"])
@@ -141,6 +153,11 @@ def run_fold(k: int, split: dict, data: Path, val: Path, out: Path, protocol: st
     common = ["--protocol", protocol, "--data", str(fold / "data" / "train"), "--val", str(val),
               "--set", "progress=false"] + [a for s in sets for a in ("--set", s)]
     seg, model = fold / STAGES[0], fold / STAGES[1]
+    elsewhere = trained_elsewhere(models_from, k) if models_from and not is_complete_run(model) else None
+    if elsewhere:
+        shutil.rmtree(model, ignore_errors=True)  # a run this machine began is replaced whole
+        shutil.copytree(elsewhere, model)
+        print(f"fold {k}: model from {elsewhere}", flush=True)
     if not is_complete_run(model):
         if not train:
             print(f"fold {k}: not trained yet ({model})")
@@ -183,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", default="fast")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cmrseg train")
     ap.add_argument("--no-train", action="store_true", help="evaluate the folds already trained; train none")
+    ap.add_argument("--models-from", type=Path, metavar="FOLDER",
+                    help="take a fold's model from FOLDER/seg_as-ref_as_mt_fold<k> when there (experiments/gpu_job.py "
+                         "--plan folds) instead of training it")
     ap.add_argument("--shifts", nargs="+", metavar="SHIFT",
                     help="also run benchmarks/shift_benchmark.py with these shifts on each fold's held-out "
                          "patients (OUT/fold_k/bench: what experiments/calibrate_qc.py reads)")
@@ -206,7 +226,7 @@ def main(argv=None) -> int:
     for k in wanted:
         try:
             run_fold(k, splits[k], args.data, args.val, args.out, args.protocol, args.set, train=not args.no_train,
-                     shifts=args.shifts)
+                     shifts=args.shifts, models_from=args.models_from)
         except subprocess.CalledProcessError as exc:  # its own error is above; what stopped, in one line
             print(f"error: fold {k}: {shlex.join(exc.cmd)} exited with {exc.returncode}; rerun to resume",
                   file=sys.stderr)

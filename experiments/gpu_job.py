@@ -1,6 +1,7 @@
 """The GPU job: turn one device call into the best models it can ship.
 
     python experiments/gpu_job.py --data .gpu/acdc --out $OUT [--seconds 540] [--protocol paper] [--plan continue]
+    python experiments/gpu_job.py --data .gpu/acdc --out $OUT --plan folds --splits .gpu/splits.json [--fold-epochs 120]
 
 In this order, inside ``--seconds`` of wall time:
 
@@ -31,6 +32,14 @@ continuations of the members, each with its own seed (``_cont3``, ``_cont4``, up
 ``--max-members``): members trained apart, for the ensemble (docs/decisions.md, rule 15). The
 data bundle is made for the paper protocol; a ``fast`` run takes its canvases resampled to its
 coarser pixels (``StackDataset.on_canvas``), once per call for all runs (:func:`stage_data`).
+
+``--plan folds`` replaces 2-5 too: the models of ``experiments/cross_validate.py``'s folds
+(``--splits``: its ``splits.json``, carried in ``.gpu/``), each fold's proposed model trained
+from scratch on its training patients by the ``fast`` protocol, both stages, at most
+``--fold-epochs`` epochs each (:func:`folds_plan`), fold after fold, so a call cut short still
+brings back whole folds and a second call goes on where it stopped. Back on the CPU machine,
+``cross_validate.py ... --models-from OUT/models`` reads them out of fold as it reads the folds it
+trains itself: the hours the five folds take on a 2-core CPU fit one call.
 
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
@@ -237,9 +246,9 @@ def batch_overrides(protocol: str, factor: int) -> list[str]:
 
 
 def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout: float, settings: list[str],
-          protocol: str | None = None) -> bool:
+          protocol: str | None = None, data: Path | None = None) -> bool:
     """One ``cmrseg train`` process with a per-stage time budget (``protocol``: ``args.protocol``
-    unless given); True if the run finished."""
+    unless given; ``data``: the call's data unless given); True if the run finished."""
     run = runs / name
     if is_complete_run(run):
         log(f"{name}: finished earlier, kept")
@@ -248,7 +257,7 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
     sets = ["progress=false", f"device={args.device}", f"time_budget_s={budget:.0f}", "checkpoint_every=10",
             *settings, *(e.format(runs=runs) for e in extra), *args.set]
     protocol = protocol or args.protocol
-    data = getattr(args, "stage_data", {}).get(protocol, args.data)
+    data = data or getattr(args, "stage_data", {}).get(protocol, args.data)
     cmd = [sys.executable, "-m", "cmrseg", "train", "--model", model, "--protocol", protocol,
            "--data", str(data), "--out", str(run)]
     for s in sets:
@@ -267,7 +276,7 @@ def train(name: str, extra: list[str], args, runs: Path, budget: float, timeout:
         spent = time.perf_counter() - t0
         log(f"{name}: failed ({rc}) with {compiled[0]} after {spent:.0f} s; again without it")
         return train(name, extra, args, runs, max(10.0, budget - spent), timeout - spent,
-                     [s for s in settings if not s.startswith("compile=")], protocol)
+                     [s for s in settings if not s.startswith("compile=")], protocol, data)
     meta = json.loads((run / "model.json").read_text()) if ok else {}
     log(f"{name}: {'done' if ok else f'failed ({rc})'} after {time.perf_counter() - t0:.0f} s"
         + (f", {meta.get('trained_epochs')} epochs, val score {meta.get('val_score', float('nan')):.4f}" if ok else ""))
@@ -327,8 +336,10 @@ class Runner:
         self.seg_budget = 0.0  # the proposed Seg stage's budget: an ensemble member's stage gets no more
         self.epoch_seconds: list[float] = []  # training seconds per epoch of each finished stage
 
-    def run(self, name: str, extra: list[str], stages_left: int, until: float, protocol: str | None = None) -> bool:
-        """Train ``name`` with what is left until ``until`` (job seconds) shared by ``stages_left``."""
+    def run(self, name: str, extra: list[str], stages_left: int, until: float, protocol: str | None = None,
+            data: Path | None = None) -> bool:
+        """Train ``name`` (on ``data``, else the call's) with what is left until ``until`` (job
+        seconds) shared by ``stages_left``."""
         args, clock = self.args, self.clock
         timeout = clock.left() - args.eval_reserve
         span = min(until - clock.elapsed(), timeout)
@@ -343,7 +354,7 @@ class Runner:
         t0 = clock.elapsed()
         protocol = protocol or args.protocol
         settings = setting_overrides(self.best, protocol) if self.best else []
-        ok = train(name, extra, args, self.runs, budget, timeout, settings, protocol)
+        ok = train(name, extra, args, self.runs, budget, timeout, settings, protocol, data)
         if ok:
             self.finished.append(name)
             meta = json.loads((self.runs / name / "model.json").read_text())
@@ -447,6 +458,69 @@ def spare_members(runner: Runner, factor: int) -> set[str]:
     return names
 
 
+def fold_runs(k: int, epochs: int) -> list[tuple[str, list[str]]]:
+    """Fold ``k``'s proposed model, both stages from scratch, at most ``epochs`` epochs each
+    (``seg_as@fold<k>``, then ``seg_as+ref_as_mt@fold<k>`` on it)."""
+    cap = [f"epochs={epochs}"]
+    return [(f"seg_as@fold{k}", cap), (f"seg_as+ref_as_mt@fold{k}", [*cap, f"seg_stage_run={{runs}}/seg_as@fold{k}"])]
+
+
+def _patient(record) -> str:
+    """A training stack's patient: its ``meta["patient"]``, else its name before the first ``_``."""
+    return str(record.meta.get("patient") or record.name.split("_")[0])
+
+
+def fold_data(args, k: int, patients: list[str]) -> Path:
+    """``WORK/data/folds/fold_<k>``: the call's training stacks of ``patients`` (``train.npz``)
+    beside its validation split (linked), for fold ``k``'s runs; made once per call and kept
+    while the fold's patients are the same."""
+    from cmrseg.data.dataset import StackDataset
+    from cmrseg.training.run_folder import resolve_splits
+
+    dst = args.work / "data" / "folds" / f"fold_{k}"
+    stamp = dst / "patients.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == sorted(patients):
+        return dst
+    source = args.stage_data.get(args.protocol, args.data)
+    train_src, val_src = resolve_splits(source)
+    preprocess = load_config(protocol=args.protocol, overrides=args.set).preprocess
+    full = StackDataset.from_folder(train_src, preprocess, progress=False)
+    keep = set(patients)
+    records = [r for r in full.records if _patient(r) in keep]
+    missing = keep - {_patient(r) for r in records}
+    if missing:
+        raise SystemExit(f"error: {args.splits}: fold {k}'s training patients {sorted(missing)[:3]} are not in {train_src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    StackDataset(records, full.preprocess).save_cache(dst / "train.npz", compression="none")
+    val = dst / ("val.npz" if val_src.name.endswith(".npz") else "val")
+    if val.is_symlink() or val.exists():
+        val.unlink()
+    val.symlink_to(val_src.resolve())
+    stamp.write_text(json.dumps(sorted(patients)))
+    log(f"fold {k}: {len(records)} training stacks of {len(keep)} patients in {dst}")
+    return dst
+
+
+def folds_plan(runner: Runner) -> set[str]:
+    """``--plan folds``: each fold of ``--splits`` (``experiments/cross_validate.py``'s
+    ``splits.json``; ``--fold`` picks some) trains the proposed model from scratch on its training
+    patients, fold after fold, at most ``--fold-epochs`` epochs a stage, the window shared by the
+    stages left (a stage that stops at its epoch cap leaves its time to the rest); each comes back
+    as ``models/seg_as-ref_as_mt_fold<k>/`` for ``cross_validate.py --models-from`` to read out of
+    fold on the CPU machine. Nothing is evaluated here: their names are returned."""
+    args = runner.args
+    splits = json.loads(args.splits.read_text())
+    folds = args.fold if args.fold is not None else range(len(splits))
+    todo = [(name, extra, k) for k in folds for name, extra in fold_runs(k, args.fold_epochs)]
+    data = {k: fold_data(args, k, splits[k]["train"]) for k in folds}
+    for i, (name, extra, k) in enumerate(todo):
+        if runner.ready(extra):
+            runner.run(name, extra, stages_left=len(todo) - i, until=runner.clock.seconds - args.eval_reserve,
+                       data=data[k])
+    return {name for name, _, _ in todo}
+
+
 def evaluate(runner: Runner, members: set[str]) -> None:
     """``cmrseg reproduce`` scores every finished run but the ensemble members on val."""
     args, clock = runner.args, runner.clock
@@ -471,8 +545,13 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--out", required=True, type=Path, help="where weights, logs and evaluation go ($OUT)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_job"), help="run folders (kept for a second call)")
     ap.add_argument("--seconds", type=float, default=540.0, help="wall time of the whole job")
-    ap.add_argument("--plan", choices=["paper", "continue"], default="paper",
-                    help="paper: the protocol's runs (module docstring); continue: train the shipped models further")
+    ap.add_argument("--plan", choices=["paper", "continue", "folds"], default="paper",
+                    help="paper: the protocol's runs (module docstring); continue: train the shipped models further; "
+                         "folds: the cross-validation folds' models (--splits)")
+    ap.add_argument("--splits", type=Path, help="--plan folds: experiments/cross_validate.py's splits.json")
+    ap.add_argument("--fold", type=int, nargs="+", metavar="K", help="--plan folds: these folds only (default: all)")
+    ap.add_argument("--fold-epochs", type=int, default=120,
+                    help="--plan folds: at most this many epochs a stage (default 120, as docs/RESULTS.md rule 27's folds)")
     ap.add_argument("--continue-from", type=Path, nargs="+", metavar="MODEL",
                     help="--plan continue: the two-stage model folders to continue (default: the shipped default's members)")
     ap.add_argument("--min-epochs", type=int, default=100,
@@ -500,12 +579,14 @@ def parse_args(argv: list[str] | None):
                     help="further seeds of the proposed model after seg_ss, for an ensemble (default 2)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     args = ap.parse_args(argv)
+    if args.plan == "folds" and not (args.splits and args.splits.is_file()):
+        ap.error("--plan folds needs --splits FILE (experiments/cross_validate.py's splits.json)")
     if args.eval_reserve is None:
-        args.eval_reserve = 20.0 if args.plan == "continue" else 80.0
+        args.eval_reserve = 80.0 if args.plan == "paper" else 20.0
     if args.plan == "continue":
         args.continue_from = args.continue_from or shipped_members()
         args.protocol = args.protocol or json.loads((args.continue_from[0] / "model.json").read_text())["protocol"]
-    args.protocol = args.protocol or "paper"
+    args.protocol = args.protocol or ("fast" if args.plan == "folds" else "paper")  # the folds: as rule 27's
     return args
 
 
@@ -517,14 +598,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"job: {args.seconds:.0f} s, plan {args.plan}, protocol {args.protocol}, device {args.device}, data {args.data}")
     # a stage of the proposed model (of a continued model) gets about this long: what a setting's
     # compile time is paid from
-    share = args.proposed_share / 2 if args.plan == "paper" else 1 / (2 * len(args.continue_from))
+    if args.plan == "paper":
+        share = args.proposed_share / 2
+    elif args.plan == "continue":
+        share = 1 / (2 * len(args.continue_from))
+    else:
+        share = 1 / (2 * len(args.fold or json.loads(args.splits.read_text())))
     stage_guess = (args.seconds - args.bench_seconds - args.eval_reserve) * share - args.startup
     best = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
                              compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
             if args.bench_seconds > 0 else {})
     args.stage_data = stage_data(args)
     runner = Runner(args, clock, best)
-    members = continue_plan(runner) if args.plan == "continue" else paper_plan(runner)
+    members = {"paper": paper_plan, "continue": continue_plan, "folds": folds_plan}[args.plan](runner)
     if runner.finished:
         evaluate(runner, members)
         pack(args.work, args.out, runner.finished)

@@ -12,6 +12,8 @@
 # The shipped default's members trained further instead, with members trained apart in the time left
 # (docs/decisions.md, rules 14 and 15):
 #   bash experiments/gpu_job.sh $OUT 540 --plan continue
+# The cross-validation folds' models (rule 27's, docs/RESULTS.md; cp /work/cv/splits.json .gpu/ first):
+#   bash experiments/gpu_job.sh $OUT 540 --plan folds --splits .gpu/splits.json --bench-seconds 30
 set -u
 OUT=${1:?usage: gpu_job.sh OUT [SECONDS]}; SECONDS_TOTAL=${2:-540}; shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."

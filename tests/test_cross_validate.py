@@ -81,3 +81,38 @@ def test_a_failed_step_stops_with_one_line_naming_the_fold(phantom_dir, tmp_path
                     "--folds", "3", "--only", "0", "--protocol", "no_such_protocol"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and err.startswith("error: fold 0: ") and "rerun to resume" in err
+
+
+@pytest.mark.slow
+def test_folds_trained_by_the_gpu_job_are_read_out_of_fold_here(phantom_dir, tmp_path, load_script):
+    """``gpu_job.py --plan folds`` trains a fold's model on its training patients only (on CPU
+    here, smoke protocol); ``cross_validate.py --models-from`` takes it instead of training one."""
+    import subprocess
+    import sys
+
+    from cmrseg.data.dataset import StackDataset
+
+    cv = load_script("experiments/cross_validate.py")
+    data, val, out = phantom_dir / "h5" / "train", phantom_dir / "h5" / "val", tmp_path / "cv"
+    args = [str(data), str(out), "--val", str(val), "--folds", "3", "--only", "1", "--protocol", "smoke"]
+    assert cv.main([*args, "--no-train"]) == 0  # the splits, and nothing trained
+    split = json.loads((out / "splits.json").read_text())[1]
+    gpu, work = tmp_path / "gpu_out", tmp_path / "gpu_work"
+    res = subprocess.run([sys.executable, str(cv.REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
+                          "--out", str(gpu), "--work", str(work), "--plan", "folds", "--splits", str(out / "splits.json"),
+                          "--fold", "1", "--fold-epochs", "1", "--protocol", "smoke", "--device", "cpu",
+                          "--bench-seconds", "0", "--seconds", "200", "--startup", "5", "--set", "val_every=1"],
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    trained_on = StackDataset.from_cache(work / "data" / "folds" / "fold_1" / "train.npz")
+    assert {r.meta["patient"] for r in trained_on.records} == set(split["train"])
+    model = gpu / "models" / "seg_as-ref_as_mt_fold1"
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["complete"] and meta["trained_epochs"] == 1
+    assert not (gpu / "models" / "seg_as-ref_as_mt_fold0").exists()  # --fold 1 only
+    assert cv.main([*args, "--models-from", str(gpu / "models")]) == 0
+    fold = out / "fold_1"
+    assert not (fold / "seg_as").exists()  # nothing trained here
+    assert (fold / "seg_as+ref_as_mt" / "weights.safetensors").read_bytes() == (model / "weights.safetensors").read_bytes()
+    with open(fold / "eval" / "per_volume.csv", newline="") as f:
+        assert {r["patient"] for r in csv.DictReader(f)} == set(split["held_out"])
