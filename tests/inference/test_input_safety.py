@@ -115,6 +115,41 @@ def test_a_failed_rerun_keeps_the_earlier_runs_files_its_own(phantom_dir, smoke_
     assert json.loads((out / "studies" / "stack.json").read_text())["status"] == "ok"
 
 
+_KILLED_WHILE_DRAWING = """
+import os, sys
+from cmrseg.inference import study_outputs
+
+def killed(self, *args, **kwargs):  # the masks are written; the process dies as SIGKILL kills it
+    os._exit(137)
+
+study_outputs.StudyWriter.figures = killed
+from cmrseg.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_run_killed_mid_study_leaves_files_the_next_run_replaces(phantom_dir, smoke_model, tmp_path):
+    """A run killed between a study's first file and its record (SIGKILL, out of memory) has
+    listed each file in the study's journal before writing it: the rerun replaces them instead of
+    refusing them as a user's files, and removes the journal with the study's record."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(phantom_dir / "acdc" / "patient001" / "patient001_frame01.nii.gz", src / "stack.nii.gz")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_DRAWING, "segment", "-i", str(src), "-o", str(out),
+                             "--model", str(smoke_model), "--workers", "1"], capture_output=True, text=True)
+    assert killed.returncode == 137 and (out / "stack.nii.gz").is_file(), killed.stderr[-800:]
+    assert not (out / "studies" / "stack.json").exists()
+    assert json.loads((out / "studies" / ".writing" / "stack.json").read_text())["writing"] == ["stack.nii.gz"]
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 0, res.stderr[-800:]
+    assert json.loads((out / "studies" / "stack.json").read_text())["status"] == "ok"
+    assert not (out / "studies" / ".writing" / "stack.json").exists()
+    # a file no run listed is still refused
+    (out / "studies" / "stack.json").unlink()
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 1 and "was not written by cmrseg" in res.stderr
+
+
 def test_a_folder_with_someone_elses_measures_csv_is_refused(phantom_dir, smoke_model, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -4,7 +4,8 @@ state read back from complete records only.
 Rules (issue 13): the output folder is never an input, never inside an input folder and never
 holds an input; a file already in it is replaced only when an earlier ``cmrseg segment`` run
 wrote it (it is listed in a study record, ``OUT/studies/<study>.json``; a rerun that fails on a
-study keeps the earlier run's files of it listed); records are read from finished files only, never
+study keeps the earlier run's files of it listed; a run killed mid-study listed each file in the
+study's journal before writing it); records are read from finished files only, never
 from another writer's temporary file, and a record that cannot be read is skipped with a
 warning instead of ending the run.
 """
@@ -45,6 +46,16 @@ FIGURE_KEYS = ("montage", "curve", "bullseye")  # a study record's pictures (Stu
 REPORT_FILES = ("measures.csv", "volumes.csv", "aha.csv", "aha_slices.csv", "summary.json", "report.html")
 RECORDS = "studies"  # OUT/studies/<study>.json: one record per study
 LEGACY_RECORDS = "cases"  # where runs before the renaming kept them; still read, so such folders resume
+
+
+WRITING = ".writing"  # OUT/studies/.writing/<study>.json: the files a study's run is writing (journal_file)
+
+
+def journal_file(out: Path, study: str) -> Path:
+    """Where a study's run lists each file before writing it, removed once the study's record is
+    written: what a run killed mid-study (SIGKILL, out of memory, power) left is still this
+    tool's to replace."""
+    return out / RECORDS / WRITING / f"{study}.json"
 
 
 def record_file(out: Path, study: str) -> Path:
@@ -131,8 +142,11 @@ def kept_files(out: Path, study: str) -> list[str]:
 
 
 def owned_files(out: Path) -> set[Path]:
-    """Files an earlier run wrote into ``out`` (masks and pictures listed in its study records)."""
-    return {(out / rel).resolve() for rec in study_records(out) for rel in record_files(rec)}
+    """Files an earlier run wrote into ``out``: masks and pictures listed in its study records,
+    and those a run killed mid-study had begun (its journals, :func:`journal_file`)."""
+    journals = [rel for j in _records(out / RECORDS / WRITING) for rel in j.get("writing", [])]
+    return {(out / rel).resolve() for rec in study_records(out) for rel in record_files(rec)} | {
+        (out / rel).resolve() for rel in journals}
 
 
 def check_target(target: Path, owned: set[Path]) -> None:

@@ -47,6 +47,7 @@ from cmrseg.inference.output_folder import (
     check_location,
     check_reports_ours,
     ensure_writable,
+    journal_file,
     kept_files,
     owned_files,
     read_record,
@@ -129,7 +130,8 @@ class Batch:
     def writer(self, source: StudySource | None = None) -> StudyWriter:
         """The writer of one study (its masks into ``OUT/<study>/`` when its name is shared)."""
         mask_dir = self.out / source.name if source is not None and source.own_folder else self.out
-        return StudyWriter(self.out, mask_dir, self.owned, self.taken)
+        return StudyWriter(self.out, mask_dir, self.owned, self.taken,
+                           journal=journal_file(self.out, source.name) if source is not None else None)
 
 
 def _frame_number(study: Study, t: int) -> int | str:
@@ -468,9 +470,10 @@ def _run_studies(todo: list[StudySource], batch: Batch, shard: str) -> list[dict
     for i, study, error in tqdm(loader, total=len(todo), desc="segment", unit="study", disable=not options.progress):
         src = todo[i]
         t0 = time.perf_counter()
+        writer = batch.writer(src)
         if error is None:
             try:
-                record = process_study(study, batch, batch.writer(src))
+                record = process_study(study, batch, writer)
             except CmrsegError as exc:
                 error = str(exc)
             except Exception as exc:  # isolate: one study's failure never stops the batch
@@ -481,4 +484,5 @@ def _run_studies(todo: list[StudySource], batch: Batch, shard: str) -> list[dict
             failures.append(record)
         record["shard"] = shard
         write_json(record_file(batch.out, src.name), record)
+        writer.done()
     return failures

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cmrseg import __version__
-from cmrseg.atomic import atomic_path
+from cmrseg.atomic import atomic_path, write_json
 from cmrseg.data.io.common import strip_suffix
 from cmrseg.data.io.dicom_seg import new_series_uid, write_dicom_seg
 from cmrseg.data.io.readers import mask_output_path, write_mask
@@ -45,15 +45,26 @@ class StudyWriter:
     owned: set[Path]
     taken: set[Path]
     written: list[Path] = field(default_factory=list)
+    journal: Path | None = None  # output_folder.journal_file: each target listed before it is written
+    targets: list[str] = field(default_factory=list)
 
     def _target(self, path: Path) -> Path:
         check_target(path, self.owned)
+        if self.journal is not None:
+            self.targets.append(str(path.relative_to(self.out)))
+            write_json(self.journal, {"writing": self.targets})
         return path
 
     def undo(self) -> None:
-        """Remove every file this writer wrote (a study that failed while writing)."""
+        """Remove every file this writer wrote (a study that failed while writing), then its journal."""
         for p in self.written:
             p.unlink(missing_ok=True)
+        self.done()
+
+    def done(self) -> None:
+        """The study's record is written (or its files removed): its journal goes."""
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
 
     def masks(self, study: Study, masks: list[np.ndarray]) -> list[Path]:
         """The masks in the input's format and geometry (a 4D input gets one 4D mask), one file
