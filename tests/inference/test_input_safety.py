@@ -140,6 +140,12 @@ def test_a_run_killed_mid_study_leaves_files_the_next_run_replaces(phantom_dir, 
     assert killed.returncode == 137 and (out / "stack.nii.gz").is_file(), killed.stderr[-800:]
     assert not (out / "studies" / "stack.json").exists()
     assert json.loads((out / "studies" / ".writing" / "stack.json").read_text())["writing"] == ["stack.nii.gz"]
+    # a rerun that fails on the study (its input broken meanwhile) keeps what the killed run left listed
+    good = (src / "stack.nii.gz").read_bytes()
+    (src / "stack.nii.gz").write_bytes(good[: len(good) // 2])
+    res = _segment("-i", src, "-o", out, "--model", smoke_model)
+    assert res.returncode == 1 and json.loads((out / "studies" / "stack.json").read_text())["kept"] == ["stack.nii.gz"]
+    (src / "stack.nii.gz").write_bytes(good)
     res = _segment("-i", src, "-o", out, "--model", smoke_model)
     assert res.returncode == 0, res.stderr[-800:]
     assert json.loads((out / "studies" / "stack.json").read_text())["status"] == "ok"

@@ -134,17 +134,28 @@ def record_files(rec: dict[str, Any]) -> list[str]:
             if rel]
 
 
+def journal_entries(out: Path, study: str) -> list[str]:
+    """The files the study's journal lists (none without one)."""
+    try:
+        entries = json.loads(journal_file(out, study).read_text()).get("writing", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [rel for rel in entries if isinstance(rel, str)]
+
+
 def kept_files(out: Path, study: str) -> list[str]:
-    """The files the study's current record lists that are still in ``out``: what a failed rerun's
-    record keeps, so they stay this tool's to replace (the failed run removed only its own)."""
+    """The files the study's current record or journal lists that are still in ``out``: what a
+    failed rerun's record keeps, so they stay this tool's to replace (the failed run removed only
+    what it wrote itself)."""
     rec = read_record(out, study)
-    return [rel for rel in record_files(rec) if (out / rel).exists()] if rec else []
+    listed = dict.fromkeys([*(record_files(rec) if rec else []), *journal_entries(out, study)])
+    return [rel for rel in listed if (out / rel).exists()]
 
 
 def owned_files(out: Path) -> set[Path]:
     """Files an earlier run wrote into ``out``: masks and pictures listed in its study records,
     and those a run killed mid-study had begun (its journals, :func:`journal_file`)."""
-    journals = [rel for j in _records(out / RECORDS / WRITING) for rel in j.get("writing", [])]
+    journals = [rel for j in _records(out / RECORDS / WRITING) for rel in j.get("writing", []) if isinstance(rel, str)]
     return {(out / rel).resolve() for rec in study_records(out) for rel in record_files(rec)} | {
         (out / rel).resolve() for rel in journals}
 

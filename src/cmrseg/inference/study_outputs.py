@@ -21,7 +21,7 @@ from cmrseg.data.io.dicom_seg import new_series_uid, write_dicom_seg
 from cmrseg.data.io.readers import mask_output_path, write_mask
 from cmrseg.data.volume import Study
 from cmrseg.errors import InputError
-from cmrseg.inference.output_folder import check_target
+from cmrseg.inference.output_folder import check_target, journal_entries
 from cmrseg.inference.report import bullseye, montage, volume_curve
 
 
@@ -51,18 +51,20 @@ class StudyWriter:
     def _target(self, path: Path) -> Path:
         check_target(path, self.owned)
         if self.journal is not None:
+            if not self.targets:  # what a run killed earlier listed stays listed
+                self.targets = journal_entries(self.out, self.journal.stem)
             self.targets.append(str(path.relative_to(self.out)))
             write_json(self.journal, {"writing": self.targets})
         return path
 
     def undo(self) -> None:
-        """Remove every file this writer wrote (a study that failed while writing), then its journal."""
+        """Remove every file this writer wrote (a study that failed while writing). Its journal
+        stays until the study's record, which keeps what earlier runs left (``kept``), is written."""
         for p in self.written:
             p.unlink(missing_ok=True)
-        self.done()
 
     def done(self) -> None:
-        """The study's record is written (or its files removed): its journal goes."""
+        """The study's record is written: its journal goes."""
         if self.journal is not None:
             self.journal.unlink(missing_ok=True)
 
