@@ -8,6 +8,7 @@ leaves nothing behind (:meth:`StudyWriter.undo`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,11 @@ class StudyWriter:
             p.unlink(missing_ok=True)
 
     def done(self) -> None:
-        """The study's record is written: its journal goes."""
+        """The study's record is written: its journal goes (and their folder, once empty)."""
         if self.journal is not None:
             self.journal.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another study (another shard) is still being written
+                self.journal.parent.rmdir()
 
     def masks(self, study: Study, masks: list[np.ndarray]) -> list[Path]:
         """The masks in the input's format and geometry (a 4D input gets one 4D mask), one file
