@@ -41,6 +41,9 @@ brings back whole folds and a second call goes on where it stopped. Back on the 
 ``cross_validate.py ... --models-from OUT/models`` reads them out of fold as it reads the folds it
 trains itself: the hours the five folds take on a 2-core CPU fit one call.
 
+``--plan student`` trains the distilled student of issue 35 instead (:func:`student_plan`), for
+the whole call, at most ``--student-epochs`` epochs.
+
 Each stage gets a time budget (``time_budget_s``): it trains the protocol's epochs when they
 fit, fewer otherwise, with the learning-rate schedule fitted to them (``model.json`` records
 ``trained_epochs`` and ``planned_epochs``). Runs live in ``WORK/runs/<run>`` (the layout of
@@ -521,6 +524,22 @@ def folds_plan(runner: Runner) -> set[str]:
     return {name for name, _, _ in todo}
 
 
+STUDENT = "seg_as@student"  # the distilled student's run (configs/protocols/student.yaml)
+
+
+def student_plan(runner: Runner) -> set[str]:
+    """``--plan student``: the vendor-robust student of issue 35 (``--protocol student``: one
+    ``seg_as`` distilled from the shipped default with vendor-like shifts, from the ``_long``
+    member's Seg weights), the whole window, at most ``--student-epochs`` epochs: on the CPU its
+    6,000-second run trained 29 (docs/decisions.md, rule 17). It comes back as
+    ``models/seg_as_student/``, scored on the CPU machine against the default by a rule written
+    before (``experiments/ship_decision.py``); its name is returned."""
+    args = runner.args
+    runner.run(STUDENT, [f"epochs={args.student_epochs}"], stages_left=1,
+               until=runner.clock.seconds - args.eval_reserve)
+    return {STUDENT}
+
+
 def evaluate(runner: Runner, members: set[str]) -> None:
     """``cmrseg reproduce`` scores every finished run but the ensemble members on val."""
     args, clock = runner.args, runner.clock
@@ -545,9 +564,11 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--out", required=True, type=Path, help="where weights, logs and evaluation go ($OUT)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_job"), help="run folders (kept for a second call)")
     ap.add_argument("--seconds", type=float, default=540.0, help="wall time of the whole job")
-    ap.add_argument("--plan", choices=["paper", "continue", "folds"], default="paper",
+    ap.add_argument("--plan", choices=["paper", "continue", "folds", "student"], default="paper",
                     help="paper: the protocol's runs (module docstring); continue: train the shipped models further; "
-                         "folds: the cross-validation folds' models (--splits)")
+                         "folds: the cross-validation folds' models (--splits); student: the distilled student")
+    ap.add_argument("--student-epochs", type=int, default=300,
+                    help="--plan student: at most this many epochs (default 300)")
     ap.add_argument("--splits", type=Path, help="--plan folds: experiments/cross_validate.py's splits.json")
     ap.add_argument("--fold", type=int, nargs="+", metavar="K", help="--plan folds: these folds only (default: all)")
     ap.add_argument("--fold-epochs", type=int, default=120,
@@ -586,6 +607,8 @@ def parse_args(argv: list[str] | None):
     if args.plan == "continue":
         args.continue_from = args.continue_from or shipped_members()
         args.protocol = args.protocol or json.loads((args.continue_from[0] / "model.json").read_text())["protocol"]
+    if args.plan == "student":
+        args.protocol = "student"
     args.protocol = args.protocol or ("fast" if args.plan == "folds" else "paper")  # the folds: as rule 27's
     return args
 
@@ -602,15 +625,18 @@ def main(argv: list[str] | None = None) -> int:
         share = args.proposed_share / 2
     elif args.plan == "continue":
         share = 1 / (2 * len(args.continue_from))
-    else:
+    elif args.plan == "folds":
         share = 1 / (2 * len(args.fold or json.loads(args.splits.read_text())))
+    else:
+        share = 1.0
     stage_guess = (args.seconds - args.bench_seconds - args.eval_reserve) * share - args.startup
     best = (throughput_check(args.out, args.protocol, args.device, args.bench_seconds, args.bench_steps,
                              compile_mode=args.compile, stage_seconds=max(stage_guess, 30.0))
             if args.bench_seconds > 0 else {})
     args.stage_data = stage_data(args)
     runner = Runner(args, clock, best)
-    members = {"paper": paper_plan, "continue": continue_plan, "folds": folds_plan}[args.plan](runner)
+    members = {"paper": paper_plan, "continue": continue_plan, "folds": folds_plan, "student": student_plan}[
+        args.plan](runner)
     if runner.finished:
         evaluate(runner, members)
         pack(args.work, args.out, runner.finished)

@@ -409,3 +409,25 @@ def test_the_training_path_imports_without_what_the_gpu_machine_lacks(tmp_path):
     job = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--help"],
                          capture_output=True, text=True, env=env)
     assert job.returncode == 0 and "--seeds" in job.stdout, job.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_student_plan_distils_the_shipped_default_on_the_gpu_machines_python(phantom_dir, tmp_path):
+    """``--plan student`` on CPU: the student protocol's one run (teacher: the shipped default,
+    from the ``_long`` member's Seg weights) on a Python without what the GPU machine lacks; it
+    comes back as a model folder that segments."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    (tmp_path / "env").mkdir()
+    res = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu_job.py"), "--data", str(phantom_dir / "h5"),
+                          "--out", str(out), "--work", str(work), "--seconds", "300", "--plan", "student",
+                          "--student-epochs", "1", "--device", "cpu", "--bench-seconds", "0", "--startup", "5",
+                          "--set", "val_every=1"],
+                         capture_output=True, text=True, timeout=500, env=gpu_machine_env(tmp_path / "env"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    cfg = yaml.safe_load((work / "runs" / "seg_as@student" / "config.yaml").read_text())
+    assert cfg["protocol"] == "student" and cfg["teacher"] == "proposed_ensemble" and cfg["epochs"] == 1
+    assert (work / "runs" / "seg_as@student" / "teacher" / "targets.npz").is_file()
+    folder = out / "models" / "seg_as_student"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["complete"] and meta["trained_epochs"] == 1 and meta["teacher"] == "proposed_ensemble"
+    assert load_predictor([folder], InferenceOptions(device="cpu")).meta["protocol"] == "student"
