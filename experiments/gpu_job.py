@@ -531,7 +531,7 @@ def student_plan(runner: Runner) -> set[str]:
     """``--plan student``: the vendor-robust student of issue 35 (``--protocol student``: one
     ``seg_as`` distilled from the shipped default with vendor-like shifts, from the ``_long``
     member's Seg weights), the whole window, at most ``--student-epochs`` epochs: on the CPU its
-    6,000-second run trained 29 (docs/decisions.md, rule 17). It comes back as
+    6,000-second run trained 59 (``weights/student/model.json``). It comes back as
     ``models/seg_as_student/``, scored on the CPU machine against the default by a rule written
     before (``experiments/ship_decision.py``); its name is returned."""
     args = runner.args
