@@ -14,7 +14,7 @@
 #   bash experiments/gpu_job.sh $OUT 540 --plan continue
 # The cross-validation folds' models (rule 27's, docs/RESULTS.md; cp /work/cv/splits.json .gpu/ first):
 #   bash experiments/gpu_job.sh $OUT 540 --plan folds --splits .gpu/splits.json --bench-seconds 30
-# The distilled student of issue 35 trained for the whole call (its CPU run had 59 epochs):
+# The distilled student of issue 35 trained for the whole call (its CPU run had 59 epochs; judged by rule 28, docs/RESULTS.md):
 #   bash experiments/gpu_job.sh $OUT 540 --plan student --bench-seconds 0
 set -u
 OUT=${1:?usage: gpu_job.sh OUT [SECONDS]}; SECONDS_TOTAL=${2:-540}; shift $(( $# >= 2 ? 2 : 1 ))
