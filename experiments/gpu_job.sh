@@ -13,7 +13,8 @@
 # (docs/decisions.md, rules 14 and 15):
 #   bash experiments/gpu_job.sh $OUT 540 --plan continue
 # The cross-validation folds' models (rule 27's, docs/RESULTS.md; cp /work/cv/splits.json .gpu/ first):
-#   bash experiments/gpu_job.sh $OUT 540 --plan folds --splits .gpu/splits.json --bench-seconds 30
+#   bash experiments/gpu_job.sh $OUT 540 --plan folds --splits .gpu/splits.json --bench-seconds 0
+# (no throughput check: the protocol's own batch, as the folds trained on the CPU)
 # The distilled student of issue 35 trained for the whole call (its CPU run had 59 epochs; judged by rule 28, docs/RESULTS.md):
 #   bash experiments/gpu_job.sh $OUT 540 --plan student --bench-seconds 0
 set -u
