@@ -1,7 +1,7 @@
 """Channels-last training (NHWC, what CUDA runs train with): the same loss and gradients as
 channels-first, for the all-slice multitask network (fusion attention, classifier) and the
 single-slice one; the CPU keeps channels-first, which trains whole epochs faster there
-(docs/RESULTS.md, "Training throughput")."""
+(docs/decisions.md, "Investigations")."""
 
 import pytest
 import torch

@@ -54,7 +54,7 @@ class TrainConfig:
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         channels_last: NHWC weights and activations on CUDA. Not on the CPU: there a lone
             training step is faster so (``benchmarks/bench_training.py``), whole epochs are not
-            (docs/RESULTS.md, "Training throughput").
+            (docs/decisions.md, "Investigations").
         cudnn_benchmark: cuDNN autotuning on CUDA; ``None`` = only for batches of one shape
             (single-slice models, or ``fixed_shape``: all-slice batches otherwise vary with
             the stacks' sizes, and every new shape is tuned anew).

@@ -49,7 +49,7 @@ def setup_context(cfg: TrainConfig) -> TrainContext:
     amp = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")) else None
     if amp is not None and device.type == "cpu" and not cpu_has_fast_bf16():
         check_emulated_bf16(cfg)
-    # channels-last on the CPU: a lone step faster, whole epochs not (docs/RESULTS.md, training throughput)
+    # channels-last on the CPU: a lone step faster, whole epochs not (docs/decisions.md, "Investigations")
     return TrainContext(device, info, amp, cfg.channels_last and device.type == "cuda")
 
 
